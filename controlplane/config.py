@@ -1,0 +1,125 @@
+"""Settings of one management node: every flag also reads an environment variable, so a
+Kubernetes pod can be configured from its manifest alone."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass
+
+from controlplane.store.keys import DEFAULT_PREFIX, valid_node_id
+
+ENV_PREFIX = "CONTROLPLANE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_id: str
+    listen: str
+    advertise: str
+    etcd: str
+    lease_ttl: int = 10
+    metrics_port: int = 0
+    reconcile_interval: float = 3.0
+    prefix: str = DEFAULT_PREFIX
+    vnodes: int = 256
+    drain_grace: float = 5.0
+    etcd_timeout: float = 3.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _lease_ttl(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError("must be an integer >= 2 (etcd's minimum lease TTL)")
+    return value
+
+
+def _node_id(text: str) -> str:
+    if not valid_node_id(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return text
+
+
+def _hostport(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
+    return text
+
+
+# (flag, env name, type, default, help)
+SERVE_FLAGS: list[tuple[str, str, object, object, str]] = [
+    ("--node-id", "NODE_ID", _node_id, None, "this node's id, unique in the cluster (a pod name)"),
+    ("--listen", "LISTEN", _hostport, "0.0.0.0:7070", "gRPC listen address HOST:PORT"),
+    ("--advertise", "ADVERTISE", _hostport, None,
+     "address other nodes reach this one at (default: --listen, with 0.0.0.0 replaced by "
+     "this host's name)"),
+    ("--etcd", "ETCD", str, "127.0.0.1:2379", "etcd endpoints, comma-separated HOST:PORT"),
+    ("--lease-ttl", "LEASE_TTL", _lease_ttl, 10, "membership lease TTL in seconds"),
+    ("--metrics-port", "METRICS_PORT", int, 0, "Prometheus metrics port (0: off)"),
+    ("--reconcile-interval", "RECONCILE_INTERVAL", _positive_float, 3.0,
+     "seconds between member-list reconciles"),
+    ("--prefix", "PREFIX", str, DEFAULT_PREFIX, "etcd key prefix of this deployment"),
+    ("--vnodes", "VNODES", int, 256, "virtual nodes per member on the ring"),
+    ("--drain-grace", "DRAIN_GRACE", _positive_float, 5.0,
+     "seconds in-flight calls get to finish after SIGTERM"),
+    ("--etcd-timeout", "ETCD_TIMEOUT", _positive_float, 3.0, "per-attempt etcd call deadline"),
+    ("--log-format", "LOG_FORMAT", str, "text", "text or json"),
+    ("--log-level", "LOG_LEVEL", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+]
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, env, kind, default, text in SERVE_FLAGS:
+        env_value = _env(env)
+        value = env_value if env_value is not None else default
+        parser.add_argument(
+            flag,
+            type=kind,  # type: ignore[arg-type]
+            default=kind(value) if (value is not None and env_value is not None) else value,  # type: ignore[operator]
+            required=value is None and flag == "--node-id",
+            help=f"{text} [env {ENV_PREFIX}{env}; default {default}]",
+            metavar=env,
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    advertise = args.advertise
+    if advertise is None:
+        host, _, port = args.listen.rpartition(":")
+        if host in ("0.0.0.0", "", "[::]", "::"):
+            host = socket.gethostname()
+        advertise = f"{host}:{port}"
+    if args.log_format not in ("text", "json"):
+        raise SystemExit(f"--log-format must be text or json, got {args.log_format!r}")
+    return Settings(
+        node_id=args.node_id,
+        listen=args.listen,
+        advertise=advertise,
+        etcd=args.etcd,
+        lease_ttl=args.lease_ttl,
+        metrics_port=args.metrics_port,
+        reconcile_interval=args.reconcile_interval,
+        prefix=args.prefix,
+        vnodes=args.vnodes,
+        drain_grace=args.drain_grace,
+        etcd_timeout=args.etcd_timeout,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )

@@ -1,0 +1,237 @@
+"""One management node, wired together: store, registration, view, router, gRPC server.
+
+Start order matters: the gRPC server answers health checks first (liveness SERVING,
+readiness NOT_SERVING), then the node waits for etcd with backoff (a cold start does not
+crash-loop), registers, loads the view, and only then reports ready.
+
+Stop order (SIGTERM) matters too: readiness NOT_SERVING first (load balancers stop sending),
+then the lease is revoked (peers drop us within milliseconds, not a TTL), then in-flight
+calls drain for `drain_grace`, then the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane import metrics
+from controlplane.cluster.registration import Registration
+from controlplane.cluster.routing import Router
+from controlplane.cluster.service import ClusterServicer
+from controlplane.cluster.table import Change, MemberTable
+from controlplane.cluster.view import ClusterView
+from controlplane.config import Settings
+from controlplane.logs import NodeContext
+from controlplane.store import Keys, Store
+from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+CLUSTER_SERVICE = cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts every unary call by method and final status code."""
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+
+        def wrapped(request, context):  # type: ignore[no-untyped-def]
+            try:
+                response = inner(request, context)
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                metrics.RPCS.labels(method, code.name).inc()
+                raise
+            code = context.code() or grpc.StatusCode.OK
+            metrics.RPCS.labels(method, code.name).inc()
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class ManagementNode:
+    def __init__(self, settings: Settings, log_context: NodeContext | None = None) -> None:
+        self.settings = settings
+        self.log_context = log_context
+        self.keys = Keys(settings.prefix)
+        self.store = Store(settings.etcd, timeout=settings.etcd_timeout,
+                           keepalive=max(1.0, min(5.0, settings.lease_ttl / 2)))
+        self.registration = Registration(
+            self.store, self.keys, settings.node_id, settings.advertise, settings.lease_ttl,
+            on_incarnation=self._on_incarnation,
+            on_ack_latency=metrics.KEEPALIVE_LATENCY.observe,
+        )
+        self.view = ClusterView(self.store, self.keys, settings.vnodes,
+                                settings.reconcile_interval, name=settings.node_id)
+        self.view.add_listener(self._on_membership)
+        self.router = Router(settings.node_id, self.view, lambda: self.registration.fenced)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
+            interceptors=[MetricsInterceptor()],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._view_started = threading.Event()
+        self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
+        self._first_registration = True
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> ManagementNode:
+        servicer = ClusterServicer(self.settings.node_id, self.view, self.registration,
+                                   self.router)
+        cluster_pb2_grpc.add_ClusterServiceServicer_to_server(servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (CLUSTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        port = self.server.add_insecure_port(self.settings.listen)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {self.settings.listen}")
+        self._set_health(live=True, ready=False)
+        self.server.start()
+        if self.settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.settings.metrics_port, addr="0.0.0.0")
+        log.info("listening on %s (advertised %s), etcd %s, lease ttl %ds",
+                 self.settings.listen, self.settings.advertise, self.settings.etcd,
+                 self.settings.lease_ttl)
+        self.registration.start()
+        threading.Thread(target=self._start_view, name="view-start", daemon=True).start()
+        self._monitor.start()
+        return self
+
+    def _start_view(self) -> None:
+        try:
+            self.view.start()
+        except Exception:  # noqa: BLE001 - only when stopping before etcd ever answered
+            if not self._stopping.is_set():
+                log.exception("cluster view failed to start")
+            return
+        self._view_started.set()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful leave; safe to call twice."""
+        if self._stopping.is_set():
+            self._stopped.wait(30)
+            return
+        self._stopping.set()
+        grace = self.settings.drain_grace if grace is None else grace
+        started = time.monotonic()
+        self._set_health(live=True, ready=False)
+        self.health.enter_graceful_shutdown()
+        self.registration.stop(revoke=True)
+        log.info("left the cluster in %.3fs; draining calls for up to %.1fs",
+                 time.monotonic() - started, grace)
+        self.server.stop(grace).wait(grace + 1)
+        self.view.stop()
+        self.router.close()
+        self.store.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    @property
+    def ready(self) -> bool:
+        return (self._view_started.is_set() and not self.registration.fenced
+                and not self._stopping.is_set()
+                and self.settings.node_id in self.view.table.members)
+
+    # -- callbacks ------------------------------------------------------------------
+
+    def _set_health(self, live: bool, ready: bool) -> None:
+        ready_status = SERVING if ready else NOT_SERVING
+        self.health.set("liveness", SERVING if live else NOT_SERVING)
+        self.health.set("readiness", ready_status)
+        self.health.set("", ready_status)
+        self.health.set(CLUSTER_SERVICE, ready_status)
+
+    def _on_incarnation(self, incarnation: int) -> None:
+        if self.log_context:
+            self.log_context.incarnation = incarnation
+        if not self._first_registration:
+            # We were cut off long enough to lose the lease: our watch stream may have
+            # died silently with the connection, so re-list and reopen it.
+            self.view.resync()
+        self._first_registration = False
+
+    def _on_membership(self, table: MemberTable, changes: list[Change]) -> None:
+        metrics.MEMBERS.set(len(table.members))
+        metrics.RING_EPOCH.set(table.epoch)
+        for change in changes:
+            if change.kind in ("leave", "evict"):
+                metrics.EVICTIONS.labels(change.kind).inc()
+            # Our *current* key removed (a delete older than our incarnation is the key of
+            # a previous incarnation): re-register rather than silently stay out.
+            if (change.node_id == self.settings.node_id and change.kind in ("leave", "evict")
+                    and change.revision > self.registration.incarnation
+                    and not self._stopping.is_set()):
+                self.registration.reregister(f"our member key was removed ({change.kind})")
+        me = table.members.get(self.settings.node_id)
+        reg = self.registration
+        if me is not None and reg.incarnation and me.incarnation > reg.incarnation \
+                and not reg.fenced:
+            log.error("another process registered as %s (incarnation %d > ours %d)",
+                      self.settings.node_id, me.incarnation, reg.incarnation)
+
+    def _monitor_loop(self) -> None:
+        """Publish readiness and the fenced gauge; log fencing transitions."""
+        was_ready = None
+        was_fenced = None
+        while not self._stopping.wait(0.05):
+            fenced = self.registration.fenced
+            ready = self.ready
+            if fenced != was_fenced:
+                metrics.FENCED.set(1 if fenced else 0)
+                if fenced and was_fenced is not None:
+                    log.warning("fenced: last keepalive ack %.2fs ago (ttl %ds); owner work "
+                                "stops", self.registration.last_ack_age(), self.settings.lease_ttl)
+                elif not fenced:
+                    log.info("not fenced: lease fresh")
+                was_fenced = fenced
+            if ready != was_ready:
+                if not self._stopping.is_set():
+                    self._set_health(live=True, ready=ready)
+                log.info("readiness %s", "SERVING" if ready else "NOT_SERVING")
+                was_ready = ready
+
+
+def serve(settings: Settings, log_context: NodeContext | None = None) -> int:
+    """Run one node until SIGTERM/SIGINT; the `controlplane serve` command."""
+    node = ManagementNode(settings, log_context)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: leaving", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    while not done.wait(0.5):
+        pass
+    node.stop()
+    return 0

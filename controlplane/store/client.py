@@ -1,0 +1,299 @@
+"""The etcd client: the one place in the project that imports the etcd library.
+
+Built on etcd-sdk-python (`pyetcd`, the maintained python-etcd3 fork) for its channel and
+endpoint handling and its generated stubs, with three things changed on purpose:
+- `pyetcd.client()` blacklists its only endpoint for 300 s after one UNAVAILABLE, so every
+  later call fails at once; endpoints here are retried after at most one second.
+- Every call takes its own deadline (a gRPC handler passes what is left of its own), and
+  transient errors are retried with tenacity within a bounded budget: an etcd leader change
+  takes about 1.5 s here, a restart a few seconds.
+- gRPC keepalive pings on the channel, so a silently black-holed connection is noticed and
+  reconnection backs off to at most one second instead of gRPC's default two minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import pyetcd
+import tenacity
+from pyetcd import etcdrpc
+from pyetcd import exceptions as etcd_exceptions
+from pyetcd import utils as etcd_utils
+
+from controlplane.store.errors import LeaseLost, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class KV:
+    """One key as etcd returned it."""
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+    @classmethod
+    def from_proto(cls, kv: etcdrpc.KeyValue) -> KV:
+        return cls(
+            kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease
+        )
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # For each op of the branch taken: the list of KVs a get returned, else [].
+    ranges: tuple[tuple[KV, ...], ...]
+
+
+def parse_endpoints(spec: str | Sequence[str]) -> list[tuple[str, int]]:
+    """'h1:p1,h2:p2' (or http:// URLs) -> [(h1, p1), (h2, p2)]; ValueError if malformed."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    result = []
+    for raw in items:
+        item = raw.strip()
+        for scheme in ("http://", "https://"):
+            if item.startswith(scheme):
+                item = item[len(scheme) :]
+        host, sep, port = item.rstrip("/").rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad etcd endpoint {raw!r}: expected host:port")
+        result.append((host, int(port)))
+    if not result:
+        raise ValueError("no etcd endpoint given")
+    return result
+
+
+def _channel_options(keepalive_s: float) -> list[tuple[str, int]]:
+    ms = int(keepalive_s * 1000)
+    return [
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
+class Store:
+    """A thread-safe etcd v3 client with deadlines, bounded retries and failover.
+
+    `timeout` bounds one attempt; `budget` bounds all attempts of one call.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        timeout: float = 3.0,
+        budget: float = 5.0,
+        keepalive: float = 5.0,
+    ) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        self.budget = budget
+        # With one endpoint there is nothing to fail over to: never blacklist it.
+        time_retry = 1.0 if len(self.endpoints) > 1 else 0.0
+        eps = [
+            pyetcd.Endpoint(h, p, secure=False, time_retry=time_retry,
+                            opts=_channel_options(keepalive))
+            for h, p in self.endpoints
+        ]
+        self._client = pyetcd.MultiEndpointEtcd3Client(
+            endpoints=eps, timeout=timeout, failover=True
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Store({','.join(f'{h}:{p}' for h, p in self.endpoints)})"
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def channel(self) -> grpc.Channel:
+        """The channel to the endpoint in use (for the watch and keepalive streams)."""
+        try:
+            return self._client.channel
+        except (etcd_exceptions.NoServerAvailableError, ValueError) as exc:
+            raise StoreUnavailable(f"no etcd endpoint available: {exc}") from exc
+
+    def endpoint_failed(self) -> None:
+        """Mark the endpoint in use as failed so the next call tries another one."""
+        with self._lock:
+            if len(self.endpoints) > 1:
+                try:
+                    self._client.endpoint_in_use.fail()
+                    self._client._clear_old_stubs()
+                except Exception:  # noqa: BLE001 - best effort bookkeeping only
+                    log.debug("could not mark etcd endpoint failed", exc_info=True)
+
+    def translate(self, exc: grpc.RpcError) -> StoreError:
+        """Map a gRPC error from etcd to the store's error types."""
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        where = self._client._current_endpoint_label
+        if code in _TRANSIENT:
+            self.endpoint_failed()
+            return StoreUnavailable(f"etcd {where}: {code.name}: {details}")
+        if details and "lease not found" in details:
+            return LeaseLost(details)
+        name = code.name if code is not None else "UNKNOWN"
+        return StoreError(f"etcd {where}: {name}: {details}")
+
+    def _unary(self, stub_name: str, method: str, request: object, timeout: float) -> object:
+        try:
+            stub = getattr(self._client, stub_name)
+            return getattr(stub, method)(request, timeout=timeout)
+        except (etcd_exceptions.NoServerAvailableError, ValueError) as exc:
+            raise StoreUnavailable(f"no etcd endpoint available: {exc}") from exc
+        except grpc.RpcError as exc:
+            raise self.translate(exc) from exc
+
+    def run(
+        self,
+        attempt: Callable[[float], T],
+        budget: float | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """Call attempt(per_attempt_timeout) until it succeeds, retrying StoreUnavailable
+        until `budget` seconds have passed. Never runs past the budget: the last attempt
+        gets only what is left of it."""
+        budget = self.budget if budget is None else budget
+        per_attempt = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + max(budget, 0.0)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(StoreUnavailable),
+            stop=tenacity.stop_before_delay(max(budget, 0.0)),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=0.5) + tenacity.wait_random(0, 0.05),
+            reraise=True,
+        )
+        for trial in retrying:
+            with trial:
+                left = deadline - time.monotonic()
+                return attempt(max(0.05, min(per_attempt, left)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- key/value ------------------------------------------------------------------
+
+    def get(self, key: str, budget: float | None = None) -> KV | None:
+        request = etcdrpc.RangeRequest(key=key.encode())
+
+        def attempt(timeout: float) -> KV | None:
+            resp = self._unary("kvstub", "Range", request, timeout)
+            return KV.from_proto(resp.kvs[0]) if resp.kvs else None
+
+        return self.run(attempt, budget)
+
+    def list_prefix(
+        self, prefix: str, budget: float | None = None, timeout: float | None = None
+    ) -> tuple[list[KV], int]:
+        """Every key under prefix and the revision they were read at (linearizable)."""
+        raw = prefix.encode()
+        request = etcdrpc.RangeRequest(key=raw, range_end=etcd_utils.prefix_range_end(raw))
+
+        def attempt(t: float) -> tuple[list[KV], int]:
+            resp = self._unary("kvstub", "Range", request, t)
+            return [KV.from_proto(kv) for kv in resp.kvs], resp.header.revision
+
+        return self.run(attempt, budget, timeout)
+
+    def put(self, key: str, value: bytes, lease: int = 0, budget: float | None = None) -> int:
+        """Write key; returns the revision of the write."""
+        request = etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease)
+        return self.run(lambda t: self._unary("kvstub", "Put", request, t).header.revision, budget)
+
+    def delete(self, key: str, budget: float | None = None) -> tuple[bool, int]:
+        request = etcdrpc.DeleteRangeRequest(key=key.encode())
+
+        def attempt(t: float) -> tuple[bool, int]:
+            resp = self._unary("kvstub", "DeleteRange", request, t)
+            return resp.deleted > 0, resp.header.revision
+
+        return self.run(attempt, budget)
+
+    def txn(
+        self,
+        compare: Sequence[etcdrpc.Compare],
+        success: Sequence[etcdrpc.RequestOp] = (),
+        failure: Sequence[etcdrpc.RequestOp] = (),
+        budget: float | None = None,
+    ) -> TxnResult:
+        """One etcd transaction. Build compares and ops with controlplane.store.txn.
+
+        Retried on transient errors: callers use compare-and-swap, so a retry of a txn that
+        did apply fails its compare and the caller re-reads, which is the normal lost race.
+        """
+        request = etcdrpc.TxnRequest(compare=compare, success=success, failure=failure)
+
+        def attempt(t: float) -> TxnResult:
+            resp = self._unary("kvstub", "Txn", request, t)
+            ranges = tuple(
+                tuple(KV.from_proto(kv) for kv in r.response_range.kvs)
+                if r.WhichOneof("response") == "response_range"
+                else ()
+                for r in resp.responses
+            )
+            return TxnResult(resp.succeeded, resp.header.revision, ranges)
+
+        return self.run(attempt, budget)
+
+    def compact(self, revision: int) -> None:
+        request = etcdrpc.CompactionRequest(revision=revision, physical=True)
+        self.run(lambda t: self._unary("kvstub", "Compact", request, t))
+
+    # -- leases ---------------------------------------------------------------------
+
+    def grant(self, ttl: int, budget: float | None = None) -> tuple[int, int]:
+        """A new lease; returns (lease id, granted TTL: etcd may raise a too-small TTL)."""
+        request = etcdrpc.LeaseGrantRequest(TTL=ttl)
+
+        def attempt(t: float) -> tuple[int, int]:
+            resp = self._unary("leasestub", "LeaseGrant", request, t)
+            if resp.error:
+                raise StoreError(f"lease grant refused: {resp.error}")
+            return resp.ID, resp.TTL
+
+        return self.run(attempt, budget)
+
+    def revoke(self, lease_id: int, budget: float | None = None) -> None:
+        """Revoke a lease (its keys are deleted at once). A lease already gone is fine."""
+        request = etcdrpc.LeaseRevokeRequest(ID=lease_id)
+        try:
+            self.run(lambda t: self._unary("leasestub", "LeaseRevoke", request, t), budget)
+        except LeaseLost:
+            pass
+
+    def lease_ttl(self, lease_id: int, budget: float | None = None) -> int:
+        """Remaining TTL in seconds; -1 when the lease has expired or never existed."""
+        request = etcdrpc.LeaseTimeToLiveRequest(ID=lease_id)
+        return self.run(lambda t: self._unary("leasestub", "LeaseTimeToLive", request, t).TTL,
+                        budget)
+
+    def lease_stub(self) -> etcdrpc.LeaseStub:
+        return etcdrpc.LeaseStub(self.channel())
+
+    def watch_stub(self) -> etcdrpc.WatchStub:
+        return etcdrpc.WatchStub(self.channel())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._client.close()

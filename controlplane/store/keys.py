@@ -1,0 +1,42 @@
+"""Key layout in etcd. Everything outside store/ speaks in these names, never raw strings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "/controlplane"
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def valid_node_id(node_id: str) -> bool:
+    """Node ids become key segments and pod names: a DNS-label-like charset, <= 63 chars."""
+    return bool(_NODE_ID.match(node_id))
+
+
+@dataclass(frozen=True)
+class Keys:
+    """All keys of one control plane deployment, under one prefix.
+
+    Several deployments (or tests) can share an etcd by using different prefixes.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ValueError(f"key prefix must start with '/' and not end with it: {self.prefix!r}")
+
+    @property
+    def members(self) -> str:
+        """Prefix of the member keys (with the trailing slash)."""
+        return f"{self.prefix}/members/"
+
+    def member(self, node_id: str) -> str:
+        return f"{self.members}{node_id}"
+
+    def node_id_of(self, member_key: str | bytes) -> str:
+        key = member_key.decode() if isinstance(member_key, bytes) else member_key
+        if not key.startswith(self.members):
+            raise ValueError(f"not a member key: {key!r}")
+        return key[len(self.members) :]
