@@ -54,6 +54,7 @@ class KeepAlive:
         self._call: grpc.Future | None = None
         self._call_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.streams_opened = 0
 
     def start(self) -> KeepAlive:
         self._thread.start()
@@ -99,6 +100,7 @@ class KeepAlive:
             try:
                 stub = self.store.lease_stub()
                 call = stub.LeaseKeepAlive(self._requests(sent, wake))
+                self.streams_opened += 1
                 with self._call_lock:
                     self._call = call
                 if self._stop.is_set():

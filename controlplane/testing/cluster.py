@@ -1,0 +1,50 @@
+"""Questions a test asks a running cluster, over the public gRPC API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from controlplane.testing.nodes import NodeProcess
+from controlplane.v1 import cluster_pb2 as pb
+from controlplane.v1 import cluster_pb2_grpc as pb_grpc
+
+_channels: dict[str, grpc.Channel] = {}
+
+
+def stub(address: str | NodeProcess) -> pb_grpc.ClusterServiceStub:
+    """A ClusterService stub on a cached channel to a node."""
+    addr = address.address if isinstance(address, NodeProcess) else address
+    channel = _channels.get(addr)
+    if channel is None:
+        channel = _channels[addr] = grpc.insecure_channel(addr)
+    return pb_grpc.ClusterServiceStub(channel)
+
+
+def ring(node: str | NodeProcess, timeout: float = 1.0) -> pb.GetRingResponse:
+    return stub(node).GetRing(pb.GetRingRequest(), timeout=timeout)
+
+
+def ring_members(node: str | NodeProcess, timeout: float = 1.0) -> dict[str, int]:
+    """node_id -> incarnation, as the node's ring has them."""
+    return {m.node_id: m.incarnation for m in ring(node, timeout).members}
+
+
+def converged(nodes: Sequence[NodeProcess], expected: set[str]) -> int | None:
+    """The common epoch when every node's ring has exactly `expected`, else None."""
+    epochs = set()
+    for node in nodes:
+        try:
+            r = ring(node)
+        except grpc.RpcError:
+            return None
+        if {m.node_id for m in r.members} != expected or r.fenced:
+            return None
+        epochs.add(r.epoch)
+    return epochs.pop() if len(epochs) == 1 else None
+
+
+def owners(node: str | NodeProcess, resource_ids: Sequence[str]) -> list[str]:
+    s = stub(node)
+    return [s.WhoOwns(pb.WhoOwnsRequest(resource_id=r), timeout=2).owner for r in resource_ids]

@@ -1,0 +1,1 @@
+pytest_plugins = ["controlplane.testing.pytest_plugin"]
