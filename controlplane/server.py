@@ -12,6 +12,7 @@ calls drain for `drain_grace`, then the process exits.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -225,6 +226,10 @@ def serve(settings: Settings, log_context: NodeContext | None = None) -> int:
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
+        if done.is_set():
+            if signum == signal.SIGINT:  # a second Ctrl-C: the operator wants out now
+                os._exit(130)
+            return  # a repeated SIGTERM must not cut the drain short
         log.info("signal %s: leaving", signal.Signals(signum).name)
         done.set()
 

@@ -1,0 +1,247 @@
+"""Management nodes (``python -m controlplane serve``) as child processes for tests.
+
+Real processes rather than in-process servers, because what is under test is how the cluster
+behaves when a node crashes (SIGKILL), freezes (SIGSTOP) or shuts down (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from controlplane.store.embedded import log_tail, wait_stopped
+
+__all__ = ["NodeProcess"]
+
+# The directory that holds the ``controlplane`` package, so the child imports the same code
+# as the parent even when the package is not installed (running from a checkout).
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+# Reconnect quickly: a node is restarted on the same port and a channel that backed off for
+# seconds would make health checks report a live node as unreachable.
+_CHANNEL_OPTIONS = [
+    ("grpc.enable_http_proxy", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class NodeProcess:
+    """One management node process, with its log file kept across restarts."""
+
+    def __init__(
+        self,
+        node_id: str,
+        port: int,
+        etcd: str,
+        base_dir: str,
+        lease_ttl: float = 2.0,
+        reconcile_interval: float | None = 0.5,
+        prefix: str | None = None,
+        metrics_port: int | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.port = port
+        self.etcd = etcd
+        self.base_dir = str(base_dir)
+        self.lease_ttl = lease_ttl
+        self.reconcile_interval = reconcile_interval
+        self.prefix = prefix
+        self.metrics_port = metrics_port
+        self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
+        self.log_path = os.path.join(self.base_dir, f"{node_id}.log")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._channel: grpc.Channel | None = None
+        self._paused = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    def argv(self) -> list[str]:
+        argv = [
+            sys.executable, "-m", "controlplane", "serve",
+            "--node-id", self.node_id,
+            "--listen", self.address,
+            "--etcd", self.etcd,
+            "--lease-ttl", _num(self.lease_ttl),
+            "--log-format", "text",
+        ]  # fmt: skip
+        if self.metrics_port is not None:
+            argv += ["--metrics-port", str(self.metrics_port)]
+        if self.reconcile_interval is not None:
+            argv += ["--reconcile-interval", _num(self.reconcile_interval)]
+        if self.prefix is not None:
+            argv += ["--prefix", self.prefix]
+        return argv + list(self.extra_args)
+
+    def _child_env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
+        return env
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> NodeProcess:
+        """Spawn the node in its own session, output appended to ``log_path``."""
+        if self.is_running():
+            raise RuntimeError(f"node {self.node_id} is already running (pid {self.pid})")
+        os.makedirs(self.base_dir, exist_ok=True)
+        self._close_channel()
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- harness: starting {self.node_id} at {time.ctime()} ---\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._child_env(),
+                start_new_session=True,
+            )
+        self._paused = False
+        return self
+
+    def restart(self) -> NodeProcess:
+        """Start again with the same argv; the previous process must have exited."""
+        if self.is_running():
+            raise RuntimeError(
+                f"node {self.node_id} is still running (pid {self.pid}); kill or terminate it first"
+            )
+        return self.start()
+
+    def _get_channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        return self._channel
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def health(self, service: str = "readiness", timeout: float = 1.0) -> str | None:
+        """Status name from grpc.health.v1 (``"SERVING"``, ``"NOT_SERVING"``...).
+
+        ``None`` means the node did not answer (down, frozen, not listening yet);
+        ``"SERVICE_UNKNOWN"`` means it answered but does not know ``service``.
+        """
+        stub = health_pb2_grpc.HealthStub(self._get_channel())
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                return "SERVICE_UNKNOWN"
+            return None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Block until readiness is SERVING; fail at once with the log if the node exits."""
+        deadline = time.monotonic() + timeout
+        last: str | None = None
+        while True:
+            code = self.returncode
+            if self._proc is None:
+                raise RuntimeError(f"node {self.node_id} was never started")
+            if code is not None:
+                raise RuntimeError(
+                    f"node {self.node_id} exited with code {code} before becoming ready; "
+                    f"log tail ({self.log_path}):\n{self.log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            last = self.health("readiness", timeout=max(0.05, min(1.0, remaining)))
+            if last == "SERVING":
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"node {self.node_id} ({self.address}) not ready after {timeout:.1f}s "
+                    f"(last readiness: {last}); log tail ({self.log_path}):\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _signal(self, sig: int) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                os.kill(self._proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """Crash the node: no shutdown hooks, its etcd lease is left to expire."""
+        self._close_channel()
+        if self._proc is None:
+            return
+        self._signal(signal.SIGKILL)
+        self._proc.wait()
+        self._paused = False
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """Graceful shutdown (SIGTERM), SIGKILL after ``timeout``; returns the exit code."""
+        self._close_channel()
+        if self._proc is None:
+            raise RuntimeError(f"node {self.node_id} was never started")
+        self._signal(signal.SIGTERM)
+        if self._paused:  # a stopped process cannot handle SIGTERM until continued
+            self._signal(signal.SIGCONT)
+            self._paused = False
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            return self._proc.wait()
+
+    def pause(self) -> None:
+        """Freeze the node (SIGSTOP): its sockets stay open, its lease stops being renewed."""
+        if not self.is_running():
+            raise RuntimeError(f"node {self.node_id} is not running")
+        self._signal(signal.SIGSTOP)
+        self._paused = True
+        assert self._proc is not None
+        wait_stopped(self._proc.pid, stopped=True)  # signals are async; see wait_stopped
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+        self._paused = False
+        if self._proc is not None and self._proc.poll() is None:
+            wait_stopped(self._proc.pid, stopped=False)
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, max_bytes: int = 8192) -> str:
+        return log_tail(self.log_path, max_bytes)
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else f"exited({self.returncode})"
+        return f"<NodeProcess {self.node_id} {self.address} {state} pid={self.pid}>"
+
+
+def _num(value: float) -> str:
+    """Render 2.0 as "2" and 0.5 as "0.5", as a user would type them."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -1,0 +1,147 @@
+"""pytest fixtures for testing against real etcd members and management node processes.
+
+Enable with ``pytest_plugins = ["controlplane.testing.pytest_plugin"]`` in the root conftest.
+Every process a fixture starts is killed at teardown, and when the test failed the tail of each
+process log is printed, so a CI failure can be read without re-running it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.store.embedded import log_tail
+from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.ports import free_port
+from controlplane.testing.proxy import TcpProxy
+
+__all__ = ["NodeFactory", "etcd", "etcd3", "nodes", "proxy_factory"]
+
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+_FACTORIES = pytest.StashKey[list["NodeFactory"]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember each phase's report so fixtures can tell at teardown whether the test failed."""
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+def _test_failed(request: pytest.FixtureRequest) -> bool:
+    reports = request.node.stash.get(_REPORTS, {})
+    return any(r.failed for r in reports.values())
+
+
+def _print_logs(title: str, logs: list[tuple[str, str]], max_bytes: int = 6000) -> None:
+    for name, path in logs:
+        if os.path.exists(path):
+            print(f"\n===== {title} {name}: tail of {path} =====\n{log_tail(path, max_bytes)}")
+
+
+def _etcd_cluster(request: pytest.FixtureRequest, base: Path, size: int) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(str(base), size=size)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        # Nodes first, whatever order the test listed its fixtures in: a node that outlives
+        # its etcd fills its log with reconnect noise right where the failure is being read.
+        for factory in request.node.stash.get(_FACTORIES, []):
+            factory.kill_all()
+        cluster.stop()
+        if _test_failed(request):
+            _print_logs("etcd", [(m.name, m.log_path) for m in cluster.members])
+
+
+@pytest.fixture
+def etcd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A started single-member etcd; ``etcd.endpoints`` is what nodes and clients take."""
+    yield from _etcd_cluster(request, tmp_path / "etcd", 1)
+
+
+@pytest.fixture
+def etcd3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A started three-member etcd, for tests that lose a member or the leader."""
+    yield from _etcd_cluster(request, tmp_path / "etcd3", 3)
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[Callable[[str], TcpProxy]]:
+    """``proxy_factory("127.0.0.1:2379")`` -> a started TcpProxy, stopped at teardown."""
+    proxies: list[TcpProxy] = []
+
+    def make(target: str) -> TcpProxy:
+        proxy = TcpProxy(target).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+class NodeFactory:
+    """Starts management nodes for one test and cleans up after it."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.all: list[NodeProcess] = []
+
+    def start(
+        self,
+        node_id: str,
+        etcd_endpoints: str,
+        *,
+        port: int | None = None,
+        wait: bool = True,
+        ready_timeout: float = 20.0,
+        **kwargs: Any,
+    ) -> NodeProcess:
+        """Start a node on a fresh port; ``kwargs`` go to :class:`NodeProcess`."""
+        node = NodeProcess(
+            node_id,
+            port if port is not None else free_port(),
+            etcd_endpoints,
+            str(self.base_dir),
+            **kwargs,
+        )
+        self.all.append(node)
+        node.start()
+        if wait:
+            node.wait_ready(timeout=ready_timeout)
+        return node
+
+    def get(self, node_id: str) -> NodeProcess:
+        for node in self.all:
+            if node.node_id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def running(self) -> list[NodeProcess]:
+        return [n for n in self.all if n.is_running()]
+
+    def kill_all(self) -> None:
+        for node in self.all:
+            node.kill()
+
+
+@pytest.fixture
+def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeFactory]:
+    """Factory of management node processes; all killed at teardown, logs shown on failure."""
+    factory = NodeFactory(tmp_path / "nodes")
+    request.node.stash.setdefault(_FACTORIES, []).append(factory)
+    try:
+        yield factory
+    finally:
+        factory.kill_all()
+        if _test_failed(request):
+            _print_logs("node", [(n.node_id, n.log_path) for n in factory.all])

@@ -1,0 +1,148 @@
+"""Management node processes on a real etcd: convergence, failover, leave, cut-off, restart."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from controlplane.testing import cluster as c
+from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.pytest_plugin import NodeFactory
+from controlplane.testing.waiting import wait_until
+from controlplane.v1 import cluster_pb2 as pb
+
+TTL = 2
+IDS = [f"vm-{i}" for i in range(60)]
+
+
+def start_three(nodes: NodeFactory, etcd: str, **kwargs: object) -> list[NodeProcess]:
+    started = [nodes.start(f"node-{i}", etcd, wait=False, lease_ttl=TTL, **kwargs)
+               for i in range(3)]
+    for node in started:
+        node.wait_ready(30)
+    wait_until(lambda: c.converged(started, {"node-0", "node-1", "node-2"}), timeout=15,
+               message="three nodes did not converge")
+    return started
+
+
+def dropped(survivors: list[NodeProcess], node_id: str) -> bool:
+    return all(node_id not in c.ring_members(n) for n in survivors)
+
+
+def test_three_nodes_converge_on_epoch_and_owners(etcd: EtcdCluster, nodes: NodeFactory) -> None:
+    trio = start_three(nodes, etcd.endpoints)
+    epoch = c.converged(trio, {"node-0", "node-1", "node-2"})
+    assert epoch and epoch > 0
+    answers = [c.owners(n, IDS) for n in trio]
+    assert answers[0] == answers[1] == answers[2]
+    assert set(answers[0]) == {"node-0", "node-1", "node-2"}
+    shares = c.ring(trio[0]).shares
+    assert sum(shares.values()) == pytest.approx(1.0)
+    # Routed calls are served by the owner, whichever node is asked.
+    for node in trio:
+        for rid, owner in zip(IDS[:10], answers[0], strict=False):
+            loc = c.stub(node).Locate(pb.LocateRequest(resource_id=rid), timeout=5)
+            assert loc.served_by == owner
+            assert loc.forwarded == (owner != node.node_id)
+
+
+def test_kill_9_is_dropped_within_ttl_plus_margin(etcd: EtcdCluster, nodes: NodeFactory) -> None:
+    trio = start_three(nodes, etcd.endpoints)
+    killed_at = time.monotonic()
+    trio[2].kill()
+    wait_until(lambda: dropped(trio[:2], "node-2"), timeout=TTL + 5)
+    elapsed = time.monotonic() - killed_at
+    assert elapsed <= TTL + 1.5, f"dropped after {elapsed:.2f}s"
+    # survivors agree again, and every resource has a live owner
+    wait_until(lambda: c.converged(trio[:2], {"node-0", "node-1"}), timeout=5)
+    assert set(c.owners(trio[0], IDS)) == {"node-0", "node-1"}
+
+
+def test_sigterm_leaves_within_1_5_s(etcd: EtcdCluster, nodes: NodeFactory) -> None:
+    trio = start_three(nodes, etcd.endpoints)
+    started = time.monotonic()
+    trio[1]._signal(15)
+    wait_until(lambda: dropped([trio[0], trio[2]], "node-1"), timeout=5)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5, f"graceful leave took {elapsed:.2f}s"
+    wait_until(lambda: not trio[1].is_running(), timeout=15)
+    assert trio[1].returncode == 0
+    assert "lease" in trio[1].log_text() and "revoked" in trio[1].log_text()
+
+
+def test_cut_off_node_fences_itself_before_eviction_and_rejoins(
+    etcd: EtcdCluster, nodes: NodeFactory, proxy_factory
+) -> None:
+    proxy = proxy_factory(etcd.endpoints)
+    a = nodes.start("node-0", etcd.endpoints, wait=False, lease_ttl=TTL)
+    b = nodes.start("node-1", etcd.endpoints, wait=False, lease_ttl=TTL)
+    cut = nodes.start("node-2", proxy.address, wait=False, lease_ttl=TTL)
+    for n in (a, b, cut):
+        n.wait_ready(30)
+    wait_until(lambda: c.converged([a, b, cut], {"node-0", "node-1", "node-2"}), timeout=15)
+    first = c.ring_members(a)["node-2"]
+
+    proxy.blackhole()
+    # The cut node goes NOT_SERVING while the others still count it as a member.
+    wait_until(lambda: cut.health() == "NOT_SERVING", timeout=TTL + 2)
+    assert "node-2" in c.ring_members(a) and "node-2" in c.ring_members(b), \
+        "evicted before the cut-off node fenced itself"
+    assert c.ring(cut).fenced
+    with pytest.raises(grpc.RpcError) as err:
+        c.stub(cut).WhoOwns(pb.WhoOwnsRequest(resource_id="vm-1"), timeout=2)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        c.stub(cut).ListMembers(pb.ListMembersRequest(), timeout=2)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 2.5  # never hangs past its deadline
+    # Then the others evict it (etcd expires its lease).
+    wait_until(lambda: dropped([a, b], "node-2"), timeout=TTL + 5)
+
+    proxy.heal()
+    wait_until(lambda: c.converged([a, b, cut], {"node-0", "node-1", "node-2"}), timeout=20,
+               message="cut-off node did not rejoin")
+    assert c.ring_members(a)["node-2"] > first  # a new incarnation
+    wait_until(lambda: cut.health() == "SERVING", timeout=5)
+    assert cut.is_running()
+
+
+def test_etcd_restart_under_the_nodes(etcd: EtcdCluster, nodes: NodeFactory) -> None:
+    trio = start_three(nodes, etcd.endpoints)
+    pids = [n.pid for n in trio]
+    etcd.members[0].stop()
+    etcd.members[0].restart()
+    wait_until(lambda: c.converged(trio, {"node-0", "node-1", "node-2"}), timeout=30,
+               message="nodes did not regain membership after the etcd restart")
+    wait_until(lambda: all(n.health() == "SERVING" for n in trio), timeout=10)
+    assert [n.pid for n in trio] == pids  # no node restarted itself
+
+
+def test_bad_input_and_forwarding_refusal(etcd: EtcdCluster, nodes: NodeFactory) -> None:
+    node = nodes.start("node-0", etcd.endpoints, lease_ttl=TTL)
+    other = nodes.start("node-1", etcd.endpoints, lease_ttl=TTL)
+    wait_until(lambda: c.converged([node, other], {"node-0", "node-1"}), timeout=15)
+    for bad in ("", "x" * 257, "a/b"):
+        with pytest.raises(grpc.RpcError) as err:
+            c.stub(node).WhoOwns(pb.WhoOwnsRequest(resource_id=bad), timeout=2)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as err:
+            c.stub(node).Locate(pb.LocateRequest(resource_id=bad), timeout=2)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A forwarded call that reaches a non-owner is refused, with the receiver's epoch,
+    # and is never forwarded again.
+    rid = next(r for r in IDS if c.owners(node, [r])[0] == "node-1")
+    with pytest.raises(grpc.RpcError) as err:
+        c.stub(node).Locate(
+            pb.LocateRequest(resource_id=rid),
+            metadata=(("x-controlplane-forwarded-by", "node-9"), ("x-controlplane-epoch", "1")),
+            timeout=2,
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    trailing = dict(err.value.trailing_metadata())
+    assert int(trailing["x-controlplane-epoch"]) == c.ring(node).epoch
+    members = c.stub(node).ListMembers(pb.ListMembersRequest(), timeout=2)
+    assert [m.node_id for m in members.members] == ["node-0", "node-1"]
