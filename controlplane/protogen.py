@@ -33,7 +33,8 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
     gen_dir = out_dir / "controlplane" / "v1"
-    return sorted(p for p in gen_dir.iterdir() if p.name.endswith(("_pb2.py", "_pb2.pyi", "_grpc.py")))
+    suffixes = ("_pb2.py", "_pb2.pyi", "_grpc.py")
+    return sorted(p for p in gen_dir.iterdir() if p.name.endswith(suffixes))
 
 
 def main() -> int:

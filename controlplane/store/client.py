@@ -180,7 +180,8 @@ class Store:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(StoreUnavailable),
             stop=tenacity.stop_before_delay(max(budget, 0.0)),
-            wait=tenacity.wait_exponential(multiplier=0.05, max=0.5) + tenacity.wait_random(0, 0.05),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=0.5)
+            + tenacity.wait_random(0, 0.05),
             reraise=True,
         )
         for trial in retrying:

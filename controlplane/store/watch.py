@@ -17,8 +17,8 @@ from typing import Literal
 
 import grpc
 from pyetcd import etcdrpc
-from pyetcd.etcdrpc import kv_pb2
 from pyetcd import utils as etcd_utils
+from pyetcd.etcdrpc import kv_pb2
 
 from controlplane.store.client import KV, Store
 from controlplane.store.errors import StoreError

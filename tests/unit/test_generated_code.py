@@ -1,0 +1,26 @@
+"""The committed generated code is exactly what the pinned grpcio-tools makes of proto/."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import pathlib
+
+import pytest
+
+from controlplane import protogen
+
+PINNED = "1.85.1"
+
+
+def test_generated_code_matches_proto(tmp_path: pathlib.Path) -> None:
+    installed = importlib.metadata.version("grpcio-tools")
+    if installed != PINNED:
+        pytest.fail(f"grpcio-tools {installed} installed; the generated code is pinned to "
+                    f"{PINNED} (pip install -e '.[test]')")
+    fresh = protogen.generate(tmp_path)
+    committed_dir = protogen.ROOT / "controlplane" / "v1"
+    suffixes = ("_pb2.py", "_pb2.pyi", "_grpc.py")
+    committed = sorted(p.name for p in committed_dir.iterdir() if p.name.endswith(suffixes))
+    assert [p.name for p in fresh] == committed
+    stale = [p.name for p in fresh if p.read_text() != (committed_dir / p.name).read_text()]
+    assert not stale, f"regenerate with `python -m controlplane.protogen`: {stale} differ"
