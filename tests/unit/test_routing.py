@@ -1,0 +1,162 @@
+"""The forwarding helper's decisions, with a stand-in view and channel (no I/O)."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import grpc
+import pytest
+
+from controlplane.cluster.ring import Ring
+from controlplane.cluster.routing import EPOCH, FORWARDED_BY, RouteError, Router
+from controlplane.cluster.table import MemberInfo, MemberTable
+
+MEMBERS = ["a", "b", "c"]
+
+
+class View:
+    """Holds a ring; catching up (wait_for) swaps in `next_ring` like the applier would."""
+
+    def __init__(self, ring: Ring, next_ring: Ring | None = None) -> None:
+        self.ring = ring
+        self.next_ring = next_ring
+        self.table = MemberTable(MappingProxyType(
+            {m: MemberInfo(m, f"{m}:1", 1, 1) for m in MEMBERS}), ring.epoch, ring.epoch)
+        self.refreshes = 0
+
+    def wait_for(self, predicate, timeout: float) -> bool:  # noqa: ANN001
+        self.refreshes += 1
+        if self.next_ring is not None:
+            self.ring = self.next_ring
+        return True
+
+    def reconcile_now(self, wait: float | None = None) -> bool:
+        self.refreshes += 1
+        return True
+
+
+class Context:
+    def __init__(self, metadata: tuple = ()) -> None:
+        self.metadata = metadata
+        self.trailing: tuple = ()
+
+    def invocation_metadata(self) -> tuple:
+        return self.metadata
+
+    def time_remaining(self) -> float:
+        return 5.0
+
+    def set_trailing_metadata(self, md: tuple) -> None:
+        self.trailing = md
+
+
+class Failure(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, epoch: int | None = None) -> None:
+        self._code, self._epoch = code, epoch
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return f"{self._code.name} from the owner"
+
+    def trailing_metadata(self) -> tuple:
+        return ((EPOCH, str(self._epoch)),) if self._epoch is not None else ()
+
+
+def resource_owned_by(ring: Ring, node: str) -> str:
+    return next(r for r in (f"vm-{i}" for i in range(1000)) if ring.owner(r) == node)
+
+
+def router(view: View, me: str = "a", fenced: bool = False) -> Router:
+    r = Router(me, view, lambda: fenced, max_retries=3)  # type: ignore[arg-type]
+    r.channel = lambda address: address  # type: ignore[method-assign]
+    return r
+
+
+def test_owner_serves_locally() -> None:
+    ring = Ring.build(MEMBERS, 5)
+    rid = resource_owned_by(ring, "a")
+    resp, retries = router(View(ring)).route(rid, Context(), lambda r, fwd: ("local", fwd),
+                                             lambda *a: pytest.fail("forwarded"))
+    assert resp == ("local", False) and retries == 0
+
+
+def test_forwards_with_sender_and_epoch() -> None:
+    ring = Ring.build(MEMBERS, 5)
+    rid = resource_owned_by(ring, "b")
+    seen = []
+
+    def remote(channel, metadata, timeout):  # noqa: ANN001
+        seen.append((channel, dict(metadata)))
+        return "remote"
+
+    resp, _ = router(View(ring)).route(rid, Context(), lambda r, f: "local", remote)
+    assert resp == "remote"
+    assert seen == [("b:1", {FORWARDED_BY: "a", EPOCH: "5"})]
+
+
+def test_refused_by_newer_epoch_refreshes_then_serves() -> None:
+    old = Ring.build(MEMBERS, 5)
+    new = Ring.build(["a", "c"], 9)  # b left: at epoch 9 the resource is ours or c's
+    rid = next(r for r in (f"vm-{i}" for i in range(1000))
+               if old.owner(r) == "b" and new.owner(r) == "a")
+    view = View(old, new)
+
+    def remote(channel, metadata, timeout):  # noqa: ANN001
+        raise Failure(grpc.StatusCode.FAILED_PRECONDITION, epoch=9)
+
+    resp, retries = router(view).route(rid, Context(), lambda r, f: ("local", r.epoch), remote)
+    assert resp == ("local", 9) and retries == 1 and view.refreshes >= 1
+
+
+def test_unreachable_owner_is_retried_a_bounded_number_of_times() -> None:
+    ring = Ring.build(MEMBERS, 5)
+    rid = resource_owned_by(ring, "c")
+    calls = []
+
+    def remote(channel, metadata, timeout):  # noqa: ANN001
+        calls.append(1)
+        raise Failure(grpc.StatusCode.UNAVAILABLE)
+
+    with pytest.raises(RouteError) as err:
+        router(View(ring)).route(rid, Context(), lambda r, f: "local", remote)
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert len(calls) == 4  # 1 + max_retries
+
+
+def test_other_errors_pass_through_without_retry() -> None:
+    ring = Ring.build(MEMBERS, 5)
+    rid = resource_owned_by(ring, "b")
+    calls = []
+
+    def remote(channel, metadata, timeout):  # noqa: ANN001
+        calls.append(1)
+        raise Failure(grpc.StatusCode.NOT_FOUND)
+
+    with pytest.raises(RouteError) as err:
+        router(View(ring)).route(rid, Context(), lambda r, f: "local", remote)
+    assert err.value.code == grpc.StatusCode.NOT_FOUND and len(calls) == 1
+
+
+def test_forwarded_call_to_non_owner_is_refused_never_forwarded_again() -> None:
+    ring = Ring.build(MEMBERS, 5)
+    rid = resource_owned_by(ring, "b")
+    ctx = Context(((FORWARDED_BY, "c"), (EPOCH, "4")))
+    with pytest.raises(RouteError) as err:
+        router(View(ring)).route(rid, ctx, lambda r, f: pytest.fail("served"),
+                                 lambda *a: pytest.fail("forwarded twice"))
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert ctx.trailing == ((EPOCH, "5"),)
+    mine = resource_owned_by(ring, "a")
+    resp, _ = router(View(ring)).route(mine, ctx, lambda r, f: ("local", f), lambda *a: None)
+    assert resp == ("local", True)
+
+
+def test_fenced_node_does_no_owner_work() -> None:
+    ring = Ring.build(MEMBERS, 5)
+    with pytest.raises(RouteError) as err:
+        router(View(ring), fenced=True).route(resource_owned_by(ring, "a"), Context(),
+                                              lambda r, f: pytest.fail("served"),
+                                              lambda *a: pytest.fail("forwarded"))
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
