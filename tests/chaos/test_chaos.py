@@ -55,3 +55,22 @@ def test_repeated_cut_and_heal(etcd: EtcdCluster, nodes: NodeFactory, proxy_fact
     wait_until(lambda: c.converged([a, b, cut], ALL), timeout=20)
     incarnations.append(c.ring_members(a)["node-2"])
     assert incarnations == sorted(set(incarnations))  # a new incarnation every time
+
+
+def test_paused_node_is_evicted_and_comes_back_fenced_first(
+    etcd: EtcdCluster, nodes: NodeFactory
+) -> None:
+    """SIGSTOP longer than the TTL (a GC pause, a frozen VM): the others evict the node; on
+    SIGCONT it must not act on its stale ring, and it rejoins with a new incarnation."""
+    trio = [nodes.start(f"node-{i}", etcd.endpoints, wait=False, lease_ttl=2) for i in range(3)]
+    for n in trio:
+        n.wait_ready(30)
+    wait_until(lambda: c.converged(trio, ALL), timeout=15)
+    before = c.ring_members(trio[0])["node-2"]
+    trio[2].pause()
+    wait_until(lambda: "node-2" not in c.ring_members(trio[0]), timeout=10)
+    trio[2].resume()
+    wait_until(lambda: c.converged(trio, ALL), timeout=20)
+    assert c.ring_members(trio[0])["node-2"] > before
+    log = trio[2].log_text()
+    assert "fenced" in log and "registered node-2 as incarnation" in log
