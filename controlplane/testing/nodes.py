@@ -7,8 +7,6 @@ behaves when a node crashes (SIGKILL), freezes (SIGSTOP) or shuts down (SIGTERM)
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -17,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.store.embedded import log_tail, wait_stopped
+from controlplane.procs import ChildProcess
 
 __all__ = ["NodeProcess"]
 
@@ -35,8 +33,10 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class NodeProcess:
+class NodeProcess(ChildProcess):
     """One management node process, with its log file kept across restarts."""
+
+    kind = "node"
 
     def __init__(
         self,
@@ -60,23 +60,13 @@ class NodeProcess:
         self.prefix = prefix
         self.metrics_port = metrics_port
         self.extra_args = tuple(extra_args)
-        self.env = dict(env or {})
-        self.log_path = os.path.join(self.base_dir, f"{node_id}.log")
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.extra_env = dict(env or {})
+        super().__init__(node_id, os.path.join(self.base_dir, f"{node_id}.log"))
         self._channel: grpc.Channel | None = None
-        self._paused = False
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.poll() if self._proc is not None else None
 
     def argv(self) -> list[str]:
         argv = [
@@ -95,33 +85,16 @@ class NodeProcess:
             argv += ["--prefix", self.prefix]
         return argv + list(self.extra_args)
 
-    def _child_env(self) -> dict[str, str]:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         path = env.get("PYTHONPATH")
         env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
         return env
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> NodeProcess:
         """Spawn the node in its own session, output appended to ``log_path``."""
-        if self.is_running():
-            raise RuntimeError(f"node {self.node_id} is already running (pid {self.pid})")
-        os.makedirs(self.base_dir, exist_ok=True)
         self._close_channel()
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- harness: starting {self.node_id} at {time.ctime()} ---\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                self.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._child_env(),
-                start_new_session=True,
-            )
-        self._paused = False
+        super().start()
         return self
 
     def restart(self) -> NodeProcess:
@@ -181,61 +154,19 @@ class NodeProcess:
                 )
             time.sleep(0.05)
 
-    def _signal(self, sig: int) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            try:
-                os.kill(self._proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
     def kill(self) -> None:
         """Crash the node: no shutdown hooks, its etcd lease is left to expire."""
         self._close_channel()
-        if self._proc is None:
-            return
-        self._signal(signal.SIGKILL)
-        self._proc.wait()
-        self._paused = False
+        super().kill()
 
     def terminate(self, timeout: float = 15.0) -> int:
         """Graceful shutdown (SIGTERM), SIGKILL after ``timeout``; returns the exit code."""
         self._close_channel()
         if self._proc is None:
             raise RuntimeError(f"node {self.node_id} was never started")
-        self._signal(signal.SIGTERM)
-        if self._paused:  # a stopped process cannot handle SIGTERM until continued
-            self._signal(signal.SIGCONT)
-            self._paused = False
-        try:
-            return self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
-            return self._proc.wait()
-
-    def pause(self) -> None:
-        """Freeze the node (SIGSTOP): its sockets stay open, its lease stops being renewed."""
-        if not self.is_running():
-            raise RuntimeError(f"node {self.node_id} is not running")
-        self._signal(signal.SIGSTOP)
-        self._paused = True
-        assert self._proc is not None
-        wait_stopped(self._proc.pid, stopped=True)  # signals are async; see wait_stopped
-
-    def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-        self._paused = False
-        if self._proc is not None and self._proc.poll() is None:
-            wait_stopped(self._proc.pid, stopped=False)
-
-    def log_text(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, max_bytes: int = 8192) -> str:
-        return log_tail(self.log_path, max_bytes)
+        code = self.stop(timeout)
+        assert code is not None
+        return code
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else f"exited({self.returncode})"

@@ -359,7 +359,8 @@ def test_node_that_exits_is_reported_with_its_log(nodes: NodeFactory, etcd: Etcd
     with pytest.raises(RuntimeError, match="exited with code"):
         node.wait_ready(timeout=20)
     assert not node.is_running()
-    assert "harness: starting n-bad" in node.log_text()
+    assert "starting node n-bad" in node.log_text()
+    assert "unrecognized arguments: --no-such-flag" in node.log_text()
 
 
 # --------------------------------------------------------------------------- waiting, ports
