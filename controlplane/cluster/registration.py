@@ -5,7 +5,9 @@ Lessons built in:
   but forgot the re-put, and their node silently left the cluster).
 - A node restarted under the same id deletes the key its previous incarnation left behind
   (compare-and-swap on that key's mod_revision), then creates a fresh one: the new
-  create_revision is a new incarnation, so a fencing compare tells old and new apart.
+  create_revision is a new incarnation, so a fencing compare tells old and new apart. It
+  only does so when that key advertises the address it now listens on itself (so its
+  holder is surely dead); a key held from another address is waited out, never stolen.
 - Self-fencing: `fenced` is true whenever the last keepalive etcd acknowledged was *sent*
   more than TTL - margin ago. The lease surely lives TTL after that send, so a node that is
   not fenced is surely still a member; a fenced one stops owner work before anyone can
@@ -25,6 +27,17 @@ from controlplane.store import txn as t
 from controlplane.v1 import records_pb2
 
 log = logging.getLogger(__name__)
+
+
+class NodeIdInUse(StoreError):
+    """Another live member holds our node id."""
+
+
+def _address_of(value: bytes) -> str:
+    try:
+        return records_pb2.MemberRecord.FromString(value).address
+    except Exception:  # noqa: BLE001 - a foreign value: treat as someone else's
+        return ""
 
 
 def fence_margin(ttl: float) -> float:
@@ -156,7 +169,8 @@ class Registration:
                 self._register_once()
                 backoff = 0.1
             except StoreError as exc:
-                log.warning("registration failed, retrying in %.1fs: %s", backoff, exc)
+                level = logging.ERROR if isinstance(exc, NodeIdInUse) else logging.WARNING
+                log.log(level, "registration failed, retrying in %.1fs: %s", backoff, exc)
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, 2.0)
@@ -183,8 +197,18 @@ class Registration:
             (old,) = result.ranges[0] or (None,)
             if old is None:
                 continue
-            # A previous incarnation of this node id (crashed, its lease not yet expired):
-            # remove exactly that key, never a newer one.
+            holder = _address_of(old.value)
+            if holder != self.address:
+                # Another live process claims this id (or our previous incarnation from
+                # another address, whose lease will expire). Never steal a live key: two
+                # processes deleting each other's key would flap the ring forever.
+                self.store.revoke(lease_id)
+                raise NodeIdInUse(
+                    f"node id {self.node_id!r} is held by {holder or 'an unknown address'} "
+                    f"(incarnation {old.create_revision}); waiting for that lease to expire"
+                )
+            # Our own previous incarnation (it advertised the address we now listen on: it
+            # is dead), its lease not yet expired: remove exactly that key, never a newer one.
             log.warning("removing member key of previous incarnation %d (lease %x)",
                         old.create_revision, old.lease)
             self.store.txn([t.mod_revision_is(self.key, old.mod_revision)], [t.delete(self.key)])

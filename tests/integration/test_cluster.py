@@ -146,3 +146,17 @@ def test_bad_input_and_forwarding_refusal(etcd: EtcdCluster, nodes: NodeFactory)
     assert int(trailing["x-controlplane-epoch"]) == c.ring(node).epoch
     members = c.stub(node).ListMembers(pb.ListMembersRequest(), timeout=2)
     assert [m.node_id for m in members.members] == ["node-0", "node-1"]
+
+
+def test_duplicate_node_id_waits_instead_of_stealing(etcd: EtcdCluster, nodes: NodeFactory
+                                                     ) -> None:
+    first = nodes.start("node-0", etcd.endpoints, lease_ttl=TTL)
+    incarnation = c.ring(first).incarnation
+    second = nodes.start("node-0", etcd.endpoints, lease_ttl=TTL, wait=False)
+    wait_until(lambda: second.log_text().count("is held by 127.0.0.1:") >= 3, timeout=20)
+    assert c.ring(first).incarnation == incarnation and not c.ring(first).fenced
+    assert first.health() == "SERVING" and second.health() == "NOT_SERVING"
+    first.kill()  # now the id is free once the dead process's lease expires
+    wait_until(lambda: second.health() == "SERVING", timeout=TTL + 10)
+    members = c.stub(second).ListMembers(pb.ListMembersRequest(), timeout=2).members
+    assert [(m.node_id, m.address) for m in members] == [("node-0", second.address)]
