@@ -160,3 +160,18 @@ def test_duplicate_node_id_waits_instead_of_stealing(etcd: EtcdCluster, nodes: N
     wait_until(lambda: second.health() == "SERVING", timeout=TTL + 10)
     members = c.stub(second).ListMembers(pb.ListMembersRequest(), timeout=2).members
     assert [(m.node_id, m.address) for m in members] == [("node-0", second.address)]
+
+
+def test_cold_start_waits_for_etcd_instead_of_crashing(tmp_path, nodes: NodeFactory) -> None:
+    etcd = EtcdCluster(str(tmp_path / "late-etcd"), size=1)  # ports chosen, not started
+    try:
+        node = nodes.start("node-0", etcd.endpoints, lease_ttl=TTL, wait=False)
+        wait_until(lambda: "retrying" in node.log_text(), timeout=15)
+        assert node.is_running() and node.health("liveness") == "SERVING"
+        assert node.health() == "NOT_SERVING"
+        etcd.start()
+        node.wait_ready(30)
+        assert c.ring_members(node) == {"node-0": c.ring(node).incarnation}
+    finally:
+        nodes.kill_all()
+        etcd.stop()
