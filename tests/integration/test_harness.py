@@ -297,9 +297,14 @@ def test_drop_resets_connections_and_refuses_new_ones(
 
 
 def test_proxy_to_a_dead_target_closes_the_client() -> None:
-    with TcpProxy(f"127.0.0.1:{free_port()}") as proxy, connect(proxy.address) as c:
-        assert closed_by_peer(c)
-        wait_until(lambda: proxy.connections == 0, timeout=2)
+    # A bound, never-listening socket: connections to it are refused, and the kernel cannot
+    # hand its port out as an ephemeral source port (which would make a TCP self-connect).
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{dead.getsockname()[1]}"
+        with TcpProxy(target) as proxy, connect(proxy.address) as c:
+            assert closed_by_peer(c)
+            wait_until(lambda: proxy.connections == 0, timeout=2)
 
 
 def test_stop_leaves_no_threads_and_is_idempotent(echo: EchoServer) -> None:

@@ -1,0 +1,152 @@
+"""A rolling update rehearsed with processes, configured exactly as the manifests do it.
+
+Three `controlplane serve` processes get their settings only from CONTROLPLANE_* variables
+(pod-name ids, as the StatefulSet's downward API gives them). A Service is emulated the way
+Kubernetes does it: clients go round-robin to endpoints whose readiness probe last said
+SERVING, and retry another endpoint on UNAVAILABLE. The pods are then rolled one at a time,
+highest ordinal first, each SIGTERMed and restarted and waited for Ready before the next.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+
+import grpc
+
+from controlplane.cluster.view import ClusterView
+from controlplane.store import Keys, Store
+from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.ports import free_port
+from controlplane.testing.waiting import wait_until
+from controlplane.v1 import cluster_pb2 as pb
+from controlplane.v1 import cluster_pb2_grpc as pb_grpc
+
+NAMES = [f"controlplane-{i}" for i in range(3)]
+
+
+class Pod(NodeProcess):
+    """`controlplane serve` with no flags: everything from the environment, as in the pod."""
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "controlplane", "serve"]
+
+
+def pod(name: str, etcd: str, base_dir: str) -> Pod:
+    port = free_port()
+    env = {
+        "CONTROLPLANE_NODE_ID": name,  # fieldRef metadata.name
+        "CONTROLPLANE_LISTEN": f"127.0.0.1:{port}",
+        "CONTROLPLANE_ADVERTISE": f"127.0.0.1:{port}",  # $(POD_IP):7070
+        "CONTROLPLANE_ETCD": etcd,  # from the ConfigMap
+        "CONTROLPLANE_LEASE_TTL": "2",
+        "CONTROLPLANE_RECONCILE_INTERVAL": "1",
+        "CONTROLPLANE_DRAIN_GRACE": "2",
+        "CONTROLPLANE_LOG_FORMAT": "json",
+    }
+    return Pod(name, port, etcd, base_dir, env=env)
+
+
+class ServiceClient:
+    """Round-robin over Ready endpoints with retry on another endpoint, like a client of a
+    ClusterIP Service whose endpoints follow the readiness probes."""
+
+    def __init__(self, pods: list[Pod]) -> None:
+        self.pods = pods
+        self.ready: list[Pod] = list(pods)
+        self.calls = self.retried = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def probe_loop(self) -> None:
+        """The endpoints controller: readiness every 100 ms."""
+        while not self.stop.wait(0.1):
+            self.ready = [p for p in self.pods if p.is_running() and p.health(timeout=0.3)
+                          == "SERVING"]
+
+    def _stub(self, address: str) -> pb_grpc.ClusterServiceStub:
+        if address not in self._channels:
+            self._channels[address] = grpc.insecure_channel(address)
+        return pb_grpc.ClusterServiceStub(self._channels[address])
+
+    def call_loop(self) -> None:
+        turn = itertools.count()
+        for i in itertools.count():
+            if self.stop.is_set():
+                return
+            request = pb.LocateRequest(resource_id=f"vm-{i % 500}")
+            self.calls += 1
+            errors = []
+            for _attempt in range(3):
+                endpoints = self.ready
+                if not endpoints:
+                    self.stop.wait(0.05)
+                    continue
+                target = endpoints[next(turn) % len(endpoints)]
+                try:
+                    self._stub(target.address).Locate(request, timeout=3)
+                    break
+                except grpc.RpcError as err:
+                    errors.append(f"{target.node_id}: {err.code().name} {err.details()}")
+                    if err.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                          grpc.StatusCode.CANCELLED):
+                        break
+                    self.retried += 1
+            else:
+                self.failures.append("; ".join(errors) or "no ready endpoint")
+                continue
+            if errors and len(errors) == 3:
+                self.failures.append("; ".join(errors))
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+
+def test_rolling_update_loses_no_call_and_keeps_two_members(
+    etcd: EtcdCluster, tmp_path: os.PathLike
+) -> None:
+    store = Store(etcd.endpoints)
+    sizes: list[int] = []
+    view = ClusterView(store, Keys(), reconcile_interval=None)
+    view.add_listener(lambda table, changes: sizes.append(len(table.members)))
+    view.start(timeout=10)
+    pods = [pod(name, etcd.endpoints, str(tmp_path)) for name in NAMES]
+    client = ServiceClient(pods)
+    threads = []
+    try:
+        for p in pods:
+            p.start()
+        for p in pods:
+            p.wait_ready(30)
+        assert view.wait_for(lambda t: set(t.members) == set(NAMES), 10)
+        sizes.clear()
+        threads = [threading.Thread(target=client.probe_loop, daemon=True),
+                   threading.Thread(target=client.call_loop, daemon=True)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: client.calls > 20, timeout=10)
+        for p in reversed(pods):  # a StatefulSet rolls the highest ordinal first
+            before = client.calls
+            assert p.terminate(timeout=20) == 0
+            p.restart().wait_ready(30)
+            assert view.wait_for(lambda t: set(t.members) == set(NAMES), 10)
+            wait_until(lambda b=before: client.calls > b + 20, timeout=10)
+        client.stop.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        client.stop.set()
+        client.close()
+        for p in pods:
+            p.kill()
+        view.stop()
+        store.close()
+    assert not client.failures, client.failures[:5]
+    assert sizes and min(sizes) >= 2, sizes
+    assert client.calls > 100, (client.calls, client.retried)
+    print(f"calls={client.calls} retried={client.retried} ring sizes seen={sorted(set(sizes))}")
