@@ -21,3 +21,6 @@ KEEPALIVE_LATENCY = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
 RPCS = Counter("controlplane_rpcs_total", "gRPC calls served", ["method", "code"])
+RPCS_IN_FLIGHT = Gauge(
+    "controlplane_rpcs_in_flight", "gRPC calls being served (drained on SIGTERM)"
+)

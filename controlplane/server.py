@@ -41,7 +41,7 @@ CLUSTER_SERVICE = cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts every unary call by method and final status code."""
+    """Counts every unary call by method and final status code, and the calls in flight."""
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
@@ -51,12 +51,15 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
 
         def wrapped(request, context):  # type: ignore[no-untyped-def]
+            metrics.RPCS_IN_FLIGHT.inc()
             try:
                 response = inner(request, context)
             except Exception:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 metrics.RPCS.labels(method, code.name).inc()
                 raise
+            finally:
+                metrics.RPCS_IN_FLIGHT.dec()
             code = context.code() or grpc.StatusCode.OK
             metrics.RPCS.labels(method, code.name).inc()
             return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -10,6 +11,7 @@ import pytest
 from controlplane.testing import cluster as c
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.ports import free_port
 from controlplane.testing.pytest_plugin import NodeFactory
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import cluster_pb2 as pb
@@ -175,3 +177,43 @@ def test_cold_start_waits_for_etcd_instead_of_crashing(tmp_path, nodes: NodeFact
     finally:
         nodes.kill_all()
         etcd.stop()
+
+
+def test_sigterm_drains_a_call_in_flight(etcd: EtcdCluster, nodes: NodeFactory) -> None:
+    """SIGTERM while a call is in flight: the node leaves the ring at once (lease revoked),
+    yet the call completes within the drain grace."""
+    metrics_port = free_port()
+    a = nodes.start("node-0", etcd.endpoints, lease_ttl=5, metrics_port=metrics_port)
+    b = nodes.start("node-1", etcd.endpoints, lease_ttl=5)
+    watcher = nodes.start("node-2", etcd.endpoints, lease_ttl=5)
+    wait_until(lambda: c.converged([a, b, watcher], {"node-0", "node-1", "node-2"}), timeout=15)
+    rid = next(r for r in IDS if c.owners(a, [r])[0] == "node-1")
+    b.pause()  # the owner stalls: the forwarded call stays in flight on node-0
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            result["ok"] = c.stub(a).Locate(pb.LocateRequest(resource_id=rid), timeout=15)
+        except grpc.RpcError as err:
+            result["err"] = err
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_until(lambda: "controlplane_rpcs_in_flight 1.0" in scrape(metrics_port), timeout=5)
+    a._signal(15)
+    wait_until(lambda: "node-0" not in c.ring_members(watcher), timeout=3)
+    assert thread.is_alive()  # left the ring, still serving the call
+    b.resume()
+    thread.join(10)
+    assert "ok" in result, result.get("err")
+    assert result["ok"].served_by == "node-1"
+    wait_until(lambda: not a.is_running(), timeout=15)
+    assert a.returncode == 0
+
+
+def scrape(port: int) -> str:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        return resp.read().decode()
