@@ -48,6 +48,49 @@ def _lease_ttl(text: str) -> int:
     return value
 
 
+def _prefix(text: str) -> str:
+    if not text.startswith("/") or text.endswith("/") or len(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: a key prefix starts with '/' and does not "
+                                         "end with it, e.g. /controlplane")
+    return text
+
+
+def _vnodes(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 4096, got {text}")
+    return value
+
+
+def _port_or_zero(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port 1-65535 (or 0: off), got {text}")
+    return value
+
+
+def _log_format(text: str) -> str:
+    if text not in ("text", "json"):
+        raise argparse.ArgumentTypeError(f"must be text or json, got {text!r}")
+    return text
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise argparse.ArgumentTypeError(f"must be DEBUG, INFO, WARNING or ERROR, got {text!r}")
+    return text.upper()
+
+
+def _endpoints(text: str) -> str:
+    from controlplane.store.client import parse_endpoints
+
+    try:
+        parse_endpoints(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def _node_id(text: str) -> str:
     if not valid_node_id(text):
         raise argparse.ArgumentTypeError(
@@ -70,18 +113,18 @@ SERVE_FLAGS: list[tuple[str, str, object, object, str]] = [
     ("--advertise", "ADVERTISE", _hostport, None,
      "address other nodes reach this one at (default: --listen, with 0.0.0.0 replaced by "
      "this host's name)"),
-    ("--etcd", "ETCD", str, "127.0.0.1:2379", "etcd endpoints, comma-separated HOST:PORT"),
+    ("--etcd", "ETCD", _endpoints, "127.0.0.1:2379", "etcd endpoints, comma-separated HOST:PORT"),
     ("--lease-ttl", "LEASE_TTL", _lease_ttl, 10, "membership lease TTL in seconds"),
-    ("--metrics-port", "METRICS_PORT", int, 0, "Prometheus metrics port (0: off)"),
+    ("--metrics-port", "METRICS_PORT", _port_or_zero, 0, "Prometheus metrics port (0: off)"),
     ("--reconcile-interval", "RECONCILE_INTERVAL", _positive_float, 3.0,
      "seconds between member-list reconciles"),
-    ("--prefix", "PREFIX", str, DEFAULT_PREFIX, "etcd key prefix of this deployment"),
-    ("--vnodes", "VNODES", int, 256, "virtual nodes per member on the ring"),
+    ("--prefix", "PREFIX", _prefix, DEFAULT_PREFIX, "etcd key prefix of this deployment"),
+    ("--vnodes", "VNODES", _vnodes, 256, "virtual nodes per member on the ring"),
     ("--drain-grace", "DRAIN_GRACE", _positive_float, 5.0,
      "seconds in-flight calls get to finish after SIGTERM"),
     ("--etcd-timeout", "ETCD_TIMEOUT", _positive_float, 3.0, "per-attempt etcd call deadline"),
-    ("--log-format", "LOG_FORMAT", str, "text", "text or json"),
-    ("--log-level", "LOG_LEVEL", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ("--log-format", "LOG_FORMAT", _log_format, "text", "text or json"),
+    ("--log-level", "LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
 
@@ -92,7 +135,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             flag,
             type=kind,  # type: ignore[arg-type]
-            default=kind(value) if (value is not None and env_value is not None) else value,  # type: ignore[operator]
+            # a string default goes through `type` like a command-line value, so a bad
+            # environment value gets the same clean error as a bad flag
+            default=value,
             required=value is None and flag == "--node-id",
             help=f"{text} [env {ENV_PREFIX}{env}; default {default}]",
             metavar=env,
@@ -106,8 +151,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if host in ("0.0.0.0", "", "[::]", "::"):
             host = socket.gethostname()
         advertise = f"{host}:{port}"
-    if args.log_format not in ("text", "json"):
-        raise SystemExit(f"--log-format must be text or json, got {args.log_format!r}")
     return Settings(
         node_id=args.node_id,
         listen=args.listen,

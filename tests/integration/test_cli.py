@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -54,3 +55,17 @@ def test_bench_cluster_prints_figures() -> None:
     # the last keepalive went out up to TTL/3 before the kill: the floor is 2/3 TTL
     assert doc["lease_ttl_s"] * 0.6 <= doc["failover_kill9_median_s"] < doc["lease_ttl_s"] + 5
     assert doc["graceful_leave_median_s"] < 5
+
+
+def test_bad_settings_are_refused_cleanly_from_flags_and_environment() -> None:
+    for args in (["--prefix", "x"], ["--vnodes", "0"], ["--etcd", "nope"],
+                 ["--log-format", "xml"], ["--lease-ttl", "1"], ["--metrics-port", "70000"]):
+        done = run("serve", "--node-id", "a", *args, check=False)
+        assert done.returncode == 2 and "error: argument" in done.stderr, args
+        assert "Traceback" not in done.stderr
+    env_run = subprocess.run([sys.executable, "-m", "controlplane", "serve"],
+                             env={**os.environ, "CONTROLPLANE_NODE_ID": "a",
+                                  "CONTROLPLANE_LEASE_TTL": "1"},
+                             capture_output=True, text=True, timeout=60)
+    assert env_run.returncode == 2 and "--lease-ttl" in env_run.stderr
+    assert "Traceback" not in env_run.stderr
