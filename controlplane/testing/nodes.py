@@ -128,6 +128,8 @@ class NodeProcess(ChildProcess):
             if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
                 return "SERVICE_UNKNOWN"
             return None
+        except ValueError:  # the channel was closed by a restart in another thread
+            return None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
