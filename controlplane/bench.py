@@ -10,12 +10,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import statistics
+import string
 import tempfile
 import time
 
 from controlplane.cluster.ring import Ring
+
+
+def worst_busiest_share(samples: int, vnodes: int = 256, seed: int = 1) -> float:
+    """Balance is statistical: the worst busiest/fair ratio over random 3-member name sets."""
+    rnd = random.Random(seed)
+    alphabet = string.ascii_lowercase + string.digits
+    worst = 0.0
+    for _ in range(samples):
+        names: set[str] = set()
+        while len(names) < 3:
+            names.add("".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 10))))
+        worst = max(worst, max(Ring.build(names, vnodes=vnodes).shares().values()) * 3)
+    return worst
 
 
 def ring_figures(lookups: int) -> dict[str, float]:
@@ -32,6 +47,7 @@ def ring_figures(lookups: int) -> dict[str, float]:
     sample = ids[:50_000]
     moved = sum(ring.owner(r) != bigger.owner(r) for r in sample) / len(sample)
     return {
+        "worst_busiest_share_2000_random_sets": worst_busiest_share(2000),
         "ring_lookups_per_s": lookups / elapsed,
         "busiest_share_vs_fair": max(ring.shares().values()) * len(members),
         "keys_moved_adding_4th": moved,
@@ -105,6 +121,8 @@ def run_cluster_bench(args: argparse.Namespace) -> int:
               "   target <= 1.2")
         print(f"keys moved adding a 4th member   {figures['keys_moved_adding_4th']:>12.1%}"
               "   ideal 25%")
+        worst = figures["worst_busiest_share_2000_random_sets"]
+        print(f"worst busiest/fair, 2000 random  {worst:>12.3f}   (3-member name sets, 256 vnodes)")
     figures.update(cluster_figures(args.runs, args.lease_ttl))
     if args.json:
         print(json.dumps(figures, indent=2))
