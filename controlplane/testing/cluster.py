@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Sequence
 
 import grpc
@@ -48,3 +49,10 @@ def converged(nodes: Sequence[NodeProcess], expected: set[str]) -> int | None:
 def owners(node: str | NodeProcess, resource_ids: Sequence[str]) -> list[str]:
     s = stub(node)
     return [s.WhoOwns(pb.WhoOwnsRequest(resource_id=r), timeout=2).owner for r in resource_ids]
+
+
+def scrape_metrics(port: int, timeout: float = 2.0) -> str:
+    """A node's Prometheus text (never through an HTTP proxy from the environment)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        return resp.read().decode()

@@ -199,7 +199,8 @@ def test_sigterm_drains_a_call_in_flight(etcd: EtcdCluster, nodes: NodeFactory) 
 
     thread = threading.Thread(target=call)
     thread.start()
-    wait_until(lambda: "controlplane_rpcs_in_flight 1.0" in scrape(metrics_port), timeout=5)
+    wait_until(lambda: "controlplane_rpcs_in_flight 1.0" in c.scrape_metrics(metrics_port),
+               timeout=5)
     a._signal(15)
     wait_until(lambda: "node-0" not in c.ring_members(watcher), timeout=3)
     assert thread.is_alive()  # left the ring, still serving the call
@@ -210,10 +211,3 @@ def test_sigterm_drains_a_call_in_flight(etcd: EtcdCluster, nodes: NodeFactory) 
     wait_until(lambda: not a.is_running(), timeout=15)
     assert a.returncode == 0
 
-
-def scrape(port: int) -> str:
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        return resp.read().decode()

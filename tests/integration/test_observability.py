@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,12 +15,6 @@ from controlplane.testing.pytest_plugin import NodeFactory
 from controlplane.testing.waiting import wait_until
 
 
-def scrape(port: int) -> str:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        return resp.read().decode()
-
-
 def test_metrics_logs_health_and_reflection(etcd: EtcdCluster, nodes: NodeFactory) -> None:
     port = free_port()
     node = nodes.start("node-0", etcd.endpoints, metrics_port=port,
@@ -32,8 +25,9 @@ def test_metrics_logs_health_and_reflection(etcd: EtcdCluster, nodes: NodeFactor
     other.kill()
     wait_until(lambda: "node-1" not in c.ring_members(node), timeout=10)
 
-    text = wait_until(lambda: (t := scrape(port)) and "controlplane_members 1.0" in t and t,
-                      timeout=5)
+    text = wait_until(
+        lambda: (t := c.scrape_metrics(port)) and "controlplane_members 1.0" in t and t,
+        timeout=5)
     assert f"controlplane_ring_epoch {float(c.ring(node).epoch)}" in text
     assert 'controlplane_evictions_total{how="leave"} 1.0' in text
     assert 'controlplane_rpcs_total{code="OK",method="GetRing"}' in text
