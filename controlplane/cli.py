@@ -11,6 +11,7 @@ import grpc
 
 from controlplane import __version__
 from controlplane.config import add_serve_arguments, settings_from_args
+from controlplane.v1 import cluster_pb2
 
 DEFAULT_ENDPOINT = "127.0.0.1:7070"
 
@@ -123,22 +124,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def ring_to_dict(ring: object) -> dict:
+def ring_to_dict(ring: cluster_pb2.GetRingResponse) -> dict:
     """GetRingResponse -> the documented `status --json` shape."""
     return {
-        "node_id": ring.node_id,  # type: ignore[attr-defined]
-        "incarnation": ring.incarnation,  # type: ignore[attr-defined]
-        "ring_epoch": ring.epoch,  # type: ignore[attr-defined]
-        "lease_ttl": ring.lease_ttl,  # type: ignore[attr-defined]
-        "fenced": ring.fenced,  # type: ignore[attr-defined]
-        "vnodes": ring.vnodes,  # type: ignore[attr-defined]
+        "node_id": ring.node_id,
+        "incarnation": ring.incarnation,
+        "ring_epoch": ring.epoch,
+        "lease_ttl": ring.lease_ttl,
+        "fenced": ring.fenced,
+        "vnodes": ring.vnodes,
         "members": [
             {"node_id": m.node_id, "address": m.address, "incarnation": m.incarnation,
              "version": m.version}
-            for m in ring.members  # type: ignore[attr-defined]
+            for m in ring.members
         ],
-        "shares": dict(sorted(ring.shares.items())),  # type: ignore[attr-defined]
-        "suspects": list(ring.suspects),  # type: ignore[attr-defined]
+        "shares": dict(sorted(ring.shares.items())),
+        "suspects": list(ring.suspects),
     }
 
 

@@ -200,6 +200,36 @@ class ChildProcess:
         if self._proc is not None and self._proc.poll() is None:
             wait_stopped(self._proc.pid, stopped=False)
 
+    def wait_up(
+        self,
+        probe: Callable[[float], str | None],
+        timeout: float,
+        what: str,
+        exited_error: type[Exception] = RuntimeError,
+    ) -> None:
+        """Poll probe(per_call_timeout) until it returns "ok"; fail at once, with the log
+        tail, when the process exits first, and with TimeoutError after `timeout`.
+        Any other return value is what the last probe saw, quoted in the timeout error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc is None:
+                raise RuntimeError(f"{self.kind} {self.name} was never started")
+            code = self._proc.poll()
+            if code is not None:
+                raise exited_error(
+                    f"{self.kind} {self.name} exited with code {code} before becoming ready; "
+                    f"log tail ({self.log_path}):\n{self.log_tail()}"
+                )
+            last = probe(max(0.05, min(1.0, deadline - time.monotonic())))
+            if last == "ok":
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{self.kind} {self.name} not {what} after {timeout:.1f}s (last: {last}); "
+                    f"log tail ({self.log_path}):\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
     def log_text(self) -> str:
         try:
             with open(self.log_path, encoding="utf-8", errors="replace") as f:

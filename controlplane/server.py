@@ -97,7 +97,6 @@ class ManagementNode:
         self._stopped = threading.Event()
         self._view_started = threading.Event()
         self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
-        self._first_registration = True
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -176,11 +175,10 @@ class ManagementNode:
     def _on_incarnation(self, incarnation: int) -> None:
         if self.log_context:
             self.log_context.incarnation = incarnation
-        if not self._first_registration:
+        if self.registration.registrations > 1:
             # We were cut off long enough to lose the lease: our watch stream may have
             # died silently with the connection, so re-list and reopen it.
             self.view.resync()
-        self._first_registration = False
 
     def _on_membership(self, table: MemberTable, changes: list[Change]) -> None:
         metrics.MEMBERS.set(len(table.members))

@@ -132,7 +132,6 @@ class Router:
         retries = 0
 
         def attempt() -> T:
-            nonlocal retries
             ring = self.view.ring
             if not len(ring):
                 raise _Retry(grpc.StatusCode.UNAVAILABLE, "the ring has no members yet", 0)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from controlplane import metrics
 from controlplane.cluster.ring import DEFAULT_VNODES, Ring
 from controlplane.cluster.table import Change, MemberInfo, MemberTable
 from controlplane.store import KV, Keys, PrefixWatch, Store, StoreError, WatchEvent
@@ -174,6 +175,7 @@ class ClusterView:
             listing = self.read_members(timeout=self.store.timeout)
         except StoreError as exc:
             self.reconcile_failures += 1
+            metrics.RECONCILE_FAILURES.inc()
             log.warning("reconcile: member list failed (%s); keeping the current view", exc)
             return False
         self.last_reconcile_ok = time.monotonic()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -116,25 +115,10 @@ class EtcdServer(ChildProcess):
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Block until the member serves a healthy ``/health``; fail fast if the process dies."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc is None:
-                raise RuntimeError(f"etcd {self.name} was never started")
-            code = self._proc.poll()
-            if code is not None:
-                raise TimeoutError(
-                    f"etcd {self.name} exited with code {code} before becoming ready; "
-                    f"log tail ({self.log_path}):\n{log_tail(self.log_path)}"
-                )
-            remaining = deadline - time.monotonic()
-            if self.healthy(timeout=max(0.05, min(1.0, remaining))):
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"etcd {self.name} ({self.client_url}) not healthy after {timeout:.1f}s; "
-                    f"log tail ({self.log_path}):\n{log_tail(self.log_path)}"
-                )
-            time.sleep(0.05)
+        self.wait_up(
+            lambda t: "ok" if self.healthy(timeout=t) else f"{self.client_url}/health not true",
+            timeout, "healthy", exited_error=TimeoutError,
+        )
 
     def restart(self, wait: bool = True) -> None:
         """Start again on the same data dir; etcd then ignores --initial-cluster."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -134,27 +133,11 @@ class NodeProcess(ChildProcess):
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Block until readiness is SERVING; fail at once with the log if the node exits."""
-        deadline = time.monotonic() + timeout
-        last: str | None = None
-        while True:
-            code = self.returncode
-            if self._proc is None:
-                raise RuntimeError(f"node {self.node_id} was never started")
-            if code is not None:
-                raise RuntimeError(
-                    f"node {self.node_id} exited with code {code} before becoming ready; "
-                    f"log tail ({self.log_path}):\n{self.log_tail()}"
-                )
-            remaining = deadline - time.monotonic()
-            last = self.health("readiness", timeout=max(0.05, min(1.0, remaining)))
-            if last == "SERVING":
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"node {self.node_id} ({self.address}) not ready after {timeout:.1f}s "
-                    f"(last readiness: {last}); log tail ({self.log_path}):\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+        def probe(t: float) -> str | None:
+            status = self.health("readiness", timeout=t)
+            return "ok" if status == "SERVING" else f"readiness {status} at {self.address}"
+
+        self.wait_up(probe, timeout, "ready")
 
     def kill(self) -> None:
         """Crash the node: no shutdown hooks, its etcd lease is left to expire."""
