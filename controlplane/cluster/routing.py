@@ -5,8 +5,9 @@ forwards the call with two metadata entries: who forwarded it and the ring epoch
 The receiver never forwards again; it checks that it owns the resource at its own epoch and
 otherwise refuses with FAILED_PRECONDITION carrying its epoch. The sender then waits until
 its own view has caught up with that epoch (or re-lists), and retries a bounded number of
-times. UNAVAILABLE from the owner (dead, draining) is retried the same way, because the
-ring will drop a dead owner within the lease TTL.
+times. UNAVAILABLE from the owner (dead, draining), or CANCELLED while our own caller still
+waits (the owner's server stopped under the call), is retried the same way, because the ring
+will drop a dead owner within the lease TTL.
 """
 
 from __future__ import annotations
@@ -153,7 +154,12 @@ class Router:
                     k == EPOCH for k, _ in err.trailing_metadata() or ()
                 ):
                     raise _Retry(code, err.details() or "", epoch_of(err)) from err
-                if code is grpc.StatusCode.UNAVAILABLE:
+                if code is grpc.StatusCode.UNAVAILABLE or (
+                    code is grpc.StatusCode.CANCELLED and context.is_active()
+                ):
+                    # CANCELLED while our own caller is still waiting was not our doing: the
+                    # owner's server stopped under the call (a drain that ran out, or a
+                    # connection that failed while the call was queued). Same as unreachable.
                     raise _Retry(code, f"owner {owner} at {info.address}: {err.details()}",
                                  ring.epoch + 1) from err
                 raise RouteError(code, err.details() or "") from err

@@ -94,7 +94,9 @@ class ServiceClient:
             request = pb.LocateRequest(resource_id=f"vm-{i % 500}")
             self.calls += 1
             errors = []
-            for _attempt in range(3):
+            for attempt in range(3):
+                if attempt:  # a client's retry policy backs off (50 ms, then 100 ms)
+                    self.stop.wait(0.05 * attempt)
                 endpoints = self.ready
                 if not endpoints:
                     self.stop.wait(0.05)

@@ -36,9 +36,13 @@ class View:
 
 
 class Context:
-    def __init__(self, metadata: tuple = ()) -> None:
+    def __init__(self, metadata: tuple = (), active: bool = True) -> None:
         self.metadata = metadata
+        self.active = active
         self.trailing: tuple = ()
+
+    def is_active(self) -> bool:
+        return self.active
 
     def invocation_metadata(self) -> tuple:
         return self.metadata
@@ -123,6 +127,29 @@ def test_unreachable_owner_is_retried_a_bounded_number_of_times() -> None:
         router(View(ring)).route(rid, Context(), lambda r, f: "local", remote)
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
     assert len(calls) == 4  # 1 + max_retries
+
+
+@pytest.mark.parametrize("caller_waits", [True, False])
+def test_cancelled_by_the_owner_is_retried_only_while_our_caller_waits(
+    caller_waits: bool,
+) -> None:
+    ring = Ring.build(MEMBERS, 5)
+    rid = resource_owned_by(ring, "c")
+    calls = []
+
+    def remote(channel, metadata, timeout):  # noqa: ANN001
+        calls.append(1)
+        if len(calls) == 1:
+            raise Failure(grpc.StatusCode.CANCELLED)  # the owner stopped under the call
+        return "remote"
+
+    route = router(View(ring)).route
+    if caller_waits:
+        assert route(rid, Context(), lambda r, f: "local", remote) == ("remote", 1)
+    else:  # our caller cancelled: nobody is waiting, nothing to retry
+        with pytest.raises(RouteError) as err:
+            route(rid, Context(active=False), lambda r, f: "local", remote)
+        assert err.value.code == grpc.StatusCode.CANCELLED and len(calls) == 1
 
 
 def test_other_errors_pass_through_without_retry() -> None:
