@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import MappingProxyType
 
 import grpc
@@ -72,6 +73,20 @@ def resource_owned_by(ring: Ring, node: str) -> str:
     return next(r for r in (f"vm-{i}" for i in range(1000)) if ring.owner(r) == node)
 
 
+def failing_remote(code: grpc.StatusCode, times: int = 1_000) -> tuple[Callable, list[int]]:
+    """A forwarded call that fails with `code` `times` times, then answers "remote"; the list
+    counts the calls."""
+    calls: list[int] = []
+
+    def remote(channel, metadata, timeout):  # noqa: ANN001
+        calls.append(1)
+        if len(calls) <= times:
+            raise Failure(code)
+        return "remote"
+
+    return remote, calls
+
+
 def router(view: View, me: str = "a", fenced: bool = False) -> Router:
     r = Router(me, view, lambda: fenced, max_retries=3)  # type: ignore[arg-type]
     r.channel = lambda address: address  # type: ignore[method-assign]
@@ -117,12 +132,7 @@ def test_refused_by_newer_epoch_refreshes_then_serves() -> None:
 def test_unreachable_owner_is_retried_a_bounded_number_of_times() -> None:
     ring = Ring.build(MEMBERS, 5)
     rid = resource_owned_by(ring, "c")
-    calls = []
-
-    def remote(channel, metadata, timeout):  # noqa: ANN001
-        calls.append(1)
-        raise Failure(grpc.StatusCode.UNAVAILABLE)
-
+    remote, calls = failing_remote(grpc.StatusCode.UNAVAILABLE)
     with pytest.raises(RouteError) as err:
         router(View(ring)).route(rid, Context(), lambda r, f: "local", remote)
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
@@ -135,14 +145,8 @@ def test_cancelled_by_the_owner_is_retried_only_while_our_caller_waits(
 ) -> None:
     ring = Ring.build(MEMBERS, 5)
     rid = resource_owned_by(ring, "c")
-    calls = []
-
-    def remote(channel, metadata, timeout):  # noqa: ANN001
-        calls.append(1)
-        if len(calls) == 1:
-            raise Failure(grpc.StatusCode.CANCELLED)  # the owner stopped under the call
-        return "remote"
-
+    # the owner's server stopped under the first call
+    remote, calls = failing_remote(grpc.StatusCode.CANCELLED, times=1)
     route = router(View(ring)).route
     if caller_waits:
         assert route(rid, Context(), lambda r, f: "local", remote) == ("remote", 1)
@@ -155,12 +159,7 @@ def test_cancelled_by_the_owner_is_retried_only_while_our_caller_waits(
 def test_other_errors_pass_through_without_retry() -> None:
     ring = Ring.build(MEMBERS, 5)
     rid = resource_owned_by(ring, "b")
-    calls = []
-
-    def remote(channel, metadata, timeout):  # noqa: ANN001
-        calls.append(1)
-        raise Failure(grpc.StatusCode.NOT_FOUND)
-
+    remote, calls = failing_remote(grpc.StatusCode.NOT_FOUND)
     with pytest.raises(RouteError) as err:
         router(View(ring)).route(rid, Context(), lambda r, f: "local", remote)
     assert err.value.code == grpc.StatusCode.NOT_FOUND and len(calls) == 1
