@@ -40,3 +40,49 @@ class Keys:
         if not key.startswith(self.members):
             raise ValueError(f"not a member key: {key!r}")
         return key[len(self.members) :]
+
+    # -- resources: one prefix per record type, the id is the last key segment ------
+
+    def collection(self, kind: str) -> str:
+        """Prefix (with the trailing slash) of one record type: hosts, vms, ops, config."""
+        return f"{self.prefix}/{kind}/"
+
+    @property
+    def hosts(self) -> str:
+        return self.collection("hosts")
+
+    def host(self, host_id: str) -> str:
+        return f"{self.hosts}{host_id}"
+
+    @property
+    def vms(self) -> str:
+        return self.collection("vms")
+
+    def vm(self, vm_id: str) -> str:
+        return f"{self.vms}{vm_id}"
+
+    @property
+    def ops(self) -> str:
+        """In-flight VM operations, one per VM: ops/<vm_id>."""
+        return self.collection("ops")
+
+    def op(self, vm_id: str) -> str:
+        return f"{self.ops}{vm_id}"
+
+    @property
+    def config(self) -> str:
+        return self.collection("config")
+
+    def config_key(self, name: str) -> str:
+        return f"{self.config}{name}"
+
+    def audit(self, vm_id: str) -> str:
+        """Prefix of one VM's HA audit records: audit/<vm_id>/<decided_at>-<op_id>."""
+        return f"{self.collection('audit')}{vm_id}/"
+
+    @staticmethod
+    def last_segment(key: str | bytes) -> str:
+        """The id at the end of a resource key."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text.rsplit("/", 1)[-1]
+

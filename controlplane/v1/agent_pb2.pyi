@@ -1,0 +1,186 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AgentVmState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGENT_VM_STATE_UNSPECIFIED: _ClassVar[AgentVmState]
+    AGENT_VM_RUNNING: _ClassVar[AgentVmState]
+    AGENT_VM_PAUSED: _ClassVar[AgentVmState]
+    AGENT_VM_CRASHED: _ClassVar[AgentVmState]
+    AGENT_VM_STOPPED: _ClassVar[AgentVmState]
+
+class HostCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HOST_CONDITION_UNSPECIFIED: _ClassVar[HostCondition]
+    HOST_UP: _ClassVar[HostCondition]
+    HOST_DOWN: _ClassVar[HostCondition]
+    HOST_PARTITIONED: _ClassVar[HostCondition]
+AGENT_VM_STATE_UNSPECIFIED: AgentVmState
+AGENT_VM_RUNNING: AgentVmState
+AGENT_VM_PAUSED: AgentVmState
+AGENT_VM_CRASHED: AgentVmState
+AGENT_VM_STOPPED: AgentVmState
+HOST_CONDITION_UNSPECIFIED: HostCondition
+HOST_UP: HostCondition
+HOST_DOWN: HostCondition
+HOST_PARTITIONED: HostCondition
+
+class AgentVm(_message.Message):
+    __slots__ = ("vm_id", "state", "generation")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    state: AgentVmState
+    generation: int
+    def __init__(self, vm_id: _Optional[str] = ..., state: _Optional[_Union[AgentVmState, str]] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class AgentOp(_message.Message):
+    __slots__ = ("op_id", "vm_id", "kind", "generation", "started_at")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    vm_id: str
+    kind: str
+    generation: int
+    started_at: float
+    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., generation: _Optional[int] = ..., started_at: _Optional[float] = ...) -> None: ...
+
+class ListAgentHostsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAgentHostsResponse(_message.Message):
+    __slots__ = ("host_ids", "backend")
+    HOST_IDS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    host_ids: _containers.RepeatedScalarFieldContainer[str]
+    backend: str
+    def __init__(self, host_ids: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class AgentHostRequest(_message.Message):
+    __slots__ = ("host_id",)
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+
+class PingResponse(_message.Message):
+    __slots__ = ("host_id", "cpus", "memory_mb", "vm_count", "backend")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    VM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    cpus: int
+    memory_mb: int
+    vm_count: int
+    backend: str
+    def __init__(self, host_id: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., vm_count: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class ListVmsResponse(_message.Message):
+    __slots__ = ("host_id", "vms", "ops")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vms: _containers.RepeatedCompositeFieldContainer[AgentVm]
+    ops: _containers.RepeatedCompositeFieldContainer[AgentOp]
+    def __init__(self, host_id: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[AgentVm, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[AgentOp, _Mapping]]] = ...) -> None: ...
+
+class AgentVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class AgentVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("name", "address", "mac")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    mac: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., mac: _Optional[str] = ...) -> None: ...
+
+class DeviceInfo(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+
+class FenceResponse(_message.Message):
+    __slots__ = ("host_id", "vms_killed")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VMS_KILLED_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vms_killed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host_id: _Optional[str] = ..., vms_killed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SimConfig(_message.Message):
+    __slots__ = ("start_delay", "stop_delay", "reboot_delay", "pause_delay", "device_info_failure_rate", "report_ops")
+    START_DELAY_FIELD_NUMBER: _ClassVar[int]
+    STOP_DELAY_FIELD_NUMBER: _ClassVar[int]
+    REBOOT_DELAY_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_INFO_FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_OPS_FIELD_NUMBER: _ClassVar[int]
+    start_delay: float
+    stop_delay: float
+    reboot_delay: float
+    pause_delay: float
+    device_info_failure_rate: float
+    report_ops: bool
+    def __init__(self, start_delay: _Optional[float] = ..., stop_delay: _Optional[float] = ..., reboot_delay: _Optional[float] = ..., pause_delay: _Optional[float] = ..., device_info_failure_rate: _Optional[float] = ..., report_ops: _Optional[bool] = ...) -> None: ...
+
+class SimHostCondition(_message.Message):
+    __slots__ = ("host_id", "condition")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    condition: HostCondition
+    def __init__(self, host_id: _Optional[str] = ..., condition: _Optional[_Union[HostCondition, str]] = ...) -> None: ...
+
+class SeedVmsRequest(_message.Message):
+    __slots__ = ("host_id", "vms")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vms: _containers.RepeatedCompositeFieldContainer[AgentVm]
+    def __init__(self, host_id: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[AgentVm, _Mapping]]] = ...) -> None: ...
+
+class SeedVmsResponse(_message.Message):
+    __slots__ = ("seeded",)
+    SEEDED_FIELD_NUMBER: _ClassVar[int]
+    seeded: int
+    def __init__(self, seeded: _Optional[int] = ...) -> None: ...

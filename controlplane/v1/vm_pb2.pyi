@@ -1,0 +1,222 @@
+from controlplane.v1 import agent_pb2 as _agent_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HaLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HA_NONE: _ClassVar[HaLevel]
+    NEVER_STOP: _ClassVar[HaLevel]
+HA_NONE: HaLevel
+NEVER_STOP: HaLevel
+
+class ImageInfo(_message.Message):
+    __slots__ = ("image_id", "virtual_size", "actual_size")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    virtual_size: int
+    actual_size: int
+    def __init__(self, image_id: _Optional[str] = ..., virtual_size: _Optional[int] = ..., actual_size: _Optional[int] = ...) -> None: ...
+
+class LastOp(_message.Message):
+    __slots__ = ("op_id", "kind", "outcome", "node_id", "finished_at", "detail")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    kind: str
+    outcome: str
+    node_id: str
+    finished_at: float
+    detail: str
+    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., outcome: _Optional[str] = ..., node_id: _Optional[str] = ..., finished_at: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Vm(_message.Message):
+    __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    HA_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_DISK_OFFERING_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_DISK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_OP_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    name: str
+    state: str
+    host_id: str
+    last_host_id: str
+    generation: int
+    ha: HaLevel
+    cpus: int
+    memory_mb: int
+    image: ImageInfo
+    root_disk_offering_size: int
+    root_disk_size: int
+    devices: _agent_pb2.DeviceInfo
+    created_at: float
+    state_changed_at: float
+    last_op: LastOp
+    op: Op
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[float] = ..., state_changed_at: _Optional[float] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ...) -> None: ...
+
+class Op(_message.Message):
+    __slots__ = ("op_id", "vm_id", "kind", "node_id", "incarnation", "started_at", "deadline", "host_id", "generation", "orphaned_at")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ORPHANED_AT_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    vm_id: str
+    kind: str
+    node_id: str
+    incarnation: int
+    started_at: float
+    deadline: float
+    host_id: str
+    generation: int
+    orphaned_at: float
+    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., started_at: _Optional[float] = ..., deadline: _Optional[float] = ..., host_id: _Optional[str] = ..., generation: _Optional[int] = ..., orphaned_at: _Optional[float] = ...) -> None: ...
+
+class HaAudit(_message.Message):
+    __slots__ = ("vm_id", "decided_at", "node_id", "action", "from_host", "to_host", "generation", "reason", "evidence", "op_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FROM_HOST_FIELD_NUMBER: _ClassVar[int]
+    TO_HOST_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    decided_at: float
+    node_id: str
+    action: str
+    from_host: str
+    to_host: str
+    generation: int
+    reason: str
+    evidence: _containers.RepeatedScalarFieldContainer[str]
+    op_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., decided_at: _Optional[float] = ..., node_id: _Optional[str] = ..., action: _Optional[str] = ..., from_host: _Optional[str] = ..., to_host: _Optional[str] = ..., generation: _Optional[int] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Iterable[str]] = ..., op_id: _Optional[str] = ...) -> None: ...
+
+class CreateVmRequest(_message.Message):
+    __slots__ = ("vm_id", "name", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "host_id", "start", "wait")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HA_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_DISK_OFFERING_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    name: str
+    ha: HaLevel
+    cpus: int
+    memory_mb: int
+    image: ImageInfo
+    root_disk_offering_size: int
+    host_id: str
+    start: bool
+    wait: bool
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., host_id: _Optional[str] = ..., start: _Optional[bool] = ..., wait: _Optional[bool] = ...) -> None: ...
+
+class VmOpRequest(_message.Message):
+    __slots__ = ("vm_id", "wait", "force", "host_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    wait: bool
+    force: bool
+    host_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., force: _Optional[bool] = ..., host_id: _Optional[str] = ...) -> None: ...
+
+class VmRef(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class ListVmsRequest(_message.Message):
+    __slots__ = ("host_id", "state")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    state: str
+    def __init__(self, host_id: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ListVmsReply(_message.Message):
+    __slots__ = ("vms", "revision")
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    vms: _containers.RepeatedCompositeFieldContainer[Vm]
+    revision: int
+    def __init__(self, vms: _Optional[_Iterable[_Union[Vm, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class WatchVmsRequest(_message.Message):
+    __slots__ = ("vm_id", "host_id", "initial")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    host_id: str
+    initial: bool
+    def __init__(self, vm_id: _Optional[str] = ..., host_id: _Optional[str] = ..., initial: _Optional[bool] = ...) -> None: ...
+
+class VmEvent(_message.Message):
+    __slots__ = ("kind", "vm", "revision")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[VmEvent.Kind]
+        PUT: _ClassVar[VmEvent.Kind]
+        DELETE: _ClassVar[VmEvent.Kind]
+        SYNCED: _ClassVar[VmEvent.Kind]
+    KIND_UNSPECIFIED: VmEvent.Kind
+    PUT: VmEvent.Kind
+    DELETE: VmEvent.Kind
+    SYNCED: VmEvent.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    kind: VmEvent.Kind
+    vm: Vm
+    revision: int
+    def __init__(self, kind: _Optional[_Union[VmEvent.Kind, str]] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ListHaAuditResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[HaAudit]
+    def __init__(self, records: _Optional[_Iterable[_Union[HaAudit, _Mapping]]] = ...) -> None: ...
