@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ontrolplane/v1/agent.proto\x12\x0f\x63ontrolplane.v1\"Z\n\x07\x41gentVm\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.controlplane.v1.AgentVmState\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"]\n\x07\x41gentOp\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\r\n\x05vm_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\"\x17\n\x15ListAgentHostsRequest\";\n\x16ListAgentHostsResponse\x12\x10\n\x08host_ids\x18\x01 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\"#\n\x10\x41gentHostRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\"c\n\x0cPingResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x10\n\x08vm_count\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"p\n\x0fListVmsResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12%\n\x03vms\x18\x02 \x03(\x0b\x32\x18.controlplane.v1.AgentVm\x12%\n\x03ops\x18\x03 \x03(\x0b\x32\x18.controlplane.v1.AgentOp\"\x83\x01\n\x0e\x41gentVmRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\r\n\x05vm_id\x18\x02 \x01(\t\x12\r\n\x05op_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x0c\n\x04\x63pus\x18\x05 \x01(\x05\x12\x11\n\tmemory_mb\x18\x06 \x01(\x03\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\"H\n\x0f\x41gentVmResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12$\n\x02vm\x18\x02 \x01(\x0b\x32\x18.controlplane.v1.AgentVm\"4\n\x06\x44\x65vice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\"6\n\nDeviceInfo\x12(\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x17.controlplane.v1.Device\"4\n\rFenceResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x12\n\nvms_killed\x18\x02 \x03(\t\"\x9f\x02\n\tSimConfig\x12\x18\n\x0bstart_delay\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nstop_delay\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0creboot_delay\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0bpause_delay\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12%\n\x18\x64\x65vice_info_failure_rate\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x17\n\nreport_ops\x18\x06 \x01(\x08H\x05\x88\x01\x01\x42\x0e\n\x0c_start_delayB\r\n\x0b_stop_delayB\x0f\n\r_reboot_delayB\x0e\n\x0c_pause_delayB\x1b\n\x19_device_info_failure_rateB\r\n\x0b_report_ops\"V\n\x10SimHostCondition\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x31\n\tcondition\x18\x02 \x01(\x0e\x32\x1e.controlplane.v1.HostCondition\"H\n\x0eSeedVmsRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12%\n\x03vms\x18\x02 \x03(\x0b\x32\x18.controlplane.v1.AgentVm\"!\n\x0fSeedVmsResponse\x12\x0e\n\x06seeded\x18\x01 \x01(\x05*\x85\x01\n\x0c\x41gentVmState\x12\x1e\n\x1a\x41GENT_VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41GENT_VM_RUNNING\x10\x01\x12\x13\n\x0f\x41GENT_VM_PAUSED\x10\x02\x12\x14\n\x10\x41GENT_VM_CRASHED\x10\x03\x12\x14\n\x10\x41GENT_VM_STOPPED\x10\x04*a\n\rHostCondition\x12\x1e\n\x1aHOST_CONDITION_UNSPECIFIED\x10\x00\x12\x0b\n\x07HOST_UP\x10\x01\x12\r\n\tHOST_DOWN\x10\x02\x12\x14\n\x10HOST_PARTITIONED\x10\x03\x32\xfb\x06\n\x0c\x41gentService\x12\\\n\tListHosts\x12&.controlplane.v1.ListAgentHostsRequest\x1a\'.controlplane.v1.ListAgentHostsResponse\x12H\n\x04Ping\x12!.controlplane.v1.AgentHostRequest\x1a\x1d.controlplane.v1.PingResponse\x12N\n\x07ListVms\x12!.controlplane.v1.AgentHostRequest\x1a .controlplane.v1.ListVmsResponse\x12L\n\x07StartVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12K\n\x06StopVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12M\n\x08RebootVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12L\n\x07PauseVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12M\n\x08ResumeVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12N\n\tDestroyVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12P\n\x10SyncVmDeviceInfo\x12\x1f.controlplane.v1.AgentVmRequest\x1a\x1b.controlplane.v1.DeviceInfo\x12J\n\x05\x46\x65nce\x12!.controlplane.v1.AgentHostRequest\x1a\x1e.controlplane.v1.FenceResponse2\xc7\x02\n\nSimControl\x12\x43\n\tConfigure\x12\x1a.controlplane.v1.SimConfig\x1a\x1a.controlplane.v1.SimConfig\x12X\n\x10SetHostCondition\x12!.controlplane.v1.SimHostCondition\x1a!.controlplane.v1.SimHostCondition\x12L\n\x07\x43rashVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12L\n\x07SeedVms\x12\x1f.controlplane.v1.SeedVmsRequest\x1a .controlplane.v1.SeedVmsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ontrolplane/v1/agent.proto\x12\x0f\x63ontrolplane.v1\"Z\n\x07\x41gentVm\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.controlplane.v1.AgentVmState\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"]\n\x07\x41gentOp\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\r\n\x05vm_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\"\x17\n\x15ListAgentHostsRequest\";\n\x16ListAgentHostsResponse\x12\x10\n\x08host_ids\x18\x01 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\"#\n\x10\x41gentHostRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\"c\n\x0cPingResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x10\n\x08vm_count\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"\x85\x01\n\x0fListVmsResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12%\n\x03vms\x18\x02 \x03(\x0b\x32\x18.controlplane.v1.AgentVm\x12%\n\x03ops\x18\x03 \x03(\x0b\x32\x18.controlplane.v1.AgentOp\x12\x13\n\x0breports_ops\x18\x04 \x01(\x08\"\x83\x01\n\x0e\x41gentVmRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\r\n\x05vm_id\x18\x02 \x01(\t\x12\r\n\x05op_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x0c\n\x04\x63pus\x18\x05 \x01(\x05\x12\x11\n\tmemory_mb\x18\x06 \x01(\x03\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\"H\n\x0f\x41gentVmResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12$\n\x02vm\x18\x02 \x01(\x0b\x32\x18.controlplane.v1.AgentVm\"4\n\x06\x44\x65vice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\"6\n\nDeviceInfo\x12(\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x17.controlplane.v1.Device\"4\n\rFenceResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x12\n\nvms_killed\x18\x02 \x03(\t\"\x9f\x02\n\tSimConfig\x12\x18\n\x0bstart_delay\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nstop_delay\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0creboot_delay\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0bpause_delay\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12%\n\x18\x64\x65vice_info_failure_rate\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x17\n\nreport_ops\x18\x06 \x01(\x08H\x05\x88\x01\x01\x42\x0e\n\x0c_start_delayB\r\n\x0b_stop_delayB\x0f\n\r_reboot_delayB\x0e\n\x0c_pause_delayB\x1b\n\x19_device_info_failure_rateB\r\n\x0b_report_ops\"V\n\x10SimHostCondition\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x31\n\tcondition\x18\x02 \x01(\x0e\x32\x1e.controlplane.v1.HostCondition\"H\n\x0eSeedVmsRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12%\n\x03vms\x18\x02 \x03(\x0b\x32\x18.controlplane.v1.AgentVm\"!\n\x0fSeedVmsResponse\x12\x0e\n\x06seeded\x18\x01 \x01(\x05*\x85\x01\n\x0c\x41gentVmState\x12\x1e\n\x1a\x41GENT_VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41GENT_VM_RUNNING\x10\x01\x12\x13\n\x0f\x41GENT_VM_PAUSED\x10\x02\x12\x14\n\x10\x41GENT_VM_CRASHED\x10\x03\x12\x14\n\x10\x41GENT_VM_STOPPED\x10\x04*a\n\rHostCondition\x12\x1e\n\x1aHOST_CONDITION_UNSPECIFIED\x10\x00\x12\x0b\n\x07HOST_UP\x10\x01\x12\r\n\tHOST_DOWN\x10\x02\x12\x14\n\x10HOST_PARTITIONED\x10\x03\x32\xfb\x06\n\x0c\x41gentService\x12\\\n\tListHosts\x12&.controlplane.v1.ListAgentHostsRequest\x1a\'.controlplane.v1.ListAgentHostsResponse\x12H\n\x04Ping\x12!.controlplane.v1.AgentHostRequest\x1a\x1d.controlplane.v1.PingResponse\x12N\n\x07ListVms\x12!.controlplane.v1.AgentHostRequest\x1a .controlplane.v1.ListVmsResponse\x12L\n\x07StartVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12K\n\x06StopVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12M\n\x08RebootVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12L\n\x07PauseVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12M\n\x08ResumeVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12N\n\tDestroyVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12P\n\x10SyncVmDeviceInfo\x12\x1f.controlplane.v1.AgentVmRequest\x1a\x1b.controlplane.v1.DeviceInfo\x12J\n\x05\x46\x65nce\x12!.controlplane.v1.AgentHostRequest\x1a\x1e.controlplane.v1.FenceResponse2\xc7\x02\n\nSimControl\x12\x43\n\tConfigure\x12\x1a.controlplane.v1.SimConfig\x1a\x1a.controlplane.v1.SimConfig\x12X\n\x10SetHostCondition\x12!.controlplane.v1.SimHostCondition\x1a!.controlplane.v1.SimHostCondition\x12L\n\x07\x43rashVm\x12\x1f.controlplane.v1.AgentVmRequest\x1a .controlplane.v1.AgentVmResponse\x12L\n\x07SeedVms\x12\x1f.controlplane.v1.SeedVmsRequest\x1a .controlplane.v1.SeedVmsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTVMSTATE']._serialized_start=1433
-  _globals['_AGENTVMSTATE']._serialized_end=1566
-  _globals['_HOSTCONDITION']._serialized_start=1568
-  _globals['_HOSTCONDITION']._serialized_end=1665
+  _globals['_AGENTVMSTATE']._serialized_start=1455
+  _globals['_AGENTVMSTATE']._serialized_end=1588
+  _globals['_HOSTCONDITION']._serialized_start=1590
+  _globals['_HOSTCONDITION']._serialized_end=1687
   _globals['_AGENTVM']._serialized_start=48
   _globals['_AGENTVM']._serialized_end=138
   _globals['_AGENTOP']._serialized_start=140
@@ -47,28 +47,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTHOSTREQUEST']._serialized_end=356
   _globals['_PINGRESPONSE']._serialized_start=358
   _globals['_PINGRESPONSE']._serialized_end=457
-  _globals['_LISTVMSRESPONSE']._serialized_start=459
-  _globals['_LISTVMSRESPONSE']._serialized_end=571
-  _globals['_AGENTVMREQUEST']._serialized_start=574
-  _globals['_AGENTVMREQUEST']._serialized_end=705
-  _globals['_AGENTVMRESPONSE']._serialized_start=707
-  _globals['_AGENTVMRESPONSE']._serialized_end=779
-  _globals['_DEVICE']._serialized_start=781
-  _globals['_DEVICE']._serialized_end=833
-  _globals['_DEVICEINFO']._serialized_start=835
-  _globals['_DEVICEINFO']._serialized_end=889
-  _globals['_FENCERESPONSE']._serialized_start=891
-  _globals['_FENCERESPONSE']._serialized_end=943
-  _globals['_SIMCONFIG']._serialized_start=946
-  _globals['_SIMCONFIG']._serialized_end=1233
-  _globals['_SIMHOSTCONDITION']._serialized_start=1235
-  _globals['_SIMHOSTCONDITION']._serialized_end=1321
-  _globals['_SEEDVMSREQUEST']._serialized_start=1323
-  _globals['_SEEDVMSREQUEST']._serialized_end=1395
-  _globals['_SEEDVMSRESPONSE']._serialized_start=1397
-  _globals['_SEEDVMSRESPONSE']._serialized_end=1430
-  _globals['_AGENTSERVICE']._serialized_start=1668
-  _globals['_AGENTSERVICE']._serialized_end=2559
-  _globals['_SIMCONTROL']._serialized_start=2562
-  _globals['_SIMCONTROL']._serialized_end=2889
+  _globals['_LISTVMSRESPONSE']._serialized_start=460
+  _globals['_LISTVMSRESPONSE']._serialized_end=593
+  _globals['_AGENTVMREQUEST']._serialized_start=596
+  _globals['_AGENTVMREQUEST']._serialized_end=727
+  _globals['_AGENTVMRESPONSE']._serialized_start=729
+  _globals['_AGENTVMRESPONSE']._serialized_end=801
+  _globals['_DEVICE']._serialized_start=803
+  _globals['_DEVICE']._serialized_end=855
+  _globals['_DEVICEINFO']._serialized_start=857
+  _globals['_DEVICEINFO']._serialized_end=911
+  _globals['_FENCERESPONSE']._serialized_start=913
+  _globals['_FENCERESPONSE']._serialized_end=965
+  _globals['_SIMCONFIG']._serialized_start=968
+  _globals['_SIMCONFIG']._serialized_end=1255
+  _globals['_SIMHOSTCONDITION']._serialized_start=1257
+  _globals['_SIMHOSTCONDITION']._serialized_end=1343
+  _globals['_SEEDVMSREQUEST']._serialized_start=1345
+  _globals['_SEEDVMSREQUEST']._serialized_end=1417
+  _globals['_SEEDVMSRESPONSE']._serialized_start=1419
+  _globals['_SEEDVMSRESPONSE']._serialized_end=1452
+  _globals['_AGENTSERVICE']._serialized_start=1690
+  _globals['_AGENTSERVICE']._serialized_end=2581
+  _globals['_SIMCONTROL']._serialized_start=2584
+  _globals['_SIMCONTROL']._serialized_end=2911
 # @@protoc_insertion_point(module_scope)

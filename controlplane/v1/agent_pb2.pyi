@@ -88,14 +88,16 @@ class PingResponse(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., vm_count: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class ListVmsResponse(_message.Message):
-    __slots__ = ("host_id", "vms", "ops")
+    __slots__ = ("host_id", "vms", "ops", "reports_ops")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     VMS_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_OPS_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     vms: _containers.RepeatedCompositeFieldContainer[AgentVm]
     ops: _containers.RepeatedCompositeFieldContainer[AgentOp]
-    def __init__(self, host_id: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[AgentVm, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[AgentOp, _Mapping]]] = ...) -> None: ...
+    reports_ops: bool
+    def __init__(self, host_id: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[AgentVm, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[AgentOp, _Mapping]]] = ..., reports_ops: _Optional[bool] = ...) -> None: ...
 
 class AgentVmRequest(_message.Message):
     __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
