@@ -120,6 +120,9 @@ class Store:
         )
         self._lock = threading.Lock()
         self._closed = False
+        # etcd requests sent, by method (Range, Txn, Put, ...): benchmarks report
+        # requests per sync round from it.
+        self.requests: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"Store({','.join(f'{h}:{p}' for h, p in self.endpoints)})"
@@ -157,6 +160,8 @@ class Store:
         return StoreError(f"etcd {where}: {name}: {details}")
 
     def _unary(self, stub_name: str, method: str, request: object, timeout: float) -> object:
+        with self._lock:
+            self.requests[method] = self.requests.get(method, 0) + 1
         try:
             stub = getattr(self._client, stub_name)
             return getattr(stub, method)(request, timeout=timeout)

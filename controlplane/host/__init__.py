@@ -1,0 +1,1 @@
+"""Hosts: records, the agent client, and the tracker that pings and syncs owned hosts."""
