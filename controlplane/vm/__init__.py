@@ -1,1 +1,1 @@
-"""VMs: the state machine (a pure table), the VM service, sync with its skip/orphan rules, and HA."""
+"""VMs: the state machine (a pure table), the VM service, sync with skip/orphans, HA."""
