@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import grpc
 
 from controlplane import __version__
+from controlplane.agent.main import add_agent_parser, run_agent
 from controlplane.config import add_serve_arguments, settings_from_args
 from controlplane.v1 import cluster_pb2
 
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lease is revoked, in-flight calls drain for --drain-grace seconds.",
     )
     add_serve_arguments(serve)
+
+    add_agent_parser(sub)
 
     status = sub.add_parser("status", help="the cluster as one node sees it",
                             description="Members, ring epoch, lease TTL and ring shares as seen "
@@ -179,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         context = logs.setup(settings.log_format, settings.log_level, settings.node_id)
         return serve(settings, context)
+    if args.command == "agent":
+        return run_agent(args)
     if args.command == "status":
         return cmd_status(args)
     if args.command == "ring":

@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 
 from controlplane.store.embedded import log_tail
+from controlplane.testing.agents import AgentProcess
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.nodes import NodeProcess
 from controlplane.testing.ports import free_port
 from controlplane.testing.proxy import TcpProxy
 
-__all__ = ["NodeFactory", "etcd", "etcd3", "nodes", "proxy_factory"]
+__all__ = ["AgentFactory", "NodeFactory", "agents", "etcd", "etcd3", "nodes", "proxy_factory"]
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _FACTORIES = pytest.StashKey[list["NodeFactory"]]()
@@ -145,3 +146,66 @@ def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeFactor
         factory.kill_all()
         if _test_failed(request):
             _print_logs("node", [(n.node_id, n.log_path) for n in factory.all])
+
+
+class AgentFactory:
+    """Starts host agent processes (sim backend) for one test and cleans up after it."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.all: list[AgentProcess] = []
+
+    def start(
+        self,
+        name: str,
+        hosts: int = 1,
+        host_prefix: str | None = None,
+        *,
+        port: int | None = None,
+        wait: bool = True,
+        ready_timeout: float = 20.0,
+        **kwargs: Any,
+    ) -> AgentProcess:
+        """Start an agent on a fresh port serving ``hosts`` hosts named ``host_prefix`` + i
+        (default ``f"{name}-host-"``, so two agents of one test never share a host id);
+        ``kwargs`` go to :class:`AgentProcess` (start_delay, stop_delay, reboot_delay,
+        pause_delay, report_ops, cpus, memory_mb, seed, extra_args, env...)."""
+        agent = AgentProcess(
+            name,
+            port if port is not None else free_port(),
+            str(self.base_dir),
+            hosts=hosts,
+            host_prefix=host_prefix if host_prefix is not None else f"{name}-host-",
+            **kwargs,
+        )
+        self.all.append(agent)
+        agent.start()
+        if wait:
+            agent.wait_ready(timeout=ready_timeout)
+        return agent
+
+    def get(self, name: str) -> AgentProcess:
+        for agent in self.all:
+            if agent.name == name:
+                return agent
+        raise KeyError(name)
+
+    def running(self) -> list[AgentProcess]:
+        return [a for a in self.all if a.is_running()]
+
+    def kill_all(self) -> None:
+        for agent in self.all:
+            agent.kill()
+
+
+@pytest.fixture
+def agents(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AgentFactory]:
+    """Factory of host agent processes (sim backend); all killed at teardown, logs shown
+    on failure."""
+    factory = AgentFactory(tmp_path / "agents")
+    try:
+        yield factory
+    finally:
+        factory.kill_all()
+        if _test_failed(request):
+            _print_logs("agent", [(a.name, a.log_path) for a in factory.all])

@@ -1,0 +1,305 @@
+"""The agent's gRPC server: AgentService over any Backend, SimControl over the sim.
+
+The servicers are thin: they turn requests into backend calls and backend exceptions into
+status codes (one table, ``STATUS_OF``), and build responses straight from the backend's
+immutable snapshots. The thread pool is large because a start blocks its worker for the
+whole start delay, and a management plane restarting a fleet sends many at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.agent.backend import (
+    Aborted,
+    Backend,
+    BackendError,
+    BadState,
+    CallerGone,
+    HostUnreachable,
+    InjectedFailure,
+    InvalidArgument,
+    NotServed,
+    StaleGeneration,
+    VmInfo,
+    VmNotFound,
+)
+from controlplane.agent.sim import SETTING_NAMES, SimBackend, SimSettings
+from controlplane.v1 import agent_pb2, agent_pb2_grpc
+
+__all__ = [
+    "AGENT_SERVICE",
+    "SIM_CONTROL",
+    "STATUS_OF",
+    "AgentServer",
+    "AgentServicer",
+    "SimControlServicer",
+    "build_backend",
+    "serve_agent",
+]
+
+log = logging.getLogger(__name__)
+
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+SIM_CONTROL = agent_pb2.DESCRIPTOR.services_by_name["SimControl"].full_name
+MAX_WORKERS = 256
+
+# Backend failure -> status code. Order matters only for subclasses (none today).
+STATUS_OF: tuple[tuple[type[BackendError], grpc.StatusCode], ...] = (
+    (NotServed, grpc.StatusCode.NOT_FOUND),
+    (VmNotFound, grpc.StatusCode.NOT_FOUND),
+    (HostUnreachable, grpc.StatusCode.UNAVAILABLE),
+    (InjectedFailure, grpc.StatusCode.UNAVAILABLE),
+    (StaleGeneration, grpc.StatusCode.FAILED_PRECONDITION),
+    (BadState, grpc.StatusCode.FAILED_PRECONDITION),
+    (Aborted, grpc.StatusCode.ABORTED),
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (CallerGone, grpc.StatusCode.CANCELLED),
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _code_of(exc: BackendError) -> grpc.StatusCode:
+    for cls, code in STATUS_OF:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _mapped(quiet: bool = False) -> Callable[[F], F]:
+    """Answer a BackendError with its status code; log refusals of calls that change things
+    (``quiet`` for the read-only calls a partitioned host fails all the time)."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return fn(self, request, context)
+            except BackendError as exc:
+                code = _code_of(exc)
+                if not quiet:
+                    log.info("%s refused: %s: %s", fn.__name__, code.name, exc)
+                context.abort(code, str(exc))
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _vm(vm: VmInfo) -> agent_pb2.AgentVm:
+    return agent_pb2.AgentVm(vm_id=vm.vm_id, state=int(vm.state), generation=vm.generation)
+
+
+def _vm_response(host_id: str, vm: VmInfo) -> agent_pb2.AgentVmResponse:
+    return agent_pb2.AgentVmResponse(host_id=host_id, vm=_vm(vm))
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """AgentService over a Backend (no backend-specific code here)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @_mapped(quiet=True)
+    def ListHosts(self, request: agent_pb2.ListAgentHostsRequest,
+                  context: grpc.ServicerContext) -> agent_pb2.ListAgentHostsResponse:
+        return agent_pb2.ListAgentHostsResponse(host_ids=self.backend.host_ids(),
+                                                backend=self.backend.name)
+
+    @_mapped(quiet=True)
+    def Ping(self, request: agent_pb2.AgentHostRequest,
+             context: grpc.ServicerContext) -> agent_pb2.PingResponse:
+        info = self.backend.ping(request.host_id)
+        return agent_pb2.PingResponse(host_id=request.host_id, cpus=info.cpus,
+                                      memory_mb=info.memory_mb, vm_count=info.vm_count,
+                                      backend=self.backend.name)
+
+    @_mapped(quiet=True)
+    def ListVms(self, request: agent_pb2.AgentHostRequest,
+                context: grpc.ServicerContext) -> agent_pb2.ListVmsResponse:
+        listing = self.backend.list_vms(request.host_id)
+        resp = agent_pb2.ListVmsResponse(host_id=request.host_id,
+                                         reports_ops=listing.reports_ops)
+        add_vm = resp.vms.add
+        for vm_id, state, generation in listing.vms:
+            add_vm(vm_id=vm_id, state=state, generation=generation)
+        add_op = resp.ops.add
+        for op in listing.ops:
+            add_op(op_id=op.op_id, vm_id=op.vm_id, kind=op.kind, generation=op.generation,
+                   started_at=op.started_at)
+        return resp
+
+    @_mapped()
+    def StartVm(self, request: agent_pb2.AgentVmRequest,
+                context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+        vm = self.backend.start_vm(
+            request.host_id, request.vm_id, generation=request.generation,
+            op_id=request.op_id, cpus=request.cpus, memory_mb=request.memory_mb,
+            caller_active=context.is_active)
+        return _vm_response(request.host_id, vm)
+
+    @_mapped()
+    def StopVm(self, request: agent_pb2.AgentVmRequest,
+               context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+        vm = self.backend.stop_vm(request.host_id, request.vm_id, op_id=request.op_id,
+                                  force=request.force)
+        return _vm_response(request.host_id, vm)
+
+    @_mapped()
+    def DestroyVm(self, request: agent_pb2.AgentVmRequest,
+                  context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+        vm = self.backend.destroy_vm(request.host_id, request.vm_id, op_id=request.op_id)
+        return _vm_response(request.host_id, vm)
+
+    @_mapped()
+    def RebootVm(self, request: agent_pb2.AgentVmRequest,
+                 context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+        vm = self.backend.reboot_vm(request.host_id, request.vm_id, op_id=request.op_id)
+        return _vm_response(request.host_id, vm)
+
+    @_mapped()
+    def PauseVm(self, request: agent_pb2.AgentVmRequest,
+                context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+        vm = self.backend.pause_vm(request.host_id, request.vm_id, op_id=request.op_id)
+        return _vm_response(request.host_id, vm)
+
+    @_mapped()
+    def ResumeVm(self, request: agent_pb2.AgentVmRequest,
+                 context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+        vm = self.backend.resume_vm(request.host_id, request.vm_id, op_id=request.op_id)
+        return _vm_response(request.host_id, vm)
+
+    @_mapped(quiet=True)
+    def SyncVmDeviceInfo(self, request: agent_pb2.AgentVmRequest,
+                         context: grpc.ServicerContext) -> agent_pb2.DeviceInfo:
+        devices = self.backend.device_info(request.host_id, request.vm_id)
+        return agent_pb2.DeviceInfo(devices=[
+            agent_pb2.Device(name=d.name, address=d.address, mac=d.mac) for d in devices])
+
+    @_mapped()
+    def Fence(self, request: agent_pb2.AgentHostRequest,
+              context: grpc.ServicerContext) -> agent_pb2.FenceResponse:
+        killed = self.backend.fence(request.host_id)
+        return agent_pb2.FenceResponse(host_id=request.host_id, vms_killed=killed)
+
+
+class SimControlServicer(agent_pb2_grpc.SimControlServicer):
+    """Fault injection on a SimBackend (served only when the backend is the sim)."""
+
+    def __init__(self, sim: SimBackend) -> None:
+        self.sim = sim
+
+    @_mapped()
+    def Configure(self, request: agent_pb2.SimConfig,
+                  context: grpc.ServicerContext) -> agent_pb2.SimConfig:
+        changes = {name: getattr(request, name) for name in SETTING_NAMES
+                   if request.HasField(name)}
+        return settings_to_proto(self.sim.configure(**changes))
+
+    @_mapped()
+    def SetHostCondition(self, request: agent_pb2.SimHostCondition,
+                         context: grpc.ServicerContext) -> agent_pb2.SimHostCondition:
+        condition = self.sim.set_condition(request.host_id, request.condition)
+        return agent_pb2.SimHostCondition(host_id=request.host_id, condition=int(condition))
+
+    @_mapped()
+    def CrashVm(self, request: agent_pb2.AgentVmRequest,
+                context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+        return _vm_response(request.host_id, self.sim.crash_vm(request.host_id, request.vm_id))
+
+    @_mapped()
+    def SeedVms(self, request: agent_pb2.SeedVmsRequest,
+                context: grpc.ServicerContext) -> agent_pb2.SeedVmsResponse:
+        seeded = self.sim.seed_vms(
+            request.host_id, [VmInfo(v.vm_id, v.state, v.generation) for v in request.vms])
+        return agent_pb2.SeedVmsResponse(seeded=seeded)
+
+
+def settings_to_proto(settings: SimSettings) -> agent_pb2.SimConfig:
+    return agent_pb2.SimConfig(**dataclasses.asdict(settings))
+
+
+class AgentServer:
+    """One agent: a gRPC server with AgentService (+ SimControl for the sim), health and
+    reflection, over one backend."""
+
+    def __init__(self, backend: Backend, listen: str, max_workers: int = MAX_WORKERS) -> None:
+        self.backend = backend
+        self.listen = listen
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self.port = 0
+        self._stopped = False
+
+    def start(self) -> AgentServer:
+        """Bind and serve; raises RuntimeError when the address cannot be bound."""
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.backend),
+                                                          self.server)
+        services = [AGENT_SERVICE]
+        if isinstance(self.backend, SimBackend):
+            agent_pb2_grpc.add_SimControlServicer_to_server(SimControlServicer(self.backend),
+                                                            self.server)
+            services.append(SIM_CONTROL)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        try:
+            self.port = self.server.add_insecure_port(self.listen)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen on {self.listen}: {exc}") from exc
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {self.listen}")
+        serving = health_pb2.HealthCheckResponse.SERVING
+        for name in ("", "liveness", "readiness", *services):
+            self.health.set(name, serving)
+        self.server.start()
+        hosts = self.backend.host_ids()
+        log.info("agent (%s backend) listening on %s (port %d), serving %d hosts: %s",
+                 self.backend.name, self.listen, self.port, len(hosts),
+                 ", ".join(hosts[:5]) + (", ..." if len(hosts) > 5 else ""))
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Health NOT_SERVING, abort the operations in progress (their workers would
+        otherwise keep the process alive for a whole start delay), then stop serving."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        self.backend.close()
+        self.server.stop(grace).wait(grace + 1)
+        log.info("agent stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.server.wait_for_termination(timeout)
+
+
+def build_backend(args: argparse.Namespace) -> Backend:
+    """The backend the agent command asked for (only ``sim`` exists today)."""
+    if args.backend != "sim":  # argparse choices make this unreachable from the command
+        raise ValueError(f"unknown backend {args.backend!r}")
+    settings = SimSettings(start_delay=args.start_delay, stop_delay=args.stop_delay,
+                           reboot_delay=args.reboot_delay, pause_delay=args.pause_delay,
+                           report_ops=args.report_ops)
+    host_ids = [f"{args.host_prefix}{i}" for i in range(args.hosts)]
+    return SimBackend(host_ids, settings, cpus=args.cpus, memory_mb=args.memory_mb,
+                      seed=args.seed)
+
+
+def serve_agent(args: argparse.Namespace) -> AgentServer:
+    """Build the backend from the parsed ``agent`` command line and start serving."""
+    return AgentServer(build_backend(args), args.listen).start()
