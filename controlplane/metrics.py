@@ -24,3 +24,20 @@ RPCS = Counter("controlplane_rpcs_total", "gRPC calls served", ["method", "code"
 RPCS_IN_FLIGHT = Gauge(
     "controlplane_rpcs_in_flight", "gRPC calls being served (drained on SIGTERM)"
 )
+
+VM_OPS = Counter("controlplane_vm_ops_total", "VM operations finished by this node",
+                 ["kind", "outcome"])
+DEVICE_INFO = Counter("controlplane_device_info_total", "Device info syncs after a VM ran",
+                      ["result"])
+HA_DECISIONS = Counter("controlplane_ha_decisions_total",
+                       "HA decisions (restart, stop-stray, no-host, frozen)", ["action"])
+HA_FROZEN = Gauge("controlplane_ha_frozen", "1 while the partition breaker freezes HA")
+SYNC_ROUNDS = Histogram(
+    "controlplane_host_sync_seconds", "One host's VM sync: pull, compare, write",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10),
+)
+SYNC_SKIPS = Counter("controlplane_sync_skips_total", "VMs a sync left alone, by reason",
+                     ["reason"])
+SYNC_WRITES = Counter("controlplane_sync_writes_total", "Sync txns, by result", ["result"])
+HOSTS_OWNED = Gauge("controlplane_hosts_owned", "Hosts this node owns and syncs")
+PING_FAILURES = Counter("controlplane_ping_failures_total", "Failed host pulls")

@@ -29,15 +29,40 @@ from controlplane.cluster.service import ClusterServicer
 from controlplane.cluster.table import Change, MemberTable
 from controlplane.cluster.view import ClusterView
 from controlplane.config import Settings
+from controlplane.configservice import ConfigServicer, live_config
+from controlplane.host.agents import AgentClients
+from controlplane.host.service import HostServicer
+from controlplane.host.tracker import HostTracker
 from controlplane.logs import NodeContext
+from controlplane.owner import OwnerContext
 from controlplane.store import Keys, Store
-from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
+from controlplane.store.cache import PrefixCache
+from controlplane.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    config_pb2,
+    config_pb2_grpc,
+    host_pb2,
+    host_pb2_grpc,
+    vm_pb2,
+    vm_pb2_grpc,
+)
+from controlplane.vm.operations import Operations
+from controlplane.vm.records import decode_host, decode_op, decode_vm
+from controlplane.vm.service import VmServicer
+from controlplane.vm.syncer import Syncer
 
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CLUSTER_SERVICE = cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name
+SERVICES = (
+    CLUSTER_SERVICE,
+    host_pb2.DESCRIPTOR.services_by_name["HostService"].full_name,
+    vm_pb2.DESCRIPTOR.services_by_name["VmService"].full_name,
+    config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+)
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
@@ -87,6 +112,20 @@ class ManagementNode:
                                 settings.reconcile_interval, name=settings.node_id)
         self.view.add_listener(self._on_membership)
         self.router = Router(settings.node_id, self.view, lambda: self.registration.fenced)
+        # Watch-fed caches of the records owner work reads (no etcd read per VM in sync).
+        self.vms = PrefixCache(self.store, self.keys.vms, decode_vm,
+                               index=lambda vm: vm.host_id, name="vms")
+        self.ops = PrefixCache(self.store, self.keys.ops, decode_op, name="ops")
+        self.hosts = PrefixCache(self.store, self.keys.hosts, decode_host, name="hosts")
+        self.config_cache = PrefixCache(self.store, self.keys.config,
+                                        lambda b: b.decode(), name="config")
+        self.config = live_config(self.config_cache, self.keys)
+        self.owner = OwnerContext(settings.node_id, self.store, self.keys, self.registration,
+                                  self.view, self.vms, self.ops, self.hosts, self.config,
+                                  AgentClients())
+        self.operations = Operations(self.owner)
+        self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations))
+        self.tracker.enabled = lambda: self.ready
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
@@ -104,9 +143,15 @@ class ManagementNode:
         servicer = ClusterServicer(self.settings.node_id, self.view, self.registration,
                                    self.router)
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(servicer, self.server)
+        host_pb2_grpc.add_HostServiceServicer_to_server(
+            HostServicer(self.owner, self.router, self.tracker), self.server)
+        self.vm_servicer = VmServicer(self.owner, self.router, self.operations)
+        vm_pb2_grpc.add_VmServiceServicer_to_server(self.vm_servicer, self.server)
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(
+            ConfigServicer(self.store, self.keys, self.config_cache, self.config), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (CLUSTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         port = self.server.add_insecure_port(self.settings.listen)
         if port == 0:
@@ -128,10 +173,13 @@ class ManagementNode:
     def _start_view(self) -> None:
         try:
             self.view.start()
+            for cache in (self.config_cache, self.hosts, self.ops, self.vms):
+                cache.start()
         except Exception:  # noqa: BLE001 - only when stopping before etcd ever answered
             if not self._stopping.is_set():
                 log.exception("cluster view failed to start")
             return
+        self.tracker.start()
         self._view_started.set()
 
     def stop(self, grace: float | None = None) -> None:
@@ -144,10 +192,16 @@ class ManagementNode:
         started = time.monotonic()
         self._set_health(live=True, ready=False)
         self.health.enter_graceful_shutdown()
+        self.tracker.stop()
         self.registration.stop(revoke=True)
         log.info("left the cluster in %.3fs; draining calls for up to %.1fs",
                  time.monotonic() - started, grace)
+        self.vm_servicer.stop()
         self.server.stop(grace).wait(grace + 1)
+        self.operations.stop()
+        for cache in (self.vms, self.ops, self.hosts, self.config_cache):
+            cache.stop()
+        self.owner.agents.close()
         self.view.stop()
         self.router.close()
         self.store.close()
@@ -170,7 +224,8 @@ class ManagementNode:
         self.health.set("liveness", SERVING if live else NOT_SERVING)
         self.health.set("readiness", ready_status)
         self.health.set("", ready_status)
-        self.health.set(CLUSTER_SERVICE, ready_status)
+        for service in SERVICES:
+            self.health.set(service, ready_status)
 
     def _on_incarnation(self, incarnation: int) -> None:
         if self.log_context:

@@ -191,3 +191,25 @@ class Router:
                 f"could not reach the owner of {resource_id!r} after {retries} retries: "
                 f"{exc.details}",
             ) from exc
+
+
+def route_unary(
+    router: Router,
+    stub_class: Callable[[grpc.Channel], object],
+    method: str,
+    resource_id: str,
+    request: object,
+    context: grpc.ServicerContext,
+    local: Callable[[], T],
+) -> T:
+    """Serve `request` on the owner of resource_id: run `local()` here when we own it, else
+    call the same method on the owner. A RouteError becomes the call's status."""
+
+    def remote(channel: grpc.Channel, metadata: tuple, timeout: float) -> T:
+        return getattr(stub_class(channel), method)(request, metadata=metadata, timeout=timeout)
+
+    try:
+        response, _ = router.route(resource_id, context, lambda _ring, _fwd: local(), remote)
+    except RouteError as exc:
+        context.abort(exc.code, exc.details)
+    return response

@@ -16,18 +16,19 @@ from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 MAX_RESOURCE_ID = 256
 
 
-def check_resource_id(context: grpc.ServicerContext, resource_id: str) -> None:
-    """Resource ids are etcd key segments: non-empty, bounded, printable, no '/'."""
+def check_resource_id(context: grpc.ServicerContext, resource_id: str,
+                      what: str = "resource_id") -> None:
+    """Resource ids are etcd key segments: non-empty, bounded, printable, no '/' or space."""
     if not resource_id:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "resource_id is empty")
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is empty")
     if len(resource_id.encode()) > MAX_RESOURCE_ID:
         context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"resource_id is {len(resource_id.encode())} bytes; the limit is {MAX_RESOURCE_ID}",
+            f"{what} is {len(resource_id.encode())} bytes; the limit is {MAX_RESOURCE_ID}",
         )
-    if not resource_id.isprintable() or "/" in resource_id:
+    if not resource_id.isprintable() or "/" in resource_id or " " in resource_id:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                      "resource_id must be printable and contain no '/'")
+                      f"{what} {resource_id!r} must be printable, with no '/' or space")
 
 
 def member_pb(info: MemberInfo) -> pb.Member:

@@ -27,6 +27,9 @@ from controlplane.vm import states
 
 # Records sync leaves alone entirely: never started, gone, or terminal.
 UNTRACKED = frozenset({"Created", "Destroyed", "Expunging", "Error"})
+# The state an agent report describes, to tell "unchanged" from "not allowed".
+REPORTED_STATE = {"running": "Running", "paused": "Paused", "crashed": "Crashed",
+                  "stopped": "Stopped"}
 # Where an HA VM was meant to be running (a user stop passes through Stopping with an op).
 SHOULD_RUN = frozenset({"Running", "Unknown", "Paused", "Crashed", "NoState", "Starting",
                         "Rebooting", "Pausing", "Resuming", "Migrating"})
@@ -196,6 +199,10 @@ def plan_sync(
                                           f"{vm.generation}"))
             seen = None
         event = states.event_for_report(seen.state if seen else "absent")
+        if REPORTED_STATE[event] == vm.state and not states.allowed(vm.state, event):
+            if op is not None:  # e.g. Paused reported paused: no edge, nothing changed
+                plan.actions.append(SetState(vm, vm.state, "", op, outcome))
+            continue
         if not states.allowed(vm.state, event):
             if op is not None:
                 plan.actions.append(SetState(vm, vm.state, "", op, outcome))

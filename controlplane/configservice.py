@@ -1,0 +1,63 @@
+"""ConfigService: live global settings in etcd (config/<key>), read from every node's cache.
+
+Not routed: a setting has no owner. A write is one put of the canonical text after the
+schema (`controlplane.liveconfig`) accepted it, so a refused value writes nothing.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from controlplane.liveconfig import LiveConfig, UnknownSetting, normalize
+from controlplane.store import Keys, Store, StoreError
+from controlplane.store.cache import PrefixCache
+from controlplane.v1 import config_pb2 as pb
+from controlplane.v1 import config_pb2_grpc as pb_grpc
+
+
+def live_config(cache: PrefixCache[str], keys: Keys) -> LiveConfig:
+    """A LiveConfig over the config/ cache."""
+
+    def lookup(name: str) -> str | None:
+        entry = cache.get(keys.config_key(name))
+        return entry.value if entry else None
+
+    return LiveConfig(lookup)
+
+
+class ConfigServicer(pb_grpc.ConfigServiceServicer):
+    def __init__(self, store: Store, keys: Keys, cache: PrefixCache[str],
+                 config: LiveConfig) -> None:
+        self.store = store
+        self.keys = keys
+        self.cache = cache
+        self.config = config
+
+    def _entry(self, key: str, context: grpc.ServicerContext) -> pb.ConfigEntry:
+        try:
+            return pb.ConfigEntry(**self.config.entry(key)._asdict())
+        except UnknownSetting as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def GetConfig(self, request: pb.ConfigKey, context: grpc.ServicerContext) -> pb.ConfigEntry:
+        return self._entry(request.key, context)
+
+    def ListConfig(self, request: pb.ListConfigRequest, context: grpc.ServicerContext
+                   ) -> pb.ListConfigResponse:
+        return pb.ListConfigResponse(
+            entries=[pb.ConfigEntry(**e._asdict()) for e in self.config.entries()])
+
+    def UpdateConfig(self, request: pb.ConfigEntry, context: grpc.ServicerContext
+                     ) -> pb.ConfigEntry:
+        try:
+            text = normalize(request.key, request.value)
+        except UnknownSetting as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            revision = self.store.put(self.keys.config_key(request.key), text.encode())
+        except StoreError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write the setting: {exc}")
+        self.cache.wait_for_revision(revision, 2.0)  # answer what this node now uses
+        return self._entry(request.key, context)

@@ -1,0 +1,142 @@
+"""HostService: add, inspect, remove and reconnect hosts; changes run on the host's owner."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from controlplane.cluster.routing import Router, route_unary
+from controlplane.cluster.service import check_resource_id as _check
+from controlplane.host.tracker import HostTracker
+from controlplane.owner import Conflict, Fenced, OwnerContext
+from controlplane.store import StoreError
+from controlplane.store import txn as t
+from controlplane.v1 import agent_pb2, host_pb2
+from controlplane.v1 import host_pb2_grpc as pb_grpc
+from controlplane.vm.sync import UNTRACKED
+
+
+def check_address(context: grpc.ServicerContext, address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"agent address {address!r}: expected HOST:PORT")
+
+
+class HostServicer(pb_grpc.HostServiceServicer):
+    def __init__(self, ctx: OwnerContext, router: Router, tracker: HostTracker) -> None:
+        self.ctx = ctx
+        self.router = router
+        self.tracker = tracker
+
+    def _answer(self, host: host_pb2.Host) -> host_pb2.Host:
+        out = host_pb2.Host()
+        out.CopyFrom(host)
+        out.owner = self.ctx.owner_of(host.host_id)
+        return out
+
+    def _read(self, host_id: str, context: grpc.ServicerContext) -> tuple[host_pb2.Host, int]:
+        try:
+            kv = self.ctx.store.get(self.ctx.keys.host(host_id))
+        except StoreError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}")
+        if kv is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no host {host_id!r}")
+        return host_pb2.Host.FromString(kv.value), kv.mod_revision
+
+    def AddHost(self, request: host_pb2.AddHostRequest, context: grpc.ServicerContext
+                ) -> host_pb2.Host:
+        _check(context, request.host_id, "host_id")
+        check_address(context, request.address)
+
+        def local() -> host_pb2.Host:
+            try:
+                ping = self.ctx.agents.stub(request.address).Ping(
+                    agent_pb2.AgentHostRequest(host_id=request.host_id),
+                    timeout=min(self.ctx.config.get("host.pingTimeout"),
+                                context.time_remaining() or 10.0))
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"the agent at {request.address} does not serve host "
+                                  f"{request.host_id!r}")
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              f"agent at {request.address} unreachable: {err.details()}")
+            host = host_pb2.Host(host_id=request.host_id, address=request.address,
+                                 status=host_pb2.CONNECTED, added_at=time.time(),
+                                 cpus=ping.cpus, memory_mb=ping.memory_mb)
+            key = self.ctx.keys.host(request.host_id)
+            try:
+                result = self.ctx.owner_txn([t.absent(key)], [t.put(key, host.SerializeToString())])
+            except Conflict:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                              f"host {request.host_id!r} already exists")
+            except Fenced as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            except StoreError as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write etcd: {exc}")
+            self.ctx.hosts.wait_for_revision(result.revision, 2.0)
+            return self._answer(host)
+
+        return route_unary(self.router, pb_grpc.HostServiceStub, "AddHost", request.host_id,
+                           request, context, local)
+
+    def GetHost(self, request: host_pb2.HostRef, context: grpc.ServicerContext
+                ) -> host_pb2.Host:
+        _check(context, request.host_id, "host_id")
+        return self._answer(self._read(request.host_id, context)[0])
+
+    def ListHosts(self, request: host_pb2.ListHostsRequest, context: grpc.ServicerContext
+                  ) -> host_pb2.ListHostsResponse:
+        hosts = sorted((e.value for e in self.ctx.hosts.entries()), key=lambda h: h.host_id)
+        return host_pb2.ListHostsResponse(hosts=[self._answer(h) for h in hosts])
+
+    def RemoveHost(self, request: host_pb2.RemoveHostRequest, context: grpc.ServicerContext
+                   ) -> host_pb2.Host:
+        _check(context, request.host_id, "host_id")
+
+        def local() -> host_pb2.Host:
+            host, revision = self._read(request.host_id, context)
+            placed = [e.value.vm_id for e in self.ctx.vms.by_index(request.host_id)
+                      if e.value.state not in UNTRACKED]
+            if placed and not request.force:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"host {request.host_id} has {len(placed)} VMs placed on it "
+                              f"({', '.join(sorted(placed)[:5])}); move them or use force")
+            key = self.ctx.keys.host(request.host_id)
+            try:
+                self.ctx.owner_txn([t.mod_revision_is(key, revision)], [t.delete(key)])
+            except Conflict:
+                context.abort(grpc.StatusCode.ABORTED, "host changed meanwhile; retry")
+            except Fenced as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            return self._answer(host)
+
+        return route_unary(self.router, pb_grpc.HostServiceStub, "RemoveHost", request.host_id,
+                           request, context, local)
+
+    def ReconnectHost(self, request: host_pb2.HostRef, context: grpc.ServicerContext
+                      ) -> host_pb2.Host:
+        _check(context, request.host_id, "host_id")
+
+        def local() -> host_pb2.Host:
+            host, revision = self._read(request.host_id, context)
+            if host.status == host_pb2.FENCED:
+                # An operator brought a fenced host back: ping it like a new one.
+                host.status = host_pb2.DISCONNECTED
+                key = self.ctx.keys.host(request.host_id)
+                try:
+                    result = self.ctx.owner_txn([t.mod_revision_is(key, revision)],
+                                                [t.put(key, host.SerializeToString())])
+                except (Conflict, Fenced) as exc:
+                    context.abort(grpc.StatusCode.ABORTED, f"host changed meanwhile: {exc}")
+                self.ctx.hosts.wait_for_revision(result.revision, 2.0)
+            outcome = self.tracker.sync_now(request.host_id)
+            if outcome is not None and not outcome.reachable:
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              f"host {request.host_id} at {host.address} is still unreachable")
+            return self._answer(self._read(request.host_id, context)[0])
+
+        return route_unary(self.router, pb_grpc.HostServiceStub, "ReconnectHost",
+                           request.host_id, request, context, local)

@@ -1,0 +1,282 @@
+"""The host tracker: the owner of each host pulls its VM states every sync interval.
+
+One scheduler thread finds the hosts this node owns (from the ring and the host cache, every
+tick) and hands due ones to a small pool; a host is never pulled twice at once. A pull is
+the ping: a failed pull counts toward `host.pingFailures`, after which the host is
+Disconnected and its VMs Unknown.
+
+HA guards kept here, because they are about evidence this node gathered itself:
+- A host that just became ours (ring change, our restart) gets no HA decision until we
+  completed one full sync of it: a successful pull, or `host.pingFailures` failed ones.
+- The partition breaker (`vm.ha.breaker_open`) over every host record's
+  `unreachable_since`.
+- An unreachable host is fenced out of band (agent Fence) before any of its VMs restarts;
+  a fence that fails means no restart.
+Intervals and thresholds are read from live config at every use, so a change applies at
+once. stop() ends the scheduler and cancels queued pulls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from controlplane import metrics
+from controlplane.owner import Conflict, Fenced, OwnerContext
+from controlplane.store import txn as t
+from controlplane.v1 import agent_pb2, host_pb2
+from controlplane.vm import ha
+from controlplane.vm.records import AGENT_STATE_NAMES, op_view, vm_view
+from controlplane.vm.sync import Report, ReportedVm, needs_fence, plan_sync, plan_unreachable
+from controlplane.vm.syncer import Applied, Syncer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HostState:
+    next_due: float
+    failures: int = 0
+    evidence: bool = False  # one full sync completed since this host became ours
+    running: bool = False
+    rounds: int = 0
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    host_id: str
+    reachable: bool
+    seconds: float
+    applied: Applied
+
+
+class HostTracker:
+    def __init__(self, ctx: OwnerContext, syncer: Syncer, workers: int = 16,
+                 tick: float = 0.05) -> None:
+        self.ctx = ctx
+        self.syncer = syncer
+        self.tick = tick
+        self._states: dict[str, HostState] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="host-sync")
+        self._thread = threading.Thread(target=self._run, name="host-tracker", daemon=True)
+        self.enabled = lambda: True
+
+    def start(self) -> HostTracker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def state(self, host_id: str) -> HostState | None:
+        with self._lock:
+            return self._states.get(host_id)
+
+    # -- scheduling -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            try:
+                self.schedule(time.monotonic())
+            except Exception:  # noqa: BLE001 - the scheduler must survive anything
+                log.exception("host tracker tick failed")
+
+    def owned_hosts(self) -> list[str]:
+        prefix_len = len(self.ctx.keys.hosts)
+        return [e.key[prefix_len:] for e in self.ctx.hosts.entries()
+                if self.ctx.owns(e.key[prefix_len:])]
+
+    def schedule(self, now: float) -> None:
+        if self.ctx.registration.fenced or not self.enabled():
+            return
+        owned = set(self.owned_hosts())
+        due = []
+        with self._lock:
+            for host_id in list(self._states):
+                if host_id not in owned:
+                    del self._states[host_id]  # no longer ours: forget all evidence
+            for host_id in owned:
+                state = self._states.get(host_id)
+                if state is None:
+                    state = self._states[host_id] = HostState(next_due=now)
+                if not state.running and now >= state.next_due:
+                    state.running = True
+                    due.append(host_id)
+        metrics.HOSTS_OWNED.set(len(owned))
+        for host_id in due:
+            self._pool.submit(self._sync_and_reschedule, host_id)
+
+    def _sync_and_reschedule(self, host_id: str) -> None:
+        try:
+            self.sync_host(host_id)
+        except Exception:  # noqa: BLE001
+            log.exception("sync of host %s failed", host_id)
+        finally:
+            with self._lock:
+                state = self._states.get(host_id)
+                if state is not None:
+                    state.running = False
+                    state.next_due = time.monotonic() + self.ctx.config.get("vm.syncInterval")
+
+    def sync_now(self, host_id: str) -> SyncResult | None:
+        """Pull the host right away (ReconnectHost); None if a pull is already running."""
+        with self._lock:
+            state = self._states.setdefault(host_id, HostState(next_due=time.monotonic()))
+            if state.running:
+                return None
+            state.running = True
+        try:
+            return self.sync_host(host_id)
+        finally:
+            with self._lock:
+                state.running = False
+                state.next_due = time.monotonic() + self.ctx.config.get("vm.syncInterval")
+
+    # -- one host -------------------------------------------------------------------
+
+    def ha_allowed(self, host_id: str, state: HostState) -> bool:
+        if not self.ctx.config.get("ha.enabled") or not state.evidence:
+            return False
+        hosts = [e.value for e in self.ctx.hosts.entries()]
+        stamps = [h.unreachable_since for h in hosts if h.unreachable_since]
+        frozen = ha.breaker_open(stamps, len(hosts), self.ctx.config.get("vm.syncInterval"))
+        metrics.HA_FROZEN.set(1 if frozen else 0)
+        if frozen:
+            log.warning("HA frozen by the partition breaker: %d of %d hosts went unreachable "
+                        "within one sync interval", len(stamps), len(hosts))
+            metrics.HA_DECISIONS.labels("frozen").inc()
+        return not frozen
+
+    def sync_host(self, host_id: str) -> SyncResult:
+        started = time.monotonic()
+        with self._lock:
+            state = self._states.setdefault(host_id, HostState(next_due=started))
+        host = self.ctx.host_record(host_id)
+        if host is None:
+            return SyncResult(host_id, False, 0.0, Applied())
+        if host.status == host_pb2.FENCED:
+            return SyncResult(host_id, False, 0.0, Applied())
+        # Records as they are before the pull: every write compares these revisions.
+        records = [vm_view(e.value, e.mod_revision) for e in self.ctx.vms.by_index(host_id)]
+        try:
+            reply = self.ctx.agents.stub(host.address).ListVms(
+                agent_pb2.AgentHostRequest(host_id=host_id),
+                timeout=self.ctx.config.get("host.pingTimeout"))
+        except grpc.RpcError as err:
+            applied = self._unreachable(host, state, records, err)
+            return SyncResult(host_id, False, time.monotonic() - started, applied)
+        state.failures = 0
+        state.evidence = True
+        state.rounds += 1
+        if host.status != host_pb2.CONNECTED or host.unreachable_since:
+            self._write_host(host_id, status=host_pb2.CONNECTED, unreachable_since=0.0)
+        report = Report(
+            host_id,
+            {v.vm_id: ReportedVm(v.vm_id, AGENT_STATE_NAMES.get(v.state, "stopped"),
+                                 v.generation) for v in reply.vms},
+            {o.vm_id: o.op_id for o in reply.ops},
+            reports_ops=reply.reports_ops,
+        )
+        applied = self._plan_and_apply(report, records, state)
+        seconds = time.monotonic() - started
+        metrics.SYNC_ROUNDS.observe(seconds)
+        return SyncResult(host_id, True, seconds, applied)
+
+    def _plan_and_apply(self, report: Report, records: list, state: HostState) -> Applied:
+        ops = {}
+        for vm in records:
+            entry = self.ctx.ops.get(self.ctx.keys.op(vm.vm_id))
+            if entry is not None:
+                ops[vm.vm_id] = op_view(entry.value, entry.mod_revision)
+        by_id = {}
+        for vm_id in report.vms:
+            entry = self.ctx.vms.get(self.ctx.keys.vm(vm_id))
+            if entry is not None:
+                by_id[vm_id] = vm_view(entry.value, entry.mod_revision)
+            op_entry = self.ctx.ops.get(self.ctx.keys.op(vm_id))
+            if op_entry is not None:
+                ops.setdefault(vm_id, op_view(op_entry.value, op_entry.mod_revision))
+        plan = plan_sync(report, records, by_id, ops, self.ctx.members(), time.time(),
+                         self.ctx.config.get("vm.orphanedSkipTimeout"),
+                         self.ha_allowed(report.host_id, state))
+        if plan.strangers:
+            log.info("host %s runs VMs with no record (left alone): %s", report.host_id,
+                     ", ".join(sorted(plan.strangers)[:10]))
+        return self.syncer.apply(plan.actions)
+
+    def _unreachable(self, host: host_pb2.Host, state: HostState, records: list,
+                     err: grpc.RpcError) -> Applied:
+        state.failures += 1
+        metrics.PING_FAILURES.inc()
+        threshold = self.ctx.config.get("host.pingFailures")
+        log.warning("host %s unreachable (%d/%d): %s", host.host_id, state.failures, threshold,
+                    err.details() if hasattr(err, "details") else err)
+        if not host.unreachable_since:
+            self._write_host(host.host_id, unreachable_since=time.time())
+        if state.failures < threshold:
+            return Applied()
+        state.evidence = True
+        applied = Applied()
+        ops = {}
+        for vm in records:
+            entry = self.ctx.ops.get(self.ctx.keys.op(vm.vm_id))
+            if entry is not None:
+                ops[vm.vm_id] = op_view(entry.value, entry.mod_revision)
+        if host.status == host_pb2.CONNECTED:
+            self._write_host(host.host_id, status=host_pb2.DISCONNECTED)
+            log.warning("host %s disconnected after %d failed pings", host.host_id,
+                        state.failures)
+            applied = self.syncer.apply(plan_unreachable(host.host_id, records, ops))
+            records = [vm_view(e.value, e.mod_revision)
+                       for e in self.ctx.vms.by_index(host.host_id)]
+        if not needs_fence(records, host.host_id) or not self.ha_allowed(host.host_id, state):
+            return applied
+        return self._fence_and_restart(host, state)
+
+    def _fence_and_restart(self, host: host_pb2.Host, state: HostState) -> Applied:
+        try:
+            reply = self.ctx.agents.stub(host.address).Fence(
+                agent_pb2.AgentHostRequest(host_id=host.host_id),
+                timeout=self.ctx.config.get("host.pingTimeout"))
+        except grpc.RpcError as err:
+            log.warning("host %s: fence failed (%s): no HA restart without proof",
+                        host.host_id, err.details())
+            metrics.HA_DECISIONS.labels("fence-failed").inc()
+            return Applied()
+        log.warning("host %s fenced (powered off out of band); VMs killed: %s", host.host_id,
+                    ", ".join(reply.vms_killed) or "none")
+        self._write_host(host.host_id, status=host_pb2.FENCED, fenced_at=time.time())
+        records = [vm_view(e.value, e.mod_revision) for e in self.ctx.vms.by_index(host.host_id)]
+        return self._plan_and_apply(Report(host.host_id, {}, {}, True, fenced=True), records,
+                                    state)
+
+    def _write_host(self, host_id: str, **fields: object) -> None:
+        for _ in range(3):
+            entry = self.ctx.hosts.get(self.ctx.keys.host(host_id))
+            if entry is None:
+                return
+            host = host_pb2.Host()
+            host.CopyFrom(entry.value)
+            for name, value in fields.items():
+                setattr(host, name, value)
+            try:
+                result = self.ctx.owner_txn(
+                    [t.mod_revision_is(self.ctx.keys.host(host_id), entry.mod_revision)],
+                    [t.put(self.ctx.keys.host(host_id), host.SerializeToString())])
+            except Conflict:
+                self._stop.wait(0.05)  # our cache is behind a newer write: let it catch up
+                continue
+            except Fenced:
+                return
+            self.ctx.hosts.wait_for_revision(result.revision, 2.0)
+            return

@@ -1,0 +1,382 @@
+"""VM operations run by an owner: recorded in etcd first, then sent to the host agent.
+
+The order is the whole point (seed: a VM restarted elsewhere while it was still starting):
+1. `begin`: one fenced CAS txn writes the VM's intermediate state AND `ops/<vm>` (op id,
+   kind, our node id + incarnation, deadline). From then on VM sync leaves the VM alone,
+   also after we die: our op becomes an orphan, not a forgotten operation.
+2. The agent call runs in a worker thread, bounded by the op's deadline; the gRPC caller
+   may wait for it or not.
+3. `finish`: one fenced CAS txn writes the outcome and removes the op, only if the op is
+   still ours (never deletes a newer entry). A transport error is not a failure: the op is
+   removed but the state stays intermediate, and VM sync settles it from the agent's report.
+4. After Running: the device addresses are fetched and stored, retried on failure; a
+   failure there never fails the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+import tenacity
+
+from controlplane import metrics
+from controlplane.owner import Conflict, Fenced, OwnerContext
+from controlplane.store import txn as t
+from controlplane.v1 import agent_pb2, host_pb2, vm_pb2
+from controlplane.vm import ha, states
+from controlplane.vm.sync import OpView, Restart, op_status
+
+log = logging.getLogger(__name__)
+
+AGENT_CALLS = {"start": "StartVm", "stop": "StopVm", "reboot": "RebootVm", "pause": "PauseVm",
+               "resume": "ResumeVm", "destroy": "DestroyVm"}
+# Agent answers that say the operation did not happen (anything else: outcome unknown).
+DEFINITE_FAILURES = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED,
+                     grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+DEVICE_INFO_AFTER = ("start", "reboot", "resume")
+
+
+class OpError(Exception):
+    """An operation refused: carries the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class Begun:
+    vm: vm_pb2.Vm
+    op: vm_pb2.Op
+    revision: int  # mod_revision of both the VM record and the op record
+
+
+def new_op_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Operations:
+    def __init__(self, ctx: OwnerContext, workers: int = 64) -> None:
+        self.ctx = ctx
+        self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="vm-op")
+        self._stopping = threading.Event()
+        self._calls: set[grpc.Future] = set()
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Cancel agent calls in flight and stop taking work. Our ops stay in etcd: once our
+        lease is gone they are orphans the next owner handles."""
+        self._stopping.set()
+        with self._lock:
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- reading --------------------------------------------------------------------
+
+    def read(self, vm_id: str) -> tuple[vm_pb2.Vm | None, int, vm_pb2.Op | None, int]:
+        """The VM record and its op, read together (one linearizable txn)."""
+        keys = self.ctx.keys
+        result = self.ctx.store.txn([], [t.get(keys.vm(vm_id)), t.get(keys.op(vm_id))])
+        vm_kvs, op_kvs = result.ranges
+        vm = vm_pb2.Vm.FromString(vm_kvs[0].value) if vm_kvs else None
+        op = vm_pb2.Op.FromString(op_kvs[0].value) if op_kvs else None
+        return (vm, vm_kvs[0].mod_revision if vm_kvs else 0,
+                op, op_kvs[0].mod_revision if op_kvs else 0)
+
+    # -- begin ----------------------------------------------------------------------
+
+    def begin(self, vm_id: str, kind: str, host_id: str = "", force: bool = False) -> Begun:
+        """Record the operation (state + op) in one fenced CAS txn; raises OpError."""
+        for _ in range(5):
+            vm, vm_rev, op, op_rev = self.read(vm_id)
+            if vm is None:
+                raise OpError(grpc.StatusCode.NOT_FOUND, f"no VM {vm_id!r}")
+            self._check_op_free(vm, op, op_rev, kind)
+            event = states.OPERATIONS[kind].begin
+            if vm.state not in states.CALLABLE_FROM[kind] or not states.allowed(vm.state, event):
+                raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"VM {vm_id} is {vm.state}: cannot {kind} it (allowed from "
+                              f"{', '.join(sorted(states.CALLABLE_FROM[kind]))})")
+            new = vm_pb2.Vm()
+            new.CopyFrom(vm)
+            new.ClearField("op")
+            now = time.time()
+            if kind == "start":
+                target = self._placement(vm, host_id)
+                if target != vm.host_id:
+                    new.last_host_id = vm.host_id
+                new.host_id = target
+                new.generation = vm.generation + 1  # every placement: a new generation
+            elif not vm.host_id:
+                raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"VM {vm_id} is {vm.state} and placed on no host")
+            new.state = states.next_state(vm.state, event)
+            new.state_changed_at = now
+            record = self.new_op(vm_id, kind, new.host_id, new.generation, now)
+            try:
+                result = self.ctx.owner_txn(
+                    [t.mod_revision_is(self.ctx.keys.vm(vm_id), vm_rev),
+                     t.mod_revision_is(self.ctx.keys.op(vm_id), op_rev)],
+                    [t.put(self.ctx.keys.vm(vm_id), new.SerializeToString()),
+                     t.put(self.ctx.keys.op(vm_id), record.SerializeToString())],
+                )
+            except Conflict:
+                continue
+            except Fenced as exc:
+                raise OpError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+            log.info("vm %s: %s begun as op %s (state %s -> %s, host %s, generation %d)",
+                     vm_id, kind, record.op_id, vm.state, new.state, new.host_id,
+                     new.generation)
+            return Begun(new, record, result.revision)
+        raise OpError(grpc.StatusCode.ABORTED, f"VM {vm_id} kept changing; retry")
+
+    def new_op(self, vm_id: str, kind: str, host_id: str, generation: int,
+               now: float) -> vm_pb2.Op:
+        return vm_pb2.Op(
+            op_id=new_op_id(), vm_id=vm_id, kind=kind, node_id=self.ctx.node_id,
+            incarnation=self.ctx.registration.incarnation, started_at=now,
+            deadline=now + self.ctx.config.get("vm.opTimeout"), host_id=host_id,
+            generation=generation)
+
+    def _check_op_free(self, vm: vm_pb2.Vm, op: vm_pb2.Op | None, op_rev: int,
+                       kind: str) -> None:
+        if op is None:
+            return
+        view = OpView(op.vm_id, op.op_id, op.kind, op.node_id, op.incarnation,
+                      op.orphaned_at, op_rev)
+        status = op_status(view, self.ctx.members(), time.time(),
+                           self.ctx.config.get("vm.orphanedSkipTimeout"))
+        if status != "expired":
+            raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"VM {vm.vm_id} is {vm.state} with operation {op.kind} {op.op_id} "
+                          f"of {op.node_id} in flight ({status}); cannot {kind} it now")
+
+    def _placement(self, vm: vm_pb2.Vm, wanted: str) -> str:
+        if wanted:
+            host = self.ctx.host_record(wanted)
+            if host is None:
+                raise OpError(grpc.StatusCode.NOT_FOUND, f"no host {wanted!r}")
+            if host.status != host_pb2.CONNECTED:
+                raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"host {wanted} is {host_pb2.HostStatus.Name(host.status)}")
+            return wanted
+        connected = self.ctx.connected_hosts()
+        if vm.host_id and vm.host_id in connected:
+            return vm.host_id
+        target = ha.pick_host(connected)
+        if target is None:
+            raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"no connected host to start VM {vm.vm_id} on")
+        return target
+
+    # -- run ------------------------------------------------------------------------
+
+    def submit(self, begun: Begun, force: bool = False) -> futures.Future[vm_pb2.Vm]:
+        return self._pool.submit(self.execute, begun, force)
+
+    def execute(self, begun: Begun, force: bool = False) -> vm_pb2.Vm:
+        """Call the agent, then record the outcome. Returns the VM as finally written."""
+        vm, op = begun.vm, begun.op
+        operation = states.OPERATIONS[op.kind]
+        host = self.ctx.host_record(vm.host_id)
+        event, outcome, detail = operation.failure, "failed", ""
+        if host is None:
+            detail = f"host {vm.host_id} is gone"
+        else:
+            request = agent_pb2.AgentVmRequest(
+                host_id=vm.host_id, vm_id=vm.vm_id, op_id=op.op_id, generation=vm.generation,
+                cpus=vm.cpus, memory_mb=vm.memory_mb, force=force)
+            try:
+                self._call_agent(host.address, AGENT_CALLS[op.kind], request, op.deadline)
+                event, outcome = operation.success, "completed"
+            except grpc.RpcError as err:
+                detail = f"agent: {err.code().name}: {err.details()}"
+                if err.code() not in DEFINITE_FAILURES:
+                    event, outcome = "", "unknown"  # sync settles it from the agent's report
+            except (OpError, grpc.FutureCancelledError) as exc:
+                event, outcome, detail = "", "unknown", f"not waited for: {exc or 'stopping'}"
+        metrics.VM_OPS.labels(op.kind, outcome).inc()
+        final = self.finish(begun, event, outcome, detail)
+        if final is not None and outcome == "completed" and op.kind in DEVICE_INFO_AFTER:
+            self.sync_device_info(final, host.address if host else "")
+        return final if final is not None else vm
+
+    def _call_agent(self, address: str, method: str, request: object, deadline: float) -> object:
+        if self._stopping.is_set():
+            raise OpError(grpc.StatusCode.UNAVAILABLE, "node stopping")
+        stub = self.ctx.agents.stub(address)
+        call = getattr(stub, method).future(request, timeout=max(0.1, deadline - time.time()))
+        with self._lock:
+            self._calls.add(call)
+        try:
+            return call.result()
+        finally:
+            with self._lock:
+                self._calls.discard(call)
+
+    def finish(self, begun: Begun, event: str, outcome: str, detail: str) -> vm_pb2.Vm | None:
+        """Write the outcome and remove the op, only while the op is still ours."""
+        vm_id, op = begun.vm.vm_id, begun.op
+        keys = self.ctx.keys
+        for _ in range(5):
+            current, vm_rev, op_now, op_rev = self.read(vm_id)
+            if current is None or op_now is None or op_now.op_id != op.op_id:
+                log.warning("vm %s: op %s was taken over or removed meanwhile; leaving it",
+                            vm_id, op.op_id)
+                return current
+            new = vm_pb2.Vm()
+            new.CopyFrom(current)
+            if event and states.allowed(current.state, event):
+                new.state = states.next_state(current.state, event)
+                new.state_changed_at = time.time()
+            new.last_op.CopyFrom(vm_pb2.LastOp(
+                op_id=op.op_id, kind=op.kind, outcome=outcome, node_id=self.ctx.node_id,
+                finished_at=time.time(), detail=detail))
+            try:
+                self.ctx.owner_txn(
+                    [t.mod_revision_is(keys.vm(vm_id), vm_rev),
+                     t.mod_revision_is(keys.op(vm_id), op_rev)],
+                    [t.put(keys.vm(vm_id), new.SerializeToString()), t.delete(keys.op(vm_id))],
+                )
+            except Conflict:
+                continue
+            except Fenced as exc:
+                log.warning("vm %s: op %s not finished: %s (the next owner resolves it)",
+                            vm_id, op.op_id, exc)
+                return None
+            log.info("vm %s: op %s %s %s (%s)%s", vm_id, op.op_id, op.kind, outcome,
+                     new.state, f": {detail}" if detail else "")
+            return new
+        log.warning("vm %s: could not record the outcome of op %s", vm_id, op.op_id)
+        return None
+
+    def sync_device_info(self, vm: vm_pb2.Vm, address: str, attempts: int = 5) -> bool:
+        """Fetch the VM's device addresses and store them. Retried with backoff; a failure
+        is logged, never raised: device info must not fail a start."""
+        request = agent_pb2.AgentVmRequest(host_id=vm.host_id, vm_id=vm.vm_id,
+                                           generation=vm.generation)
+        timeout = self.ctx.config.get("host.pingTimeout")
+        try:
+            for trial in tenacity.Retrying(
+                stop=tenacity.stop_after_attempt(attempts),
+                wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+                retry=tenacity.retry_if_exception_type(grpc.RpcError),
+                reraise=True,
+            ):
+                with trial:
+                    if self._stopping.is_set():
+                        return False
+                    devices = self.ctx.agents.stub(address).SyncVmDeviceInfo(request,
+                                                                            timeout=timeout)
+        except grpc.RpcError as err:
+            metrics.DEVICE_INFO.labels("failed").inc()
+            log.warning("vm %s: device info sync failed after %d attempts: %s", vm.vm_id,
+                        attempts, err.details())
+            return False
+        for _ in range(5):
+            current, vm_rev, _op, _ = self.read(vm.vm_id)
+            if current is None or current.generation != vm.generation:
+                return False
+            current.devices.CopyFrom(devices)
+            try:
+                self.ctx.owner_txn([t.mod_revision_is(self.ctx.keys.vm(vm.vm_id), vm_rev)],
+                                   [t.put(self.ctx.keys.vm(vm.vm_id),
+                                          current.SerializeToString())])
+            except Conflict:
+                continue
+            except Fenced:
+                return False
+            metrics.DEVICE_INFO.labels("stored").inc()
+            return True
+        return False
+
+    # -- HA and strays (called by VM sync) ------------------------------------------
+
+    def restart(self, action: Restart) -> futures.Future[vm_pb2.Vm] | None:
+        """HA: move the VM to another connected host and start it there. One txn writes the
+        new placement (generation + 1), our op and the audit record with its evidence."""
+        keys = self.ctx.keys
+        entry = self.ctx.vms.get(keys.vm(action.vm.vm_id))
+        if entry is None or entry.mod_revision != action.vm.mod_revision:
+            return None  # changed since the report was read: the stale-report guard
+        vm = entry.value
+        target = ha.pick_host(self.ctx.connected_hosts(), exclude=action.from_host)
+        if target is None:
+            log.warning("HA: no connected host to restart VM %s on", vm.vm_id)
+            metrics.HA_DECISIONS.labels("no-host").inc()
+            return None
+        state = vm.state
+        for event in ("stopped", "starting"):
+            if states.allowed(state, event):
+                state = states.next_state(state, event)
+        if state != "Starting":
+            log.warning("HA: VM %s in %s cannot be started", vm.vm_id, vm.state)
+            return None
+        now = time.time()
+        new = vm_pb2.Vm()
+        new.CopyFrom(vm)
+        new.state, new.state_changed_at = state, now
+        new.last_host_id, new.host_id = vm.host_id, target
+        new.generation = vm.generation + 1
+        new.ClearField("devices")
+        op = self.new_op(vm.vm_id, "start", target, new.generation, now)
+        audit = vm_pb2.HaAudit(
+            vm_id=vm.vm_id, decided_at=now, node_id=self.ctx.node_id, action="restart",
+            from_host=action.from_host, to_host=target, generation=new.generation,
+            reason="host does not run the VM", evidence=list(action.evidence), op_id=op.op_id)
+        audit_key = f"{keys.audit(vm.vm_id)}{now:017.6f}-{op.op_id}"
+        compares = [t.mod_revision_is(keys.vm(vm.vm_id), action.vm.mod_revision),
+                    t.mod_revision_is(keys.op(vm.vm_id),
+                                      action.op.mod_revision if action.op else 0)]
+        try:
+            result = self.ctx.owner_txn(compares, [
+                t.put(keys.vm(vm.vm_id), new.SerializeToString()),
+                t.put(keys.op(vm.vm_id), op.SerializeToString()),
+                t.put(audit_key, audit.SerializeToString()),
+            ])
+        except (Conflict, Fenced) as exc:
+            log.info("HA: restart of VM %s not taken (%s)", vm.vm_id, exc)
+            return None
+        metrics.HA_DECISIONS.labels("restart").inc()
+        log.warning("HA: restarting VM %s on %s (was on %s, generation %d): %s", vm.vm_id,
+                    target, action.from_host, new.generation, "; ".join(action.evidence))
+        return self.submit(Begun(new, op, result.revision))
+
+    def stop_stray(self, host_id: str, vm_id: str, generation: int, reason: str) -> bool:
+        """Stop a copy the records do not place there (an older generation, another host),
+        and write an audit record saying why."""
+        host = self.ctx.host_record(host_id)
+        if host is None:
+            return False
+        request = agent_pb2.AgentVmRequest(host_id=host_id, vm_id=vm_id, generation=generation,
+                                           force=True, op_id=new_op_id())
+        try:
+            self.ctx.agents.stub(host.address).StopVm(
+                request, timeout=self.ctx.config.get("host.pingTimeout"))
+        except grpc.RpcError as err:
+            log.warning("stray VM %s on %s not stopped: %s", vm_id, host_id, err.details())
+            return False
+        now = time.time()
+        audit = vm_pb2.HaAudit(vm_id=vm_id, decided_at=now, node_id=self.ctx.node_id,
+                               action="stop-stray", from_host=host_id, generation=generation,
+                               reason=reason, evidence=[f"host {host_id} runs generation "
+                                                        f"{generation}: {reason}"],
+                               op_id=request.op_id)
+        try:
+            self.ctx.owner_txn([], [t.put(f"{self.ctx.keys.audit(vm_id)}{now:017.6f}-"
+                                          f"{request.op_id}", audit.SerializeToString())])
+        except (Conflict, Fenced):
+            pass
+        metrics.HA_DECISIONS.labels("stop-stray").inc()
+        log.warning("stopped stray copy of VM %s on %s (generation %d): %s", vm_id, host_id,
+                    generation, reason)
+        return True
