@@ -10,17 +10,36 @@ import grpc
 from controlplane.testing.nodes import NodeProcess
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
+from controlplane.v1 import config_pb2_grpc, host_pb2_grpc, vm_pb2_grpc
 
 _channels: dict[str, grpc.Channel] = {}
 
 
+def channel(address: str | NodeProcess) -> grpc.Channel:
+    """A cached channel to a node (short reconnect backoff: nodes restart in tests)."""
+    addr = address.address if isinstance(address, NodeProcess) else address
+    chan = _channels.get(addr)
+    if chan is None:
+        chan = _channels[addr] = grpc.insecure_channel(
+            addr, options=[("grpc.max_reconnect_backoff_ms", 500)])
+    return chan
+
+
 def stub(address: str | NodeProcess) -> pb_grpc.ClusterServiceStub:
     """A ClusterService stub on a cached channel to a node."""
-    addr = address.address if isinstance(address, NodeProcess) else address
-    channel = _channels.get(addr)
-    if channel is None:
-        channel = _channels[addr] = grpc.insecure_channel(addr)
-    return pb_grpc.ClusterServiceStub(channel)
+    return pb_grpc.ClusterServiceStub(channel(address))
+
+
+def vms(address: str | NodeProcess) -> vm_pb2_grpc.VmServiceStub:
+    return vm_pb2_grpc.VmServiceStub(channel(address))
+
+
+def hosts(address: str | NodeProcess) -> host_pb2_grpc.HostServiceStub:
+    return host_pb2_grpc.HostServiceStub(channel(address))
+
+
+def config(address: str | NodeProcess) -> config_pb2_grpc.ConfigServiceStub:
+    return config_pb2_grpc.ConfigServiceStub(channel(address))
 
 
 def ring(node: str | NodeProcess, timeout: float = 1.0) -> pb.GetRingResponse:
