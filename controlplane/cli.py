@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import grpc
 
 from controlplane import __version__
+from controlplane import clicommands as cc
 from controlplane.agent.main import add_agent_parser, run_agent
 from controlplane.config import add_serve_arguments, settings_from_args
 from controlplane.v1 import cluster_pb2
@@ -17,11 +18,159 @@ from controlplane.v1 import cluster_pb2
 DEFAULT_ENDPOINT = "127.0.0.1:7070"
 
 
-def _client_args(parser: argparse.ArgumentParser) -> None:
+def _client_args(parser: argparse.ArgumentParser, timeout: float | None = 5.0,
+                 timeout_help: str = "call deadline in seconds") -> None:
+    """--endpoint, --json, --timeout: every command that asks a node takes them."""
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
                         help=f"any management node, HOST:PORT (default {DEFAULT_ENDPOINT})")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--timeout", type=float, default=5.0, help="call deadline in seconds")
+    parser.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
+
+
+def _command(subparsers: argparse._SubParsersAction, name: str, summary: str,
+             description: str, run: object, timeout: float | None = 5.0,
+             timeout_help: str = "call deadline in seconds", **defaults: object
+             ) -> argparse.ArgumentParser:
+    """A client sub-command: help, description, the client flags and what runs it."""
+    parser = subparsers.add_parser(name, help=summary, description=description)
+    _client_args(parser, timeout, timeout_help)
+    parser.set_defaults(run=run, **defaults)
+    return parser
+
+
+_WAIT_TIMEOUT_HELP = (f"call deadline in seconds (default {cc.DEFAULT_TIMEOUT:g}, "
+                      f"{cc.WAIT_TIMEOUT:g} with --wait)")
+_WAIT_HELP = ("wait until the operation finished; exit 1 if it failed, its outcome is unknown "
+              "or it is still in flight at the deadline")
+
+
+def _add_host_parsers(sub: argparse._SubParsersAction) -> None:
+    host = sub.add_parser("host", help="hypervisor hosts: list, get, add, remove, reconnect",
+                          description="Hypervisor hosts, each served by a host agent. Any "
+                          "node answers; changes run on the host's owner on the ring.")
+    hs = host.add_subparsers(dest="host_command", required=True, metavar="SUBCOMMAND")
+    _command(hs, "list", "every host: id, status, agent address, owner node",
+             "Every host, one line each: id, status (CONNECTED, DISCONNECTED, FENCED), the "
+             "address of its agent and the node that owns it now.", cc.cmd_host_list)
+    p = _command(hs, "get", "one host", "One host: id, status, agent address, owner node.",
+                 cc.cmd_host_get)
+    p.add_argument("host_id", metavar="ID")
+    p = _command(hs, "add", "register a host served by an agent",
+                 "Register host ID served by the agent at --address. The owner pings the "
+                 "agent first: FAILED_PRECONDITION when the agent does not serve ID, "
+                 "UNAVAILABLE when it cannot be reached, ALREADY_EXISTS for a known id.",
+                 cc.cmd_host_add)
+    p.add_argument("host_id", metavar="ID")
+    p.add_argument("--address", required=True, metavar="HOST:PORT",
+                   help="the agent serving the host")
+    p = _command(hs, "remove", "forget a host",
+                 "Forget host ID. Refused (FAILED_PRECONDITION) while VMs are placed on it, "
+                 "unless --force.", cc.cmd_host_remove)
+    p.add_argument("host_id", metavar="ID")
+    p.add_argument("--force", action="store_true", help="remove it even with VMs placed on it")
+    p = _command(hs, "reconnect", "ping a host now and, if it answers, mark it connected",
+                 "Ping host ID now; on success mark it CONNECTED and sync its VMs (also brings "
+                 "back a FENCED host an operator repaired). UNAVAILABLE if still unreachable.",
+                 cc.cmd_host_reconnect)
+    p.add_argument("host_id", metavar="ID")
+
+
+def _add_vm_parsers(sub: argparse._SubParsersAction) -> None:
+    vm = sub.add_parser("vm", help="virtual machines: list, get, create, operations, watch",
+                        description="Virtual machines. Any node answers; operations run on "
+                        "the VM's owner, which records them in etcd before calling the agent.")
+    vs = vm.add_subparsers(dest="vm_command", required=True, metavar="SUBCOMMAND")
+    p = _command(vs, "list", "VMs: id, state, host, generation, HA level",
+                 "Every VM (or those on --host / in --state), one line each, from the asked "
+                 "node's watch-fed cache.", cc.cmd_vm_list)
+    p.add_argument("--host", metavar="H", help="only VMs placed on host H")
+    p.add_argument("--state", metavar="S", help="only VMs in state S (e.g. Running)")
+    p = _command(vs, "get", "one VM", "One VM, read from etcd: id, state, host, generation, "
+                 "HA level, and the operation in flight if any.", cc.cmd_vm_get)
+    p.add_argument("vm_id", metavar="ID")
+
+    p = _command(vs, "create", "define a VM (and optionally start it)",
+                 "Define a VM. Its root disk is --root-disk-offering-size, else the larger "
+                 "of the image's virtual and actual sizes (both needed then). Sizes are bytes "
+                 "with an optional K/M/G/T suffix (powers of 1024).", cc.cmd_vm_create,
+                 timeout=None, timeout_help=_WAIT_TIMEOUT_HELP)
+    p.add_argument("vm_id", metavar="ID", nargs="?", help="VM id (default: the node picks one)")
+    p.add_argument("--name", help="display name (default: the id)")
+    p.add_argument("--image-id", metavar="IMG", help="image id (informational)")
+    p.add_argument("--image-virtual-size", type=cc.size_bytes, metavar="BYTES",
+                   help="the image's virtual size")
+    p.add_argument("--image-actual-size", type=cc.size_bytes, metavar="BYTES",
+                   help="the image's actual (allocated) size")
+    p.add_argument("--root-disk-offering-size", type=cc.size_bytes, default=0, metavar="BYTES",
+                   help="root disk size from an offering (default: sized from the image)")
+    p.add_argument("--cpus", type=cc.non_negative_int, default=0, metavar="N",
+                   help="virtual CPUs (default: the server's, 1)")
+    p.add_argument("--memory-mb", type=cc.non_negative_int, default=0, metavar="N",
+                   help="memory in MiB (default: the server's, 512)")
+    p.add_argument("--ha", choices=sorted(cc.HA_LEVELS), default="none",
+                   help="never-stop: restart it elsewhere when its host is lost (default none)")
+    p.add_argument("--host", metavar="H",
+                   help="start it on host H (default: the connected host with the fewest VMs)")
+    p.add_argument("--start", action="store_true", help="start it right away")
+    p.add_argument("--wait", action="store_true", help="with --start: " + _WAIT_HELP)
+
+    ops = (
+        ("start", "StartVm", "start a VM", "Start VM ID, on --host or where it was (else the "
+         "least loaded connected host)."),
+        ("stop", "StopVm", "stop a VM", "Stop VM ID gracefully (--force: power it off)."),
+        ("reboot", "RebootVm", "reboot a running VM", "Reboot VM ID."),
+        ("pause", "PauseVm", "pause a running VM", "Pause VM ID."),
+        ("resume", "ResumeVm", "resume a paused VM", "Resume VM ID."),
+        ("destroy", "DestroyVm", "destroy a VM", "Destroy VM ID (its record stays, Destroyed)."),
+    )
+    for name, method, summary, description in ops:
+        p = _command(vs, name, summary, description + " Refused with FAILED_PRECONDITION, "
+                     "naming the state, when not allowed in the VM's state or while another "
+                     "operation is in flight.", cc.cmd_vm_op, timeout=None,
+                     timeout_help=_WAIT_TIMEOUT_HELP, method=method)
+        p.add_argument("vm_id", metavar="ID")
+        p.add_argument("--wait", action="store_true", help=_WAIT_HELP)
+        if name == "start":
+            p.add_argument("--host", metavar="H", help="start it on host H")
+        if name in ("stop", "destroy"):
+            p.add_argument("--force", action="store_true", help="power it off at once")
+
+    p = _command(vs, "watch", "stream VM changes, one line (or JSON object) per event",
+                 "Print every change of the matching VMs as the asked node's cache sees it: "
+                 "one line per event (PUT, DELETE; SYNCED ends the --initial listing), or one "
+                 "JSON object per line with --json. Runs until Ctrl-C (exit 0), --count "
+                 "events, or --timeout.", cc.cmd_vm_watch, timeout=None,
+                 timeout_help="stop after this many seconds (exit 0; exit 2 if --count events "
+                 "were not all seen by then; default: no limit)")
+    p.add_argument("vm_id", metavar="ID", nargs="?", help="only this VM (default: every VM)")
+    p.add_argument("--host", metavar="H", help="only VMs placed on host H")
+    p.add_argument("--initial", action="store_true",
+                   help="first send every matching VM as it is now, then SYNCED")
+    p.add_argument("--count", type=cc.count, metavar="N",
+                   help="stop after N events (SYNCED counts), for scripts")
+    p = _command(vs, "audit", "a VM's HA audit trail",
+                 "Every HA decision about VM ID (restart elsewhere, stop a stray copy) with "
+                 "the evidence it rested on.", cc.cmd_vm_audit)
+    p.add_argument("vm_id", metavar="ID")
+
+
+def _add_config_parsers(sub: argparse._SubParsersAction) -> None:
+    config = sub.add_parser("config", help="live global settings: list, get, set",
+                            description="Live settings stored in etcd: a change takes effect "
+                            "on every node without a restart.")
+    cs = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    _command(cs, "list", "every setting with its value",
+             "Every setting: key, value, and its default when the value differs (--json "
+             "adds the help of each).", cc.cmd_config_list)
+    p = _command(cs, "get", "one setting", "One setting: key, value, default.",
+                 cc.cmd_config_get)
+    p.add_argument("key", metavar="KEY")
+    p = _command(cs, "set", "change a setting cluster-wide",
+                 "Set KEY to VALUE on every node. An unknown key or a value that does not "
+                 "parse or is out of range is refused (INVALID_ARGUMENT), nothing written.",
+                 cc.cmd_config_set)
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("value", metavar="VALUE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Members, ring epoch, lease TTL and ring shares as seen "
                             "by the node asked.")
     _client_args(status)
+
+    _add_host_parsers(sub)
+    _add_vm_parsers(sub)
+    _add_config_parsers(sub)
 
     ring = sub.add_parser("ring", help="ring questions")
     ring_sub = ring.add_subparsers(dest="ring_command", required=True, metavar="SUBCOMMAND")
@@ -174,7 +327,12 @@ def cmd_ring_owner(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("host", "vm", "config"):
+        if getattr(args, "vm_command", None) == "create" and args.wait and not args.start:
+            parser.error("vm create: --wait needs --start (there is nothing to wait for)")
+        return args.run(args)
     if args.command == "serve":
         from controlplane import logs
         from controlplane.server import serve
