@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from controlplane.testing import cluster as c
+from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import agent_pb2, config_pb2, host_pb2, vm_pb2
 
@@ -35,6 +36,13 @@ def agent_vms(agent, host_id: str) -> dict[str, agent_pb2.AgentVm]:
 
 def get_vm(node, vm_id: str) -> vm_pb2.Vm:
     return c.vms(node).GetVm(vm_pb2.VmRef(vm_id=vm_id), timeout=5)
+
+
+def frozen_decisions(metrics_port: int) -> float:
+    for line in c.scrape_metrics(metrics_port).splitlines():
+        if line.startswith('controlplane_ha_decisions_total{action="frozen"}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def code_of(call) -> grpc.StatusCode:
@@ -172,3 +180,57 @@ def test_unreachable_host_goes_disconnected_then_fenced_and_ha_moves_the_vm(flee
     agent.sim().SetHostCondition(agent_pb2.SimHostCondition(
         host_id=h0, condition=agent_pb2.HOST_UP), timeout=2)
     assert "ha1" not in agent_vms(agent, h0) and "ha1" in agent_vms(agent, h1)
+
+
+def test_partition_breaker_freezes_ha_when_most_hosts_vanish_at_once(etcd, nodes, agents) -> None:
+    metrics_port = free_port()
+    node = nodes.start("mn-0", etcd.endpoints, metrics_port=metrics_port)
+    agent = agents.start("ag", hosts=3)
+    configure(node)
+    h0, h1, h2 = add_hosts(node, agent)
+    c.vms(node).CreateVm(vm_pb2.CreateVmRequest(vm_id="ha", image=image(), host_id=h0,
+                                                ha=vm_pb2.NEVER_STOP, start=True, wait=True),
+                         timeout=10)
+    for host_id in (h0, h1):  # 2 of 3 hosts cut off within one interval: a partition
+        agent.sim().SetHostCondition(agent_pb2.SimHostCondition(
+            host_id=host_id, condition=agent_pb2.HOST_PARTITIONED), timeout=2)
+    wait_until(lambda: get_vm(node, "ha").state == "Unknown", 10, message="VM Unknown")
+    # several more intervals: no fence, no restart while the breaker is open
+    wait_until(lambda: all(c.hosts(node).GetHost(host_pb2.HostRef(host_id=h), timeout=2)
+                           .status == host_pb2.DISCONNECTED for h in (h0, h1)), 10)
+    wait_until(lambda: frozen_decisions(metrics_port) >= 3, 10,
+               message="HA considered and frozen in several rounds")
+    vm = get_vm(node, "ha")
+    assert (vm.state, vm.host_id, vm.generation) == ("Unknown", h0, 1)
+    assert not c.vms(node).ListHaAudit(vm_pb2.VmRef(vm_id="ha"), timeout=5).records
+    # heal: the VM is found running where it always was
+    for host_id in (h0, h1):
+        agent.sim().SetHostCondition(agent_pb2.SimHostCondition(
+            host_id=host_id, condition=agent_pb2.HOST_UP), timeout=2)
+    back = wait_until(lambda: (v := get_vm(node, "ha")).state == "Running" and v, 10)
+    assert (back.host_id, back.generation) == (h0, 1)
+    assert "ha" in agent_vms(agent, h0) and "ha" not in agent_vms(agent, h2)
+
+
+def test_device_info_failures_are_retried_and_never_fail_the_start(fleet) -> None:
+    node, agent = fleet
+    agent.sim().Configure(agent_pb2.SimConfig(device_info_failure_rate=0.6), timeout=2)
+    for i in range(4):
+        vm = c.vms(node).CreateVm(vm_pb2.CreateVmRequest(vm_id=f"d{i}", image=image(),
+                                                         start=True, wait=True), timeout=10)
+        assert vm.state == "Running"
+    wait_until(lambda: all(get_vm(node, f"d{i}").devices.devices for i in range(4)), 20,
+               message="device info stored despite injected failures")
+
+
+def test_live_config_reaches_every_node(etcd, nodes) -> None:
+    a = nodes.start("mn-0", etcd.endpoints)
+    b = nodes.start("mn-1", etcd.endpoints)
+    c.config(a).UpdateConfig(config_pb2.ConfigEntry(key="vm.orphanedSkipTimeout",
+                                                    value="42.5"), timeout=5)
+    entry = wait_until(lambda: (e := c.config(b).GetConfig(config_pb2.ConfigKey(
+        key="vm.orphanedSkipTimeout"), timeout=2)).value == "42.5" and e, 5)
+    assert not entry.is_default and entry.default_value == "600"
+    listed = {e.key for e in c.config(b).ListConfig(config_pb2.ListConfigRequest(),
+                                                      timeout=2).entries}
+    assert {"vm.orphanedSkipTimeout", "vm.syncInterval", "host.pingFailures"} <= listed
