@@ -135,7 +135,9 @@ class PrefixCache(Generic[T]):
             return list(self._entries.values()), self._revision
 
     def wait_for_revision(self, revision: int, timeout: float) -> bool:
-        """Block until the cache reflects `revision` (e.g. of our own write)."""
+        """Block until the cache reflects `revision`: the revision of a write under this
+        prefix (e.g. our own). Writes elsewhere do not reach this watch, so waiting for
+        their revision would time out."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while self._revision < revision:
