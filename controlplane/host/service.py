@@ -106,11 +106,12 @@ class HostServicer(pb_grpc.HostServiceServicer):
                               f"({', '.join(sorted(placed)[:5])}); move them or use force")
             key = self.ctx.keys.host(request.host_id)
             try:
-                self.ctx.owner_txn([t.mod_revision_is(key, revision)], [t.delete(key)])
+                result = self.ctx.owner_txn([t.mod_revision_is(key, revision)], [t.delete(key)])
             except Conflict:
                 context.abort(grpc.StatusCode.ABORTED, "host changed meanwhile; retry")
             except Fenced as exc:
                 context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            self.ctx.hosts.wait_for_revision(result.revision, 2.0)
             return self._answer(host)
 
         return route_unary(self.router, pb_grpc.HostServiceStub, "RemoveHost", request.host_id,

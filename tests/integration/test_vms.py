@@ -234,3 +234,29 @@ def test_live_config_reaches_every_node(etcd, nodes) -> None:
     listed = {e.key for e in c.config(b).ListConfig(config_pb2.ListConfigRequest(),
                                                       timeout=2).entries}
     assert {"vm.orphanedSkipTimeout", "vm.syncInterval", "host.pingFailures"} <= listed
+
+
+def test_remove_and_reconnect_host(fleet) -> None:
+    node, agent = fleet
+    h0, h1 = agent.host_ids
+    hosts = c.hosts(node)
+    c.vms(node).CreateVm(vm_pb2.CreateVmRequest(vm_id="r1", image=image(), host_id=h0,
+                                                start=True, wait=True), timeout=10)
+    with pytest.raises(grpc.RpcError) as info:
+        hosts.RemoveHost(host_pb2.RemoveHostRequest(host_id=h0), timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "r1" in \
+        info.value.details()
+    # a fenced host stays FENCED until an operator reconnects it
+    agent.stub().Fence(agent_pb2.AgentHostRequest(host_id=h1), timeout=2)
+    wait_until(lambda: hosts.GetHost(host_pb2.HostRef(host_id=h1), timeout=2).status
+               == host_pb2.DISCONNECTED, 10, message="fenced host seen unreachable")
+    agent.sim().SetHostCondition(agent_pb2.SimHostCondition(
+        host_id=h1, condition=agent_pb2.HOST_UP), timeout=2)
+    back = hosts.ReconnectHost(host_pb2.HostRef(host_id=h1), timeout=5)
+    assert back.status == host_pb2.CONNECTED and not back.unreachable_since
+    removed = hosts.RemoveHost(host_pb2.RemoveHostRequest(host_id=h1), timeout=5)
+    assert removed.host_id == h1
+    assert code_of(lambda: hosts.GetHost(host_pb2.HostRef(host_id=h1), timeout=5)) \
+        == grpc.StatusCode.NOT_FOUND
+    assert [h.host_id for h in hosts.ListHosts(host_pb2.ListHostsRequest(), timeout=5).hosts] \
+        == [h0]
