@@ -187,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a local cluster: an embedded etcd and N management nodes",
         description="Start an embedded single-member etcd (unless --etcd is given) and N "
         "management node processes (node-0.. listening on 127.0.0.1:BASE_PORT+i), show a live "
-        "status, and stop everything cleanly on Ctrl-C or SIGTERM.",
+        "status, and stop everything cleanly on Ctrl-C or SIGTERM. With --hosts H, also one sim "
+        "agent serving host-0..host-{H-1}; once a node is ready the hosts are registered and "
+        "--vms V VMs (vm-0000..) created and started, round-robin over the hosts, HA "
+        "never-stop for every other one.",
     )
     up.add_argument("--nodes", type=int, default=3, help="management nodes to start (default 3)")
     up.add_argument("--base-port", type=int, default=7070,
@@ -204,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="node i serves metrics on METRICS_BASE_PORT+i (default BASE_PORT+100)")
     up.add_argument("--duration", type=float, default=None,
                     help="stop by itself after this many seconds (for scripts and demos)")
+    up.add_argument("--hosts", type=int, default=0, metavar="H",
+                    help="also start one sim agent serving H hosts and register them "
+                    "(default 0; at most 10000)")
+    up.add_argument("--vms", type=int, default=0, metavar="V",
+                    help="create and start V VMs on those hosts (needs --hosts; at most 100000)")
+    up.add_argument("--agent-port", type=int, default=None,
+                    help="the sim agent listens on 127.0.0.1:AGENT_PORT (default BASE_PORT+200)")
 
     serve = sub.add_parser(
         "serve",
