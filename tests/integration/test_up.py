@@ -14,7 +14,11 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
+
 from controlplane.testing.ports import free_port
+from controlplane.testing.waiting import wait_until
+from controlplane.v1 import host_pb2, host_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 # What `up` prints (stdout not a terminal) when a node's report changes.
 NODE_LINE = re.compile(r" (node-\d+) ready=(yes|no) epoch=(\d+) members=(\S+)")
@@ -30,9 +34,11 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def free_base_port(nodes: int) -> int:
-    """A base port whose node (P+i), metrics (P+100+i) and etcd (P+1000, +1) ports are free."""
-    offsets = [*range(nodes), *(100 + i for i in range(nodes)), 1000, 1001]
+def free_base_port(nodes: int, agent: bool = False) -> int:
+    """A base port whose node (P+i), metrics (P+100+i) and etcd (P+1000, +1) ports are free,
+    and with ``agent`` the sim agent's (P+200)."""
+    offsets = [*range(nodes), *(100 + i for i in range(nodes)), 1000, 1001,
+               *([200] if agent else [])]
     for _ in range(200):
         base = free_port()
         if base + max(offsets) < 65536 and all(_bindable(base + off) for off in offsets):
@@ -153,3 +159,79 @@ def test_up_refuses_a_port_in_use_and_bad_node_count(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2, result
     assert "--nodes" in result.stderr, result.stderr
+
+
+def test_up_builds_a_fleet_of_hosts_and_vms(tmp_path: Path) -> None:
+    """--hosts/--vms: the hosts are CONNECTED and the VMs Running, as a node's API sees them;
+    SIGTERM stops nodes, agent and etcd cleanly."""
+    base = free_base_port(2, agent=True)
+    data_dir = tmp_path / "up"
+    proc = subprocess.Popen(
+        _up_cmd("--nodes", "2", "--hosts", "2", "--vms", "4", "--base-port", str(base),
+                "--lease-ttl", "2", "--data-dir", str(data_dir)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(line.rstrip("\n")
+                                                           for line in proc.stdout or ()),
+                              daemon=True)
+    reader.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{base}",
+                                    options=[("grpc.max_reconnect_backoff_ms", 200)])
+    try:
+        def fleet() -> tuple | str:
+            if proc.poll() is not None:
+                return "up exited"
+            hosts = host_pb2_grpc.HostServiceStub(channel).ListHosts(
+                host_pb2.ListHostsRequest(), timeout=1).hosts
+            vms = vm_pb2_grpc.VmServiceStub(channel).ListVms(
+                vm_pb2.ListVmsRequest(), timeout=1).vms
+            done = (len(hosts) == 2 and all(h.status == host_pb2.CONNECTED for h in hosts)
+                    and len(vms) == 4 and all(v.state == "Running" for v in vms))
+            return (hosts, vms) if done else ()
+
+        found = wait_until(fleet, 60, interval=0.1,
+                           message="2 hosts CONNECTED and 4 VMs Running through node-0's API")
+        assert found != "up exited", "\n".join(output)
+        hosts, vms = found
+        assert [h.host_id for h in hosts] == ["host-0", "host-1"]
+        assert {h.address for h in hosts} == {f"127.0.0.1:{base + 200}"}
+        # round-robin over the hosts, HA never-stop for every other VM, 1 GiB root disks
+        assert [(v.vm_id, v.host_id, v.ha) for v in vms] == [
+            ("vm-0000", "host-0", vm_pb2.NEVER_STOP), ("vm-0001", "host-1", vm_pb2.HA_NONE),
+            ("vm-0002", "host-0", vm_pb2.NEVER_STOP), ("vm-0003", "host-1", vm_pb2.HA_NONE)]
+        assert {v.root_disk_size for v in vms} == {1 << 30}
+        wait_until(lambda: any(line.endswith("created 4 VMs") for line in output), 10,
+                   message="the progress lines")
+        text = "\n".join(output)
+        assert "registered 2 hosts" in text
+        wait_until(lambda: any("fleet: hosts 2/2 connected, 4 VMs: Running 4" in line
+                               for line in output), 10, message="the fleet summary line")
+
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=40)
+        reader.join(timeout=5)
+        text = "\n".join(output)
+        assert code == 0, text
+        assert output[-1].endswith("stopped cleanly"), text
+        assert "agent stopped (exit code 0)" in text
+        left = processes_mentioning(f"127.0.0.1:{base}", f"127.0.0.1:{base + 200}",
+                                    str(data_dir))
+        assert not left, f"processes left behind: {left}"
+        assert (data_dir / "logs" / "agent.log").is_file()
+    finally:
+        channel.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_up_refuses_bad_fleet_sizes() -> None:
+    for args, text in ((["--vms", "3"], "--vms needs --hosts"),
+                       (["--hosts", "-1"], "--hosts"),
+                       (["--hosts", "10001"], "--hosts"),
+                       (["--hosts", "1", "--vms", "100001"], "--vms")):
+        result = subprocess.run(_up_cmd("--nodes", "1", *args), capture_output=True, text=True,
+                                timeout=30, check=False)
+        assert result.returncode == 2, (args, result)
+        assert text in result.stderr, (args, result.stderr)
