@@ -78,5 +78,5 @@ class OwnerContext:
         for entry in self.hosts.entries():
             host = entry.value
             if host.status == host_pb2.CONNECTED and not host.unreachable_since:
-                out[host.host_id] = len(self.vms.by_index(host.host_id))
+                out[host.host_id] = self.vms.count(host.host_id)
         return out

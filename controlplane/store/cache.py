@@ -126,6 +126,11 @@ class PrefixCache(Generic[T]):
         with self._changed:
             return list(self._index.get(value, {}).values())
 
+    def count(self, value: str) -> int:
+        """How many entries have this index value (no copy)."""
+        with self._changed:
+            return len(self._index.get(value, ()))
+
     def __len__(self) -> int:
         return len(self._entries)
 
