@@ -157,10 +157,13 @@ def audit_row(record: vm_pb2.HaAudit) -> list[str]:
 
 
 def event_row(event: vm_pb2.VmEvent) -> list[str]:
-    kind = vm_pb2.VmEvent.Kind.Name(event.kind)
+    """A watch line. Lines are printed as events come, so they cannot be aligned on each
+    other: the kind and the state get fixed widths instead (the longest of each)."""
+    kind = vm_pb2.VmEvent.Kind.Name(event.kind).ljust(6)
     if event.kind == vm_pb2.VmEvent.SYNCED:
         return [kind, f"rev={event.revision}"]
-    return [kind, *vm_row(event.vm), f"rev={event.revision}"]
+    vm_id, state, *rest = vm_row(event.vm)
+    return [kind, vm_id, state.ljust(16), *rest, f"rev={event.revision}"]
 
 
 def _show(args: argparse.Namespace, items: Iterable[Message],
