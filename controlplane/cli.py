@@ -109,8 +109,8 @@ def _add_vm_parsers(sub: argparse._SubParsersAction) -> None:
                    help="memory in MiB (default: the server's, 512)")
     p.add_argument("--ha", choices=sorted(cc.HA_LEVELS), default="none",
                    help="never-stop: restart it elsewhere when its host is lost (default none)")
-    p.add_argument("--host", metavar="H",
-                   help="start it on host H (default: the connected host with the fewest VMs)")
+    p.add_argument("--host", metavar="H", help="with --start: start it on host H (default: "
+                   "the connected host with the fewest VMs)")
     p.add_argument("--start", action="store_true", help="start it right away")
     p.add_argument("--wait", action="store_true", help="with --start: " + _WAIT_HELP)
 
@@ -340,8 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("host", "vm", "config"):
-        if getattr(args, "vm_command", None) == "create" and args.wait and not args.start:
-            parser.error("vm create: --wait needs --start (there is nothing to wait for)")
+        if getattr(args, "vm_command", None) == "create" and not args.start:
+            # CreateVm only uses host_id and wait for the start; without it both are ignored.
+            if args.wait:
+                parser.error("vm create: --wait needs --start (there is nothing to wait for)")
+            if args.host:
+                parser.error("vm create: --host needs --start (a VM is placed when it starts)")
         return args.run(args)
     if args.command == "serve":
         from controlplane import logs

@@ -211,5 +211,7 @@ def test_bad_arguments_are_usage_errors() -> None:
         assert "Traceback" not in done.stderr
     wait = cp("vm", "create", "x", "--wait", check=False)
     assert wait.returncode == 2 and "--wait needs --start" in wait.stderr
+    host = cp("vm", "create", "x", "--host", "h", check=False)
+    assert host.returncode == 2 and "--host needs --start" in host.stderr
     helps = cp("vm", "watch", "--help").stdout
     assert "--count" in helps and "Ctrl-C" in helps
