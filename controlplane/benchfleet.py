@@ -73,6 +73,28 @@ def rss_mb() -> float:
     return 0.0
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (from /proc), 0.0 without it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_role(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each group of processes, and by this one ("clients":
+    the bench's client threads are what runs here during a throughput run)."""
+    out = {role: sum(process_cpu_s(p) for p in group) for role, group in pids.items()}
+    out["clients"] = time.process_time()
+    return out
+
+
+def diff_cpu(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {role: after[role] - before[role] for role in after}
+
+
 def etcd_requests(client_url: str) -> dict[str, int]:
     """KV requests etcd itself has answered, by method (Range, Txn, Put, ...), from its
     /metrics: the only count that includes what the node processes sent."""
@@ -392,13 +414,18 @@ def sync_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
         with futures.ThreadPoolExecutor(workers, thread_name_prefix="bench-sync") as pool:
             for number in range(args.rounds):
                 before = dict(node.store.requests)
+                cpu, agent_cpu = time.process_time(), process_cpu_s(agent.pid)
                 started = time.monotonic()
                 results = list(pool.map(tracker.sync_host, host_ids))
                 elapsed = time.monotonic() - started
+                cpu, agent_cpu = (time.process_time() - cpu,
+                                  process_cpu_s(agent.pid) - agent_cpu)
                 counts = diff_counts(dict(node.store.requests), before)
                 reads, writes, other = split_requests(counts)
                 rounds.append({
                     "seconds": elapsed,
+                    "node_cpu_s": cpu,
+                    "agent_cpu_s": agent_cpu,
                     "requests": counts,
                     "reads": reads,
                     "writes": writes,
@@ -445,7 +472,8 @@ def _vm_ids_owned(node: Any, owners: list[str], prefix: str) -> list[str]:
 
 
 def _client(nodes: list[Any], index: int, vm_id: str, owner: str, ops: int,
-            latencies: list[float], errors: list[str], forwarded: list[int]) -> None:
+            latencies: list[tuple[str, float]], errors: list[str],
+            forwarded: list[int]) -> None:
     """StartVm(wait) then StopVm(wait), call k to node (index + k) mod N."""
     from controlplane.testing import cluster as c
     from controlplane.v1 import vm_pb2
@@ -462,7 +490,7 @@ def _client(nodes: list[Any], index: int, vm_id: str, owner: str, ops: int,
             errors.append(f"{vm_id} {'start' if start else 'stop'} via {node.node_id}: "
                           f"{err.code().name}: {err.details()}")
             continue
-        latencies.append(time.perf_counter() - began)
+        latencies.append(("start" if start else "stop", time.perf_counter() - began))
         if node.node_id != owner:
             forwarded.append(1)
         want = "Running" if start else "Stopped"
@@ -472,9 +500,9 @@ def _client(nodes: list[Any], index: int, vm_id: str, owner: str, ops: int,
 
 
 def run_clients(nodes: list[Any], vm_ids: list[str], owners: list[str],
-                ops_each: list[int]) -> tuple[float, list[float], list[str], int]:
-    """All clients at once; (elapsed, latencies, errors, forwarded calls)."""
-    latencies: list[float] = []
+                ops_each: list[int]) -> tuple[float, list[tuple[str, float]], list[str], int]:
+    """All clients at once; (elapsed, (kind, latency) of each op, errors, forwarded calls)."""
+    latencies: list[tuple[str, float]] = []
     errors: list[str] = []
     forwarded: list[int] = []
     threads = [threading.Thread(target=_client, name=f"bench-client-{i}",
@@ -489,7 +517,8 @@ def run_clients(nodes: list[Any], vm_ids: list[str], owners: list[str],
     return time.monotonic() - started, latencies, errors, len(forwarded)
 
 
-def cas_figures(endpoints: str, keys: Any, clients: int, seconds: float) -> dict[str, Any]:
+def cas_figures(endpoints: str, etcd_pid: int, keys: Any, clients: int,
+                seconds: float) -> dict[str, Any]:
     """`clients` threads each doing get + CAS txn (mod_revision compare + put) on its own
     key for `seconds`, through one Store (as one node has one): etcd's txn/s as this code
     base's client sees it."""
@@ -497,6 +526,8 @@ def cas_figures(endpoints: str, keys: Any, clients: int, seconds: float) -> dict
     from controlplane.store import txn as t
 
     store = Store(endpoints)
+    etcd_cpu = process_cpu_s(etcd_pid)
+    own_cpu = time.process_time()
     done = [0] * clients
     conflicts = [0] * clients
     stop_at = time.monotonic() + seconds
@@ -518,10 +549,16 @@ def cas_figures(endpoints: str, keys: Any, clients: int, seconds: float) -> dict
         with futures.ThreadPoolExecutor(clients, thread_name_prefix="bench-cas") as pool:
             list(pool.map(loop, range(clients)))
         elapsed = time.monotonic() - started
+        etcd_cpu = process_cpu_s(etcd_pid) - etcd_cpu
+        own_cpu = time.process_time() - own_cpu
     finally:
         store.close()
+    txns = max(1, sum(done))
     return {"cas_txns": sum(done), "cas_conflicts": sum(conflicts), "cas_seconds": elapsed,
-            "cas_txn_per_s": sum(done) / elapsed}
+            "cas_txn_per_s": sum(done) / elapsed,
+            "cas_cpu_ms_per_txn": {"etcd": 1000 * etcd_cpu / txns,
+                                   "clients": 1000 * own_cpu / txns},
+            "cas_cpu_cores_busy": (etcd_cpu + own_cpu) / elapsed}
 
 
 def throughput_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
@@ -552,12 +589,19 @@ def throughput_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
                     for i in range(args.clients)]
         progress(f"throughput: {args.ops} operations from {args.clients} clients")
         client_url = etcd.members[0].client_url
+        pids = {"nodes": [n.pid for n in nodes], "agent": [agent.pid],
+                "etcd": [m.pid for m in etcd.members]}
         before = etcd_requests(client_url)
+        cpu_before = cpu_by_role(pids)
         elapsed, latencies, errors, forwarded = run_clients(nodes, vm_ids, owners, ops_each)
+        cpu = diff_cpu(cpu_by_role(pids), cpu_before)
         counts = diff_counts(etcd_requests(client_url), before)
         done = len(latencies)
         if not done:
             raise BenchError(f"no VM operation succeeded: {errors[:3]}")
+        figures["cpu_ms_per_op"] = {role: 1000 * s / done for role, s in cpu.items()}
+        figures["cpu_cores_busy"] = sum(cpu.values()) / elapsed
+        figures["cores"] = os.cpu_count() or 0
         reads, writes, other = split_requests(counts)
         figures.update({
             "vm_ops_done": done,
@@ -565,8 +609,12 @@ def throughput_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
             "vm_op_error_samples": errors[:5],
             "vm_ops_seconds": elapsed,
             "vm_ops_per_s": done / elapsed,
-            "vm_op_latency_median_s": statistics.median(latencies),
-            "vm_op_latency_p95_s": percentile(latencies, 0.95),
+            "vm_op_latency_median_s": statistics.median(s for _, s in latencies),
+            "vm_op_latency_p95_s": percentile([s for _, s in latencies], 0.95),
+            "start_latency_median_s": statistics.median(
+                [s for k, s in latencies if k == "start"] or [0.0]),
+            "stop_latency_median_s": statistics.median(
+                [s for k, s in latencies if k == "stop"] or [0.0]),
             "forwarded_fraction": forwarded / done,
             "etcd_requests": counts,
             "etcd_reads_per_op": reads / done,
@@ -575,7 +623,8 @@ def throughput_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
         })
         progress(f"throughput: {done / elapsed:.1f} VM ops/s; now raw etcd CAS txns for "
                  f"{args.etcd_seconds:g}s")
-        figures.update(cas_figures(etcd.endpoints, Keys(), args.clients, args.etcd_seconds))
+        figures.update(cas_figures(etcd.endpoints, etcd.members[0].pid, Keys(), args.clients,
+                                   args.etcd_seconds))
         figures["ratio"] = figures["vm_ops_per_s"] / figures["cas_txn_per_s"]
     return figures
 
@@ -591,7 +640,10 @@ def ha_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     figures: dict[str, Any] = {"ping_interval_s": args.ping_interval,
                                "ping_failures": args.ping_failures,
                                "ping_timeout_s": args.ping_timeout,
-                               "floor_s": args.ping_interval * args.ping_failures}
+                               "interval_x_failures_s": args.ping_interval * args.ping_failures,
+                               # the first failed pull comes up to one interval after the
+                               # power-off, the last one (failures - 1) intervals later
+                               "detect_min_s": args.ping_interval * (args.ping_failures - 1)}
     runs: list[float] = []
     with contextlib.ExitStack() as stack:
         progress("ha: etcd, one node process, one agent with 2 hosts")
@@ -665,7 +717,8 @@ def print_sync(f: dict[str, Any]) -> None:
     for i, r in enumerate(f["rounds"], 1):
         print(f"steady round {i}                        {r['seconds']:>9.2f}s   reads "
               f"{r['reads']}, writes {r['writes']}, other {r['other']}; reads/VM "
-              f"{r['reads_per_vm']:.6f}; host pull median {r['host_seconds_median'] * 1000:.0f}"
+              f"{r['reads_per_vm']:.6f}; CPU: node {r['node_cpu_s']:.2f}s, agent "
+              f"{r['agent_cpu_s']:.2f}s; host pull median {r['host_seconds_median'] * 1000:.0f}"
               f" ms, max {r['host_seconds_max'] * 1000:.0f} ms; unreachable "
               f"{r['unreachable_hosts']}")
     interval = f["sync_interval_default_s"]
@@ -683,14 +736,22 @@ def print_throughput(f: dict[str, Any]) -> None:
           "sim hosts (zero delays)")
     print(f"VM start/stop ops/s (wait=True)       {f['vm_ops_per_s']:>9.1f}    "
           f"{f['vm_ops_done']} ops in {f['vm_ops_seconds']:.2f}s, {f['vm_op_errors']} errors; "
-          f"latency median {f['vm_op_latency_median_s'] * 1000:.0f} ms, p95 "
+          f"latency median {f['vm_op_latency_median_s'] * 1000:.0f} ms (start "
+          f"{f['start_latency_median_s'] * 1000:.0f}, stop "
+          f"{f['stop_latency_median_s'] * 1000:.0f}), p95 "
           f"{f['vm_op_latency_p95_s'] * 1000:.0f} ms; {f['forwarded_fraction']:.0%} forwarded")
     print(f"etcd requests per VM op (all nodes)   {f['etcd_requests_per_op']:>9.2f}    "
           f"Txn {f['etcd_txns_per_op']:.2f}, Range {f['etcd_reads_per_op']:.2f} "
           f"(etcd's own counters, background included)")
+    cpu = f["cpu_ms_per_op"]
+    print(f"CPU per VM op                         {sum(cpu.values()):>8.1f}ms   "
+          + ", ".join(f"{role} {ms:.1f} ms" for role, ms in cpu.items())
+          + f"; {f['cpu_cores_busy']:.2f} of {f['cores']} cores busy")
     print(f"raw etcd CAS txn/s (get + txn)        {f['cas_txn_per_s']:>9.1f}    "
           f"{f['clients']} threads, one Store, {f['cas_seconds']:.1f}s, "
-          f"{f['cas_conflicts']} conflicts")
+          f"{f['cas_conflicts']} conflicts; CPU per txn: "
+          + ", ".join(f"{role} {ms:.2f} ms" for role, ms in f["cas_cpu_ms_per_txn"].items())
+          + f"; {f['cas_cpu_cores_busy']:.2f} cores busy")
     print(f"VM ops/s / raw txn/s                  {f['ratio']:>9.1%}    target >= 30%")
     for sample in f["vm_op_error_samples"]:
         print(f"  error: {sample}")
@@ -701,7 +762,8 @@ def print_ha(f: dict[str, Any]) -> None:
     print(f"== ha: ping interval {f['ping_interval_s']:g}s x {f['ping_failures']} failures "
           f"(ping timeout {f['ping_timeout_s']:g}s)")
     print(f"host down -> VM Running elsewhere     {f['median_s']:>9.2f}s   median of "
-          f"{len(f['runs_s'])} ({runs}); floor: interval x failures = {f['floor_s']:g}s")
+          f"{len(f['runs_s'])} ({runs}); detection takes (failures - 1) to failures x "
+          f"interval = {f['detect_min_s']:g}-{f['interval_x_failures_s']:g}s, then fence + restart")
 
 
 PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
