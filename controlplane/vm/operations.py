@@ -111,7 +111,7 @@ class Operations:
             new.ClearField("op")
             now = time.time()
             if kind == "start":
-                target = self._placement(vm, host_id)
+                target = self.placement(vm, host_id)
                 if target != vm.host_id:
                     new.last_host_id = vm.host_id
                 new.host_id = target
@@ -160,7 +160,8 @@ class Operations:
                           f"VM {vm.vm_id} is {vm.state} with operation {op.kind} {op.op_id} "
                           f"of {op.node_id} in flight ({status}); cannot {kind} it now")
 
-    def _placement(self, vm: vm_pb2.Vm, wanted: str) -> str:
+    def placement(self, vm: vm_pb2.Vm, wanted: str) -> str:
+        """The host a start goes to; raises OpError when there is none to use."""
         if wanted:
             host = self.ctx.host_record(wanted)
             if host is None:
@@ -208,7 +209,13 @@ class Operations:
         final = self.finish(begun, event, outcome, detail)
         if final is not None and outcome == "completed" and op.kind in DEVICE_INFO_AFTER:
             self.sync_device_info(final, host.address if host else "")
-        return final if final is not None else vm
+        if final is None:
+            # Not recorded (fenced, or the record kept changing): answer the op as still in
+            # flight rather than a state that would look settled.
+            final = vm_pb2.Vm()
+            final.CopyFrom(vm)
+            final.op.CopyFrom(op)
+        return final
 
     def _call_agent(self, address: str, method: str, request: object, deadline: float) -> object:
         if self._stopping.is_set():

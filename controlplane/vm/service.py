@@ -58,6 +58,9 @@ class VmServicer(pb_grpc.VmServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"cpus must be 0-{MAX_CPUS} and memory_mb 0-{MAX_MEMORY_MB} "
                           f"(got {request.cpus}, {request.memory_mb})")
+        if not request.start and (request.host_id or request.wait):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "host_id and wait only apply with start=true")
         image = request.image
         try:
             disk = root_disk_size(
@@ -68,6 +71,12 @@ class VmServicer(pb_grpc.VmServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
         def local() -> vm_pb2.Vm:
+            if request.start:
+                # Refuse before writing: a create that fails to start must leave nothing.
+                try:
+                    self.operations.placement(vm_pb2.Vm(vm_id=request.vm_id), request.host_id)
+                except OpError as exc:
+                    context.abort(exc.code, exc.details)
             now = time.time()
             vm = vm_pb2.Vm(vm_id=request.vm_id, name=request.name or request.vm_id,
                            state="Created", ha=request.ha, cpus=request.cpus or 1,
@@ -109,9 +118,11 @@ class VmServicer(pb_grpc.VmServiceServicer):
         answer.op.CopyFrom(begun.op)
         if wait:
             remaining = context.time_remaining()
+            # Answer "still in flight" well before the caller's deadline, so a loaded
+            # machine does not turn it into DEADLINE_EXCEEDED.
             try:
                 return future.result(timeout=None if remaining is None
-                                     else max(remaining - 0.1, 0.0))
+                                     else max(remaining - min(0.5, remaining * 0.2), 0.0))
             except TimeoutError:
                 pass  # the op goes on; the caller sees it in flight
         return answer

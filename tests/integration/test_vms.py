@@ -122,6 +122,12 @@ def test_bad_input_is_refused_and_writes_nothing(fleet) -> None:
     assert code_of(lambda: vms.StartVm(vm_pb2.VmOpRequest(vm_id="y", host_id="nohost"),
                                        timeout=5)) == grpc.StatusCode.NOT_FOUND
     assert get_vm(node, "y").state == "Created"
+    # a create that cannot start writes nothing
+    assert code_of(lambda: vms.CreateVm(vm_pb2.CreateVmRequest(
+        vm_id="z", image=image(), start=True, host_id="nohost"), timeout=5)) \
+        == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: vms.GetVm(vm_pb2.VmRef(vm_id="z"), timeout=5)) \
+        == grpc.StatusCode.NOT_FOUND
 
 
 def test_sync_picks_up_a_crash_and_ha_restarts_on_another_host(fleet) -> None:
