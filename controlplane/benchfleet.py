@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
@@ -135,12 +136,16 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def start_etcd(stack: contextlib.ExitStack, base: str) -> Any:
-    """A one-member test etcd that dies with us even on kill -9 of the bench."""
+    """A one-member test etcd, stopped when `stack` unwinds.
+
+    No child here is started with `with_parent` (PR_SET_PDEATHSIG): that needs a
+    preexec_fn, i.e. Python code run between fork and exec, and in this process gRPC is
+    live (the sync part's in-process node): the forked child then aborted in gRPC's fork
+    handler ("epoll_wait error: Bad file descriptor", exit -6). Cleanup relies on the
+    ExitStacks instead, which also run on Ctrl-C and errors."""
     from controlplane.testing.etcd import EtcdCluster
 
     cluster = EtcdCluster(base, size=1)
-    for member in cluster.members:
-        member.with_parent = True
     stack.callback(cluster.stop)
     return cluster.start()
 
@@ -154,7 +159,6 @@ def start_agent(stack: contextlib.ExitStack, base: str, name: str, hosts: int,
 
     agent = AgentProcess(name, free_port(), base, hosts=hosts, host_prefix=prefix,
                          log_level="WARNING")
-    agent.with_parent = True
     stack.callback(agent.kill)
     agent.start()
     agent.wait_ready(60)
@@ -172,7 +176,6 @@ def start_nodes(stack: contextlib.ExitStack, base: str, etcd: str, count: int) -
     nodes = [NodeProcess(f"node-{i}", free_port(), etcd, base, lease_ttl=10,
                          reconcile_interval=3.0) for i in range(count)]
     for node in nodes:
-        node.with_parent = True
         stack.callback(node.kill)
         node.start()
     for node in nodes:
@@ -855,10 +858,12 @@ def run_fleet_bench(args: argparse.Namespace) -> int:
             for part in parts:
                 try:
                     figures[part] = MEASURERS[part](args, tmp)
-                except (BenchError, grpc.RpcError, TimeoutError, AssertionError) as exc:
+                except Exception as exc:  # noqa: BLE001 - reported; the other parts still run
                     failed = True
                     text = (f"{exc.code().name}: {exc.details()}"
                             if isinstance(exc, grpc.RpcError) else str(exc))
+                    if not isinstance(exc, BenchError):
+                        traceback.print_exc(file=sys.stderr)
                     figures[part] = {"error": text}
                     first_line = text.splitlines()[0] if text else repr(exc)
                     progress(f"{part}: FAILED: {first_line}")
