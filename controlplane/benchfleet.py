@@ -49,6 +49,14 @@ import grpc
 
 PARTS = ("sync", "throughput", "ha")
 SYNC_NODE_ID = "bench-sync"
+# What a VM record carries after its start (device info stored): steady-state records.
+def _devices():  # type: ignore[no-untyped-def]
+    from controlplane.v1 import agent_pb2
+
+    return agent_pb2.DeviceInfo(devices=[
+        agent_pb2.Device(name="disk0", address="0000:00:04.0"),
+        agent_pb2.Device(name="nic0", address="0000:00:03.0", mac="52:54:00:12:34:56")])
+
 # etcd's default limit is 128 ops per txn; 100 keeps a batch well under it and under the
 # 1.5 MiB request limit with realistic records.
 PUTS_PER_TXN = 100
@@ -255,11 +263,13 @@ def seed_records(store: Any, keys: Any, agent: Any, host_ids: list[str],
         host = host_pb2.Host(host_id=host_id, address=agent.address, status=host_pb2.CONNECTED,
                              added_at=now, cpus=16, memory_mb=65536)
         add(keys.host(host_id), host.SerializeToString())
+    devices = _devices()
     for host_id in host_ids:
         for vm_id in _vm_ids(host_id, per_host):
             vm = vm_pb2.Vm(vm_id=vm_id, name=vm_id, state="Running", host_id=host_id,
                            generation=1, cpus=1, memory_mb=512, image=image(),
-                           root_disk_size=1 << 30, created_at=now, state_changed_at=now)
+                           root_disk_size=1 << 30, created_at=now, state_changed_at=now,
+                           devices=devices)
             add(keys.vm(vm_id), vm.SerializeToString())
     if batch:
         batches.append(batch)

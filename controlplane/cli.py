@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--lease-ttl", type=int, default=2)
     cluster.add_argument("--lookups", type=int, default=300_000)
     cluster.add_argument("--json", action="store_true")
+    from controlplane.benchfleet import add_fleet_parser
+
+    add_fleet_parser(bench_sub)
     return parser
 
 
@@ -365,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_up(args)
     if args.command == "bench":
+        if args.bench_command == "fleet":
+            from controlplane.benchfleet import run_fleet_bench
+
+            return run_fleet_bench(args)
         from controlplane.bench import run_cluster_bench
 
         return run_cluster_bench(args)

@@ -115,7 +115,8 @@ class ManagementNode:
         # Watch-fed caches of the records owner work reads (no etcd read per VM in sync).
         self.vms = PrefixCache(self.store, self.keys.vms, decode_vm,
                                index=lambda vm: vm.host_id, name="vms")
-        self.ops = PrefixCache(self.store, self.keys.ops, decode_op, name="ops")
+        self.ops = PrefixCache(self.store, self.keys.ops, decode_op,
+                               index=lambda op: op.host_id, name="ops")
         self.hosts = PrefixCache(self.store, self.keys.hosts, decode_host, name="hosts")
         self.config_cache = PrefixCache(self.store, self.keys.config,
                                         lambda b: b.decode(), name="config")

@@ -67,6 +67,7 @@ class HostTracker:
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="host-sync")
         self._thread = threading.Thread(target=self._run, name="host-tracker", daemon=True)
         self.enabled = lambda: True
+        self._breaker = (-1e9, False)  # (computed at, open)
 
     def start(self) -> HostTracker:
         self._thread.start()
@@ -147,15 +148,29 @@ class HostTracker:
     def ha_allowed(self, host_id: str, state: HostState) -> bool:
         if not self.ctx.config.get("ha.enabled") or not state.evidence:
             return False
+        frozen = self.breaker_open()
+        if frozen:
+            metrics.HA_DECISIONS.labels("frozen").inc()
+        return not frozen
+
+    def breaker_open(self, max_age: float = 0.2) -> bool:
+        """The partition breaker's verdict over all host records, recomputed at most every
+        `max_age` seconds (it reads every host record: per sync it would cost hosts^2)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._breaker[0] < max_age:
+                return self._breaker[1]
         hosts = [e.value for e in self.ctx.hosts.entries()]
         stamps = [h.unreachable_since for h in hosts if h.unreachable_since]
         frozen = ha.breaker_open(stamps, len(hosts), self.ctx.config.get("vm.syncInterval"))
+        with self._lock:
+            was = self._breaker[1]
+            self._breaker = (now, frozen)
         metrics.HA_FROZEN.set(1 if frozen else 0)
-        if frozen:
-            log.warning("HA frozen by the partition breaker: %d of %d hosts went unreachable "
-                        "within one sync interval", len(stamps), len(hosts))
-            metrics.HA_DECISIONS.labels("frozen").inc()
-        return not frozen
+        if frozen != was:
+            log.warning("HA %s by the partition breaker: %d of %d hosts unreachable",
+                        "frozen" if frozen else "released", len(stamps), len(hosts))
+        return frozen
 
     def sync_host(self, host_id: str) -> SyncResult:
         started = time.monotonic()
@@ -188,18 +203,20 @@ class HostTracker:
             reports_ops=reply.reports_ops,
         )
         applied = self._plan_and_apply(report, records, state)
+        self._retry_device_info(report)
         seconds = time.monotonic() - started
         metrics.SYNC_ROUNDS.observe(seconds)
         return SyncResult(host_id, True, seconds, applied)
 
     def _plan_and_apply(self, report: Report, records: list, state: HostState) -> Applied:
-        ops = {}
-        for vm in records:
-            entry = self.ctx.ops.get(self.ctx.keys.op(vm.vm_id))
-            if entry is not None:
-                ops[vm.vm_id] = op_view(entry.value, entry.mod_revision)
-        by_id = {}
+        # Ops of VMs on this host come from the ops cache's host index (an op names the host
+        # its VM is placed on); only VMs reported here but placed elsewhere need a lookup.
+        ops = {e.value.vm_id: op_view(e.value, e.mod_revision)
+               for e in self.ctx.ops.by_index(report.host_id)}
+        by_id = {vm.vm_id: vm for vm in records}
         for vm_id in report.vms:
+            if vm_id in by_id:
+                continue
             entry = self.ctx.vms.get(self.ctx.keys.vm(vm_id))
             if entry is not None:
                 by_id[vm_id] = vm_view(entry.value, entry.mod_revision)
@@ -214,6 +231,16 @@ class HostTracker:
                      ", ".join(sorted(plan.strangers)[:10]))
         return self.syncer.apply(plan.actions)
 
+    def _retry_device_info(self, report: Report) -> None:
+        """Running VMs whose device info never got stored (every attempt after their start
+        failed) get another try, in the background, one at a time per VM."""
+        busy = {e.value.vm_id for e in self.ctx.ops.by_index(report.host_id)}
+        for entry in self.ctx.vms.by_index(report.host_id):
+            vm = entry.value
+            if vm.state == "Running" and not vm.devices.devices and vm.vm_id not in busy \
+                    and vm.vm_id in report.vms:
+                self.syncer.operations.retry_device_info(vm)
+
     def _unreachable(self, host: host_pb2.Host, state: HostState, records: list,
                      err: grpc.RpcError) -> Applied:
         state.failures += 1
@@ -227,11 +254,8 @@ class HostTracker:
             return Applied()
         state.evidence = True
         applied = Applied()
-        ops = {}
-        for vm in records:
-            entry = self.ctx.ops.get(self.ctx.keys.op(vm.vm_id))
-            if entry is not None:
-                ops[vm.vm_id] = op_view(entry.value, entry.mod_revision)
+        ops = {e.value.vm_id: op_view(e.value, e.mod_revision)
+               for e in self.ctx.ops.by_index(host.host_id)}
         if host.status == host_pb2.CONNECTED:
             self._write_host(host.host_id, status=host_pb2.DISCONNECTED)
             log.warning("host %s disconnected after %d failed pings", host.host_id,

@@ -32,6 +32,7 @@ from controlplane.store.errors import LeaseLost, StoreError, StoreUnavailable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+MAX_RESPONSE_BYTES = 512 * 1024 * 1024
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -89,6 +90,9 @@ def _channel_options(keepalive_s: float) -> list[tuple[str, int]]:
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        # A cache lists a whole prefix in one range: 100,000 VM records are ~20 MB, far
+        # over gRPC's default 4 MiB receive limit.
+        ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
     ]
 
 

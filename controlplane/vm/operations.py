@@ -68,6 +68,7 @@ class Operations:
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="vm-op")
         self._stopping = threading.Event()
         self._calls: set[grpc.Future] = set()
+        self._device_syncs: set[str] = set()
         self._lock = threading.Lock()
 
     def stop(self) -> None:
@@ -92,12 +93,24 @@ class Operations:
         return (vm, vm_kvs[0].mod_revision if vm_kvs else 0,
                 op, op_kvs[0].mod_revision if op_kvs else 0)
 
+    def read_cached(self, vm_id: str) -> tuple[vm_pb2.Vm | None, int, vm_pb2.Op | None, int]:
+        """The same from this node's caches (possibly behind: callers CAS on it)."""
+        vm = self.ctx.vms.get(self.ctx.keys.vm(vm_id))
+        op = self.ctx.ops.get(self.ctx.keys.op(vm_id))
+        return (vm.value if vm else None, vm.mod_revision if vm else 0,
+                op.value if op else None, op.mod_revision if op else 0)
+
     # -- begin ----------------------------------------------------------------------
 
     def begin(self, vm_id: str, kind: str, host_id: str = "", force: bool = False) -> Begun:
         """Record the operation (state + op) in one fenced CAS txn; raises OpError."""
-        for _ in range(5):
-            vm, vm_rev, op, op_rev = self.read(vm_id)
+        for attempt in range(5):
+            # First from the watch-fed caches (no etcd read): the CAS below proves them
+            # current; after a lost CAS (or a VM the cache has not seen yet) read etcd.
+            vm, vm_rev, op, op_rev = self.read_cached(vm_id) if attempt == 0 else \
+                self.read(vm_id)
+            if vm is None and attempt == 0:
+                vm, vm_rev, op, op_rev = self.read(vm_id)
             if vm is None:
                 raise OpError(grpc.StatusCode.NOT_FOUND, f"no VM {vm_id!r}")
             self._check_op_free(vm, op, op_rev, kind)
@@ -190,6 +203,7 @@ class Operations:
         operation = states.OPERATIONS[op.kind]
         host = self.ctx.host_record(vm.host_id)
         event, outcome, detail = operation.failure, "failed", ""
+        devices = None
         if host is None:
             detail = f"host {vm.host_id} is gone"
         else:
@@ -199,6 +213,9 @@ class Operations:
             try:
                 self._call_agent(host.address, AGENT_CALLS[op.kind], request, op.deadline)
                 event, outcome = operation.success, "completed"
+                if op.kind in DEVICE_INFO_AFTER:
+                    # The VM runs: its device addresses go into the txn that records it.
+                    devices = self.fetch_device_info(vm, host.address, attempts=1)
             except grpc.RpcError as err:
                 detail = f"agent: {err.code().name}: {err.details()}"
                 if err.code() not in DEFINITE_FAILURES:
@@ -206,9 +223,10 @@ class Operations:
             except (OpError, grpc.FutureCancelledError) as exc:
                 event, outcome, detail = "", "unknown", f"not waited for: {exc or 'stopping'}"
         metrics.VM_OPS.labels(op.kind, outcome).inc()
-        final = self.finish(begun, event, outcome, detail)
-        if final is not None and outcome == "completed" and op.kind in DEVICE_INFO_AFTER:
-            self.sync_device_info(final, host.address if host else "")
+        final = self.finish(begun, event, outcome, detail, devices)
+        if final is not None and outcome == "completed" and op.kind in DEVICE_INFO_AFTER \
+                and devices is None:
+            self.retry_device_info(final)  # never fails the start: retried in background
         if final is None:
             # Not recorded (fenced, or the record kept changing): answer the op as still in
             # flight rather than a state that would look settled.
@@ -230,12 +248,19 @@ class Operations:
             with self._lock:
                 self._calls.discard(call)
 
-    def finish(self, begun: Begun, event: str, outcome: str, detail: str) -> vm_pb2.Vm | None:
-        """Write the outcome and remove the op, only while the op is still ours."""
+    def finish(self, begun: Begun, event: str, outcome: str, detail: str,
+               devices: agent_pb2.DeviceInfo | None = None) -> vm_pb2.Vm | None:
+        """Write the outcome and remove the op, only while the op is still ours.
+
+        The first try compares against the revision `begin` wrote (no read: nobody else
+        writes a VM with a live op); a lost compare re-reads and checks the op is ours."""
         vm_id, op = begun.vm.vm_id, begun.op
         keys = self.ctx.keys
-        for _ in range(5):
-            current, vm_rev, op_now, op_rev = self.read(vm_id)
+        for attempt in range(5):
+            if attempt == 0:
+                current, vm_rev, op_now, op_rev = begun.vm, begun.revision, op, begun.revision
+            else:
+                current, vm_rev, op_now, op_rev = self.read(vm_id)
             if current is None or op_now is None or op_now.op_id != op.op_id:
                 log.warning("vm %s: op %s was taken over or removed meanwhile; leaving it",
                             vm_id, op.op_id)
@@ -245,6 +270,8 @@ class Operations:
             if event and states.allowed(current.state, event):
                 new.state = states.next_state(current.state, event)
                 new.state_changed_at = time.time()
+            if devices is not None and current.generation == begun.vm.generation:
+                new.devices.CopyFrom(devices)
             new.last_op.CopyFrom(vm_pb2.LastOp(
                 op_id=op.op_id, kind=op.kind, outcome=outcome, node_id=self.ctx.node_id,
                 finished_at=time.time(), detail=detail))
@@ -260,15 +287,18 @@ class Operations:
                 log.warning("vm %s: op %s not finished: %s (the next owner resolves it)",
                             vm_id, op.op_id, exc)
                 return None
+            if devices is not None:
+                metrics.DEVICE_INFO.labels("stored").inc()
             log.info("vm %s: op %s %s %s (%s)%s", vm_id, op.op_id, op.kind, outcome,
                      new.state, f": {detail}" if detail else "")
             return new
         log.warning("vm %s: could not record the outcome of op %s", vm_id, op.op_id)
         return None
 
-    def sync_device_info(self, vm: vm_pb2.Vm, address: str, attempts: int = 5) -> bool:
-        """Fetch the VM's device addresses and store them. Retried with backoff; a failure
-        is logged, never raised: device info must not fail a start."""
+    def fetch_device_info(self, vm: vm_pb2.Vm, address: str,
+                          attempts: int = 5) -> agent_pb2.DeviceInfo | None:
+        """The VM's device addresses from its agent, retried with backoff; None (logged)
+        when every attempt failed."""
         request = agent_pb2.AgentVmRequest(host_id=vm.host_id, vm_id=vm.vm_id,
                                            generation=vm.generation)
         timeout = self.ctx.config.get("host.pingTimeout")
@@ -281,13 +311,41 @@ class Operations:
             ):
                 with trial:
                     if self._stopping.is_set():
-                        return False
-                    devices = self.ctx.agents.stub(address).SyncVmDeviceInfo(request,
-                                                                            timeout=timeout)
+                        return None
+                    return self.ctx.agents.stub(address).SyncVmDeviceInfo(request,
+                                                                         timeout=timeout)
         except grpc.RpcError as err:
             metrics.DEVICE_INFO.labels("failed").inc()
-            log.warning("vm %s: device info sync failed after %d attempts: %s", vm.vm_id,
-                        attempts, err.details())
+            log.warning("vm %s: device info sync failed (%d attempts): %s; retried later",
+                        vm.vm_id, attempts, err.details())
+        return None
+
+    def retry_device_info(self, vm: vm_pb2.Vm) -> None:
+        """Fetch and store device info in the background, once at a time per VM (VM sync
+        calls this for every Running VM that has none)."""
+        with self._lock:
+            if vm.vm_id in self._device_syncs or self._stopping.is_set():
+                return
+            self._device_syncs.add(vm.vm_id)
+
+        def run() -> None:
+            try:
+                self.sync_device_info(vm)
+            finally:
+                with self._lock:
+                    self._device_syncs.discard(vm.vm_id)
+
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # pool shut down: stopping
+            with self._lock:
+                self._device_syncs.discard(vm.vm_id)
+
+    def sync_device_info(self, vm: vm_pb2.Vm) -> bool:
+        """Fetch the VM's device addresses and store them (CAS, same generation only)."""
+        host = self.ctx.host_record(vm.host_id)
+        devices = self.fetch_device_info(vm, host.address) if host else None
+        if devices is None:
             return False
         for _ in range(5):
             current, vm_rev, _op, _ = self.read(vm.vm_id)
