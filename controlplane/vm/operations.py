@@ -105,36 +105,18 @@ class Operations:
     def begin(self, vm_id: str, kind: str, host_id: str = "", force: bool = False) -> Begun:
         """Record the operation (state + op) in one fenced CAS txn; raises OpError."""
         for attempt in range(5):
-            # First from the watch-fed caches (no etcd read): the CAS below proves them
-            # current; after a lost CAS (or a VM the cache has not seen yet) read etcd.
-            vm, vm_rev, op, op_rev = self.read_cached(vm_id) if attempt == 0 else \
-                self.read(vm_id)
-            if vm is None and attempt == 0:
-                vm, vm_rev, op, op_rev = self.read(vm_id)
-            if vm is None:
-                raise OpError(grpc.StatusCode.NOT_FOUND, f"no VM {vm_id!r}")
-            self._check_op_free(vm, op, op_rev, kind)
-            event = states.OPERATIONS[kind].begin
-            if vm.state not in states.CALLABLE_FROM[kind] or not states.allowed(vm.state, event):
-                raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"VM {vm_id} is {vm.state}: cannot {kind} it (allowed from "
-                              f"{', '.join(sorted(states.CALLABLE_FROM[kind]))})")
-            new = vm_pb2.Vm()
-            new.CopyFrom(vm)
-            new.ClearField("op")
-            now = time.time()
-            if kind == "start":
-                target = self.placement(vm, host_id)
-                if target != vm.host_id:
-                    new.last_host_id = vm.host_id
-                new.host_id = target
-                new.generation = vm.generation + 1  # every placement: a new generation
-            elif not vm.host_id:
-                raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"VM {vm_id} is {vm.state} and placed on no host")
-            new.state = states.next_state(vm.state, event)
-            new.state_changed_at = now
-            record = self.new_op(vm_id, kind, new.host_id, new.generation, now)
+            # First from the watch-fed caches (no etcd read): the CAS proves them current.
+            # A refusal or a lost CAS is decided again on an etcd read: a cache may lag.
+            cached = attempt == 0
+            vm, vm_rev, op, op_rev = self.read_cached(vm_id) if cached else self.read(vm_id)
+            try:
+                if vm is None:
+                    raise OpError(grpc.StatusCode.NOT_FOUND, f"no VM {vm_id!r}")
+                new, record = self._prepare(vm, op, op_rev, kind, host_id)
+            except OpError:
+                if cached:
+                    continue
+                raise
             try:
                 result = self.ctx.owner_txn(
                     [t.mod_revision_is(self.ctx.keys.vm(vm_id), vm_rev),
@@ -151,6 +133,32 @@ class Operations:
                      new.generation)
             return Begun(new, record, result.revision)
         raise OpError(grpc.StatusCode.ABORTED, f"VM {vm_id} kept changing; retry")
+
+    def _prepare(self, vm: vm_pb2.Vm, op: vm_pb2.Op | None, op_rev: int, kind: str,
+                 host_id: str) -> tuple[vm_pb2.Vm, vm_pb2.Op]:
+        """The VM record and op record `begin` writes; OpError when the op is refused."""
+        self._check_op_free(vm, op, op_rev, kind)
+        event = states.OPERATIONS[kind].begin
+        if vm.state not in states.CALLABLE_FROM[kind] or not states.allowed(vm.state, event):
+            raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"VM {vm.vm_id} is {vm.state}: cannot {kind} it (allowed from "
+                          f"{', '.join(sorted(states.CALLABLE_FROM[kind]))})")
+        new = vm_pb2.Vm()
+        new.CopyFrom(vm)
+        new.ClearField("op")
+        now = time.time()
+        if kind == "start":
+            target = self.placement(vm, host_id)
+            if target != vm.host_id:
+                new.last_host_id = vm.host_id
+            new.host_id = target
+            new.generation = vm.generation + 1  # every placement: a new generation
+        elif not vm.host_id:
+            raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"VM {vm.vm_id} is {vm.state} and placed on no host")
+        new.state = states.next_state(vm.state, event)
+        new.state_changed_at = now
+        return new, self.new_op(vm.vm_id, kind, new.host_id, new.generation, now)
 
     def new_op(self, vm_id: str, kind: str, host_id: str, generation: int,
                now: float) -> vm_pb2.Op:
