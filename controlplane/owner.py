@@ -12,11 +12,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import grpc
+
 from controlplane.cluster.registration import Registration
 from controlplane.cluster.view import ClusterView
 from controlplane.host.agents import AgentClients
 from controlplane.liveconfig import LiveConfig
-from controlplane.store import Keys, Store, TxnResult
+from controlplane.store import Keys, Store, StoreError, TxnResult
 from controlplane.store import txn as t
 from controlplane.store.cache import PrefixCache
 from controlplane.v1 import host_pb2, vm_pb2
@@ -67,6 +69,21 @@ class OwnerContext:
         if not member or member[0].create_revision != fence.incarnation:
             raise Fenced(f"{self.node_id} incarnation {fence.incarnation} is no longer a member")
         raise Conflict("record changed since it was read")
+
+    def write_or_abort(self, context: grpc.ServicerContext, compares: Sequence,
+                       success: Sequence, on_conflict: tuple[grpc.StatusCode, str]
+                       ) -> TxnResult:
+        """owner_txn for a gRPC handler: a lost compare answers `on_conflict`; a fenced node
+        or an unreachable etcd answers UNAVAILABLE (the client may try another node)."""
+        try:
+            return self.owner_txn(compares, success)
+        except Conflict:
+            context.abort(*on_conflict)
+        except Fenced as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except StoreError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write etcd: {exc}")
+        raise AssertionError("unreachable")  # context.abort raised
 
     def host_record(self, host_id: str) -> host_pb2.Host | None:
         entry = self.hosts.get(self.keys.host(host_id))

@@ -9,7 +9,7 @@ import grpc
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.cluster.service import check_resource_id as _check
 from controlplane.host.tracker import HostTracker
-from controlplane.owner import Conflict, Fenced, OwnerContext
+from controlplane.owner import OwnerContext
 from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
@@ -67,15 +67,9 @@ class HostServicer(pb_grpc.HostServiceServicer):
                                  status=host_pb2.CONNECTED, added_at=time.time(),
                                  cpus=ping.cpus, memory_mb=ping.memory_mb)
             key = self.ctx.keys.host(request.host_id)
-            try:
-                result = self.ctx.owner_txn([t.absent(key)], [t.put(key, host.SerializeToString())])
-            except Conflict:
-                context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                              f"host {request.host_id!r} already exists")
-            except Fenced as exc:
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            except StoreError as exc:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write etcd: {exc}")
+            result = self.ctx.write_or_abort(
+                context, [t.absent(key)], [t.put(key, host.SerializeToString())],
+                (grpc.StatusCode.ALREADY_EXISTS, f"host {request.host_id!r} already exists"))
             self.ctx.hosts.wait_for_revision(result.revision, 2.0)
             return self._answer(host)
 
@@ -105,12 +99,9 @@ class HostServicer(pb_grpc.HostServiceServicer):
                               f"host {request.host_id} has {len(placed)} VMs placed on it "
                               f"({', '.join(sorted(placed)[:5])}); move them or use force")
             key = self.ctx.keys.host(request.host_id)
-            try:
-                result = self.ctx.owner_txn([t.mod_revision_is(key, revision)], [t.delete(key)])
-            except Conflict:
-                context.abort(grpc.StatusCode.ABORTED, "host changed meanwhile; retry")
-            except Fenced as exc:
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            result = self.ctx.write_or_abort(
+                context, [t.mod_revision_is(key, revision)], [t.delete(key)],
+                (grpc.StatusCode.ABORTED, "host changed meanwhile; retry"))
             self.ctx.hosts.wait_for_revision(result.revision, 2.0)
             return self._answer(host)
 
@@ -127,11 +118,10 @@ class HostServicer(pb_grpc.HostServiceServicer):
                 # An operator brought a fenced host back: ping it like a new one.
                 host.status = host_pb2.DISCONNECTED
                 key = self.ctx.keys.host(request.host_id)
-                try:
-                    result = self.ctx.owner_txn([t.mod_revision_is(key, revision)],
-                                                [t.put(key, host.SerializeToString())])
-                except (Conflict, Fenced) as exc:
-                    context.abort(grpc.StatusCode.ABORTED, f"host changed meanwhile: {exc}")
+                result = self.ctx.write_or_abort(
+                    context, [t.mod_revision_is(key, revision)],
+                    [t.put(key, host.SerializeToString())],
+                    (grpc.StatusCode.ABORTED, "host changed meanwhile; retry"))
                 self.ctx.hosts.wait_for_revision(result.revision, 2.0)
             outcome = self.tracker.sync_now(request.host_id)
             if outcome is not None and not outcome.reachable:

@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.procs import ChildProcess
+from controlplane.testing.serving import ServingProcess
 from controlplane.v1 import agent_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "AgentProcess"]
@@ -32,7 +31,7 @@ CHANNEL_OPTIONS = [
 ]
 
 
-class AgentProcess(ChildProcess):
+class AgentProcess(ServingProcess):
     """One agent process serving ``hosts`` sim hosts (``host_prefix`` + index), its log file
     kept across restarts. A restarted sim agent starts with no VMs (its state is memory)."""
 
@@ -167,27 +166,8 @@ class AgentProcess(ChildProcess):
     def sim(self) -> agent_pb2_grpc.SimControlStub:
         return agent_pb2_grpc.SimControlStub(self.channel())
 
-    def health(self, service: str = "readiness", timeout: float = 1.0) -> str | None:
-        """Status name from grpc.health.v1, ``None`` when the agent does not answer,
-        ``"SERVICE_UNKNOWN"`` when it does not know ``service``."""
-        stub = health_pb2_grpc.HealthStub(self.channel())
-        try:
-            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
-                return "SERVICE_UNKNOWN"
-            return None
-        except ValueError:  # the channel was closed by a restart in another thread
-            return None
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        """Block until readiness is SERVING; fail at once with the log if the agent exits."""
-        def probe(t: float) -> str | None:
-            status = self.health("readiness", timeout=t)
-            return "ok" if status == "SERVING" else f"readiness {status} at {self.address}"
-
-        self.wait_up(probe, timeout, "ready")
+    def health_channel(self) -> grpc.Channel:
+        return self.channel()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else f"exited({self.returncode})"

@@ -12,9 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.procs import ChildProcess
+from controlplane.testing.serving import ServingProcess
 
 __all__ = ["NodeProcess"]
 
@@ -32,7 +31,7 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class NodeProcess(ChildProcess):
+class NodeProcess(ServingProcess):
     """One management node process, with its log file kept across restarts."""
 
     kind = "node"
@@ -114,30 +113,8 @@ class NodeProcess(ChildProcess):
             self._channel.close()
             self._channel = None
 
-    def health(self, service: str = "readiness", timeout: float = 1.0) -> str | None:
-        """Status name from grpc.health.v1 (``"SERVING"``, ``"NOT_SERVING"``...).
-
-        ``None`` means the node did not answer (down, frozen, not listening yet);
-        ``"SERVICE_UNKNOWN"`` means it answered but does not know ``service``.
-        """
-        stub = health_pb2_grpc.HealthStub(self._get_channel())
-        try:
-            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
-                return "SERVICE_UNKNOWN"
-            return None
-        except ValueError:  # the channel was closed by a restart in another thread
-            return None
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        """Block until readiness is SERVING; fail at once with the log if the node exits."""
-        def probe(t: float) -> str | None:
-            status = self.health("readiness", timeout=t)
-            return "ok" if status == "SERVING" else f"readiness {status} at {self.address}"
-
-        self.wait_up(probe, timeout, "ready")
+    def health_channel(self) -> grpc.Channel:
+        return self._get_channel()
 
     def kill(self) -> None:
         """Crash the node: no shutdown hooks, its etcd lease is left to expire."""

@@ -18,7 +18,7 @@ import grpc
 
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.cluster.service import check_resource_id as _check
-from controlplane.owner import Conflict, Fenced, OwnerContext
+from controlplane.owner import OwnerContext
 from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.store.cache import CacheEvent
@@ -84,14 +84,9 @@ class VmServicer(pb_grpc.VmServiceServicer):
                            root_disk_offering_size=request.root_disk_offering_size,
                            root_disk_size=disk, created_at=now, state_changed_at=now)
             key = self.ctx.keys.vm(request.vm_id)
-            try:
-                self.ctx.owner_txn([t.absent(key)], [t.put(key, vm.SerializeToString())])
-            except Conflict:
-                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"VM {request.vm_id!r} exists")
-            except Fenced as exc:
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            except StoreError as exc:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write etcd: {exc}")
+            self.ctx.write_or_abort(
+                context, [t.absent(key)], [t.put(key, vm.SerializeToString())],
+                (grpc.StatusCode.ALREADY_EXISTS, f"VM {request.vm_id!r} already exists"))
             log.info("vm %s created (root disk %d bytes, ha %s)", vm.vm_id, disk,
                      vm_pb2.HaLevel.Name(vm.ha))
             if request.start:
