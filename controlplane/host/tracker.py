@@ -145,10 +145,10 @@ class HostTracker:
 
     # -- one host -------------------------------------------------------------------
 
-    def ha_allowed(self, host_id: str, state: HostState) -> bool:
+    def ha_allowed(self, host_id: str, state: HostState, fresh: bool = False) -> bool:
         if not self.ctx.config.get("ha.enabled") or not state.evidence:
             return False
-        frozen = self.breaker_open()
+        frozen = self.breaker_open(max_age=0.0 if fresh else 0.2)
         if frozen:
             metrics.HA_DECISIONS.labels("frozen").inc()
         return not frozen
@@ -263,7 +263,14 @@ class HostTracker:
             applied = self.syncer.apply(plan_unreachable(host.host_id, records, ops))
             records = [vm_view(e.value, e.mod_revision)
                        for e in self.ctx.vms.by_index(host.host_id)]
-        if not needs_fence(records, host.host_id) or not self.ha_allowed(host.host_id, state):
+        if not needs_fence(records, host.host_id):
+            return applied
+        # The breaker must see the whole burst: every host is pulled once per interval, so
+        # one interval after this host's first failure every other host cut off by the same
+        # partition has failed too and stamped its record. Decide on a fresh verdict.
+        since = host.unreachable_since or time.time()
+        if time.time() - since < self.ctx.config.get("vm.syncInterval") \
+                or not self.ha_allowed(host.host_id, state, fresh=True):
             return applied
         return self._fence_and_restart(host, state)
 
