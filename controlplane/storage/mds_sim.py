@@ -1,0 +1,305 @@
+"""The simulated MDS: StorageMds over in-memory volumes, with faults injected per method.
+
+Why it exists: the MDS client's try-next policy is about how metadata servers fail (one hangs,
+one refuses, one answers an operation error), and a real block store cannot be made to do
+that on demand. Each sim process is one MDS; SimMdsControl (same port) sets a fault per
+StorageMds method (or for all of them):
+
+- OK: answer normally;
+- SLOW(delay): wait, then apply and answer, even if the caller gave up meanwhile (a slow
+  create still creates: that is why a non-idempotent call must not go on after a timeout);
+- HANG: never answer, never apply; the handler returns when the caller's deadline passes;
+- REFUSE: answer UNAVAILABLE at once (an MDS that is not serving; a dead one gives
+  connection refused, which tests get from an address nobody listens on);
+- FAIL(code): answer an operation error (INTERNAL by default) without applying.
+
+Limits: every sim process has its own volumes (a real MDS cluster shares its metadata), so a
+test seeds each MDS it wants to answer. State is memory only: a restarted sim is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.v1 import mds_pb2, mds_pb2_grpc
+
+__all__ = [
+    "SIM_MDS_CONTROL",
+    "STORAGE_MDS",
+    "Fault",
+    "MdsServer",
+    "SimMds",
+    "SimMdsControlServicer",
+    "StorageMdsServicer",
+]
+
+log = logging.getLogger(__name__)
+
+STORAGE_MDS = mds_pb2.DESCRIPTOR.services_by_name["StorageMds"].full_name
+SIM_MDS_CONTROL = mds_pb2.DESCRIPTOR.services_by_name["SimMdsControl"].full_name
+METHODS = tuple(m.name for m in mds_pb2.DESCRIPTOR.services_by_name["StorageMds"].methods)
+MAX_WORKERS = 64
+_HANG_POLL = 0.05  # how often a hanging handler checks whether its caller is still there
+
+OK = mds_pb2.SIM_MDS_OK
+SLOW = mds_pb2.SIM_MDS_SLOW
+HANG = mds_pb2.SIM_MDS_HANG
+REFUSE = mds_pb2.SIM_MDS_REFUSE
+FAIL = mds_pb2.SIM_MDS_FAIL
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One method's fault (immutable; the table of them is swapped whole)."""
+
+    mode: int = OK
+    delay: float = 0.0
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    details: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: mds_pb2.SimMdsFault) -> Fault:
+        if msg.mode not in (OK, SLOW, HANG, REFUSE, FAIL, mds_pb2.SIM_MDS_FAULT_MODE_UNSPECIFIED):
+            raise ValueError(f"unknown fault mode {msg.mode}")
+        if not msg.delay_seconds >= 0:
+            raise ValueError(f"delay_seconds must be >= 0, got {msg.delay_seconds}")
+        code = grpc.StatusCode.INTERNAL
+        if msg.code:
+            by_value = {c.value[0]: c for c in grpc.StatusCode}
+            if msg.code not in by_value or msg.code == grpc.StatusCode.OK.value[0]:
+                raise ValueError(f"code {msg.code} is not a gRPC error code")
+            code = by_value[msg.code]
+        return cls(msg.mode or OK, msg.delay_seconds, code, msg.details)
+
+    def to_proto(self, method: str) -> mds_pb2.SimMdsFault:
+        return mds_pb2.SimMdsFault(method=method, mode=self.mode, delay_seconds=self.delay,
+                                   code=self.code.value[0], details=self.details)
+
+
+class SimMds:
+    """The sim MDS's state: volumes, their clients, faults and call counts, under one lock
+    (held only for dict updates, never across a delay)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._volumes: dict[str, mds_pb2.MdsVolume] = {}
+        self._clients: dict[str, tuple[mds_pb2.MdsVolumeClient, ...]] = {}
+        self._faults: dict[str, Fault] = {}
+        self._calls: Counter[str] = Counter()
+        self.stopping = threading.Event()  # wakes hanging and slow handlers on shutdown
+
+    # -- fault injection ------------------------------------------------------------------
+
+    def set_fault(self, method: str, fault: Fault) -> None:
+        if method and method not in METHODS:
+            raise ValueError(f"StorageMds has no method {method!r} (has: {', '.join(METHODS)})")
+        with self._lock:
+            if fault.mode == OK:
+                self._faults.pop(method, None)
+            else:
+                self._faults[method] = fault
+
+    def fault_of(self, method: str) -> Fault:
+        """The method's own fault, else the one for every method, else OK; counts the call."""
+        with self._lock:
+            self._calls[method] += 1
+            return self._faults.get(method) or self._faults.get("") or Fault()
+
+    def reset(self, volumes: bool) -> None:
+        with self._lock:
+            self._faults.clear()
+            self._calls.clear()
+            if volumes:
+                self._volumes.clear()
+                self._clients.clear()
+
+    def state(self) -> mds_pb2.SimMdsState:
+        with self._lock:
+            return mds_pb2.SimMdsState(
+                faults=[f.to_proto(m) for m, f in sorted(self._faults.items())],
+                calls=dict(self._calls), volume_ids=sorted(self._volumes))
+
+    def set_clients(self, volume_id: str, clients: Sequence[mds_pb2.MdsVolumeClient]) -> None:
+        with self._lock:
+            if volume_id not in self._volumes:
+                raise KeyError(volume_id)
+            self._clients[volume_id] = tuple(clients)
+
+    # -- the metadata ---------------------------------------------------------------------
+
+    def create(self, volume_id: str, size_bytes: int) -> mds_pb2.MdsVolume:
+        if not volume_id:
+            raise ValueError("volume_id is empty")
+        if size_bytes <= 0:
+            raise ValueError(f"size_bytes must be > 0, got {size_bytes}")
+        volume = mds_pb2.MdsVolume(volume_id=volume_id, size_bytes=size_bytes,
+                                   created_at=time.time())
+        with self._lock:
+            if volume_id in self._volumes:
+                raise FileExistsError(volume_id)
+            self._volumes[volume_id] = volume
+        log.info("volume %s created (%d bytes)", volume_id, size_bytes)
+        return volume
+
+    def get(self, volume_id: str) -> mds_pb2.MdsVolume:
+        with self._lock:
+            return self._volumes[volume_id]  # KeyError: NOT_FOUND
+
+    def clients(self, volume_id: str) -> tuple[mds_pb2.MdsVolumeClient, ...]:
+        with self._lock:
+            if volume_id not in self._volumes:
+                raise KeyError(volume_id)
+            return self._clients.get(volume_id, ())
+
+    def delete(self, volume_id: str) -> None:
+        with self._lock:
+            del self._volumes[volume_id]
+            self._clients.pop(volume_id, None)
+        log.info("volume %s deleted", volume_id)
+
+
+def _faulted(method: str, sim: SimMds, context: grpc.ServicerContext,
+             apply: Callable[[], T]) -> T:
+    """Run ``apply`` as the method's fault says; map the sim's exceptions to status codes."""
+    fault = sim.fault_of(method)
+    if fault.mode == HANG:
+        while context.is_active() and not sim.stopping.wait(_HANG_POLL):
+            pass
+        log.info("%s: hung until the caller left", method)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "sim MDS: hung (the caller should be gone)")
+    if fault.mode == REFUSE:
+        context.abort(grpc.StatusCode.UNAVAILABLE, fault.details or "sim MDS: refusing")
+    if fault.mode == FAIL:
+        context.abort(fault.code, fault.details or f"sim MDS: injected {fault.code.name}")
+    if fault.mode == SLOW:
+        sim.stopping.wait(fault.delay)
+    try:
+        return apply()
+    except KeyError as exc:
+        context.abort(grpc.StatusCode.NOT_FOUND, f"volume {exc.args[0]!r} not found")
+    except FileExistsError as exc:
+        context.abort(grpc.StatusCode.ALREADY_EXISTS, f"volume {exc.args[0]!r} already exists")
+    except ValueError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    raise AssertionError("unreachable: context.abort raises")
+
+
+class StorageMdsServicer(mds_pb2_grpc.StorageMdsServicer):
+    """StorageMds over a SimMds, every call through its fault."""
+
+    def __init__(self, sim: SimMds) -> None:
+        self.sim = sim
+
+    def GetVolumeClients(self, request: mds_pb2.MdsGetVolumeClientsRequest,
+                         context: grpc.ServicerContext) -> mds_pb2.MdsGetVolumeClientsResponse:
+        clients = _faulted("GetVolumeClients", self.sim, context,
+                           lambda: self.sim.clients(request.volume_id))
+        return mds_pb2.MdsGetVolumeClientsResponse(volume_id=request.volume_id, clients=clients)
+
+    def GetVolume(self, request: mds_pb2.MdsGetVolumeRequest,
+                  context: grpc.ServicerContext) -> mds_pb2.MdsVolume:
+        return _faulted("GetVolume", self.sim, context, lambda: self.sim.get(request.volume_id))
+
+    def CreateVolume(self, request: mds_pb2.MdsCreateVolumeRequest,
+                     context: grpc.ServicerContext) -> mds_pb2.MdsVolume:
+        return _faulted("CreateVolume", self.sim, context,
+                        lambda: self.sim.create(request.volume_id, request.size_bytes))
+
+    def DeleteVolume(self, request: mds_pb2.MdsDeleteVolumeRequest,
+                     context: grpc.ServicerContext) -> mds_pb2.MdsDeleteVolumeResponse:
+        _faulted("DeleteVolume", self.sim, context, lambda: self.sim.delete(request.volume_id))
+        return mds_pb2.MdsDeleteVolumeResponse(volume_id=request.volume_id)
+
+
+class SimMdsControlServicer(mds_pb2_grpc.SimMdsControlServicer):
+    """Fault injection and inspection (never faulted itself)."""
+
+    def __init__(self, sim: SimMds) -> None:
+        self.sim = sim
+
+    def SetFault(self, request: mds_pb2.SimMdsFault,
+                 context: grpc.ServicerContext) -> mds_pb2.SimMdsState:
+        try:
+            self.sim.set_fault(request.method, Fault.from_proto(request))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        log.info("fault of %s: %s", request.method or "every method",
+                 mds_pb2.SimMdsFaultMode.Name(request.mode))
+        return self.sim.state()
+
+    def SetVolumeClients(self, request: mds_pb2.SimMdsVolumeClients,
+                         context: grpc.ServicerContext) -> mds_pb2.SimMdsState:
+        try:
+            self.sim.set_clients(request.volume_id, request.clients)
+        except KeyError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id!r} not found")
+        return self.sim.state()
+
+    def GetState(self, request: mds_pb2.SimMdsResetRequest,
+                 context: grpc.ServicerContext) -> mds_pb2.SimMdsState:
+        return self.sim.state()
+
+    def Reset(self, request: mds_pb2.SimMdsResetRequest,
+              context: grpc.ServicerContext) -> mds_pb2.SimMdsState:
+        self.sim.reset(volumes=request.volumes)
+        return self.sim.state()
+
+
+class MdsServer:
+    """One sim MDS: StorageMds + SimMdsControl, health and reflection on one port."""
+
+    def __init__(self, listen: str, sim: SimMds | None = None,
+                 max_workers: int = MAX_WORKERS) -> None:
+        self.listen = listen
+        self.sim = sim if sim is not None else SimMds()
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self.port = 0
+        self._stopped = False
+
+    def start(self) -> MdsServer:
+        """Bind and serve; raises RuntimeError when the address cannot be bound."""
+        mds_pb2_grpc.add_StorageMdsServicer_to_server(StorageMdsServicer(self.sim), self.server)
+        mds_pb2_grpc.add_SimMdsControlServicer_to_server(SimMdsControlServicer(self.sim),
+                                                         self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        services = (STORAGE_MDS, SIM_MDS_CONTROL)
+        reflection.enable_server_reflection(
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        try:
+            self.port = self.server.add_insecure_port(self.listen)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen on {self.listen}: {exc}") from exc
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {self.listen}")
+        for name in ("", "liveness", "readiness", *services):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.server.start()
+        log.info("sim MDS listening on %s (port %d)", self.listen, self.port)
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Health NOT_SERVING, wake hanging and slow handlers, stop serving."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        self.sim.stopping.set()
+        self.server.stop(grace).wait(grace + 1)
+        log.info("sim MDS stopped")

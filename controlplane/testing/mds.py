@@ -1,0 +1,146 @@
+"""Simulated metadata servers (``python -m controlplane.storage.mds_main --backend sim``) as
+child processes for tests.
+
+Real processes, like the agents: what the tests exercise is the MDS client's try-next over
+real gRPC channels, against MDS that hang, refuse, fail or die (kill -9). Faults are set
+through :meth:`MdsProcess.set_fault` (the SimMdsControl service).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+
+from controlplane.storage.mds import CHANNEL_OPTIONS
+from controlplane.testing.serving import ServingProcess
+from controlplane.v1 import mds_pb2, mds_pb2_grpc
+
+__all__ = ["MdsProcess"]
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class MdsProcess(ServingProcess):
+    """One sim MDS process, its log file kept across restarts (a restarted one is empty)."""
+
+    kind = "mds"
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        base_dir: str,
+        *,
+        log_level: str = "INFO",
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = port
+        self.base_dir = str(base_dir)
+        self.log_level = log_level
+        self.extra_args = tuple(extra_args)
+        self.extra_env = dict(env or {})
+        super().__init__(name, os.path.join(self.base_dir, f"{name}.log"))
+        self._channel: grpc.Channel | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "controlplane.storage.mds_main",
+            "--listen", self.address,
+            "--backend", "sim",
+            "--log-level", self.log_level,
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
+        return env
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> MdsProcess:
+        """Spawn the MDS in its own session, output appended to ``log_path``."""
+        self._close_channel()
+        super().start()
+        return self
+
+    def restart(self) -> MdsProcess:
+        """Start again with the same argv (and no volumes); the previous process must be gone."""
+        if self.is_running():
+            raise RuntimeError(f"mds {self.name} is still running (pid {self.pid}); "
+                               "kill or terminate it first")
+        return self.start()
+
+    def kill(self) -> None:
+        """Crash the MDS (SIGKILL): callers get connection refused from now on."""
+        self._close_channel()
+        super().kill()
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM (hanging calls are released), SIGKILL after ``timeout``; the exit code."""
+        self._close_channel()
+        if self._proc is None:
+            raise RuntimeError(f"mds {self.name} was never started")
+        code = self.stop(timeout)
+        assert code is not None
+        return code
+
+    # -- gRPC -----------------------------------------------------------------------
+
+    def channel(self) -> grpc.Channel:
+        """The shared channel of this harness object (closed on kill/restart)."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return self._channel
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def stub(self) -> mds_pb2_grpc.StorageMdsStub:
+        """StorageMds on this MDS alone (no try-next): for seeding and checking."""
+        return mds_pb2_grpc.StorageMdsStub(self.channel())
+
+    def sim(self) -> mds_pb2_grpc.SimMdsControlStub:
+        return mds_pb2_grpc.SimMdsControlStub(self.channel())
+
+    def health_channel(self) -> grpc.Channel:
+        return self.channel()
+
+    # -- fault injection shortcuts ----------------------------------------------------
+
+    def set_fault(self, mode: int, method: str = "", *, delay: float = 0.0,
+                  code: grpc.StatusCode | None = None, details: str = "") -> mds_pb2.SimMdsState:
+        """Fault ``mode`` (``mds_pb2.SIM_MDS_HANG``...) on ``method`` ("" = every method)."""
+        fault = mds_pb2.SimMdsFault(method=method, mode=mode, delay_seconds=delay,
+                                    code=code.value[0] if code is not None else 0,
+                                    details=details)
+        return self.sim().SetFault(fault, timeout=5)
+
+    def reset(self, volumes: bool = True) -> mds_pb2.SimMdsState:
+        """No faults, no call counts (and, by default, no volumes)."""
+        return self.sim().Reset(mds_pb2.SimMdsResetRequest(volumes=volumes), timeout=5)
+
+    def calls(self) -> dict[str, int]:
+        """StorageMds calls received per method since start or the last reset."""
+        state = self.sim().GetState(mds_pb2.SimMdsResetRequest(), timeout=5)
+        return dict(state.calls)
+
+    def volume_ids(self) -> list[str]:
+        state = self.sim().GetState(mds_pb2.SimMdsResetRequest(), timeout=5)
+        return list(state.volume_ids)
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else f"exited({self.returncode})"
+        return f"<MdsProcess {self.name} {self.address} {state} pid={self.pid}>"

@@ -1,0 +1,126 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SimMdsFaultMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIM_MDS_FAULT_MODE_UNSPECIFIED: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_OK: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_SLOW: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_HANG: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_REFUSE: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_FAIL: _ClassVar[SimMdsFaultMode]
+SIM_MDS_FAULT_MODE_UNSPECIFIED: SimMdsFaultMode
+SIM_MDS_OK: SimMdsFaultMode
+SIM_MDS_SLOW: SimMdsFaultMode
+SIM_MDS_HANG: SimMdsFaultMode
+SIM_MDS_REFUSE: SimMdsFaultMode
+SIM_MDS_FAIL: SimMdsFaultMode
+
+class MdsVolumeClient(_message.Message):
+    __slots__ = ("client_id", "address")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    address: str
+    def __init__(self, client_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class MdsVolume(_message.Message):
+    __slots__ = ("volume_id", "size_bytes", "created_at")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    size_bytes: int
+    created_at: float
+    def __init__(self, volume_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class MdsGetVolumeClientsRequest(_message.Message):
+    __slots__ = ("volume_id",)
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    def __init__(self, volume_id: _Optional[str] = ...) -> None: ...
+
+class MdsGetVolumeClientsResponse(_message.Message):
+    __slots__ = ("volume_id", "clients")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    clients: _containers.RepeatedCompositeFieldContainer[MdsVolumeClient]
+    def __init__(self, volume_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[MdsVolumeClient, _Mapping]]] = ...) -> None: ...
+
+class MdsGetVolumeRequest(_message.Message):
+    __slots__ = ("volume_id",)
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    def __init__(self, volume_id: _Optional[str] = ...) -> None: ...
+
+class MdsCreateVolumeRequest(_message.Message):
+    __slots__ = ("volume_id", "size_bytes")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    size_bytes: int
+    def __init__(self, volume_id: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class MdsDeleteVolumeRequest(_message.Message):
+    __slots__ = ("volume_id",)
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    def __init__(self, volume_id: _Optional[str] = ...) -> None: ...
+
+class MdsDeleteVolumeResponse(_message.Message):
+    __slots__ = ("volume_id",)
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    def __init__(self, volume_id: _Optional[str] = ...) -> None: ...
+
+class SimMdsFault(_message.Message):
+    __slots__ = ("method", "mode", "delay_seconds", "code", "details")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    mode: SimMdsFaultMode
+    delay_seconds: float
+    code: int
+    details: str
+    def __init__(self, method: _Optional[str] = ..., mode: _Optional[_Union[SimMdsFaultMode, str]] = ..., delay_seconds: _Optional[float] = ..., code: _Optional[int] = ..., details: _Optional[str] = ...) -> None: ...
+
+class SimMdsVolumeClients(_message.Message):
+    __slots__ = ("volume_id", "clients")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    clients: _containers.RepeatedCompositeFieldContainer[MdsVolumeClient]
+    def __init__(self, volume_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[MdsVolumeClient, _Mapping]]] = ...) -> None: ...
+
+class SimMdsResetRequest(_message.Message):
+    __slots__ = ("volumes",)
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    volumes: bool
+    def __init__(self, volumes: _Optional[bool] = ...) -> None: ...
+
+class SimMdsState(_message.Message):
+    __slots__ = ("faults", "calls", "volume_ids")
+    class CallsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_IDS_FIELD_NUMBER: _ClassVar[int]
+    faults: _containers.RepeatedCompositeFieldContainer[SimMdsFault]
+    calls: _containers.ScalarMap[str, int]
+    volume_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, faults: _Optional[_Iterable[_Union[SimMdsFault, _Mapping]]] = ..., calls: _Optional[_Mapping[str, int]] = ..., volume_ids: _Optional[_Iterable[str]] = ...) -> None: ...
