@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
 
     add_agent_parser(sub)
+    from controlplane.storage.mds_main import add_mds_parser
+
+    add_mds_parser(sub)
 
     status = sub.add_parser("status", help="the cluster as one node sees it",
                             description="Members, ring epoch, lease TTL and ring shares as seen "
@@ -359,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings, context)
     if args.command == "agent":
         return run_agent(args)
+    if args.command == "mds":
+        from controlplane.storage.mds_main import run_mds
+
+        return run_mds(args)
     if args.command == "status":
         return cmd_status(args)
     if args.command == "ring":
