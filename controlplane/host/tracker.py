@@ -265,11 +265,12 @@ class HostTracker:
                        for e in self.ctx.vms.by_index(host.host_id)]
         if not needs_fence(records, host.host_id):
             return applied
-        # The breaker must see the whole burst: every host is pulled once per interval, so
-        # one interval after this host's first failure every other host cut off by the same
-        # partition has failed too and stamped its record. Decide on a fresh verdict.
+        # The breaker must see the whole burst: every host is pulled about once per interval
+        # (later on a loaded node), so two intervals after this host's first failure every
+        # other host cut off by the same partition has failed too and stamped its record.
+        # (With the default 3 ping failures this adds no delay.) Decide on a fresh verdict.
         since = host.unreachable_since or time.time()
-        if time.time() - since < self.ctx.config.get("vm.syncInterval") \
+        if time.time() - since < 2 * self.ctx.config.get("vm.syncInterval") \
                 or not self.ha_allowed(host.host_id, state, fresh=True):
             return applied
         return self._fence_and_restart(host, state)

@@ -10,25 +10,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import grpc
 
-from controlplane.testing.serving import ServingProcess
+from controlplane.testing.serving import CHANNEL_OPTIONS, ServingProcess
 from controlplane.v1 import agent_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "AgentProcess"]
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
-# Reconnect quickly: an agent restarted on the same port must be reachable again within a
-# second, not after an exponential backoff grown while it was down.
-CHANNEL_OPTIONS = [
-    ("grpc.enable_http_proxy", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 
 
 class AgentProcess(ServingProcess):
@@ -107,67 +97,12 @@ class AgentProcess(ServingProcess):
             argv += ["--seed", str(self.seed)]
         return argv + list(self.extra_args)
 
-    def env(self) -> dict[str, str]:
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
-        return env
-
-    # -- lifecycle ------------------------------------------------------------------
-
-    def start(self) -> AgentProcess:
-        """Spawn the agent in its own session, output appended to ``log_path``."""
-        self._close_channel()
-        super().start()
-        return self
-
-    def restart(self) -> AgentProcess:
-        """Start again with the same argv (and no VMs); the previous process must be gone."""
-        if self.is_running():
-            raise RuntimeError(f"agent {self.name} is still running (pid {self.pid}); "
-                               "kill or terminate it first")
-        return self.start()
-
-    def kill(self) -> None:
-        """Crash the agent (SIGKILL): every simulated VM goes with it."""
-        self._close_channel()
-        super().kill()
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        """SIGTERM (operations in progress are aborted), SIGKILL after ``timeout``; returns
-        the exit code."""
-        self._close_channel()
-        if self._proc is None:
-            raise RuntimeError(f"agent {self.name} was never started")
-        code = self.stop(timeout)
-        assert code is not None
-        return code
-
-    # -- gRPC -----------------------------------------------------------------------
-
-    def new_channel(self) -> grpc.Channel:
-        """A fresh channel of its own (the caller closes it), e.g. to drop a caller mid-call."""
-        return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-
-    def channel(self) -> grpc.Channel:
-        """The shared channel of this harness object (closed on kill/restart)."""
-        if self._channel is None:
-            self._channel = self.new_channel()
-        return self._channel
-
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-
     def stub(self) -> agent_pb2_grpc.AgentServiceStub:
         return agent_pb2_grpc.AgentServiceStub(self.channel())
 
     def sim(self) -> agent_pb2_grpc.SimControlStub:
         return agent_pb2_grpc.SimControlStub(self.channel())
 
-    def health_channel(self) -> grpc.Channel:
-        return self.channel()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else f"exited({self.returncode})"

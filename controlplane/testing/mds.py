@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import grpc
 
@@ -21,13 +20,13 @@ from controlplane.v1 import mds_pb2, mds_pb2_grpc
 
 __all__ = ["MdsProcess"]
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class MdsProcess(ServingProcess):
     """One sim MDS process, its log file kept across restarts (a restarted one is empty)."""
 
     kind = "mds"
+    channel_options = CHANNEL_OPTIONS
 
     def __init__(
         self,
@@ -60,54 +59,6 @@ class MdsProcess(ServingProcess):
             *self.extra_args,
         ]  # fmt: skip
 
-    def env(self) -> dict[str, str]:
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
-        return env
-
-    # -- lifecycle ------------------------------------------------------------------
-
-    def start(self) -> MdsProcess:
-        """Spawn the MDS in its own session, output appended to ``log_path``."""
-        self._close_channel()
-        super().start()
-        return self
-
-    def restart(self) -> MdsProcess:
-        """Start again with the same argv (and no volumes); the previous process must be gone."""
-        if self.is_running():
-            raise RuntimeError(f"mds {self.name} is still running (pid {self.pid}); "
-                               "kill or terminate it first")
-        return self.start()
-
-    def kill(self) -> None:
-        """Crash the MDS (SIGKILL): callers get connection refused from now on."""
-        self._close_channel()
-        super().kill()
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        """SIGTERM (hanging calls are released), SIGKILL after ``timeout``; the exit code."""
-        self._close_channel()
-        if self._proc is None:
-            raise RuntimeError(f"mds {self.name} was never started")
-        code = self.stop(timeout)
-        assert code is not None
-        return code
-
-    # -- gRPC -----------------------------------------------------------------------
-
-    def channel(self) -> grpc.Channel:
-        """The shared channel of this harness object (closed on kill/restart)."""
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        return self._channel
-
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-
     def stub(self) -> mds_pb2_grpc.StorageMdsStub:
         """StorageMds on this MDS alone (no try-next): for seeding and checking."""
         return mds_pb2_grpc.StorageMdsStub(self.channel())
@@ -115,8 +66,6 @@ class MdsProcess(ServingProcess):
     def sim(self) -> mds_pb2_grpc.SimMdsControlStub:
         return mds_pb2_grpc.SimMdsControlStub(self.channel())
 
-    def health_channel(self) -> grpc.Channel:
-        return self.channel()
 
     # -- fault injection shortcuts ----------------------------------------------------
 
