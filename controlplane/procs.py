@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -40,8 +41,21 @@ def spawn(
     with_parent: bool = False,
     banner: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start argv in its own session with stdout and stderr appended to log_path."""
+    """Start argv in its own session with stdout and stderr appended to log_path.
+
+    with_parent: the child gets SIGTERM when this process dies. Done by `setpriv
+    --pdeathsig` (util-linux) when it exists, so no Python code runs between fork and exec:
+    a preexec_fn forces a full fork(), whose atfork handlers abort a child of a process
+    that uses gRPC (seen: `up` with its status channels open, a node killed by SIGABRT at
+    start). The preexec_fn is the fallback where setpriv is missing."""
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    preexec = None
+    if with_parent:
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            argv = [setpriv, "--pdeathsig", "TERM", "--", *argv]
+        else:
+            preexec = die_with_parent()
     with open(log_path, "ab") as log:
         if banner:
             log.write(f"--- {banner} at {time.ctime()} ---\n".encode())
@@ -53,7 +67,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             start_new_session=True,
-            preexec_fn=die_with_parent() if with_parent else None,
+            preexec_fn=preexec,
         )
 
 

@@ -100,8 +100,9 @@ def test_watch_from_compacted_revision_relists(etcd: EtcdCluster) -> None:
     compacted = threading.Event()
 
     def on_compacted(revision: int) -> int:
-        compacted.set()
-        return store.list_prefix("/c/")[1] + 1
+        resume = store.list_prefix("/c/")[1] + 1
+        compacted.set()  # only now: a put before the re-list would be in the list, not the watch
+        return resume
 
     got: list[int] = []
     watch = PrefixWatch(store, "/c/", first, lambda evs, _r: got.extend(e.revision for e in evs),

@@ -235,3 +235,36 @@ def test_up_refuses_bad_fleet_sizes() -> None:
                                 timeout=30, check=False)
         assert result.returncode == 2, (args, result)
         assert text in result.stderr, (args, result.stderr)
+
+
+def test_kill_9_of_up_takes_its_children_with_it(tmp_path: Path) -> None:
+    """Children die with `up` even when it cannot clean up (PR_SET_PDEATHSIG, set by
+    setpriv before exec so no Python runs in a forked child of a gRPC-using parent)."""
+    base = free_base_port(1, agent=True)
+    data_dir = tmp_path / "up"
+    proc = subprocess.Popen(
+        _up_cmd("--nodes", "1", "--hosts", "1", "--base-port", str(base), "--lease-ttl", "2",
+                "--data-dir", str(data_dir)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
+    output: list[str] = []
+    # etcd (its data dir), the node (its listen address) and the agent (its listen address)
+    needles = (str(data_dir), f"127.0.0.1:{base} ", f"127.0.0.1:{base + 200} ")
+    try:
+        def registered() -> bool:
+            while not lines.empty():
+                line = lines.get_nowait()
+                assert line is not None, "\n".join(output)
+                output.append(line)
+            return any("registered 1 hosts" in line for line in output)
+
+        wait_until(registered, 60, message="up registered its host")
+        children = processes_mentioning(*needles)
+        assert len(children) >= 3, children  # etcd, the node and the agent run
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    wait_until(lambda: not processes_mentioning(*needles), 20,
+               message="children of a killed `up` exit")
