@@ -156,7 +156,13 @@ SETTINGS: Mapping[str, Setting] = _settings(
     ),
     Setting(
         "ha.enabled", bool, True, None, None,
-        "Whether HA restarts lost VMs elsewhere (false: HA only records what it would do).",
+        "Whether HA restarts lost VMs elsewhere (false: a lost HA VM is only recorded "
+        "Stopped, Crashed or Unknown, never restarted).",
+    ),
+    Setting(
+        "storage.mdsAttemptTimeout", float, 30.0, 0.1, 600.0,
+        "Seconds. Deadline of one call to one storage metadata server before the MDS client "
+        "tries the next (idempotent calls only).",
     ),
 )
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
 from controlplane.store.client import KV, Store
-from controlplane.store.errors import StoreError
+from controlplane.store.errors import StoreError, StoreUnavailable
 from controlplane.store.watch import PrefixWatch, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,11 @@ class PrefixCache(Generic[T]):
             except StoreError as exc:
                 if self._stop.is_set() or (deadline and time.monotonic() > deadline):
                     raise
-                log.warning("%s: cannot list %s yet (%s); retrying", self.name, self.prefix, exc)
+                # Unreachable etcd is expected at a cold start; anything else (e.g. a reply
+                # over the size limit) will not cure itself: say so loudly.
+                level = logging.WARNING if isinstance(exc, StoreUnavailable) else logging.ERROR
+                log.log(level, "%s: cannot list %s yet (%s); retrying", self.name,
+                        self.prefix, exc)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
 
