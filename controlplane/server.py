@@ -48,7 +48,6 @@ from controlplane.v1 import (
     vm_pb2_grpc,
 )
 from controlplane.vm.operations import Operations
-from controlplane.vm.records import decode_host, decode_op, decode_vm
 from controlplane.vm.service import VmServicer
 from controlplane.vm.syncer import Syncer
 
@@ -113,11 +112,12 @@ class ManagementNode:
         self.view.add_listener(self._on_membership)
         self.router = Router(settings.node_id, self.view, lambda: self.registration.fenced)
         # Watch-fed caches of the records owner work reads (no etcd read per VM in sync).
-        self.vms = PrefixCache(self.store, self.keys.vms, decode_vm,
+        self.vms = PrefixCache(self.store, self.keys.vms, vm_pb2.Vm.FromString,
                                index=lambda vm: vm.host_id, name="vms")
-        self.ops = PrefixCache(self.store, self.keys.ops, decode_op,
+        self.ops = PrefixCache(self.store, self.keys.ops, vm_pb2.Op.FromString,
                                index=lambda op: op.host_id, name="ops")
-        self.hosts = PrefixCache(self.store, self.keys.hosts, decode_host, name="hosts")
+        self.hosts = PrefixCache(self.store, self.keys.hosts, host_pb2.Host.FromString,
+                                 name="hosts")
         self.config_cache = PrefixCache(self.store, self.keys.config,
                                         lambda b: b.decode(), name="config")
         self.config = live_config(self.config_cache, self.keys)

@@ -32,6 +32,7 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controlplane.channels import reconnect_options
 from controlplane.cli import ring_to_dict
 from controlplane.procs import log_tail, spawn
 from controlplane.store.embedded import EtcdServer
@@ -71,10 +72,7 @@ ETCD_ARGS = ("--grpc-keepalive-min-time=500ms",)
 
 # Reconnect quickly to a node that is still starting, and never through an HTTP proxy.
 _CHANNEL_OPTIONS = [
-    ("grpc.enable_http_proxy", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
+    *reconnect_options(500),
     # ListVms of a large fleet (about 200 bytes a VM) is beyond the default 4 MiB limit.
     ("grpc.max_receive_message_length", -1),
 ]

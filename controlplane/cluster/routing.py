@@ -13,7 +13,6 @@ will drop a dead owner within the lease TTL.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -21,6 +20,7 @@ from typing import TypeVar
 import grpc
 import tenacity
 
+from controlplane.channels import ChannelPool
 from controlplane.cluster.ring import Ring
 from controlplane.cluster.view import ClusterView
 
@@ -80,24 +80,13 @@ class Router:
         self.view = view
         self.is_fenced = is_fenced
         self.max_retries = max_retries
-        self._channels: dict[str, grpc.Channel] = {}
-        self._lock = threading.Lock()
+        self._channels = ChannelPool()
 
     def channel(self, address: str) -> grpc.Channel:
-        with self._lock:
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = grpc.insecure_channel(
-                    address, options=[("grpc.max_reconnect_backoff_ms", 1000)]
-                )
-                self._channels[address] = channel
-            return channel
+        return self._channels.get(address)
 
     def close(self) -> None:
-        with self._lock:
-            channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
-            channel.close()
+        self._channels.close()
 
     def route(
         self,

@@ -30,6 +30,7 @@ import grpc
 import tenacity
 from google.protobuf.message import Message
 
+from controlplane.channels import reconnect_options
 from controlplane.storage.retry import (
     Decision,
     MdsEndpoint,
@@ -60,12 +61,7 @@ DEFAULT_ATTEMPT_TIMEOUT = 30.0
 # out, and its DEADLINE_EXCEEDED would hide the real reason (the budget).
 MIN_ATTEMPT_SECONDS = 0.01
 
-CHANNEL_OPTIONS = [
-    ("grpc.enable_http_proxy", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
+CHANNEL_OPTIONS = reconnect_options()
 
 _SERVICE = mds_pb2.DESCRIPTOR.services_by_name["StorageMds"]
 _METHODS = {m.name: m for m in _SERVICE.methods}

@@ -27,6 +27,7 @@ from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exceptions
 from pyetcd import utils as etcd_utils
 
+from controlplane.channels import reconnect_options
 from controlplane.store.errors import LeaseLost, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,7 @@ def _channel_options(keepalive_s: float) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
+        *reconnect_options(),
         # A cache lists a whole prefix in one range: 100,000 VM records are ~20 MB, far
         # over gRPC's default 4 MiB receive limit.
         ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),

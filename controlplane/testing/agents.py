@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 
 from controlplane.testing.serving import CHANNEL_OPTIONS, ServingProcess
-from controlplane.v1 import agent_pb2_grpc
+from controlplane.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "AgentProcess"]
 
@@ -108,3 +108,17 @@ class AgentProcess(ServingProcess):
         state = "running" if self.is_running() else f"exited({self.returncode})"
         return (f"<AgentProcess {self.name} {self.address} hosts={self.hosts} {state} "
                 f"pid={self.pid}>")
+
+
+def vm_copies(agents: Sequence[AgentProcess], running_only: bool = False
+              ) -> dict[str, list[tuple[str, int]]]:
+    """vm id -> (host, generation) of every copy any of the agents runs: the "exactly one
+    copy" question HA tests ask every agent."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for agent in agents:
+        for host_id in agent.host_ids:
+            reply = agent.stub().ListVms(agent_pb2.AgentHostRequest(host_id=host_id), timeout=2)
+            for vm in reply.vms:
+                if not running_only or vm.state == agent_pb2.AGENT_VM_RUNNING:
+                    out.setdefault(vm.vm_id, []).append((host_id, vm.generation))
+    return out

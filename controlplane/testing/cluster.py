@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from controlplane.channels import reconnect_options
 from controlplane.testing.nodes import NodeProcess
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
@@ -20,8 +21,7 @@ def channel(address: str | NodeProcess) -> grpc.Channel:
     addr = address.address if isinstance(address, NodeProcess) else address
     chan = _channels.get(addr)
     if chan is None:
-        chan = _channels[addr] = grpc.insecure_channel(
-            addr, options=[("grpc.max_reconnect_backoff_ms", 500)])
+        chan = _channels[addr] = grpc.insecure_channel(addr, options=reconnect_options(500))
     return chan
 
 

@@ -9,32 +9,18 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-import grpc
-
+from controlplane.channels import reconnect_options
 from controlplane.testing.serving import ServingProcess
 
 __all__ = ["NodeProcess"]
-
-# The directory that holds the ``controlplane`` package, so the child imports the same code
-# as the parent even when the package is not installed (running from a checkout).
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-
-# Reconnect quickly: a node is restarted on the same port and a channel that backed off for
-# seconds would make health checks report a live node as unreachable.
-_CHANNEL_OPTIONS = [
-    ("grpc.enable_http_proxy", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
-
 
 class NodeProcess(ServingProcess):
     """One management node process, with its log file kept across restarts."""
 
     kind = "node"
+    # Health checks right after a restart on the same port must not wait out a backoff.
+    channel_options = reconnect_options(500)
 
     def __init__(
         self,
@@ -60,7 +46,6 @@ class NodeProcess(ServingProcess):
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
         super().__init__(node_id, os.path.join(self.base_dir, f"{node_id}.log"))
-        self._channel: grpc.Channel | None = None
 
     @property
     def address(self) -> str:
@@ -83,52 +68,9 @@ class NodeProcess(ServingProcess):
             argv += ["--prefix", self.prefix]
         return argv + list(self.extra_args)
 
-    def env(self) -> dict[str, str]:
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
-        return env
-
-    def start(self) -> NodeProcess:
-        """Spawn the node in its own session, output appended to ``log_path``."""
-        self._close_channel()
-        super().start()
-        return self
-
-    def restart(self) -> NodeProcess:
-        """Start again with the same argv; the previous process must have exited."""
-        if self.is_running():
-            raise RuntimeError(
-                f"node {self.node_id} is still running (pid {self.pid}); kill or terminate it first"
-            )
-        return self.start()
-
-    def _get_channel(self) -> grpc.Channel:
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
-        return self._channel
-
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-
-    def health_channel(self) -> grpc.Channel:
-        return self._get_channel()
-
-    def kill(self) -> None:
-        """Crash the node: no shutdown hooks, its etcd lease is left to expire."""
-        self._close_channel()
-        super().kill()
-
     def terminate(self, timeout: float = 15.0) -> int:
         """Graceful shutdown (SIGTERM), SIGKILL after ``timeout``; returns the exit code."""
-        self._close_channel()
-        if self._proc is None:
-            raise RuntimeError(f"node {self.node_id} was never started")
-        code = self.stop(timeout)
-        assert code is not None
-        return code
+        return super().terminate(timeout)
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else f"exited({self.returncode})"

@@ -11,18 +11,14 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controlplane.channels import reconnect_options
 from controlplane.procs import ChildProcess
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 # Reconnect quickly: a process restarted on the same port must be reachable again within a
 # second, not after an exponential backoff grown while it was down.
-CHANNEL_OPTIONS = [
-    ("grpc.enable_http_proxy", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
+CHANNEL_OPTIONS = reconnect_options()
 
 
 class ServingProcess(ChildProcess):

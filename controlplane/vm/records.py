@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from controlplane.v1 import host_pb2, vm_pb2
+from controlplane.v1 import vm_pb2
 from controlplane.vm.sync import OpView, VmRecordView
 
 AGENT_STATE_NAMES = {1: "running", 2: "paused", 3: "crashed", 4: "stopped"}
-
-
-def decode_vm(data: bytes) -> vm_pb2.Vm:
-    return vm_pb2.Vm.FromString(data)
-
-
-def decode_op(data: bytes) -> vm_pb2.Op:
-    return vm_pb2.Op.FromString(data)
-
-
-def decode_host(data: bytes) -> host_pb2.Host:
-    return host_pb2.Host.FromString(data)
 
 
 def vm_view(vm: vm_pb2.Vm, mod_revision: int) -> VmRecordView:

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from controlplane.testing import cluster as c
+from controlplane.testing.agents import vm_copies
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import agent_pb2, config_pb2, host_pb2, vm_pb2
 
@@ -20,14 +21,7 @@ VMS = [f"vm-{i}" for i in range(8)]
 
 
 def fleet_copies(agents) -> dict[str, list[tuple[str, int]]]:
-    out: dict[str, list[tuple[str, int]]] = {}
-    for agent in agents:
-        for host_id in agent.host_ids:
-            reply = agent.stub().ListVms(agent_pb2.AgentHostRequest(host_id=host_id), timeout=2)
-            for vm in reply.vms:
-                if vm.state == agent_pb2.AGENT_VM_RUNNING:
-                    out.setdefault(vm.vm_id, []).append((host_id, vm.generation))
-    return out
+    return vm_copies(agents, running_only=True)
 
 
 def settled(node, agents) -> bool:

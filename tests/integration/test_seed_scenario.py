@@ -25,6 +25,7 @@ import grpc
 import pytest
 
 from controlplane.testing import cluster as c
+from controlplane.testing.agents import vm_copies
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import agent_pb2, cluster_pb2, config_pb2, host_pb2, vm_pb2
 
@@ -34,12 +35,7 @@ TTL = 2.0
 
 def copies(agents, vm_id: str) -> list[tuple[str, int]]:
     """(host, generation) of every copy of the VM any agent runs."""
-    out = []
-    for agent in agents:
-        for host_id in agent.host_ids:
-            reply = agent.stub().ListVms(agent_pb2.AgentHostRequest(host_id=host_id), timeout=2)
-            out += [(host_id, v.generation) for v in reply.vms if v.vm_id == vm_id]
-    return out
+    return vm_copies(agents).get(vm_id, [])
 
 
 def owner(node, resource_id: str) -> str:
