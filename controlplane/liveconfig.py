@@ -164,6 +164,11 @@ SETTINGS: Mapping[str, Setting] = _settings(
         "Seconds. Deadline of one call to one storage metadata server before the MDS client "
         "tries the next (idempotent calls only).",
     ),
+    Setting(
+        "storage.mdsCheckInterval", float, 10.0, 0.2, 3600.0,
+        "Seconds between health checks of each primary storage's MDS (by the storage's "
+        "owner); an MDS that fails one check is skipped by calls until one passes.",
+    ),
 )
 
 

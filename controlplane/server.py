@@ -35,6 +35,7 @@ from controlplane.host.service import HostServicer
 from controlplane.host.tracker import HostTracker
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
+from controlplane.storage.primary import MdsHealthChecker, StorageServicer
 from controlplane.store import Keys, Store
 from controlplane.store.cache import PrefixCache
 from controlplane.v1 import (
@@ -44,6 +45,8 @@ from controlplane.v1 import (
     config_pb2_grpc,
     host_pb2,
     host_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
     vm_pb2,
     vm_pb2_grpc,
 )
@@ -61,6 +64,7 @@ SERVICES = (
     host_pb2.DESCRIPTOR.services_by_name["HostService"].full_name,
     vm_pb2.DESCRIPTOR.services_by_name["VmService"].full_name,
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+    storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
 )
 
 
@@ -127,6 +131,10 @@ class ManagementNode:
         self.operations = Operations(self.owner)
         self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations))
         self.tracker.enabled = lambda: self.ready
+        self.storages = PrefixCache(self.store, self.keys.storages,
+                                    storage_pb2.PrimaryStorage.FromString, name="storages")
+        self.mds_checker = MdsHealthChecker(self.owner, self.storages)
+        self.mds_checker.enabled = lambda: self.ready
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
@@ -148,6 +156,9 @@ class ManagementNode:
             HostServicer(self.owner, self.router, self.tracker), self.server)
         self.vm_servicer = VmServicer(self.owner, self.router, self.operations)
         vm_pb2_grpc.add_VmServiceServicer_to_server(self.vm_servicer, self.server)
+        storage_pb2_grpc.add_StorageServiceServicer_to_server(
+            StorageServicer(self.owner, self.router, self.storages, self.mds_checker),
+            self.server)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(
             ConfigServicer(self.store, self.keys, self.config_cache, self.config), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -174,13 +185,14 @@ class ManagementNode:
     def _start_view(self) -> None:
         try:
             self.view.start()
-            for cache in (self.config_cache, self.hosts, self.ops, self.vms):
+            for cache in (self.config_cache, self.hosts, self.ops, self.vms, self.storages):
                 cache.start()
         except Exception:  # noqa: BLE001 - only when stopping before etcd ever answered
             if not self._stopping.is_set():
                 log.exception("cluster view failed to start")
             return
         self.tracker.start()
+        self.mds_checker.start()
         self._view_started.set()
 
     def stop(self, grace: float | None = None) -> None:
@@ -194,13 +206,14 @@ class ManagementNode:
         self._set_health(live=True, ready=False)
         self.health.enter_graceful_shutdown()
         self.tracker.stop()
+        self.mds_checker.stop()
         self.registration.stop(revoke=True)
         log.info("left the cluster in %.3fs; draining calls for up to %.1fs",
                  time.monotonic() - started, grace)
         self.vm_servicer.stop()
         self.server.stop(grace).wait(grace + 1)
         self.operations.stop()
-        for cache in (self.vms, self.ops, self.hosts, self.config_cache):
+        for cache in (self.vms, self.ops, self.hosts, self.config_cache, self.storages):
             cache.stop()
         self.owner.agents.close()
         self.view.stop()

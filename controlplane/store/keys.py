@@ -76,6 +76,26 @@ class Keys:
     def config_key(self, name: str) -> str:
         return f"{self.config}{name}"
 
+    @property
+    def storages(self) -> str:
+        """Primary storage records: storages/<storage_id>."""
+        return self.collection("storages")
+
+    def storage(self, storage_id: str) -> str:
+        return f"{self.storages}{storage_id}"
+
+    @property
+    def images(self) -> str:
+        """Images with their volume chains: images/<image_id>."""
+        return self.collection("images")
+
+    def image(self, image_id: str) -> str:
+        return f"{self.images}{image_id}"
+
+    def image_lock(self, image_id: str) -> str:
+        """The exclusive lock of one image: locks/images/<image_id>, on the holder's lease."""
+        return f"{self.collection('locks')}images/{image_id}"
+
     def audit(self, vm_id: str) -> str:
         """Prefix of one VM's HA audit records: audit/<vm_id>/<decided_at>-<op_id>."""
         return f"{self.collection('audit')}{vm_id}/"

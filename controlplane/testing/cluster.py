@@ -11,7 +11,13 @@ from controlplane.channels import reconnect_options
 from controlplane.testing.nodes import NodeProcess
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
-from controlplane.v1 import config_pb2_grpc, host_pb2_grpc, vm_pb2_grpc
+from controlplane.v1 import (
+    config_pb2_grpc,
+    host_pb2_grpc,
+    storage_pb2_grpc,
+    vm_pb2_grpc,
+    volume_pb2_grpc,
+)
 
 _channels: dict[str, grpc.Channel] = {}
 
@@ -40,6 +46,14 @@ def hosts(address: str | NodeProcess) -> host_pb2_grpc.HostServiceStub:
 
 def config(address: str | NodeProcess) -> config_pb2_grpc.ConfigServiceStub:
     return config_pb2_grpc.ConfigServiceStub(channel(address))
+
+
+def storage(address: str | NodeProcess) -> storage_pb2_grpc.StorageServiceStub:
+    return storage_pb2_grpc.StorageServiceStub(channel(address))
+
+
+def volumes(address: str | NodeProcess) -> volume_pb2_grpc.VolumeServiceStub:
+    return volume_pb2_grpc.VolumeServiceStub(channel(address))
 
 
 def ring(node: str | NodeProcess, timeout: float = 1.0) -> pb.GetRingResponse:

@@ -1,0 +1,121 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class VolumeLegality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VOLUME_LEGALITY_UNSPECIFIED: _ClassVar[VolumeLegality]
+    LEGAL: _ClassVar[VolumeLegality]
+    ILLEGAL: _ClassVar[VolumeLegality]
+VOLUME_LEGALITY_UNSPECIFIED: VolumeLegality
+LEGAL: VolumeLegality
+ILLEGAL: VolumeLegality
+
+class Volume(_message.Message):
+    __slots__ = ("volume_id", "parent_id", "format", "path", "legality", "virtual_size", "actual_size", "created_at")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    LEGALITY_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    parent_id: str
+    format: str
+    path: str
+    legality: VolumeLegality
+    virtual_size: int
+    actual_size: int
+    created_at: float
+    def __init__(self, volume_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., legality: _Optional[_Union[VolumeLegality, str]] = ..., virtual_size: _Optional[int] = ..., actual_size: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("image_id", "vm_id", "leaf_id", "volumes", "directory", "created_at")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    LEAF_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    vm_id: str
+    leaf_id: str
+    volumes: _containers.RepeatedCompositeFieldContainer[Volume]
+    directory: str
+    created_at: float
+    def __init__(self, image_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., leaf_id: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., directory: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class VolumeChain(_message.Message):
+    __slots__ = ("image_id", "leaf_id", "chain", "changes", "outside", "image")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEAF_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    leaf_id: str
+    chain: _containers.RepeatedCompositeFieldContainer[Volume]
+    changes: _containers.RepeatedScalarFieldContainer[str]
+    outside: _containers.RepeatedCompositeFieldContainer[Volume]
+    image: Image
+    def __init__(self, image_id: _Optional[str] = ..., leaf_id: _Optional[str] = ..., chain: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., changes: _Optional[_Iterable[str]] = ..., outside: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class CreateImageRequest(_message.Message):
+    __slots__ = ("image_id", "size_bytes", "vm_id", "volume_id")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    size_bytes: int
+    vm_id: str
+    volume_id: str
+    def __init__(self, image_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., vm_id: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
+
+class ImageRef(_message.Message):
+    __slots__ = ("image_id",)
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    def __init__(self, image_id: _Optional[str] = ...) -> None: ...
+
+class ListImagesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListImagesResponse(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class CreateSnapshotRequest(_message.Message):
+    __slots__ = ("image_id", "volume_id")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    volume_id: str
+    def __init__(self, image_id: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
+
+class MergeSnapshotsRequest(_message.Message):
+    __slots__ = ("image_id", "volume_id")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    volume_id: str
+    def __init__(self, image_id: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
+
+class ReconcileVolumeChainRequest(_message.Message):
+    __slots__ = ("image_id", "leaf_id")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEAF_ID_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    leaf_id: str
+    def __init__(self, image_id: _Optional[str] = ..., leaf_id: _Optional[str] = ...) -> None: ...
