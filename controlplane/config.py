@@ -28,6 +28,7 @@ class Settings:
     etcd_timeout: float = 3.0
     log_format: str = "text"
     log_level: str = "INFO"
+    image_dir: str = "/var/lib/controlplane/images"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -99,6 +100,12 @@ def _node_id(text: str) -> str:
     return text
 
 
+def _abspath(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return os.path.abspath(text)
+
+
 def _hostport(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -125,6 +132,8 @@ SERVE_FLAGS: list[tuple[str, str, object, object, str]] = [
     ("--etcd-timeout", "ETCD_TIMEOUT", _positive_float, 3.0, "per-attempt etcd call deadline"),
     ("--log-format", "LOG_FORMAT", _log_format, "text", "text or json"),
     ("--log-level", "LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ("--image-dir", "IMAGE_DIR", _abspath, "/var/lib/controlplane/images",
+     "directory of image files (qcow2 chains), mounted at the same path on every node"),
 ]
 
 
@@ -165,4 +174,5 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         etcd_timeout=args.etcd_timeout,
         log_format=args.log_format,
         log_level=args.log_level,
+        image_dir=args.image_dir,
     )

@@ -35,6 +35,7 @@ from controlplane.host.service import HostServicer
 from controlplane.host.tracker import HostTracker
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
+from controlplane.storage.images import ImageManager, VolumeServicer
 from controlplane.storage.primary import MdsHealthChecker, StorageServicer
 from controlplane.store import Keys, Store
 from controlplane.store.cache import PrefixCache
@@ -49,6 +50,8 @@ from controlplane.v1 import (
     storage_pb2_grpc,
     vm_pb2,
     vm_pb2_grpc,
+    volume_pb2,
+    volume_pb2_grpc,
 )
 from controlplane.vm.operations import Operations
 from controlplane.vm.service import VmServicer
@@ -65,6 +68,7 @@ SERVICES = (
     vm_pb2.DESCRIPTOR.services_by_name["VmService"].full_name,
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
+    volume_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
 )
 
 
@@ -135,6 +139,9 @@ class ManagementNode:
                                     storage_pb2.PrimaryStorage.FromString, name="storages")
         self.mds_checker = MdsHealthChecker(self.owner, self.storages)
         self.mds_checker.enabled = lambda: self.ready
+        self.images = PrefixCache(self.store, self.keys.images, volume_pb2.Image.FromString,
+                                  name="images")
+        self.image_manager = ImageManager(self.owner, settings.image_dir)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
@@ -159,6 +166,8 @@ class ManagementNode:
         storage_pb2_grpc.add_StorageServiceServicer_to_server(
             StorageServicer(self.owner, self.router, self.storages, self.mds_checker),
             self.server)
+        volume_pb2_grpc.add_VolumeServiceServicer_to_server(
+            VolumeServicer(self.image_manager, self.router, self.images), self.server)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(
             ConfigServicer(self.store, self.keys, self.config_cache, self.config), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -185,7 +194,8 @@ class ManagementNode:
     def _start_view(self) -> None:
         try:
             self.view.start()
-            for cache in (self.config_cache, self.hosts, self.ops, self.vms, self.storages):
+            for cache in (self.config_cache, self.hosts, self.ops, self.vms, self.storages,
+                          self.images):
                 cache.start()
         except Exception:  # noqa: BLE001 - only when stopping before etcd ever answered
             if not self._stopping.is_set():
@@ -213,7 +223,8 @@ class ManagementNode:
         self.vm_servicer.stop()
         self.server.stop(grace).wait(grace + 1)
         self.operations.stop()
-        for cache in (self.vms, self.ops, self.hosts, self.config_cache, self.storages):
+        for cache in (self.vms, self.ops, self.hosts, self.config_cache, self.storages,
+                      self.images):
             cache.stop()
         self.owner.agents.close()
         self.view.stop()

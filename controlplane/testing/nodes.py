@@ -59,6 +59,7 @@ class NodeProcess(ServingProcess):
             "--etcd", self.etcd,
             "--lease-ttl", _num(self.lease_ttl),
             "--log-format", "text",
+            "--image-dir", os.path.join(self.base_dir, "images"),
         ]  # fmt: skip
         if self.metrics_port is not None:
             argv += ["--metrics-port", str(self.metrics_port)]
