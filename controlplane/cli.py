@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     from controlplane.benchfleet import add_fleet_parser
 
     add_fleet_parser(bench_sub)
+    from controlplane.benchstorage import add_storage_parser
+
+    add_storage_parser(bench_sub)
     return parser
 
 
@@ -379,6 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from controlplane.benchfleet import run_fleet_bench
 
             return run_fleet_bench(args)
+        if args.bench_command == "storage":
+            from controlplane.benchstorage import run_storage_bench
+
+            return run_storage_bench(args)
         from controlplane.bench import run_cluster_bench
 
         return run_cluster_bench(args)
