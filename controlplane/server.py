@@ -36,6 +36,7 @@ from controlplane.host.tracker import HostTracker
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
 from controlplane.storage.images import ImageManager, VolumeServicer
+from controlplane.storage.livejobs import LiveJobs
 from controlplane.storage.primary import MdsHealthChecker, StorageServicer
 from controlplane.store import Keys, Store
 from controlplane.store.cache import PrefixCache
@@ -142,6 +143,7 @@ class ManagementNode:
         self.images = PrefixCache(self.store, self.keys.images, volume_pb2.Image.FromString,
                                   name="images")
         self.image_manager = ImageManager(self.owner, settings.image_dir)
+        self.live_jobs = LiveJobs(self.image_manager, self.owner.agents.block_jobs)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
@@ -167,7 +169,8 @@ class ManagementNode:
             StorageServicer(self.owner, self.router, self.storages, self.mds_checker),
             self.server)
         volume_pb2_grpc.add_VolumeServiceServicer_to_server(
-            VolumeServicer(self.image_manager, self.router, self.images), self.server)
+            VolumeServicer(self.image_manager, self.router, self.images, self.live_jobs),
+            self.server)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(
             ConfigServicer(self.store, self.keys, self.config_cache, self.config), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

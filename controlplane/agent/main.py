@@ -78,6 +78,11 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="gRPC listen address")
     p.add_argument("--backend", choices=BACKENDS, default="sim",
                    help="hypervisor backend (default sim; only sim exists today)")
+    p.add_argument("--block-backend", choices=("qemu", "sim", "none"), default="sim",
+                   help="block jobs on VM disks (AgentBlockJobs): qemu runs one "
+                        "qemu-system-x86_64 -machine none per opened disk, driven over QMP "
+                        "(needs Debian's qemu-system-x86); sim keeps disks in memory; none "
+                        "answers UNIMPLEMENTED (default sim)")
     p.add_argument("--hosts", type=_positive_int, default=1, metavar="N",
                    help="number of hosts the agent serves (default 1)")
     p.add_argument("--host-prefix", type=_host_prefix, default="host-", metavar="P",

@@ -34,8 +34,9 @@ from controlplane.agent.backend import (
     VmInfo,
     VmNotFound,
 )
+from controlplane.agent.blockjobs import AgentBlockJobsServicer
 from controlplane.agent.sim import SETTING_NAMES, SimBackend, SimSettings
-from controlplane.v1 import agent_pb2, agent_pb2_grpc
+from controlplane.v1 import agent_pb2, agent_pb2_grpc, blockjob_pb2, blockjob_pb2_grpc
 
 __all__ = [
     "AGENT_SERVICE",
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 SIM_CONTROL = agent_pb2.DESCRIPTOR.services_by_name["SimControl"].full_name
+BLOCK_JOBS = blockjob_pb2.DESCRIPTOR.services_by_name["AgentBlockJobs"].full_name
 MAX_WORKERS = 256
 
 # Backend failure -> status code. Order matters only for subclasses (none today).
@@ -234,9 +236,11 @@ class AgentServer:
     """One agent: a gRPC server with AgentService (+ SimControl for the sim), health and
     reflection, over one backend."""
 
-    def __init__(self, backend: Backend, listen: str, max_workers: int = MAX_WORKERS) -> None:
+    def __init__(self, backend: Backend, listen: str, max_workers: int = MAX_WORKERS,
+                 block_backend: str = "sim") -> None:
         self.backend = backend
         self.listen = listen
+        self.block_jobs = AgentBlockJobsServicer(block_backend)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
@@ -249,7 +253,8 @@ class AgentServer:
         """Bind and serve; raises RuntimeError when the address cannot be bound."""
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.backend),
                                                           self.server)
-        services = [AGENT_SERVICE]
+        blockjob_pb2_grpc.add_AgentBlockJobsServicer_to_server(self.block_jobs, self.server)
+        services = [AGENT_SERVICE, BLOCK_JOBS]
         if isinstance(self.backend, SimBackend):
             agent_pb2_grpc.add_SimControlServicer_to_server(SimControlServicer(self.backend),
                                                             self.server)
@@ -281,6 +286,7 @@ class AgentServer:
         self._stopped = True
         self.health.enter_graceful_shutdown()
         self.backend.close()
+        self.block_jobs.close()
         self.server.stop(grace).wait(grace + 1)
         log.info("agent stopped")
 
@@ -302,4 +308,5 @@ def build_backend(args: argparse.Namespace) -> Backend:
 
 def serve_agent(args: argparse.Namespace) -> AgentServer:
     """Build the backend from the parsed ``agent`` command line and start serving."""
-    return AgentServer(build_backend(args), args.listen).start()
+    return AgentServer(build_backend(args), args.listen,
+                       block_backend=getattr(args, "block_backend", "sim")).start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from controlplane.channels import ChannelPool
-from controlplane.v1 import agent_pb2_grpc
+from controlplane.v1 import agent_pb2_grpc, blockjob_pb2_grpc
 
 
 class AgentClients:
@@ -22,6 +22,10 @@ class AgentClients:
                 stub = self._stubs[address] = agent_pb2_grpc.AgentServiceStub(
                     self._pool.get(address))
             return stub
+
+    def block_jobs(self, address: str) -> blockjob_pb2_grpc.AgentBlockJobsStub:
+        """The agent's block-job service, on the same channel (rarely used: not cached)."""
+        return blockjob_pb2_grpc.AgentBlockJobsStub(self._pool.get(address))
 
     def close(self) -> None:
         with self._lock:

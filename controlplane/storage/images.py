@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -40,6 +41,9 @@ from controlplane.store import txn as t
 from controlplane.store.cache import PrefixCache
 from controlplane.v1 import vm_pb2, volume_pb2
 from controlplane.v1 import volume_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from controlplane.storage.livejobs import LiveJobs
 
 __all__ = ["ImageError", "ImageManager", "Locked", "VolumeServicer", "OFFLINE_STATES"]
 
@@ -373,10 +377,11 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
     """VolumeService: every change runs on the image's owner; reads anywhere."""
 
     def __init__(self, manager: ImageManager, router: Router,
-                 images: PrefixCache[volume_pb2.Image]) -> None:
+                 images: PrefixCache[volume_pb2.Image], live: LiveJobs | None = None) -> None:
         self.manager = manager
         self.router = router
         self.images = images
+        self.live = live
 
     def _run(self, method: str, image_id: str, request: object,
              context: grpc.ServicerContext, work) -> volume_pb2.VolumeChain:  # type: ignore[no-untyped-def]
@@ -439,3 +444,47 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
             _check(context, request.leaf_id, "leaf_id")
         return self._run("ReconcileVolumeChain", request.image_id, request, context,
                          lambda: self.manager.reconcile(request.image_id, request.leaf_id))
+
+    # -- live operations (the VM runs; block jobs on its agent) ---------------------------
+
+    def _live(self, method: str, image_id: str, request: object,
+              context: grpc.ServicerContext, work) -> volume_pb2.BlockJob:  # type: ignore[no-untyped-def]
+        def local() -> volume_pb2.BlockJob:
+            if self.live is None:
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, "live operations are not wired")
+            try:
+                return work()
+            except ImageError as exc:
+                context.abort(exc.code, str(exc))
+
+        return route_unary(self.router, pb_grpc.VolumeServiceStub, method, image_id, request,
+                           context, local)
+
+    def LiveSnapshot(self, request: volume_pb2.LiveSnapshotRequest,
+                     context: grpc.ServicerContext) -> volume_pb2.BlockJob:
+        _check(context, request.image_id, "image_id")
+        if request.job_id:
+            _check(context, request.job_id, "job_id")
+        return self._live("LiveSnapshot", request.image_id, request, context,
+                          lambda: self.live.live_snapshot(  # type: ignore[union-attr]
+                              request.image_id, request.job_id, request.output_path))
+
+    def LiveMerge(self, request: volume_pb2.LiveMergeRequest,
+                  context: grpc.ServicerContext) -> volume_pb2.BlockJob:
+        _check(context, request.image_id, "image_id")
+        _check(context, request.volume_id, "volume_id")
+        if request.job_id:
+            _check(context, request.job_id, "job_id")
+        return self._live("LiveMerge", request.image_id, request, context,
+                          lambda: self.live.live_merge(  # type: ignore[union-attr]
+                              request.image_id, request.volume_id, request.job_id))
+
+    def GetBlockJob(self, request: volume_pb2.BlockJobRef,
+                    context: grpc.ServicerContext) -> volume_pb2.BlockJob:
+        _check(context, request.job_id, "job_id")
+        if self.live is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "live operations are not wired")
+        try:
+            return self.live.get(request.job_id)
+        except ImageError as exc:
+            context.abort(exc.code, str(exc))

@@ -92,6 +92,10 @@ class Keys:
     def image(self, image_id: str) -> str:
         return f"{self.images}{image_id}"
 
+    def job(self, job_id: str) -> str:
+        """Live block jobs (snapshot, merge): jobs/<job_id>."""
+        return f"{self.collection('jobs')}{job_id}"
+
     def image_lock(self, image_id: str) -> str:
         """The exclusive lock of one image: locks/images/<image_id>, on the holder's lease."""
         return f"{self.collection('locks')}images/{image_id}"

@@ -119,3 +119,69 @@ class ReconcileVolumeChainRequest(_message.Message):
     image_id: str
     leaf_id: str
     def __init__(self, image_id: _Optional[str] = ..., leaf_id: _Optional[str] = ...) -> None: ...
+
+class LiveSnapshotRequest(_message.Message):
+    __slots__ = ("image_id", "job_id", "output_path")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PATH_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    job_id: str
+    output_path: str
+    def __init__(self, image_id: _Optional[str] = ..., job_id: _Optional[str] = ..., output_path: _Optional[str] = ...) -> None: ...
+
+class LiveMergeRequest(_message.Message):
+    __slots__ = ("image_id", "job_id", "volume_id")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    job_id: str
+    volume_id: str
+    def __init__(self, image_id: _Optional[str] = ..., job_id: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
+
+class BlockJobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class BlockJob(_message.Message):
+    __slots__ = ("job_id", "kind", "image_id", "vm_id", "host_id", "phase", "top", "base", "target", "output", "offset", "length", "bytes_copied", "error", "started_at", "finished_at", "volume_id", "node_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_COPIED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: str
+    image_id: str
+    vm_id: str
+    host_id: str
+    phase: str
+    top: str
+    base: str
+    target: str
+    output: str
+    offset: int
+    length: int
+    bytes_copied: int
+    error: str
+    started_at: float
+    finished_at: float
+    volume_id: str
+    node_id: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., image_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., host_id: _Optional[str] = ..., phase: _Optional[str] = ..., top: _Optional[str] = ..., base: _Optional[str] = ..., target: _Optional[str] = ..., output: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., error: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., volume_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...

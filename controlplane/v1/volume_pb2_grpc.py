@@ -64,6 +64,21 @@ class VolumeServiceStub:
                 request_serializer=controlplane_dot_v1_dot_volume__pb2.ReconcileVolumeChainRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
                 _registered_method=True)
+        self.LiveSnapshot = channel.unary_unary(
+                '/controlplane.v1.VolumeService/LiveSnapshot',
+                request_serializer=controlplane_dot_v1_dot_volume__pb2.LiveSnapshotRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+                _registered_method=True)
+        self.LiveMerge = channel.unary_unary(
+                '/controlplane.v1.VolumeService/LiveMerge',
+                request_serializer=controlplane_dot_v1_dot_volume__pb2.LiveMergeRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+                _registered_method=True)
+        self.GetBlockJob = channel.unary_unary(
+                '/controlplane.v1.VolumeService/GetBlockJob',
+                request_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+                _registered_method=True)
 
 
 class VolumeServiceServicer:
@@ -111,6 +126,32 @@ class VolumeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LiveSnapshot(self, request, context):
+        """Live (the image's VM must be Running, FAILED_PRECONDITION otherwise): copy
+        the running disk to a new flat qcow2 file (mirror, READY, cancel = a
+        point-in-time copy, convert); the VM stays on its disk. Returns when the
+        job ended; the job record is kept in etcd (GetBlockJob).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiveMerge(self, request, context):
+        """Live: commit a volume into its parent on the running disk. For the leaf
+        (an active-layer commit) the VM pivots to the parent once the job is READY;
+        the leaf is marked ILLEGAL in the same txn that records the pivot, before
+        the pivot command goes out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBlockJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VolumeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +184,21 @@ def add_VolumeServiceServicer_to_server(servicer, server):
                     servicer.ReconcileVolumeChain,
                     request_deserializer=controlplane_dot_v1_dot_volume__pb2.ReconcileVolumeChainRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.SerializeToString,
+            ),
+            'LiveSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiveSnapshot,
+                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.LiveSnapshotRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.SerializeToString,
+            ),
+            'LiveMerge': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiveMerge,
+                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.LiveMergeRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.SerializeToString,
+            ),
+            'GetBlockJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBlockJob,
+                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.FromString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +363,87 @@ class VolumeService:
             '/controlplane.v1.VolumeService/ReconcileVolumeChain',
             controlplane_dot_v1_dot_volume__pb2.ReconcileVolumeChainRequest.SerializeToString,
             controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiveSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.VolumeService/LiveSnapshot',
+            controlplane_dot_v1_dot_volume__pb2.LiveSnapshotRequest.SerializeToString,
+            controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiveMerge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.VolumeService/LiveMerge',
+            controlplane_dot_v1_dot_volume__pb2.LiveMergeRequest.SerializeToString,
+            controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBlockJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.VolumeService/GetBlockJob',
+            controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
+            controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
             options,
             channel_credentials,
             insecure,

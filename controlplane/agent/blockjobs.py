@@ -1,0 +1,213 @@
+"""AgentBlockJobs: block-job primitives on the VMs' disks, for the management node's runner.
+
+The agent does not decide anything here: it runs one QMP-level command per call and answers
+what the backend reports (a job's status, every event seen). Deciding completion and
+persisting the job is the node's :class:`~controlplane.storage.blockjobs.BlockJobRunner`.
+
+Backends (``controlplane agent --block-backend``):
+- ``qemu``: one ``qemu-system-x86_64 -machine none`` per VM disk, opened by OpenDisk (the VM
+  lifecycle itself is still the sim backend's: no guest OS runs; a hypervisor backend would
+  open its disks in StartVm), driven over QMP by
+  :class:`~controlplane.storage.qemu_driver.QemuDriver`;
+- ``sim``: :class:`~controlplane.storage.sim_driver.SimDriver` per disk (in memory; the
+  nasty sequences are replayed by its scripts in the unit tests);
+- ``none``: the service answers UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from controlplane.storage.blockjobs import BlockJobDriver, BlockJobError
+from controlplane.v1 import blockjob_pb2 as pb
+from controlplane.v1 import blockjob_pb2_grpc as pb_grpc
+
+__all__ = ["BLOCK_BACKENDS", "AgentBlockJobsServicer"]
+
+log = logging.getLogger(__name__)
+
+BLOCK_BACKENDS = ("qemu", "sim", "none")
+DISK = "disk0"
+
+
+@dataclass
+class _Disk:
+    driver: BlockJobDriver
+    node: str
+    close: Callable[[], None]
+
+
+def _qemu_disk(path: str) -> _Disk:
+    from controlplane.storage.qemu_driver import QemuDriver, QemuVm
+
+    vm = QemuVm(path, disk=DISK)
+    return _Disk(QemuDriver(vm), DISK, vm.close)
+
+
+def _sim_disk(path: str) -> _Disk:
+    from controlplane.storage import qemuimg
+    from controlplane.storage.sim_driver import SimDriver
+
+    try:
+        chain = [layer.path for layer in reversed(qemuimg.chain_info(path))]
+    except qemuimg.QemuImgError:
+        chain = [path]
+    return _Disk(SimDriver(disks={DISK: chain}), DISK, lambda: None)
+
+
+class AgentBlockJobsServicer(pb_grpc.AgentBlockJobsServicer):
+    def __init__(self, backend: str) -> None:
+        if backend not in BLOCK_BACKENDS:
+            raise ValueError(f"block backend: one of {BLOCK_BACKENDS}")
+        self.backend = backend
+        self._disks: dict[str, _Disk] = {}
+        self._lock = threading.Lock()
+        # QEMU dies with the thread that started it (pdeathsig): start every QEMU from one
+        # thread that lives as long as the agent, never from a short-lived RPC thread.
+        self._launcher = futures.ThreadPoolExecutor(1, thread_name_prefix="qemu-launcher")
+
+    def close(self) -> None:
+        with self._lock:
+            disks = list(self._disks.values())
+            self._disks.clear()
+        for disk in disks:
+            try:
+                disk.close()
+            except Exception:  # noqa: BLE001 - closing everything anyway
+                log.exception("closing a disk failed")
+        self._launcher.shutdown(wait=False)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _enabled(self, context: grpc.ServicerContext) -> None:
+        if self.backend == "none":
+            context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                          "this agent runs without a block-job backend (--block-backend)")
+
+    def _disk(self, vm_id: str, context: grpc.ServicerContext) -> _Disk:
+        self._enabled(context)
+        with self._lock:
+            disk = self._disks.get(vm_id)
+        if disk is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no disk open for VM {vm_id!r}")
+        return disk
+
+    def _do(self, context: grpc.ServicerContext, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except BlockJobError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {exc}")
+
+    def _chain(self, vm_id: str, disk: _Disk, context: grpc.ServicerContext) -> pb.DiskChain:
+        paths = self._do(context, "chain", lambda: disk.driver.chain(disk.node))
+        return pb.DiskChain(vm_id=vm_id, paths=paths)
+
+    def _job(self, request: pb.JobRef, disk: _Disk, context: grpc.ServicerContext,
+             active: bool = False) -> pb.AgentJob:
+        status = self._do(context, "status", lambda: disk.driver.status(request.job_id))
+        events = self._do(context, "events", lambda: disk.driver.events(request.job_id))
+        job = pb.AgentJob(vm_id=request.vm_id, job_id=request.job_id,
+                          listed=status is not None, active=active)
+        if status is not None:
+            job.status.CopyFrom(pb.AgentJobStatus(type=status.type, status=status.status,
+                                                  offset=status.offset, length=status.length,
+                                                  ready=status.ready))
+        job.events.extend(pb.AgentJobEvent(kind=e.kind, offset=e.offset, length=e.length,
+                                           error=e.error or "") for e in events)
+        return job
+
+    # -- disks ------------------------------------------------------------------------
+
+    def OpenDisk(self, request: pb.OpenDiskRequest, context: grpc.ServicerContext
+                 ) -> pb.DiskChain:
+        self._enabled(context)
+        if not request.vm_id or not request.path.startswith("/"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "vm_id and an absolute path needed")
+        with self._lock:
+            disk = self._disks.get(request.vm_id)
+        if disk is None:
+            opener = _qemu_disk if self.backend == "qemu" else _sim_disk
+            try:
+                disk = self._launcher.submit(opener, request.path).result(60)
+            except BlockJobError as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"open {request.path}: {exc}")
+            with self._lock:
+                if request.vm_id in self._disks:  # a concurrent open won
+                    disk.close()
+                    disk = self._disks[request.vm_id]
+                else:
+                    self._disks[request.vm_id] = disk
+                    log.info("VM %s: disk %s open (%s)", request.vm_id, request.path,
+                             self.backend)
+        return self._chain(request.vm_id, disk, context)
+
+    def CloseDisk(self, request: pb.DiskRef, context: grpc.ServicerContext) -> pb.DiskChain:
+        disk = self._disk(request.vm_id, context)
+        answer = self._chain(request.vm_id, disk, context)
+        with self._lock:
+            self._disks.pop(request.vm_id, None)
+        disk.close()
+        return answer
+
+    def GetDiskChain(self, request: pb.DiskRef, context: grpc.ServicerContext
+                     ) -> pb.DiskChain:
+        return self._chain(request.vm_id, self._disk(request.vm_id, context), context)
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def StartMirror(self, request: pb.StartMirrorRequest, context: grpc.ServicerContext
+                    ) -> pb.AgentJob:
+        disk = self._disk(request.vm_id, context)
+        if request.sync not in ("top", "full"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sync: top or full")
+        self._do(context, "mirror", lambda: disk.driver.start_mirror(
+            request.job_id, disk.node, request.target_path, request.sync))  # type: ignore[arg-type]
+        return self._job(pb.JobRef(vm_id=request.vm_id, job_id=request.job_id), disk, context)
+
+    def StartCommit(self, request: pb.StartCommitRequest, context: grpc.ServicerContext
+                    ) -> pb.AgentJob:
+        disk = self._disk(request.vm_id, context)
+        active = self._do(context, "commit", lambda: disk.driver.start_commit(
+            request.job_id, disk.node, request.top, request.base))
+        return self._job(pb.JobRef(vm_id=request.vm_id, job_id=request.job_id), disk, context,
+                         active=bool(active))
+
+    def GetJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.AgentJob:
+        return self._job(request, self._disk(request.vm_id, context), context)
+
+    def CompleteJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.AgentJob:
+        disk = self._disk(request.vm_id, context)
+        self._do(context, "complete", lambda: disk.driver.complete(request.job_id))
+        return self._job(request, disk, context)
+
+    def CancelJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.AgentJob:
+        disk = self._disk(request.vm_id, context)
+        self._do(context, "cancel", lambda: disk.driver.cancel(request.job_id))
+        return self._job(request, disk, context)
+
+    def ReleaseJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.AgentJob:
+        disk = self._disk(request.vm_id, context)
+        self._do(context, "release", lambda: disk.driver.release(request.job_id))
+        return self._job(request, disk, context)
+
+    def GuestWrite(self, request: pb.GuestWriteRequest, context: grpc.ServicerContext
+                   ) -> pb.DiskChain:
+        disk = self._disk(request.vm_id, context)
+        if request.length <= 0 or request.offset < 0 or not 0 <= request.pattern <= 255:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "offset >= 0, length > 0, pattern 0..255")
+        self._do(context, "write", lambda: disk.driver.write(
+            disk.node, request.offset, request.length, request.pattern))
+        return self._chain(request.vm_id, disk, context)
+
+    def Flush(self, request: pb.DiskRef, context: grpc.ServicerContext) -> pb.DiskChain:
+        disk = self._disk(request.vm_id, context)
+        self._do(context, "flush", lambda: disk.driver.flush(disk.node))
+        return self._chain(request.vm_id, disk, context)
