@@ -173,6 +173,123 @@ def _add_config_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("value", metavar="VALUE")
 
 
+_STORAGE_TIMEOUT_HELP = (f"call deadline in seconds (default {cc.STORAGE_TIMEOUT:g}: the "
+                         "node waits up to storage.mdsAttemptTimeout for each MDS)")
+_IMAGE_TIMEOUT_HELP = (f"call deadline in seconds (default {cc.IMAGE_TIMEOUT:g}: qemu-img "
+                       "runs on the node; a deadline that runs out does not stop it, see "
+                       "`image chain`)")
+_IMAGE_REFUSALS = (" FAILED_PRECONDITION while the image's VM is running (or has an "
+                   "operation in flight); ABORTED while another operation holds the image "
+                   "lock (retry); NOT_FOUND for an unknown image.")
+
+
+def _add_storage_parsers(sub: argparse._SubParsersAction) -> None:
+    storage = sub.add_parser(
+        "storage", help="primary storages and their MDS: add, get, list, remove, check, clients",
+        description="Primary storages: block stores reached through their metadata servers "
+        "(MDS). The owner of a storage id checks its MDS every storage.mdsCheckInterval; text "
+        "output is one line per MDS: storage, address, HEALTHY/UNHEALTHY, failed checks in a "
+        "row, owner node, the last check's error.")
+    ss = storage.add_subparsers(dest="storage_command", required=True, metavar="SUBCOMMAND")
+    p = _command(ss, "add", "register a primary storage and check its MDS",
+                 "Register primary storage ID reached through the MDS at each --mds, and "
+                 "check every MDS at once (the answer shows the result). ALREADY_EXISTS for "
+                 "a known id; INVALID_ARGUMENT for a bad id or an MDS listed twice.",
+                 cc.cmd_storage_add, timeout=cc.STORAGE_TIMEOUT,
+                 timeout_help=_STORAGE_TIMEOUT_HELP)
+    p.add_argument("storage_id", metavar="ID")
+    p.add_argument("--mds", action="append", required=True, type=cc.host_port,
+                   metavar="HOST:PORT", help="an MDS of the store (repeat for each)")
+    p = _command(ss, "get", "one primary storage with the health of its MDS",
+                 "Primary storage ID as last stored: each MDS with its health from the last "
+                 "check. NOT_FOUND for an unknown id.", cc.cmd_storage_get)
+    p.add_argument("storage_id", metavar="ID")
+    _command(ss, "list", "every primary storage, one line per MDS",
+             "Every primary storage, one line per MDS, from the asked node's cache.",
+             cc.cmd_storage_list)
+    p = _command(ss, "remove", "forget a primary storage",
+                 "Forget primary storage ID (the store and its volumes are not touched). "
+                 "NOT_FOUND for an unknown id; ABORTED when the record changed meanwhile "
+                 "(a check stored a result): retry.", cc.cmd_storage_remove)
+    p.add_argument("storage_id", metavar="ID")
+    p = _command(ss, "check", "check every MDS of a primary storage now",
+                 "Probe every MDS of primary storage ID now (OK or NOT_FOUND from the MDS is "
+                 "healthy; a refusal, an error or a timeout is not), store and print the "
+                 "result. NOT_FOUND for an unknown id; UNAVAILABLE when the result could not "
+                 "be stored.", cc.cmd_storage_check, timeout=cc.STORAGE_TIMEOUT,
+                 timeout_help=_STORAGE_TIMEOUT_HELP)
+    p.add_argument("storage_id", metavar="ID")
+    p = _command(ss, "clients", "who has a volume of the store open",
+                 "The clients (hosts) that have VOLUME of primary storage ID open, one line "
+                 "each, asked of the store's healthy MDS in turn. NOT_FOUND for an unknown "
+                 "storage or a volume the store does not have; UNAVAILABLE when every MDS "
+                 "failed (the message names each MDS and its error).",
+                 cc.cmd_storage_clients, timeout=cc.STORAGE_TIMEOUT,
+                 timeout_help=_STORAGE_TIMEOUT_HELP)
+    p.add_argument("storage_id", metavar="ID")
+    p.add_argument("volume_id", metavar="VOLUME")
+
+
+def _add_image_parsers(sub: argparse._SubParsersAction) -> None:
+    image = sub.add_parser(
+        "image", help="images and their qcow2 volume chains: create, chain, list, snapshot, "
+        "merge, reconcile",
+        description="Images: a chain of qcow2 volumes on file storage every node mounts. "
+        "Changes run on the image's owner under an exclusive image lock, offline only (refused "
+        "while the image's VM runs). Chain output is one line per volume, base first: image, "
+        "volume, parent, legality, virtual size, leaf/in-chain, path; then the volumes "
+        "outside the chain, marked outside-chain.")
+    ims = image.add_subparsers(dest="image_command", required=True, metavar="SUBCOMMAND")
+    p = _command(ims, "create", "a new image with one empty base volume",
+                 "Create image ID with one empty qcow2 base volume of --size. ALREADY_EXISTS "
+                 "for a known id; INVALID_ARGUMENT for a bad id or size; FAILED_PRECONDITION "
+                 "when the node has no qemu-img; ABORTED while another operation holds the "
+                 "image lock.", cc.cmd_image_create, timeout=cc.IMAGE_TIMEOUT,
+                 timeout_help=_IMAGE_TIMEOUT_HELP)
+    p.add_argument("image_id", metavar="ID")
+    p.add_argument("--size", required=True, type=cc.positive_size, metavar="SIZE",
+                   help="virtual size: bytes with an optional K/M/G/T suffix (powers of "
+                   "1024), e.g. 64M or 1G")
+    p.add_argument("--vm", metavar="VM", help="the VM using the image (changes are refused "
+                   "while it runs)")
+    p.add_argument("--volume", metavar="BASE", help="id of the base volume (default: base)")
+    p = _command(ims, "chain", "an image's volume chain, base first",
+                 "Image ID's volume chain as stored, base first, then the volumes outside it. "
+                 "NOT_FOUND for an unknown image.", cc.cmd_image_chain)
+    p.add_argument("image_id", metavar="ID")
+    _command(ims, "list", "every image: id, VM, leaf, volumes, directory",
+             "Every image, one line each, from the asked node's cache.", cc.cmd_image_list)
+    p = _command(ims, "snapshot", "a new empty leaf on top of the chain",
+                 "Offline snapshot: a new empty qcow2 leaf VOLUME on top of image ID's chain "
+                 "(the old leaf becomes read-only history)." + _IMAGE_REFUSALS + " Also "
+                 "ALREADY_EXISTS when the image has a volume VOLUME; FAILED_PRECONDITION when "
+                 "the leaf is ILLEGAL (run `image reconcile`).", cc.cmd_image_snapshot,
+                 timeout=cc.IMAGE_TIMEOUT, timeout_help=_IMAGE_TIMEOUT_HELP)
+    p.add_argument("image_id", metavar="ID")
+    p.add_argument("volume_id", metavar="VOLUME", help="id of the new leaf")
+    p = _command(ims, "merge", "commit a volume into its parent",
+                 "Offline merge: commit VOLUME of image ID into its parent and take it out of "
+                 "the chain (its file is deleted)." + _IMAGE_REFUSALS + " Also NOT_FOUND for "
+                 "an unknown volume; FAILED_PRECONDITION for the base, a volume outside the "
+                 "chain or a chain with an ILLEGAL volume (run `image reconcile`); ABORTED "
+                 "when the image changed under the merge (run `image reconcile`).",
+                 cc.cmd_image_merge, timeout=cc.IMAGE_TIMEOUT,
+                 timeout_help=_IMAGE_TIMEOUT_HELP)
+    p.add_argument("image_id", metavar="ID")
+    p.add_argument("volume_id", metavar="VOLUME", help="the volume to merge (not the base)")
+    p = _command(ims, "reconcile", "bring the stored chain in line with the files",
+                 "Read image ID's real chain from its files (one qemu-img info from the leaf) "
+                 "and fix the stored chain to match: print each change (or `no change`), "
+                 "then the chain. The way back after an interrupted merge." + _IMAGE_REFUSALS
+                 + " Also FAILED_PRECONDITION when the files name volumes the image does not "
+                 "have or no file of the chain exists.",
+                 cc.cmd_image_reconcile, timeout=cc.IMAGE_TIMEOUT,
+                 timeout_help=_IMAGE_TIMEOUT_HELP)
+    p.add_argument("image_id", metavar="ID")
+    p.add_argument("--leaf", metavar="VOLUME",
+                   help="read the chain from this volume (default: the image's leaf)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="controlplane",
@@ -237,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_parsers(sub)
     _add_vm_parsers(sub)
     _add_config_parsers(sub)
+    _add_storage_parsers(sub)
+    _add_image_parsers(sub)
 
     ring = sub.add_parser("ring", help="ring questions")
     ring_sub = ring.add_subparsers(dest="ring_command", required=True, metavar="SUBCOMMAND")
@@ -348,7 +467,7 @@ def cmd_ring_owner(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("host", "vm", "config"):
+    if args.command in ("host", "vm", "config", "storage", "image"):
         if getattr(args, "vm_command", None) == "create" and not args.start:
             # CreateVm only uses host_id and wait for the start; without it both are ignored.
             if args.wait:

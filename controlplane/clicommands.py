@@ -1,11 +1,14 @@
-"""The `controlplane host|vm|config ...` commands: an operator's gRPC client of any node.
+"""The `controlplane host|vm|config|storage|image ...` commands: an operator's gRPC client
+of any node.
 
 The parser wiring lives in cli.py; this module holds what the commands do, the argument
 types they share (sizes, counts) and the output formats:
 
-- text: one aligned line per item, with self-describing `name=value` columns where a bare
-  value would be ambiguous (`gen=3`, `ha=never-stop`), so a line read alone (grep, logs)
-  still says what it is, and no header line, so `| wc -l` counts items;
+- text: one aligned line per item (a primary storage: one per MDS; an image's chain: one
+  per volume), with self-describing `name=value` columns where a bare value would be
+  ambiguous (`gen=3`, `ha=never-stop`), so a line read alone (grep, logs) still says what
+  it is, and no header line, so `| wc -l` counts items (image commands first print what
+  they changed as `change: ...` lines, and reconcile `no change` when nothing was);
 - `--json`: the protobuf messages as `json_format.MessageToDict(preserving_proto_field_name=
   True)` (lists as one JSON array, watch events as one object per line), i.e. the canonical
   proto3 JSON mapping: int64 fields are strings and fields at their default are omitted.
@@ -31,16 +34,22 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from controlplane.v1 import config_pb2, host_pb2, vm_pb2
+from controlplane.v1 import config_pb2, host_pb2, mds_pb2, storage_pb2, vm_pb2, volume_pb2
 from controlplane.v1 import config_pb2_grpc as config_grpc
 from controlplane.v1 import host_pb2_grpc as host_grpc
+from controlplane.v1 import storage_pb2_grpc as storage_grpc
 from controlplane.v1 import vm_pb2_grpc as vm_grpc
+from controlplane.v1 import volume_pb2_grpc as volume_grpc
 
 __all__ = [
     "HA_LEVELS",
+    "IMAGE_TIMEOUT",
+    "STORAGE_TIMEOUT",
     "WAIT_TIMEOUT",
     "count",
+    "host_port",
     "non_negative_int",
+    "positive_size",
     "size_bytes",
 ]
 
@@ -48,6 +57,13 @@ DEFAULT_TIMEOUT = 5.0
 # --wait keeps the call open until the operation finished: a real VM start can take a while,
 # and the server answers "still in flight" (exit 1) a little before the deadline anyway.
 WAIT_TIMEOUT = 120.0
+# Storage calls that reach the MDS (add and check probe every MDS, clients tries them in
+# turn) last up to the live storage.mdsAttemptTimeout (default 30 s) per attempt: a hung MDS
+# must show up as UNHEALTHY in the answer, not as a client-side DEADLINE_EXCEEDED.
+STORAGE_TIMEOUT = 60.0
+# Image changes run qemu-img on the node (a merge copies a volume's data into its parent):
+# far longer than a metadata call. A deadline that runs out does not stop the operation.
+IMAGE_TIMEOUT = 120.0
 
 HA_LEVELS = {"none": vm_pb2.HA_NONE, "never-stop": vm_pb2.NEVER_STOP}
 _HA_NAMES = {value: name for name, value in HA_LEVELS.items()}
@@ -78,6 +94,24 @@ def size_bytes(text: str) -> int:
     if value > _INT64_MAX:
         raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {_INT64_MAX} bytes)")
     return value
+
+
+def positive_size(text: str) -> int:
+    """A size_bytes that is at least one byte (an image of 0 bytes holds nothing): refused
+    here with the argument named rather than by the server after a round trip."""
+    value = size_bytes(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def host_port(text: str) -> str:
+    """HOST:PORT with a port in 1..65535, the check the server applies to an MDS address,
+    so a typo is a usage error naming the flag instead of an INVALID_ARGUMENT."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (port 1..65535)")
+    return text
 
 
 def non_negative_int(text: str) -> int:
@@ -124,6 +158,16 @@ def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+def human_size(size: int) -> str:
+    """Bytes in the largest K/M/G/T unit that divides them exactly (the form size_bytes
+    reads back), else plain bytes: a rounded size would hide a one-byte difference."""
+    for suffix in ("T", "G", "M", "K"):
+        unit = _UNITS[suffix]
+        if size and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
 def ha_name(level: int) -> str:
     return _HA_NAMES.get(level, str(level))
 
@@ -166,14 +210,51 @@ def event_row(event: vm_pb2.VmEvent) -> list[str]:
     return [kind, vm_id, state.ljust(16), *rest, f"rev={event.revision}"]
 
 
+def mds_rows(storage: storage_pb2.PrimaryStorage) -> list[list[str]]:
+    """One row per MDS of a primary storage: storage id, address, health, failed checks in
+    a row, owner node, and what the last failed check saw (last: it holds blanks)."""
+    return [[storage.storage_id, m.address,
+             storage_pb2.MdsHealth.Name(m.health).removeprefix("MDS_"),
+             f"failures={m.failures}", f"owner={storage.owner or '-'}",
+             f"error={m.last_error or '-'}"] for m in storage.mds]
+
+
+def volume_row(image_id: str, volume: volume_pb2.Volume, role: str) -> list[str]:
+    """image, volume, parent, legality, virtual size, role (leaf, in-chain, outside-chain)
+    and the file path (last: a path may hold blanks)."""
+    return [image_id, volume.volume_id, f"parent={volume.parent_id or '-'}",
+            volume_pb2.VolumeLegality.Name(volume.legality),
+            f"virtual={human_size(volume.virtual_size)}", role, volume.path]
+
+
+def chain_rows(chain: volume_pb2.VolumeChain) -> list[list[str]]:
+    """The chain base first, then the volumes outside it (ILLEGAL leftovers of a merge or
+    reconcile, waiting for cleanup) so nothing of the image is hidden."""
+    rows = [volume_row(chain.image_id, v, "leaf" if v.volume_id == chain.leaf_id
+                       else "in-chain") for v in chain.chain]
+    return rows + [volume_row(chain.image_id, v, "outside-chain") for v in chain.outside]
+
+
+def image_row(image: volume_pb2.Image) -> list[str]:
+    """id, VM, leaf, number of volumes, directory."""
+    return [image.image_id, f"vm={image.vm_id or '-'}", f"leaf={image.leaf_id}",
+            f"volumes={len(image.volumes)}", image.directory]
+
+
 def _show(args: argparse.Namespace, items: Iterable[Message],
           row: Callable[[Any], list[str]], one: bool = False) -> None:
+    _show_rows(args, items, lambda item: [row(item)], one)
+
+
+def _show_rows(args: argparse.Namespace, items: Iterable[Message],
+               rows: Callable[[Any], list[list[str]]], one: bool = False) -> None:
+    """Like _show, for items printed as several lines (a storage: one per MDS)."""
     items = list(items)
     if args.json:
         docs = [to_dict(item) for item in items]
         _print_json(docs[0] if one else docs)
         return
-    for line in aligned([row(item) for item in items]):
+    for line in aligned([r for item in items for r in rows(item)]):
         print(line)
 
 
@@ -362,3 +443,117 @@ def cmd_config_set(args: argparse.Namespace) -> int:
     return _call(args, config_grpc.ConfigServiceStub, "UpdateConfig",
                  config_pb2.ConfigEntry(key=args.key, value=args.value),
                  lambda entry: _show(args, [entry], config_row, one=True))
+
+
+# -- storage ------------------------------------------------------------------------------
+
+def _one_storage(args: argparse.Namespace) -> Callable[[storage_pb2.PrimaryStorage], None]:
+    return lambda storage: _show_rows(args, [storage], mds_rows, one=True)
+
+
+def _storage_ref(args: argparse.Namespace) -> storage_pb2.PrimaryStorageRef:
+    return storage_pb2.PrimaryStorageRef(storage_id=args.storage_id)
+
+
+def cmd_storage_add(args: argparse.Namespace) -> int:
+    request = storage_pb2.AddPrimaryStorageRequest(storage_id=args.storage_id,
+                                                   mds_addresses=args.mds)
+    return _call(args, storage_grpc.StorageServiceStub, "AddPrimaryStorage", request,
+                 _one_storage(args))
+
+
+def cmd_storage_get(args: argparse.Namespace) -> int:
+    return _call(args, storage_grpc.StorageServiceStub, "GetPrimaryStorage",
+                 _storage_ref(args), _one_storage(args))
+
+
+def cmd_storage_list(args: argparse.Namespace) -> int:
+    return _call(args, storage_grpc.StorageServiceStub, "ListPrimaryStorages",
+                 storage_pb2.ListPrimaryStoragesRequest(),
+                 lambda reply: _show_rows(args, reply.storages, mds_rows))
+
+
+def cmd_storage_remove(args: argparse.Namespace) -> int:
+    return _call(args, storage_grpc.StorageServiceStub, "RemovePrimaryStorage",
+                 _storage_ref(args), _one_storage(args))
+
+
+def cmd_storage_check(args: argparse.Namespace) -> int:
+    return _call(args, storage_grpc.StorageServiceStub, "CheckPrimaryStorage",
+                 _storage_ref(args), _one_storage(args))
+
+
+def cmd_storage_clients(args: argparse.Namespace) -> int:
+    """Who has a volume open. The answer is one message (the volume and its clients), so
+    --json prints it whole; text is one line per client, none when nobody has it open."""
+    def show(reply: mds_pb2.MdsGetVolumeClientsResponse) -> None:
+        if args.json:
+            _print_json(to_dict(reply))
+            return
+        for line in aligned([[args.storage_id, reply.volume_id or args.volume_id,
+                              client.client_id, f"address={client.address or '-'}"]
+                             for client in reply.clients]):
+            print(line)
+
+    request = storage_pb2.StorageVolumeRef(storage_id=args.storage_id,
+                                           volume_id=args.volume_id)
+    return _call(args, storage_grpc.StorageServiceStub, "GetVolumeClients", request, show)
+
+
+# -- image --------------------------------------------------------------------------------
+
+def _show_chain(args: argparse.Namespace, always_changes: bool = False
+                ) -> Callable[[volume_pb2.VolumeChain], None]:
+    """The changes the call made (`change: ...`; `no change` when always_changes and there
+    were none: a reconcile that found the metadata right says so), then the chain."""
+    def show(chain: volume_pb2.VolumeChain) -> None:
+        if args.json:
+            _print_json(to_dict(chain))
+            return
+        for change in chain.changes:
+            print(f"change: {change}")
+        if always_changes and not chain.changes:
+            print("no change")
+        for line in aligned(chain_rows(chain)):
+            print(line)
+
+    return show
+
+
+def cmd_image_create(args: argparse.Namespace) -> int:
+    request = volume_pb2.CreateImageRequest(image_id=args.image_id, size_bytes=args.size,
+                                            vm_id=args.vm or "", volume_id=args.volume or "")
+    return _call(args, volume_grpc.VolumeServiceStub, "CreateImage", request,
+                 _show_chain(args))
+
+
+def cmd_image_chain(args: argparse.Namespace) -> int:
+    return _call(args, volume_grpc.VolumeServiceStub, "GetVolumeChain",
+                 volume_pb2.ImageRef(image_id=args.image_id), _show_chain(args))
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    return _call(args, volume_grpc.VolumeServiceStub, "ListImages",
+                 volume_pb2.ListImagesRequest(),
+                 lambda reply: _show(args, reply.images, image_row))
+
+
+def cmd_image_snapshot(args: argparse.Namespace) -> int:
+    request = volume_pb2.CreateSnapshotRequest(image_id=args.image_id,
+                                               volume_id=args.volume_id)
+    return _call(args, volume_grpc.VolumeServiceStub, "CreateSnapshot", request,
+                 _show_chain(args))
+
+
+def cmd_image_merge(args: argparse.Namespace) -> int:
+    request = volume_pb2.MergeSnapshotsRequest(image_id=args.image_id,
+                                               volume_id=args.volume_id)
+    return _call(args, volume_grpc.VolumeServiceStub, "MergeSnapshots", request,
+                 _show_chain(args))
+
+
+def cmd_image_reconcile(args: argparse.Namespace) -> int:
+    request = volume_pb2.ReconcileVolumeChainRequest(image_id=args.image_id,
+                                                     leaf_id=args.leaf or "")
+    return _call(args, volume_grpc.VolumeServiceStub, "ReconcileVolumeChain", request,
+                 _show_chain(args, always_changes=True))
