@@ -43,14 +43,14 @@ FINISHING or FAILED, never COMPLETED.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
+
+from controlplane.storage import qemuimg
 
 __all__ = [
     "BlockJobDriver",
@@ -266,38 +266,34 @@ class ImageOps(Protocol):
 
 
 class QemuImg:
-    """ImageOps with qemu-img. ``-U`` reads images a running QEMU holds (metadata only);
-    ``create -u`` does not open the backing file, which QEMU has open."""
+    """ImageOps with qemu-img (:mod:`controlplane.storage.qemuimg`). ``-U`` reads images a
+    running QEMU holds (metadata only); ``create -u`` does not open the backing file, which
+    QEMU has open; convert runs only after the job ended and the backend released the
+    target, and reads the backing (read-only for QEMU) with ``-U``."""
 
     def __init__(self, binary: str = "qemu-img", timeout: float = 3600.0) -> None:
         self.binary = binary
         self.timeout = timeout
 
-    def _run(self, *args: str) -> str:
-        try:
-            done = subprocess.run(
-                [self.binary, *args], capture_output=True, text=True, timeout=self.timeout
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BlockJobError(f"{self.binary} {args[0]}: {exc}") from exc
-        if done.returncode != 0:
-            raise BlockJobError(f"{self.binary} {' '.join(args)}: {done.stderr.strip()}")
-        return done.stdout
-
     def virtual_size(self, path: str) -> int:
-        info = json.loads(self._run("info", "-U", "--output=json", path))
-        return int(info["virtual-size"])
+        try:
+            return qemuimg.chain_info(path, binary=self.binary)[-1].virtual_size
+        except qemuimg.QemuImgError as exc:
+            raise BlockJobError(str(exc)) from exc
 
     def create_overlay(self, path: str, backing: str | None, size: int) -> None:
-        args = ["create", "-q", "-f", "qcow2"]
-        if backing is not None:
-            args += ["-u", "-b", os.path.abspath(backing), "-F", "qcow2"]
-        self._run(*args, path, str(size))
+        try:
+            qemuimg.create(path, size=size, backing=backing, unsafe_backing=True,
+                           binary=self.binary, timeout=self.timeout)
+        except (qemuimg.QemuImgError, FileExistsError) as exc:
+            raise BlockJobError(str(exc)) from exc
 
     def convert(self, src: str, dst: str) -> None:
-        # Run only after the job ended and the backend released the target, so the target's
-        # metadata is on disk; the backing is read-only for QEMU, hence -U.
-        self._run("convert", "-U", "-O", "qcow2", src, dst)
+        try:
+            qemuimg.convert(src, dst, force_share=True, binary=self.binary,
+                            timeout=self.timeout)
+        except (qemuimg.QemuImgError, FileExistsError) as exc:
+            raise BlockJobError(str(exc)) from exc
 
 
 class _Timeout(Exception):

@@ -197,6 +197,7 @@ def create(
     fmt: str = "qcow2",
     binary: str = "qemu-img",
     timeout: float = INFO_TIMEOUT,
+    unsafe_backing: bool = False,
 ) -> None:
     """Create a new image (a base of ``size`` bytes, or an overlay on ``backing``, whose size
     it takes when ``size`` is None). Refuses an existing path with FileExistsError: a volume
@@ -208,6 +209,8 @@ def create(
     def write(tmp: str) -> None:
         args = [binary, "create", "-q", "-f", fmt]
         if backing is not None:
+            # -u: do not open the backing file (a running QEMU holds its lock); needs size
+            args += ["-u"] if unsafe_backing else []
             args += ["-b", _backing_name(image, backing), "-F", backing_format]
         args.append(tmp)
         if size is not None:
@@ -271,6 +274,7 @@ def convert(
     src_fmt: str = "qcow2",
     binary: str = "qemu-img",
     timeout: float = DATA_TIMEOUT,
+    force_share: bool = False,
 ) -> None:
     """Flatten the chain ending at ``src`` into one new standalone file ``dst`` (format
     ``fmt``), written under a temporary name and renamed. Refuses an existing ``dst``.
@@ -279,6 +283,7 @@ def convert(
     source = os.path.abspath(src)
 
     def write(tmp: str) -> None:
-        _run([binary, "convert", "-q", "-f", src_fmt, "-O", fmt, source, tmp], timeout)
+        share = ["-U"] if force_share else []
+        _run([binary, "convert", "-q", *share, "-f", src_fmt, "-O", fmt, source, tmp], timeout)
 
     _write_new(os.path.abspath(dst), write)
