@@ -479,6 +479,18 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
                           lambda: self.live.live_merge(  # type: ignore[union-attr]
                               request.image_id, request.volume_id, request.job_id))
 
+    def ResumeBlockJob(self, request: volume_pb2.BlockJobRef,
+                       context: grpc.ServicerContext) -> volume_pb2.BlockJob:
+        _check(context, request.job_id, "job_id")
+        if self.live is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "live operations are not wired")
+        try:
+            image_id = self.live.get(request.job_id).image_id
+        except ImageError as exc:
+            context.abort(exc.code, str(exc))
+        return self._live("ResumeBlockJob", image_id, request, context,
+                          lambda: self.live.resume(request.job_id))  # type: ignore[union-attr]
+
     def GetBlockJob(self, request: volume_pb2.BlockJobRef,
                     context: grpc.ServicerContext) -> volume_pb2.BlockJob:
         _check(context, request.job_id, "job_id")

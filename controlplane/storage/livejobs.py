@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -141,6 +142,8 @@ class LiveJobs:
         self.ctx = manager.ctx
         self.agent_stub = agent_stub
         self.runner_options = runner_options
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
 
     # -- reads --------------------------------------------------------------------------
 
@@ -238,13 +241,10 @@ class LiveJobs:
             target = os.path.join(image.directory, f"{job.job_id}.mirror.qcow2")
             driver = self._driver(host, vm.vm_id, leaf.path)
             state = {"job": job}
-
-            def persist(rec: bj.JobRecord) -> None:
-                state["job"] = job_view(state["job"], rec)
-                self._store(state["job"], lock)
-
-            rec = self._runner(driver, persist).live_snapshot(job.job_id, vm.vm_id, target,
-                                                              output)
+            persist = self._snapshot_persister(state, lock)
+            with self._tracking(job.job_id):
+                rec = self._runner(driver, persist).live_snapshot(job.job_id, vm.vm_id,
+                                                                  target, output)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target)  # released by the runner; the flat output is the copy
             log.info("live snapshot %s of image %s: %s (%d bytes copied)", job.job_id,
@@ -273,37 +273,104 @@ class LiveJobs:
             driver = self._driver(host, vm.vm_id, leaf.path)
             state: dict = {"job": job, "image": image, "revision": revision,
                            "illegal": False}
-
-            def persist(rec: bj.JobRecord) -> None:
-                state["job"] = job_view(state["job"], rec)
-                new_image = None
-                if rec.phase is bj.Phase.FINISHING and active and not state["illegal"]:
-                    # vdsm: the leaf is ILLEGAL before the pivot goes out; its data is in
-                    # the parent already (the job is READY).
-                    new_image = _copy(state["image"])
-                    volume(new_image, volume_id).legality = volume_pb2.ILLEGAL
-                    state["illegal"] = True
-                elif rec.phase is bj.Phase.COMPLETED:
-                    new_image = _copy(state["image"])
-                    _unlink_from_chain(new_image, volume_id)
-                elif rec.phase is bj.Phase.FAILED and state["illegal"] \
-                        and _in_chain(top.path, driver):
-                    new_image = _copy(state["image"])  # no pivot: the VM still writes it
-                    volume(new_image, volume_id).legality = volume_pb2.LEGAL
-                if new_image is None:
-                    self._store(state["job"], lock)
-                    return
-                state["revision"] = self._store(state["job"], lock,
-                                                (new_image, state["revision"]))
-                state["image"] = new_image
-
-            rec = self._runner(driver, persist).live_merge(job.job_id, vm.vm_id, top.path,
-                                                           parent.path)
+            persist = self._merge_persister(state, lock, driver, top, active)
+            with self._tracking(job.job_id):
+                rec = self._runner(driver, persist).live_merge(job.job_id, vm.vm_id, top.path,
+                                                               parent.path)
             if rec.phase is bj.Phase.COMPLETED:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(top.path)
             log.info("live merge %s of %s into %s (image %s): %s", job.job_id, volume_id,
                      parent.volume_id, image_id, rec.phase.value)
+            return state["job"]
+
+
+    @contextlib.contextmanager
+    def _tracking(self, job_id: str) -> Iterator[None]:
+        with self._running_lock:
+            self._running.add(job_id)
+        try:
+            yield
+        finally:
+            with self._running_lock:
+                self._running.discard(job_id)
+
+    # -- persisting each phase -------------------------------------------------------
+
+    def _snapshot_persister(self, state: dict, lock: Lock) -> Callable[[bj.JobRecord], None]:
+        def persist(rec: bj.JobRecord) -> None:
+            state["job"] = job_view(state["job"], rec)
+            self._store(state["job"], lock)
+
+        return persist
+
+    def _merge_persister(self, state: dict, lock: Lock, driver: RemoteDriver,
+                         top: volume_pb2.Volume, active: bool
+                         ) -> Callable[[bj.JobRecord], None]:
+        """Job record and image record in one txn where the chain changes (vdsm's order)."""
+        volume_id = top.volume_id
+
+        def persist(rec: bj.JobRecord) -> None:
+            state["job"] = job_view(state["job"], rec)
+            new_image = None
+            if rec.phase is bj.Phase.FINISHING and active and not state["illegal"]:
+                # The leaf is ILLEGAL before the pivot goes out; its data is in the
+                # parent already (the job is READY).
+                new_image = _copy(state["image"])
+                volume(new_image, volume_id).legality = volume_pb2.ILLEGAL
+                state["illegal"] = True
+            elif rec.phase is bj.Phase.COMPLETED:
+                new_image = _copy(state["image"])
+                _unlink_from_chain(new_image, volume_id)
+            elif rec.phase is bj.Phase.FAILED and state["illegal"] \
+                    and _in_chain(top.path, driver):
+                new_image = _copy(state["image"])  # no pivot: the VM still writes it
+                volume(new_image, volume_id).legality = volume_pb2.LEGAL
+            if new_image is None:
+                self._store(state["job"], lock)
+                return
+            state["revision"] = self._store(state["job"], lock,
+                                            (new_image, state["revision"]))
+            state["image"] = new_image
+
+        return persist
+
+    def resume(self, job_id: str) -> volume_pb2.BlockJob:
+        """Finish a job whose node is gone, from its record (the runner's resume rules: a
+        ready merge is pivoted, a vanished one judged by the chain, a snapshot interrupted
+        after its cancel is FAILED). Under the image lock, which the dead node's lease held
+        until it expired: ABORTED until then."""
+        job = self.get(job_id)
+        if bj.Phase(job.phase) in (bj.Phase.COMPLETED, bj.Phase.FAILED):
+            return job
+        if job.node_id in self.ctx.members() and job.node_id != self.ctx.node_id:
+            raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"job {job_id} is being run by node {job.node_id}")
+        with self._running_lock:
+            if job_id in self._running:
+                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"job {job_id} is running on this node")
+        with self.manager.locked(job.image_id) as lock:
+            image, revision = self.manager.read(job.image_id)
+            _, host = self._running_vm(image)
+            driver = RemoteDriver(self.agent_stub(host.address), job.vm_id)
+            job.node_id = self.ctx.node_id
+            state: dict = {"job": job, "image": image, "revision": revision}
+            if job.kind == "live-merge":
+                top = volume(image, job.volume_id)
+                if top is None:  # the COMPLETED txn was written; only the record lags
+                    raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
+                                     f"volume {job.volume_id} is no longer in image "
+                                     f"{job.image_id}: run ReconcileVolumeChain")
+                state["illegal"] = top.legality == volume_pb2.ILLEGAL
+                active = state["illegal"] or job.volume_id == image.leaf_id
+                persist = self._merge_persister(state, lock, driver, top, active)
+            else:
+                persist = self._snapshot_persister(state, lock)
+            with self._tracking(job_id):
+                rec = self._runner(driver, persist).resume(record_of(job))
+            log.info("block job %s resumed by %s: %s", job_id, self.ctx.node_id,
+                     rec.phase.value)
             return state["job"]
 
 

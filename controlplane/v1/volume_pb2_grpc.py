@@ -79,6 +79,11 @@ class VolumeServiceStub:
                 request_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
                 _registered_method=True)
+        self.ResumeBlockJob = channel.unary_unary(
+                '/controlplane.v1.VolumeService/ResumeBlockJob',
+                request_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+                _registered_method=True)
 
 
 class VolumeServiceServicer:
@@ -152,6 +157,17 @@ class VolumeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeBlockJob(self, request, context):
+        """Finish an unfinished job whose node left the cluster, from its record: a
+        merge whose job is still READY is pivoted, one whose job vanished is judged
+        by the disk's chain; a snapshot interrupted after its cancel is FAILED (the
+        copy is not trusted). ABORTED while the dead node's image lock lasts (its
+        lease TTL); FAILED_PRECONDITION while a live node runs it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VolumeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +213,11 @@ def add_VolumeServiceServicer_to_server(servicer, server):
             ),
             'GetBlockJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBlockJob,
+                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.FromString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.SerializeToString,
+            ),
+            'ResumeBlockJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeBlockJob,
                     request_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.FromString,
                     response_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.SerializeToString,
             ),
@@ -442,6 +463,33 @@ class VolumeService:
             request,
             target,
             '/controlplane.v1.VolumeService/GetBlockJob',
+            controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
+            controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeBlockJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.VolumeService/ResumeBlockJob',
             controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
             controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
             options,

@@ -93,3 +93,54 @@ def test_live_snapshot_then_active_merge(live) -> None:  # type: ignore[no-untyp
         assert pattern_matches(base, off, length, pattern)
     wait_until(lambda: v.GetBlockJob(volume_pb2.BlockJobRef(job_id="merge-1"),
                                      timeout=5).phase == "COMPLETED", 5)
+
+
+def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> None:  # type: ignore[no-untyped-def]
+    """A node died after writing FINISHING (leaf ILLEGAL) but before its pivot went out: the
+    job is still READY in QEMU. ResumeBlockJob on a live node pivots it and updates the
+    chain from the record alone."""
+    from controlplane.config import DEFAULT_PREFIX
+    from controlplane.store import Keys, Store
+
+    node, agent = live
+    v = c.volumes(node)
+    v.CreateImage(volume_pb2.CreateImageRequest(image_id="img", size_bytes=64 * MiB,
+                                                vm_id="vm-1"), timeout=30)
+    chain = v.CreateSnapshot(volume_pb2.CreateSnapshotRequest(image_id="img", volume_id="s1"),
+                             timeout=30)
+    base, s1 = (x.path for x in chain.chain)
+    write_pattern(s1, 0, MiB, 0x44)
+    c.vms(node).StartVm(vm_pb2.VmOpRequest(vm_id="vm-1", wait=True), timeout=30)
+    disk = blockjob_pb2_grpc.AgentBlockJobsStub(agent.channel())
+    disk.OpenDisk(blockjob_pb2.OpenDiskRequest(vm_id="vm-1", path=s1), timeout=30)
+    started = disk.StartCommit(blockjob_pb2.StartCommitRequest(
+        vm_id="vm-1", job_id="m-dead", top=s1, base=base), timeout=30)
+    assert started.active
+    wait_until(lambda: disk.GetJob(blockjob_pb2.JobRef(vm_id="vm-1", job_id="m-dead"),
+                                   timeout=5).status.ready, 30, message="commit READY")
+
+    # What the dead node had written: FINISHING, and s1 ILLEGAL in the same txn.
+    keys = Keys(DEFAULT_PREFIX)
+    store = Store(etcd.endpoints)
+    try:
+        image = volume_pb2.Image.FromString(store.get(keys.image("img")).value)
+        next(x for x in image.volumes if x.volume_id == "s1").legality = volume_pb2.ILLEGAL
+        store.put(keys.image("img"), image.SerializeToString())
+        store.put(keys.job("m-dead"), volume_pb2.BlockJob(
+            job_id="m-dead", kind="live-merge", image_id="img", vm_id="vm-1",
+            host_id=agent.host_ids[0], phase="FINISHING", top=s1, base=base, volume_id="s1",
+            node_id="mn-dead", started_at=1.0).SerializeToString())
+    finally:
+        store.close()
+
+    job = v.ResumeBlockJob(volume_pb2.BlockJobRef(job_id="m-dead"), timeout=60)
+    assert (job.phase, job.node_id) == ("COMPLETED", "mn-0"), job.error
+    chain = v.GetVolumeChain(volume_pb2.ImageRef(image_id="img"), timeout=5)
+    assert [x.volume_id for x in chain.chain] == ["base"]
+    assert list(disk.GetDiskChain(blockjob_pb2.DiskRef(vm_id="vm-1"), timeout=10).paths) \
+        == [os.path.realpath(base)]
+    disk.CloseDisk(blockjob_pb2.DiskRef(vm_id="vm-1"), timeout=30)
+    assert pattern_matches(base, 0, MiB, 0x44)
+    # A finished job resumes to itself.
+    assert v.ResumeBlockJob(volume_pb2.BlockJobRef(job_id="m-dead"), timeout=10).phase \
+        == "COMPLETED"
