@@ -141,7 +141,9 @@ class ManagementNode:
         self.mds_checker = MdsHealthChecker(self.owner, self.storages)
         self.mds_checker.enabled = lambda: self.ready
         self.images = PrefixCache(self.store, self.keys.images, volume_pb2.Image.FromString,
-                                  name="images")
+                                  index=lambda image: image.vm_id, name="images")
+        self.operations.image_locks = lambda vm_id: [
+            self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)]
         self.image_manager = ImageManager(self.owner, settings.image_dir)
         self.live_jobs = LiveJobs(self.image_manager, self.owner.agents.block_jobs)
         self.health = health.HealthServicer(experimental_non_blocking=True)

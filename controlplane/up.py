@@ -383,6 +383,8 @@ class Supervisor:
             "--lease-ttl", str(self.args.lease_ttl),
             "--metrics-port", str(node.metrics_port),
             "--log-format", "text",
+            # one directory for every node: on one box it is "mounted everywhere"
+            "--image-dir", os.path.join(self.data_dir, "images"),
         ]  # fmt: skip
         # Own session: a terminal's Ctrl-C reaches only `up`, which stops nodes before etcd;
         # and the node dies with `up`, even if `up` is killed -9.

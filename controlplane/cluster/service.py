@@ -31,6 +31,13 @@ def check_resource_id(context: grpc.ServicerContext, resource_id: str,
                       f"{what} {resource_id!r} must be printable, with no '/' or space")
 
 
+def check_address(context: grpc.ServicerContext, address: str, what: str) -> None:
+    """A HOST:PORT another process serves at (an agent, an MDS)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {address!r}: expected HOST:PORT")
+
+
 def member_pb(info: MemberInfo) -> pb.Member:
     return pb.Member(node_id=info.node_id, address=info.address, incarnation=info.incarnation,
                      started_at=info.started_at, version=info.version)

@@ -7,6 +7,7 @@ import time
 import grpc
 
 from controlplane.cluster.routing import Router, route_unary
+from controlplane.cluster.service import check_address
 from controlplane.cluster.service import check_resource_id as _check
 from controlplane.host.tracker import HostTracker
 from controlplane.owner import OwnerContext
@@ -15,13 +16,6 @@ from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
 from controlplane.v1 import host_pb2_grpc as pb_grpc
 from controlplane.vm.sync import UNTRACKED
-
-
-def check_address(context: grpc.ServicerContext, address: str) -> None:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                      f"agent address {address!r}: expected HOST:PORT")
 
 
 class HostServicer(pb_grpc.HostServiceServicer):
@@ -48,7 +42,7 @@ class HostServicer(pb_grpc.HostServiceServicer):
     def AddHost(self, request: host_pb2.AddHostRequest, context: grpc.ServicerContext
                 ) -> host_pb2.Host:
         _check(context, request.host_id, "host_id")
-        check_address(context, request.address)
+        check_address(context, request.address, "agent address")
 
         def local() -> host_pb2.Host:
             try:

@@ -28,6 +28,7 @@ import grpc
 
 from controlplane.channels import ChannelPool, reconnect_options
 from controlplane.cluster.routing import Router, route_unary
+from controlplane.cluster.service import check_address
 from controlplane.cluster.service import check_resource_id as _check
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.storage.mds import MdsClient, MdsEndpoint, MdsError
@@ -63,13 +64,6 @@ def probe_mds(stub: mds_pb2_grpc.StorageMdsStub, timeout: float) -> str:
         details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
         return f"{code.name}: {details}"
     return ""
-
-
-def _check_address(context: grpc.ServicerContext, address: str) -> None:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                      f"MDS address {address!r}: expected HOST:PORT")
 
 
 class MdsHealthChecker:
@@ -259,7 +253,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
         if len(set(request.mds_addresses)) != len(request.mds_addresses):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an MDS address is listed twice")
         for address in request.mds_addresses:
-            _check_address(context, address)
+            check_address(context, address, "MDS address")
 
         def local() -> storage_pb2.PrimaryStorage:
             storage = storage_pb2.PrimaryStorage(

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -69,6 +70,10 @@ class Operations:
         self._stopping = threading.Event()
         self._device_syncs: set[str] = set()
         self._lock = threading.Lock()
+        # The lock keys of a VM's images (set by the node: its image cache knows them). A
+        # start compares them absent in its begin txn, and an offline image operation
+        # checks the VM after taking its lock: whichever commits first wins, never both.
+        self.image_locks: Callable[[str], list[str]] = lambda vm_id: []
 
     def stop(self) -> None:
         """Stop taking work. Agent calls in flight finish within their op's deadline; their
@@ -106,10 +111,13 @@ class Operations:
             # A refusal or a lost CAS is decided again on an etcd read: a cache may lag.
             cached = attempt == 0
             vm, vm_rev, op, op_rev = self.read_cached(vm_id) if cached else self.read(vm_id)
+            locks = self.image_locks(vm_id) if kind == "start" else []
             try:
                 if vm is None:
                     raise OpError(grpc.StatusCode.NOT_FOUND, f"no VM {vm_id!r}")
                 new, record = self._prepare(vm, op, op_rev, kind, host_id)
+                if not cached:
+                    self._check_images_free(vm_id, locks)
             except OpError:
                 if cached:
                     continue
@@ -117,7 +125,8 @@ class Operations:
             try:
                 result = self.ctx.owner_txn(
                     [t.mod_revision_is(self.ctx.keys.vm(vm_id), vm_rev),
-                     t.mod_revision_is(self.ctx.keys.op(vm_id), op_rev)],
+                     t.mod_revision_is(self.ctx.keys.op(vm_id), op_rev),
+                     *(t.absent(key) for key in locks)],
                     [t.put(self.ctx.keys.vm(vm_id), new.SerializeToString()),
                      t.put(self.ctx.keys.op(vm_id), record.SerializeToString())],
                 )
@@ -130,6 +139,14 @@ class Operations:
                      new.generation)
             return Begun(new, record, result.revision)
         raise OpError(grpc.StatusCode.ABORTED, f"VM {vm_id} kept changing; retry")
+
+    def _check_images_free(self, vm_id: str, locks: list[str]) -> None:
+        for key in locks:
+            kv = self.ctx.store.get(key)
+            if kv is not None:
+                raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"VM {vm_id}: image {self.ctx.keys.last_segment(key)} is locked "
+                              f"by {kv.value.decode()} for an offline operation; retry later")
 
     def _prepare(self, vm: vm_pb2.Vm, op: vm_pb2.Op | None, op_rev: int, kind: str,
                  host_id: str) -> tuple[vm_pb2.Vm, vm_pb2.Op]:

@@ -13,6 +13,8 @@ import os
 import grpc
 import pytest
 
+from controlplane.store import Keys, Store
+from controlplane.store.keys import DEFAULT_PREFIX
 from controlplane.testing import cluster as c
 from controlplane.testing.qemu import pattern_matches, write_pattern
 from controlplane.testing.waiting import wait_until
@@ -99,9 +101,6 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
     """A node died after writing FINISHING (leaf ILLEGAL) but before its pivot went out: the
     job is still READY in QEMU. ResumeBlockJob on a live node pivots it and updates the
     chain from the record alone."""
-    from controlplane.config import DEFAULT_PREFIX
-    from controlplane.store import Keys, Store
-
     node, agent = live
     v = c.volumes(node)
     v.CreateImage(volume_pb2.CreateImageRequest(image_id="img", size_bytes=64 * MiB,
@@ -144,3 +143,26 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
     # A finished job resumes to itself.
     assert v.ResumeBlockJob(volume_pb2.BlockJobRef(job_id="m-dead"), timeout=10).phase \
         == "COMPLETED"
+
+
+def test_a_vm_does_not_start_while_an_offline_image_operation_holds_the_lock(live) -> None:  # type: ignore[no-untyped-def]
+    """The start's begin txn compares the image lock absent; the image operation checks the
+    VM after taking the lock: whichever commits first wins."""
+    node, _agent = live
+    v = c.volumes(node)
+    v.CreateImage(volume_pb2.CreateImageRequest(image_id="img", size_bytes=MiB, vm_id="vm-1"),
+                  timeout=30)
+    keys = Keys(DEFAULT_PREFIX)
+    store = Store(node.etcd)
+    try:
+        store.put(keys.image_lock("img"), b"mn-other")  # an offline operation in progress
+        with pytest.raises(grpc.RpcError) as info:
+            c.vms(node).StartVm(vm_pb2.VmOpRequest(vm_id="vm-1", wait=True), timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "image img is locked by mn-other" in info.value.details()
+        assert c.vms(node).GetVm(vm_pb2.VmRef(vm_id="vm-1"), timeout=5).state == "Created"
+        store.delete(keys.image_lock("img"))
+    finally:
+        store.close()
+    started = c.vms(node).StartVm(vm_pb2.VmOpRequest(vm_id="vm-1", wait=True), timeout=30)
+    assert started.state == "Running"
