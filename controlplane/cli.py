@@ -178,6 +178,17 @@ _STORAGE_TIMEOUT_HELP = (f"call deadline in seconds (default {cc.STORAGE_TIMEOUT
 _IMAGE_TIMEOUT_HELP = (f"call deadline in seconds (default {cc.IMAGE_TIMEOUT:g}: qemu-img "
                        "runs on the node; a deadline that runs out does not stop it, see "
                        "`image chain`)")
+_LIVE_TIMEOUT_HELP = (f"call deadline in seconds (default {cc.LIVE_TIMEOUT:g}: the call "
+                      "answers when the block job ended; a deadline that runs out does not "
+                      "stop it, see `image job`)")
+_LIVE_REFUSALS = (" The image's VM must be Running: FAILED_PRECONDITION when it is not (or the "
+                  "image has no VM), or when its disk does not run on the image's leaf (run "
+                  "`image reconcile`); ABORTED while another operation holds the image lock "
+                  "(retry); ALREADY_EXISTS when the job id is taken; NOT_FOUND for an unknown "
+                  "image.")
+_JOB_OUTPUT = (" Prints the job line (id, kind, phase, image, VM, node, bytes copied), then "
+               "top=, base=, output= and error= lines (the last two when set); exits 1 when "
+               "the job FAILED.")
 _IMAGE_REFUSALS = (" FAILED_PRECONDITION while the image's VM is running (or has an "
                    "operation in flight); ABORTED while another operation holds the image "
                    "lock (retry); NOT_FOUND for an unknown image.")
@@ -233,12 +244,14 @@ def _add_storage_parsers(sub: argparse._SubParsersAction) -> None:
 def _add_image_parsers(sub: argparse._SubParsersAction) -> None:
     image = sub.add_parser(
         "image", help="images and their qcow2 volume chains: create, chain, list, snapshot, "
-        "merge, reconcile",
+        "merge, reconcile, live-snapshot, live-merge, job, resume-job",
         description="Images: a chain of qcow2 volumes on file storage every node mounts. "
-        "Changes run on the image's owner under an exclusive image lock, offline only (refused "
-        "while the image's VM runs). Chain output is one line per volume, base first: image, "
-        "volume, parent, legality, virtual size, leaf/in-chain, path; then the volumes "
-        "outside the chain, marked outside-chain.")
+        "Changes run on the image's owner under an exclusive image lock: snapshot, merge and "
+        "reconcile offline only (refused while the image's VM runs), live-snapshot and "
+        "live-merge only while it runs (block jobs on its disk, recorded in etcd: `image "
+        "job`). Chain output is one line per volume, base first: image, volume, parent, "
+        "legality, virtual size, leaf/in-chain, path; then the volumes outside the chain, "
+        "marked outside-chain.")
     ims = image.add_subparsers(dest="image_command", required=True, metavar="SUBCOMMAND")
     p = _command(ims, "create", "a new image with one empty base volume",
                  "Create image ID with one empty qcow2 base volume of --size. ALREADY_EXISTS "
@@ -288,6 +301,46 @@ def _add_image_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image_id", metavar="ID")
     p.add_argument("--leaf", metavar="VOLUME",
                    help="read the chain from this volume (default: the image's leaf)")
+    p = _command(ims, "live-snapshot", "a flat copy of a running image's disk",
+                 "Live snapshot: copy image ID's disk, while its VM runs and writes, to a new "
+                 "flat qcow2 file (a mirror job, cancelled once READY: a point-in-time copy); "
+                 "the VM stays on its disk and the chain is unchanged. Answers when the job "
+                 "ended." + _LIVE_REFUSALS + " Also ALREADY_EXISTS when the output file "
+                 "exists." + _JOB_OUTPUT, cc.cmd_image_live_snapshot,
+                 timeout=cc.LIVE_TIMEOUT, timeout_help=_LIVE_TIMEOUT_HELP)
+    p.add_argument("image_id", metavar="ID")
+    p.add_argument("--job", metavar="JOB", help="id of the block job (default: generated)")
+    p.add_argument("--output", type=cc.absolute_path, metavar="PATH",
+                   help="the flat copy to write: absolute, on the node, must not exist "
+                   "(default: JOB.qcow2 in the image's directory)")
+    p = _command(ims, "live-merge", "commit a volume into its parent on the running disk",
+                 "Live merge: commit VOLUME of image ID into its parent on the running disk "
+                 "(a commit job; for the leaf the VM pivots to the parent once the job is "
+                 "READY) and take it out of the chain (its file is deleted). Answers when the "
+                 "job ended." + _LIVE_REFUSALS + " Also NOT_FOUND for an unknown volume; "
+                 "FAILED_PRECONDITION for the base." + _JOB_OUTPUT, cc.cmd_image_live_merge,
+                 timeout=cc.LIVE_TIMEOUT, timeout_help=_LIVE_TIMEOUT_HELP)
+    p.add_argument("image_id", metavar="ID")
+    p.add_argument("volume_id", metavar="VOLUME", help="the volume to merge (not the base)")
+    p.add_argument("--job", metavar="JOB", help="id of the block job (default: generated)")
+    p = _command(ims, "job", "a live block job as recorded",
+                 "Block job JOB of a live snapshot or merge, as recorded in etcd at its last "
+                 "phase change (STARTING, RUNNING, READY, FINISHING, COMPLETED, FAILED). The "
+                 "live operations need the image's VM Running; this only reads the record. "
+                 "NOT_FOUND for an unknown job." + _JOB_OUTPUT, cc.cmd_image_job)
+    p.add_argument("job_id", metavar="JOB")
+    p = _command(ims, "resume-job", "finish a live block job whose node left",
+                 "Finish block job JOB, left unfinished by a node that left the cluster, from "
+                 "its record: a merge still READY is pivoted, one whose job vanished is judged "
+                 "by the disk's chain; a snapshot interrupted after its cancel is FAILED (the "
+                 "copy is not trusted); a job already ended is printed as it is. The image's "
+                 "VM must be Running: FAILED_PRECONDITION when it is not, while a live node "
+                 "still runs the job, or when the merged volume left the image (run `image "
+                 "reconcile`); ABORTED while the dead node's image lock lasts, i.e. until its "
+                 "lease expires (retry); NOT_FOUND for an unknown job."
+                 + _JOB_OUTPUT, cc.cmd_image_resume_job,
+                 timeout=cc.LIVE_TIMEOUT, timeout_help=_LIVE_TIMEOUT_HELP)
+    p.add_argument("job_id", metavar="JOB")
 
 
 def build_parser() -> argparse.ArgumentParser:

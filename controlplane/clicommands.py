@@ -15,8 +15,9 @@ types they share (sizes, counts) and the output formats:
 
 Exit codes: 0 done; 2 bad arguments or an RPC error (`error from ENDPOINT: CODE: details`
 on stderr, like `status`); 1 an operation waited for (`--wait`) that did not complete: it
-failed, its outcome is unknown, or it was still in flight at the deadline. Scripts chaining
-`vm start --wait && ...` must not go on with a VM that is not running.
+failed, its outcome is unknown, or it was still in flight at the deadline; also 1 for a block
+job (`image live-snapshot|live-merge|job|resume-job`) whose phase is FAILED, printed first.
+Scripts chaining `vm start --wait && ...` must not go on with a VM that is not running.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ from controlplane.v1 import volume_pb2_grpc as volume_grpc
 __all__ = [
     "HA_LEVELS",
     "IMAGE_TIMEOUT",
+    "LIVE_TIMEOUT",
     "STORAGE_TIMEOUT",
     "WAIT_TIMEOUT",
+    "absolute_path",
     "count",
     "host_port",
     "non_negative_int",
@@ -64,6 +67,9 @@ STORAGE_TIMEOUT = 60.0
 # Image changes run qemu-img on the node (a merge copies a volume's data into its parent):
 # far longer than a metadata call. A deadline that runs out does not stop the operation.
 IMAGE_TIMEOUT = 120.0
+# A live snapshot or merge answers when its block job ended: the whole disk is copied (or
+# committed) while the guest keeps writing. A deadline that runs out does not stop the job.
+LIVE_TIMEOUT = 600.0
 
 HA_LEVELS = {"none": vm_pb2.HA_NONE, "never-stop": vm_pb2.NEVER_STOP}
 _HA_NAMES = {value: name for name, value in HA_LEVELS.items()}
@@ -123,6 +129,14 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
+
+
+def absolute_path(text: str) -> str:
+    """A path the node can use as it is: it resolves nothing against the client's directory
+    (the node may run elsewhere), so a relative path is refused here (argparse error)."""
+    if not os.path.isabs(text):
+        raise argparse.ArgumentTypeError(f"not an absolute path: {text!r}")
+    return text
 
 
 def count(text: str) -> int:
@@ -239,6 +253,18 @@ def image_row(image: volume_pb2.Image) -> list[str]:
     """id, VM, leaf, number of volumes, directory."""
     return [image.image_id, f"vm={image.vm_id or '-'}", f"leaf={image.leaf_id}",
             f"volumes={len(image.volumes)}", image.directory]
+
+
+def block_job_rows(job: volume_pb2.BlockJob) -> list[list[str]]:
+    """The job line (id, kind, phase, image, VM, node, bytes copied), then one `name=value`
+    line per path (top, base; output and error when set): paths may hold blanks."""
+    rows = [[job.job_id, job.kind or "-", job.phase or "-", f"image={job.image_id or '-'}",
+             f"vm={job.vm_id or '-'}", f"node={job.node_id or '-'}",
+             f"copied={human_size(job.bytes_copied)}"]]
+    rows += [[f"top={job.top or '-'}"], [f"base={job.base or '-'}"]]
+    rows += [[f"{name}={value}"] for name, value in (("output", job.output),
+                                                      ("error", job.error)) if value]
+    return rows
 
 
 def _show(args: argparse.Namespace, items: Iterable[Message],
@@ -557,3 +583,43 @@ def cmd_image_reconcile(args: argparse.Namespace) -> int:
                                                      leaf_id=args.leaf or "")
     return _call(args, volume_grpc.VolumeServiceStub, "ReconcileVolumeChain", request,
                  _show_chain(args, always_changes=True))
+
+
+# -- live block jobs ----------------------------------------------------------------------
+
+def _show_job(args: argparse.Namespace) -> Callable[[volume_pb2.BlockJob], int]:
+    """The job (its line is not aligned with the path lines under it), then exit 1 when it
+    FAILED: `image live-snapshot ... && ...` must not go on without the copy."""
+    def show(job: volume_pb2.BlockJob) -> int:
+        if args.json:
+            _print_json(to_dict(job))
+        else:
+            first, *paths = block_job_rows(job)
+            for line in aligned([first]) + [row[0] for row in paths]:
+                print(line)
+        return 1 if job.phase == "FAILED" else 0
+
+    return show
+
+
+def cmd_image_live_snapshot(args: argparse.Namespace) -> int:
+    request = volume_pb2.LiveSnapshotRequest(image_id=args.image_id, job_id=args.job or "",
+                                             output_path=args.output or "")
+    return _call(args, volume_grpc.VolumeServiceStub, "LiveSnapshot", request,
+                 _show_job(args))
+
+
+def cmd_image_live_merge(args: argparse.Namespace) -> int:
+    request = volume_pb2.LiveMergeRequest(image_id=args.image_id, volume_id=args.volume_id,
+                                          job_id=args.job or "")
+    return _call(args, volume_grpc.VolumeServiceStub, "LiveMerge", request, _show_job(args))
+
+
+def cmd_image_job(args: argparse.Namespace) -> int:
+    return _call(args, volume_grpc.VolumeServiceStub, "GetBlockJob",
+                 volume_pb2.BlockJobRef(job_id=args.job_id), _show_job(args))
+
+
+def cmd_image_resume_job(args: argparse.Namespace) -> int:
+    return _call(args, volume_grpc.VolumeServiceStub, "ResumeBlockJob",
+                 volume_pb2.BlockJobRef(job_id=args.job_id), _show_job(args))
