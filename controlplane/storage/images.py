@@ -184,7 +184,8 @@ class ImageManager:
             raise ImageError(grpc.StatusCode.UNAVAILABLE, f"cannot write etcd: {exc}") from exc
         return result.revision
 
-    def _begin(self, image_id: str, lock: Lock) -> tuple[volume_pb2.Image, int]:
+    def _begin(self, image_id: str) -> tuple[volume_pb2.Image, int]:
+        """Read the image and check its VM is offline (call it holding the image lock)."""
         image, revision = self.read(image_id)
         self._check_offline(image)
         return image, revision
@@ -252,7 +253,7 @@ class ImageManager:
 
     def create_snapshot(self, image_id: str, volume_id: str) -> Result:
         with self.locked(image_id) as lock:
-            image, revision = self._begin(image_id, lock)
+            image, revision = self._begin(image_id)
             if volume(image, volume_id) is not None:
                 raise ImageError(grpc.StatusCode.ALREADY_EXISTS,
                                  f"image {image_id} already has a volume {volume_id!r}")
@@ -280,7 +281,7 @@ class ImageManager:
         if stop_after and stop_after not in MERGE_STEPS:
             raise ValueError(f"stop_after: one of {MERGE_STEPS}")
         with self.locked(image_id) as lock:
-            image, revision = self._begin(image_id, lock)
+            image, revision = self._begin(image_id)
             top = volume(image, volume_id)
             if top is None:
                 raise ImageError(grpc.StatusCode.NOT_FOUND,
@@ -330,7 +331,7 @@ class ImageManager:
     def reconcile(self, image_id: str, leaf_id: str = "") -> Result:
         """vdsm's reconcileVolumeChain: make the stored chain say what the files say."""
         with self.locked(image_id) as lock:
-            image, revision = self._begin(image_id, lock)
+            image, revision = self._begin(image_id)
             leaf_id = leaf_id or image.leaf_id
             volumes = vols(image)
             try:
@@ -377,25 +378,33 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
     """VolumeService: every change runs on the image's owner; reads anywhere."""
 
     def __init__(self, manager: ImageManager, router: Router,
-                 images: PrefixCache[volume_pb2.Image], live: LiveJobs | None = None) -> None:
+                 images: PrefixCache[volume_pb2.Image], live: LiveJobs) -> None:
         self.manager = manager
         self.router = router
         self.images = images
         self.live = live
 
-    def _run(self, method: str, image_id: str, request: object,
-             context: grpc.ServicerContext, work) -> volume_pb2.VolumeChain:  # type: ignore[no-untyped-def]
-        def local() -> volume_pb2.VolumeChain:
+    def _on_owner(self, method: str, image_id: str, request: object,
+                  context: grpc.ServicerContext, work):  # type: ignore[no-untyped-def]
+        """Run ``work`` on the image's owner; an ImageError becomes the call's status."""
+        def local():  # type: ignore[no-untyped-def]
             try:
-                result = work()
+                return work()
             except ImageError as exc:
                 context.abort(exc.code, str(exc))
+
+        return route_unary(self.router, pb_grpc.VolumeServiceStub, method, image_id, request,
+                           context, local)
+
+    def _run(self, method: str, image_id: str, request: object,
+             context: grpc.ServicerContext, work) -> volume_pb2.VolumeChain:  # type: ignore[no-untyped-def]
+        def answer() -> volume_pb2.VolumeChain:
+            result = work()
             if result.revision:  # so a list on this node right after shows the change
                 self.images.wait_for_revision(result.revision, 2.0)
             return chain_answer(result.image, result.changes)
 
-        return route_unary(self.router, pb_grpc.VolumeServiceStub, method, image_id, request,
-                           context, local)
+        return self._on_owner(method, image_id, request, context, answer)
 
     def CreateImage(self, request: volume_pb2.CreateImageRequest,
                     context: grpc.ServicerContext) -> volume_pb2.VolumeChain:
@@ -447,26 +456,13 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
 
     # -- live operations (the VM runs; block jobs on its agent) ---------------------------
 
-    def _live(self, method: str, image_id: str, request: object,
-              context: grpc.ServicerContext, work) -> volume_pb2.BlockJob:  # type: ignore[no-untyped-def]
-        def local() -> volume_pb2.BlockJob:
-            if self.live is None:
-                context.abort(grpc.StatusCode.UNIMPLEMENTED, "live operations are not wired")
-            try:
-                return work()
-            except ImageError as exc:
-                context.abort(exc.code, str(exc))
-
-        return route_unary(self.router, pb_grpc.VolumeServiceStub, method, image_id, request,
-                           context, local)
-
     def LiveSnapshot(self, request: volume_pb2.LiveSnapshotRequest,
                      context: grpc.ServicerContext) -> volume_pb2.BlockJob:
         _check(context, request.image_id, "image_id")
         if request.job_id:
             _check(context, request.job_id, "job_id")
-        return self._live("LiveSnapshot", request.image_id, request, context,
-                          lambda: self.live.live_snapshot(  # type: ignore[union-attr]
+        return self._on_owner("LiveSnapshot", request.image_id, request, context,
+                          lambda: self.live.live_snapshot(
                               request.image_id, request.job_id, request.output_path))
 
     def LiveMerge(self, request: volume_pb2.LiveMergeRequest,
@@ -475,27 +471,23 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
         _check(context, request.volume_id, "volume_id")
         if request.job_id:
             _check(context, request.job_id, "job_id")
-        return self._live("LiveMerge", request.image_id, request, context,
-                          lambda: self.live.live_merge(  # type: ignore[union-attr]
+        return self._on_owner("LiveMerge", request.image_id, request, context,
+                          lambda: self.live.live_merge(
                               request.image_id, request.volume_id, request.job_id))
 
     def ResumeBlockJob(self, request: volume_pb2.BlockJobRef,
                        context: grpc.ServicerContext) -> volume_pb2.BlockJob:
         _check(context, request.job_id, "job_id")
-        if self.live is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "live operations are not wired")
         try:
             image_id = self.live.get(request.job_id).image_id
         except ImageError as exc:
             context.abort(exc.code, str(exc))
-        return self._live("ResumeBlockJob", image_id, request, context,
-                          lambda: self.live.resume(request.job_id))  # type: ignore[union-attr]
+        return self._on_owner("ResumeBlockJob", image_id, request, context,
+                          lambda: self.live.resume(request.job_id))
 
     def GetBlockJob(self, request: volume_pb2.BlockJobRef,
                     context: grpc.ServicerContext) -> volume_pb2.BlockJob:
         _check(context, request.job_id, "job_id")
-        if self.live is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "live operations are not wired")
         try:
             return self.live.get(request.job_id)
         except ImageError as exc:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from controlplane.cluster.service import MAX_RESOURCE_ID
+from controlplane.owner import Conflict, Fenced
 from controlplane.storage import blockjobs as bj
 from controlplane.storage.images import ImageError, ImageManager, Lock, volume
 from controlplane.store import StoreError
@@ -48,6 +49,9 @@ class RemoteDriver:
         self.stub = stub
         self.vm_id = vm_id
         self.timeout = timeout
+        # The runner polls status() then events(): one GetJob answers both, so status()
+        # keeps its answer for the events() call that follows it.
+        self._answered: blockjob_pb2.AgentJob | None = None
 
     def _call(self, method: str, request: object) -> object:
         try:
@@ -75,14 +79,16 @@ class RemoteDriver:
         return bool(answer.active)  # type: ignore[attr-defined]
 
     def status(self, job_id: str) -> bj.JobStatus | None:
-        job = self._job("GetJob", job_id)
+        job = self._answered = self._job("GetJob", job_id)
         if not job.listed:
             return None
         s = job.status
         return bj.JobStatus(job_id, s.type, s.status, s.offset, s.length, s.ready)  # type: ignore[arg-type]
 
     def events(self, job_id: str) -> list[bj.JobEvent]:
-        job = self._job("GetJob", job_id)
+        job, self._answered = self._answered, None
+        if job is None or job.job_id != job_id:
+            job = self._job("GetJob", job_id)
         return [bj.JobEvent(e.kind, job_id, e.offset, e.length, e.error or None)  # type: ignore[arg-type]
                 for e in job.events]
 
@@ -213,7 +219,7 @@ class LiveJobs:
             ops.append(t.put(key, image[0].SerializeToString()))
         try:
             return self.ctx.owner_txn(compares, ops).revision
-        except Exception as exc:  # Conflict, Fenced, StoreError: the job cannot go on
+        except (Conflict, Fenced, StoreError) as exc:  # the job cannot go on
             raise ImageError(grpc.StatusCode.ABORTED,
                              f"job {job.job_id}: record not written ({exc}); "
                              "run ReconcileVolumeChain") from exc

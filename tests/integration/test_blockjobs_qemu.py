@@ -6,7 +6,7 @@ killed), never through the driver that wrote it.
 
 from __future__ import annotations
 
-import json
+import os
 import re
 import subprocess
 import threading
@@ -16,25 +16,17 @@ from typing import Any
 
 import pytest
 
+from controlplane.storage import qemuimg
 from controlplane.storage.blockjobs import BlockJobError, BlockJobRunner, JobRecord, Phase
 from controlplane.storage.qemu_driver import QemuDriver, QemuVm
+from controlplane.testing.qemu import write_pattern
 from controlplane.testing.waiting import wait_until
 
 MIB = 1 << 20
 BASE_PATTERN = 0x11
 
 
-# ---- small local qemu-img / qemu-io helpers ---------------------------------------------
-
-
-def qemu_img(*args: str) -> str:
-    return subprocess.run(["qemu-img", *args], capture_output=True, text=True,
-                          check=True, timeout=60).stdout
-
-
-def offline_write(path: Path, pattern: int, offset: int, length: int) -> None:
-    subprocess.run(["qemu-io", "-c", f"write -P {pattern} {offset} {length}", str(path)],
-                   capture_output=True, check=True, timeout=60)
+# ---- qemu-io helper: many reads in one process, reporting which failed -----------------
 
 
 def unreadable(path: Path, checks: Sequence[tuple[int, int, int]]) -> list[int]:
@@ -48,17 +40,13 @@ def unreadable(path: Path, checks: Sequence[tuple[int, int, int]]) -> list[int]:
     return [int(m) for m in re.findall(r"Pattern verification failed at offset (\d+)", out)]
 
 
-def info(path: Path) -> dict[str, Any]:
-    return json.loads(qemu_img("info", "-U", "--output=json", str(path)))  # type: ignore[no-any-return]
-
-
 def make_chain(d: Path, names: Sequence[str]) -> list[Path]:
     """qcow2 chain, base first; the base holds BASE_PATTERN in its first MiB."""
     paths = [d / f"{n}.qcow2" for n in names]
-    qemu_img("create", "-q", "-f", "qcow2", str(paths[0]), "64M")
-    offline_write(paths[0], BASE_PATTERN, 0, MIB)
+    qemuimg.create(str(paths[0]), size=64 * MIB)
+    write_pattern(str(paths[0]), 0, MIB, BASE_PATTERN)
     for below, path in zip(paths, paths[1:], strict=False):
-        qemu_img("create", "-q", "-f", "qcow2", "-b", str(below), "-F", "qcow2", str(path))
+        qemuimg.create(str(path), backing=str(below))
     return paths
 
 
@@ -156,7 +144,7 @@ def test_live_snapshot_under_writes_holds_everything_written_before_it(
     assert driver.chain("disk0") == [str(top), str(base)]
     assert rec.bytes_copied > 0 and rec.bytes_copied == rec.offset
     out = tmp_path / "out.qcow2"
-    assert "backing-filename" not in info(out)
+    assert qemuimg.chain_info(str(out))[-1].backing_path is None
     assert unreadable(out, [(BASE_PATTERN, 0, MIB), *before_start]) == []
     assert unreadable(out, at_cancel[0]) == []
 
@@ -184,8 +172,8 @@ def test_active_commit_pivots_only_after_ready(two_layers: tuple[Path, Path, Qem
 
 def test_inner_commit_completes_on_its_own(tmp_path: Path) -> None:
     base, mid, top = make_chain(tmp_path, ["base", "mid", "top"])
-    offline_write(mid, 0x22, 2 * MIB, MIB)
-    offline_write(top, 0x33, 3 * MIB, MIB)
+    write_pattern(str(mid), 2 * MIB, MIB, 0x22)
+    write_pattern(str(top), 3 * MIB, MIB, 0x33)
     records: list[JobRecord] = []
     with QemuVm(str(top)) as vm:
         driver = QemuDriver(vm)
@@ -194,7 +182,7 @@ def test_inner_commit_completes_on_its_own(tmp_path: Path) -> None:
         assert rec.phase is Phase.COMPLETED, rec.error
         assert [r.phase.value for r in records] == ["STARTING", "RUNNING", "COMPLETED"]
         assert driver.chain("disk0") == [str(top), str(base)]
-    assert info(top)["full-backing-filename"] == str(base)
+    assert qemuimg.chain_info(str(top))[-1].backing_path == os.path.realpath(base)
     assert unreadable(base, [(BASE_PATTERN, 0, MIB), (0x22, 2 * MIB, MIB)]) == []
     assert unreadable(top, [(0x33, 3 * MIB, MIB)]) == []
 
