@@ -11,26 +11,20 @@ READY, the cancel, and the convert; not QEMU's start.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from controlplane.storage import qemuimg
 from controlplane.storage.blockjobs import BlockJobRunner, JobRecord, Phase
 from controlplane.storage.qemu_driver import QemuDriver, QemuVm
+from controlplane.testing.qemu import write_pattern
 
 __all__ = ["main", "measure"]
 
 MIB = 1 << 20
-
-
-def _qemu_img_info(path: Path) -> dict[str, object]:
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
 
 
 def measure(size_mib: int = 256, workdir: str | None = None) -> dict[str, object]:
@@ -38,11 +32,9 @@ def measure(size_mib: int = 256, workdir: str | None = None) -> dict[str, object
     with tempfile.TemporaryDirectory(prefix="bench-snap-", dir=workdir) as tmp:
         d = Path(tmp)
         disk = d / "disk.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk),
-                        f"{size_mib}M"], check=True)
+        qemuimg.create(str(disk), size=size_mib << 20)
         fill = time.monotonic()
-        subprocess.run(["qemu-io", "-c", f"write -P 0x5a 0 {size_mib}M", str(disk)],
-                       check=True, capture_output=True)
+        write_pattern(str(disk), 0, size_mib << 20, 0x5A)
         fill_s = time.monotonic() - fill
         records: list[JobRecord] = []
         stamps: dict[str, float] = {}
@@ -59,7 +51,7 @@ def measure(size_mib: int = 256, workdir: str | None = None) -> dict[str, object
             seconds = time.monotonic() - start
         if rec.phase is not Phase.COMPLETED:
             raise RuntimeError(f"live snapshot failed: {rec.error}")
-        info = _qemu_img_info(d / "output.qcow2")
+        layers = qemuimg.chain_info(str(d / "output.qcow2"))
         return {
             "disk_mib": size_mib,
             "fill_seconds": round(fill_s, 3),
@@ -68,8 +60,8 @@ def measure(size_mib: int = 256, workdir: str | None = None) -> dict[str, object
             "to_ready_seconds": round(stamps["READY"] - stamps["STARTING"], 3),
             "cancel_and_convert_seconds": round(stamps["COMPLETED"] - stamps["FINISHING"], 3),
             "bytes_copied": rec.bytes_copied,
-            "output_allocated_bytes": int(info["actual-size"]),  # type: ignore[call-overload]
-            "output_has_backing": "backing-filename" in info,
+            "output_allocated_bytes": layers[-1].actual_size,
+            "output_has_backing": len(layers) > 1,
         }
 
 
