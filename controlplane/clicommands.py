@@ -35,6 +35,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from controlplane.cluster.service import valid_address
 from controlplane.v1 import config_pb2, host_pb2, mds_pb2, storage_pb2, vm_pb2, volume_pb2
 from controlplane.v1 import config_pb2_grpc as config_grpc
 from controlplane.v1 import host_pb2_grpc as host_grpc
@@ -114,8 +115,7 @@ def positive_size(text: str) -> int:
 def host_port(text: str) -> str:
     """HOST:PORT with a port in 1..65535, the check the server applies to an MDS address,
     so a typo is a usage error naming the flag instead of an INVALID_ARGUMENT."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not valid_address(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (port 1..65535)")
     return text
 

@@ -31,10 +31,15 @@ def check_resource_id(context: grpc.ServicerContext, resource_id: str,
                       f"{what} {resource_id!r} must be printable, with no '/' or space")
 
 
+def valid_address(address: str) -> bool:
+    """HOST:PORT with a host and a port in 1..65535 (shared with the CLI's flag check)."""
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
 def check_address(context: grpc.ServicerContext, address: str, what: str) -> None:
     """A HOST:PORT another process serves at (an agent, an MDS)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not valid_address(address):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {address!r}: expected HOST:PORT")
 
 
