@@ -1,3 +1,3 @@
-from controlplane.cli import main
+from controlplane.cli.main import main
 
 raise SystemExit(main())

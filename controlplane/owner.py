@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import grpc
 
+from controlplane.agentclient import AgentClients
 from controlplane.cluster.registration import Registration
 from controlplane.cluster.view import ClusterView
-from controlplane.host.agents import AgentClients
-from controlplane.liveconfig import LiveConfig
+from controlplane.config.live import LiveConfig
 from controlplane.store import Keys, Store, StoreError, TxnResult
 from controlplane.store import txn as t
 from controlplane.store.cache import PrefixCache

@@ -23,16 +23,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane import metrics
+from controlplane.agentclient import AgentClients
 from controlplane.cluster.registration import Registration
 from controlplane.cluster.routing import Router
 from controlplane.cluster.service import ClusterServicer
 from controlplane.cluster.table import Change, MemberTable
 from controlplane.cluster.view import ClusterView
-from controlplane.config import Settings
-from controlplane.configservice import ConfigServicer, live_config
-from controlplane.host.agents import AgentClients
+from controlplane.config.service import ConfigServicer, live_config
+from controlplane.config.settings import Settings
 from controlplane.host.service import HostServicer
-from controlplane.host.tracker import HostTracker
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
 from controlplane.storage.images import ImageManager, VolumeServicer
@@ -57,6 +56,7 @@ from controlplane.v1 import (
 from controlplane.vm.operations import Operations
 from controlplane.vm.service import VmServicer
 from controlplane.vm.syncer import Syncer
+from controlplane.vm.tracker import HostTracker
 
 log = logging.getLogger(__name__)
 

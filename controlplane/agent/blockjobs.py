@@ -8,8 +8,8 @@ Backends (``controlplane agent --block-backend``):
 - ``qemu``: one ``qemu-system-x86_64 -machine none`` per VM disk, opened by OpenDisk (the VM
   lifecycle itself is still the sim backend's: no guest OS runs; a hypervisor backend would
   open its disks in StartVm), driven over QMP by
-  :class:`~controlplane.storage.qemu_driver.QemuDriver`;
-- ``sim``: :class:`~controlplane.storage.sim_driver.SimDriver` per disk (in memory; the
+  :class:`~controlplane.agent.drivers.qemu.QemuDriver`;
+- ``sim``: :class:`~controlplane.agent.drivers.sim.SimDriver` per disk (in memory; the
   nasty sequences are replayed by its scripts in the unit tests);
 - ``none``: the service answers UNIMPLEMENTED.
 """
@@ -45,15 +45,15 @@ class _Disk:
 
 
 def _qemu_disk(path: str) -> _Disk:
-    from controlplane.storage.qemu_driver import QemuDriver, QemuVm
+    from controlplane.agent.drivers.qemu import QemuDriver, QemuVm
 
     vm = QemuVm(path, disk=DISK)
     return _Disk(QemuDriver(vm), DISK, vm.close)
 
 
 def _sim_disk(path: str) -> _Disk:
+    from controlplane.agent.drivers.sim import SimDriver
     from controlplane.storage import qemuimg
-    from controlplane.storage.sim_driver import SimDriver
 
     try:
         chain = [layer.path for layer in reversed(qemuimg.chain_info(path))]

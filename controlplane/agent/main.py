@@ -8,7 +8,7 @@ import signal
 import threading
 from typing import Any
 
-from controlplane.config import _hostport, _log_level
+from controlplane.config.settings import _hostport, _log_level
 
 __all__ = ["add_agent_parser", "run_agent"]
 

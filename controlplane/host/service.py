@@ -9,13 +9,13 @@ import grpc
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.cluster.service import check_address
 from controlplane.cluster.service import check_resource_id as _check
-from controlplane.host.tracker import HostTracker
 from controlplane.owner import OwnerContext
 from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
 from controlplane.v1 import host_pb2_grpc as pb_grpc
 from controlplane.vm.sync import UNTRACKED
+from controlplane.vm.tracker import HostTracker
 
 
 class HostServicer(pb_grpc.HostServiceServicer):

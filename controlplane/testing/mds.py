@@ -1,4 +1,4 @@
-"""Simulated metadata servers (``python -m controlplane.storage.mds_main --backend sim``) as
+"""Simulated metadata servers (``python -m controlplane.mds.main --backend sim``) as
 child processes for tests.
 
 Real processes, like the agents: what the tests exercise is the MDS client's try-next over
@@ -52,7 +52,7 @@ class MdsProcess(ServingProcess):
 
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "controlplane.storage.mds_main",
+            sys.executable, "-m", "controlplane.mds.main",
             "--listen", self.address,
             "--backend", "sim",
             "--log-level", self.log_level,

@@ -311,8 +311,8 @@ def test_the_command_parses_the_rendered_pod_environment(
     container = main_container(mn)
     env = pod_environment(docs, mn, container, f"{MN}-1")
     script = ("import dataclasses, json, sys\n"
-              "from controlplane.cli import build_parser\n"
-              "from controlplane.config import settings_from_args\n"
+              "from controlplane.cli.main import build_parser\n"
+              "from controlplane.config.settings import settings_from_args\n"
               "args = build_parser().parse_args(sys.argv[1:])\n"
               "print(json.dumps(dataclasses.asdict(settings_from_args(args))))\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}

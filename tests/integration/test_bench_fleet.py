@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from controlplane import benchfleet
+from controlplane.devtools.bench import fleet as benchfleet
 
 TINY = ["fleet", "--hosts", "20", "--vms-per-host", "5", "--rounds", "2",
         "--ready-timeout", "60", "--nodes", "3", "--clients", "4", "--ops", "24",

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from controlplane.agent.drivers.qemu import QemuDriver, QemuVm
 from controlplane.storage import qemuimg
 from controlplane.storage.blockjobs import BlockJobError, BlockJobRunner, JobRecord, Phase
-from controlplane.storage.qemu_driver import QemuDriver, QemuVm
 from controlplane.testing.qemu import write_pattern
 from controlplane.testing.waiting import wait_until
 
@@ -239,7 +239,7 @@ def test_qemu_killed_right_after_completed_of_an_active_commit(tmp_path: Path) -
 
 
 def test_bench_snapshot_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    from controlplane.storage.bench_snapshot import main
+    from controlplane.devtools.bench.snapshot import main
 
     assert main(["--size-mib", "16"]) == 0
     out = capsys.readouterr().out

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from controlplane.config import ENV_PREFIX, SERVE_FLAGS
+from controlplane.config.settings import ENV_PREFIX, SERVE_FLAGS
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.pytest_plugin import NodeFactory
 

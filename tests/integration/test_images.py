@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from controlplane.config import Settings
+from controlplane.config.settings import Settings
 from controlplane.server import ManagementNode
 from controlplane.storage.images import ImageError
 from controlplane.testing import cluster as c

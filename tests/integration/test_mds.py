@@ -303,7 +303,7 @@ def test_sim_answers_and_refusals(trio: list[MdsProcess]) -> None:
 
 
 def test_mds_main_flags_and_a_clean_sigterm(tmp_path: Path) -> None:
-    bad = subprocess.run([sys.executable, "-m", "controlplane.storage.mds_main",
+    bad = subprocess.run([sys.executable, "-m", "controlplane.mds.main",
                           "--listen", "7070"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
     proc = MdsProcess("solo", free_port(), str(tmp_path)).start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from controlplane.config import Settings
+from controlplane.config.settings import Settings
 from controlplane.server import ManagementNode
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.ports import free_port

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from controlplane.config import Settings
+from controlplane.config.settings import Settings
 from controlplane.server import ManagementNode
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import wait_until

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controlplane.agent.drivers.sim import CHUNK, SimDriver, SimScript
 from controlplane.storage.blockjobs import (
     BlockJobError,
     BlockJobRunner,
@@ -23,7 +24,6 @@ from controlplane.storage.blockjobs import (
     judge,
     naive_judge,
 )
-from controlplane.storage.sim_driver import CHUNK, SimDriver, SimScript
 
 TOP, BASE = "/sim/top.qcow2", "/sim/base.qcow2"
 STATES = ["created", "running", "paused", "ready", "standby", "waiting", "pending",

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from controlplane import protogen
+from controlplane.devtools import protogen
 
 PINNED = "1.85.1"
 
@@ -23,4 +23,4 @@ def test_generated_code_matches_proto(tmp_path: pathlib.Path) -> None:
     committed = sorted(p.name for p in committed_dir.iterdir() if p.name.endswith(suffixes))
     assert [p.name for p in fresh] == committed
     stale = [p.name for p in fresh if p.read_text() != (committed_dir / p.name).read_text()]
-    assert not stale, f"regenerate with `python -m controlplane.protogen`: {stale} differ"
+    assert not stale, f"regenerate with `python -m controlplane.devtools.protogen`: {stale} differ"

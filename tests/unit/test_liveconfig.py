@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.liveconfig import (
+from controlplane.config.live import (
     SETTINGS,
     Entry,
     LiveConfig,
@@ -248,7 +248,7 @@ def test_live_config_falls_back_to_the_default_and_logs_each_bad_value_once(
         caplog: pytest.LogCaptureFixture) -> None:
     stored = {"vm.orphanedSkipTimeout": "nan"}
     config = _stored(stored)
-    with caplog.at_level(logging.WARNING, logger="controlplane.liveconfig"):
+    with caplog.at_level(logging.WARNING, logger="controlplane.config.live"):
         for _ in range(5):
             assert config.get("vm.orphanedSkipTimeout") == 600.0
         assert config.value_text("vm.orphanedSkipTimeout") == "600"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane import sysdeps
+from controlplane.devtools import sysdeps
 
 
 def test_missing_names_each_absent_program_with_its_package() -> None:
@@ -25,5 +25,5 @@ def test_check_exits_1_and_names_what_is_missing(
 
 
 def test_the_storage_programs_are_installed_here() -> None:
-    # The test command runs 'python3 -m controlplane.sysdeps' before pytest.
+    # The test command runs 'python3 -m controlplane.devtools.sysdeps' before pytest.
     assert sysdeps.missing() == {}

@@ -33,7 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.channels import reconnect_options
-from controlplane.cli import ring_to_dict
+from controlplane.cli.commands import ring_to_dict
 from controlplane.procs import log_tail, spawn
 from controlplane.store.embedded import EtcdServer
 from controlplane.v1 import cluster_pb2 as pb
@@ -78,7 +78,7 @@ _CHANNEL_OPTIONS = [
 ]
 
 # The directory holding the `controlplane` package: children run the same code as `up`.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 

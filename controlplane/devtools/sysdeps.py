@@ -3,11 +3,11 @@
 Why a module and not a line in a README: CI and every new machine start without QEMU, and
 nothing installed by hand may be needed. The storage code runs real programs (``qemu-img``
 and ``qemu-io`` from Debian's qemu-utils, ``qemu-system-x86_64`` from qemu-system-x86), so
-the test command runs ``python3 -m controlplane.sysdeps`` first. It installs only what is
+the test command runs ``python3 -m controlplane.devtools.sysdeps`` first. It installs only what is
 missing (a no-op, ~10 ms, on a machine that has them) and says what it did.
 
-    python3 -m controlplane.sysdeps            # install what is missing (apt-get, as root)
-    python3 -m controlplane.sysdeps --check    # exit 1 and name what is missing
+    python3 -m controlplane.devtools.sysdeps            # install what is missing (apt-get, as root)
+    python3 -m controlplane.devtools.sysdeps --check    # exit 1 and name what is missing
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def install(programs: Mapping[str, str] = PROGRAMS) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m controlplane.sysdeps",
+        prog="python3 -m controlplane.devtools.sysdeps",
         description="Install the Debian packages of the programs the storage code runs "
                     "(" + ", ".join(f"{p} from {k}" for p, k in PROGRAMS.items()) + ") "
                     "when they are missing.")

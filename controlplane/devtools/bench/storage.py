@@ -5,7 +5,7 @@
   check has marked it unhealthy, calls skip it. Printed next to the deadline.
 - Reconcile: a 10-deep qcow2 chain (real files) through a real management node on an
   embedded etcd: ReconcileVolumeChain over gRPC, and the one ``qemu-img info`` call alone.
-- Live snapshot of a 256 MiB disk on real QEMU (:mod:`controlplane.storage.bench_snapshot`).
+- Live snapshot of a 256 MiB disk on real QEMU (:mod:`controlplane.devtools.bench.snapshot`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def mds_figures(calls: int, attempt_timeout: float) -> dict[str, object]:
 
 
 def reconcile_figures(depth: int, runs: int) -> dict[str, object]:
-    from controlplane.config import Settings
+    from controlplane.config.settings import Settings
     from controlplane.server import ManagementNode
     from controlplane.storage import qemuimg
     from controlplane.testing import cluster as c
@@ -127,7 +127,7 @@ def reconcile_figures(depth: int, runs: int) -> dict[str, object]:
 
 
 def snapshot_figures(size_mib: int) -> dict[str, object]:
-    from controlplane.storage.bench_snapshot import measure
+    from controlplane.devtools.bench.snapshot import measure
 
     return measure(size_mib)
 

@@ -36,7 +36,15 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from controlplane.cluster.service import valid_address
-from controlplane.v1 import config_pb2, host_pb2, mds_pb2, storage_pb2, vm_pb2, volume_pb2
+from controlplane.v1 import (
+    cluster_pb2,
+    config_pb2,
+    host_pb2,
+    mds_pb2,
+    storage_pb2,
+    vm_pb2,
+    volume_pb2,
+)
 from controlplane.v1 import config_pb2_grpc as config_grpc
 from controlplane.v1 import host_pb2_grpc as host_grpc
 from controlplane.v1 import storage_pb2_grpc as storage_grpc
@@ -623,3 +631,22 @@ def cmd_image_job(args: argparse.Namespace) -> int:
 def cmd_image_resume_job(args: argparse.Namespace) -> int:
     return _call(args, volume_grpc.VolumeServiceStub, "ResumeBlockJob",
                  volume_pb2.BlockJobRef(job_id=args.job_id), _show_job(args))
+
+
+def ring_to_dict(ring: cluster_pb2.GetRingResponse) -> dict:
+    """GetRingResponse -> the documented `status --json` shape."""
+    return {
+        "node_id": ring.node_id,
+        "incarnation": ring.incarnation,
+        "ring_epoch": ring.epoch,
+        "lease_ttl": ring.lease_ttl,
+        "fenced": ring.fenced,
+        "vnodes": ring.vnodes,
+        "members": [
+            {"node_id": m.node_id, "address": m.address, "incarnation": m.incarnation,
+             "version": m.version}
+            for m in ring.members
+        ],
+        "shares": dict(sorted(ring.shares.items())),
+        "suspects": list(ring.suspects),
+    }

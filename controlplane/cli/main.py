@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import grpc
 
 from controlplane import __version__
-from controlplane import clicommands as cc
 from controlplane.agent.main import add_agent_parser, run_agent
-from controlplane.config import add_serve_arguments, settings_from_args
-from controlplane.v1 import cluster_pb2
+from controlplane.cli import commands as cc
+from controlplane.cli.commands import ring_to_dict
+from controlplane.config.settings import add_serve_arguments, settings_from_args
 
 DEFAULT_ENDPOINT = "127.0.0.1:7070"
 
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
 
     add_agent_parser(sub)
-    from controlplane.storage.mds_main import add_mds_parser
+    from controlplane.mds.main import add_mds_parser
 
     add_mds_parser(sub)
 
@@ -431,10 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--lease-ttl", type=int, default=2)
     cluster.add_argument("--lookups", type=int, default=300_000)
     cluster.add_argument("--json", action="store_true")
-    from controlplane.benchfleet import add_fleet_parser
+    from controlplane.devtools.bench.fleet import add_fleet_parser
 
     add_fleet_parser(bench_sub)
-    from controlplane.benchstorage import add_storage_parser
+    from controlplane.devtools.bench.storage import add_storage_parser
 
     add_storage_parser(bench_sub)
     return parser
@@ -469,25 +469,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     if doc["suspects"]:
         print(f"  suspected (missing from the last list): {', '.join(doc['suspects'])}")
     return 0
-
-
-def ring_to_dict(ring: cluster_pb2.GetRingResponse) -> dict:
-    """GetRingResponse -> the documented `status --json` shape."""
-    return {
-        "node_id": ring.node_id,
-        "incarnation": ring.incarnation,
-        "ring_epoch": ring.epoch,
-        "lease_ttl": ring.lease_ttl,
-        "fenced": ring.fenced,
-        "vnodes": ring.vnodes,
-        "members": [
-            {"node_id": m.node_id, "address": m.address, "incarnation": m.incarnation,
-             "version": m.version}
-            for m in ring.members
-        ],
-        "shares": dict(sorted(ring.shares.items())),
-        "suspects": list(ring.suspects),
-    }
 
 
 def cmd_ring_owner(args: argparse.Namespace) -> int:
@@ -538,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "agent":
         return run_agent(args)
     if args.command == "mds":
-        from controlplane.storage.mds_main import run_mds
+        from controlplane.mds.main import run_mds
 
         return run_mds(args)
     if args.command == "status":
@@ -546,19 +527,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ring":
         return cmd_ring_owner(args)
     if args.command == "up":
-        from controlplane.up import run_up
+        from controlplane.cli.up.supervisor import run_up
 
         return run_up(args)
     if args.command == "bench":
         if args.bench_command == "fleet":
-            from controlplane.benchfleet import run_fleet_bench
+            from controlplane.devtools.bench.fleet import run_fleet_bench
 
             return run_fleet_bench(args)
         if args.bench_command == "storage":
-            from controlplane.benchstorage import run_storage_bench
+            from controlplane.devtools.bench.storage import run_storage_bench
 
             return run_storage_bench(args)
-        from controlplane.bench import run_cluster_bench
+        from controlplane.devtools.bench.cluster import run_cluster_bench
 
         return run_cluster_bench(args)
     raise AssertionError(args.command)  # pragma: no cover

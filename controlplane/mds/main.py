@@ -1,7 +1,7 @@
 """The ``controlplane mds`` command: run a (simulated) metadata server until SIGTERM/SIGINT.
 
-``controlplane/cli.py`` wires it in with :func:`add_mds_parser` and :func:`run_mds`; until
-then (and in tests) ``python -m controlplane.storage.mds_main --listen HOST:PORT`` runs it.
+``controlplane/cli/main.py`` wires it in with :func:`add_mds_parser` and :func:`run_mds`; until
+then (and in tests) ``python -m controlplane.mds.main --listen HOST:PORT`` runs it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from controlplane.config import _hostport, _log_level
+from controlplane.config.settings import _hostport, _log_level
 
 __all__ = ["add_mds_parser", "main", "run_mds"]
 
@@ -68,7 +68,7 @@ def add_mds_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_mds(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT, then stop cleanly; the exit code of the command."""
     from controlplane import logs
-    from controlplane.storage.mds_sim import MdsServer
+    from controlplane.mds.sim import MdsServer
 
     logs.setup("text", args.log_level, f"mds@{args.listen}")
     if args.backend != "sim":  # argparse choices make this unreachable from the command
@@ -94,9 +94,9 @@ def run_mds(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m controlplane.storage.mds_main``: the same flags as ``controlplane mds``."""
+    """``python -m controlplane.mds.main``: the same flags as ``controlplane mds``."""
     parser = _configure(argparse.ArgumentParser(
-        prog="python -m controlplane.storage.mds_main", description=DESCRIPTION,
+        prog="python -m controlplane.mds.main", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter))
     return run_mds(parser.parse_args(argv))
 

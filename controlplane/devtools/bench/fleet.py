@@ -359,8 +359,8 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, log_path: st
 
 def sync_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     """Part 1: first and steady-state sync rounds of one in-process node over a big fleet."""
-    from controlplane.config import Settings
-    from controlplane.liveconfig import SETTINGS
+    from controlplane.config.live import SETTINGS
+    from controlplane.config.settings import Settings
     from controlplane.server import ManagementNode
     from controlplane.store import Keys, Store
     from controlplane.testing.ports import free_port
@@ -892,7 +892,7 @@ def run_fleet_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -c "from controlplane.benchfleet import main; main()" fleet ...` until the
+    """`python -c "from controlplane.devtools.bench.fleet import main; main()" fleet ...` until the
     suite is wired into `controlplane bench`."""
     parser = argparse.ArgumentParser(prog="controlplane bench")
     sub = parser.add_subparsers(dest="bench_command", required=True, metavar="SUITE")

@@ -17,9 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from controlplane.agent.drivers.qemu import QemuDriver, QemuVm
 from controlplane.storage import qemuimg
 from controlplane.storage.blockjobs import BlockJobRunner, JobRecord, Phase
-from controlplane.storage.qemu_driver import QemuDriver, QemuVm
 from controlplane.testing.qemu import write_pattern
 
 __all__ = ["main", "measure"]

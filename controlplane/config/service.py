@@ -1,14 +1,14 @@
 """ConfigService: live global settings in etcd (config/<key>), read from every node's cache.
 
 Not routed: a setting has no owner. A write is one put of the canonical text after the
-schema (`controlplane.liveconfig`) accepted it, so a refused value writes nothing.
+schema (`controlplane.config.live`) accepted it, so a refused value writes nothing.
 """
 
 from __future__ import annotations
 
 import grpc
 
-from controlplane.liveconfig import LiveConfig, UnknownSetting, normalize
+from controlplane.config.live import LiveConfig, UnknownSetting, normalize
 from controlplane.store import Keys, Store, StoreError
 from controlplane.store.cache import PrefixCache
 from controlplane.v1 import config_pb2 as pb
