@@ -17,8 +17,7 @@ import sys
 import threading
 
 import grpc
-from kustomize_lite import render
-from test_manifests import DEPLOY, MN, find, main_container, pod_environment
+from test_manifests import DEPLOY, MN, find, main_container, pod_environment, render
 
 from controlplane.cluster.view import ClusterView
 from controlplane.store import Keys, Store
