@@ -1,0 +1,469 @@
+"""The client library: one object that talks to a management-node cluster.
+
+Why a library and not raw stubs: every caller (the CLI, the benches, users' scripts) needs
+the same four things, and each got them slightly wrong on its own: the project's channel
+options (fast reconnect, no HTTP proxy), a default deadline, retrying UNAVAILABLE on the
+next endpoint within that deadline, and sending a resource's call straight to its owner.
+
+Owner-aware routing: any node answers any call and forwards it to the resource's owner, which
+costs a second gRPC hop on the nodes (two thirds of calls with three nodes). The client keeps
+its own copy of the ring (ClusterService.GetRing: members, addresses, epoch, vnodes) and
+builds it with the same `Ring.build` the nodes use, so both agree on the owner and the call
+lands where it is served. A stale ring is never wrong, only slower: a node that is not the
+owner still forwards. The ring is refreshed when it is older than `ring_max_age`, when a node
+answers with a newer epoch in the trailing metadata (`x-controlplane-epoch`), and when an
+owner is unreachable (that call then goes to the next endpoint, which forwards).
+
+Which request field names the resource comes from the protobuf descriptors: per service one
+resource field (`vm_id`, `host_id`, `image_id`, `storage_id`, `resource_id`); a unary method
+whose request has that field is sent to the owner of its value. Reads (GetVm, GetHost, ...)
+are served by any node, so sending them to the owner costs nothing and spares nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+import tenacity
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from controlplane.channels import ChannelPool, reconnect_options
+from controlplane.cluster.ring import Ring
+from controlplane.cluster.routing import EPOCH
+from controlplane.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    config_pb2,
+    config_pb2_grpc,
+    host_pb2,
+    host_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
+    vm_pb2,
+    vm_pb2_grpc,
+    volume_pb2,
+    volume_pb2_grpc,
+)
+
+__all__ = ["DEFAULT_ENDPOINT", "Client", "ClientRing", "endpoints_from_env", "parse_endpoints",
+           "resource_field"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "127.0.0.1:7070"
+ENV_ENDPOINT = "CONTROLPLANE_ENDPOINT"
+DEFAULT_TIMEOUT = 10.0
+_DEFAULT = object()  # "the client's default deadline" (None means no deadline)
+
+# The one hand-written fact per service: the request field that names its resource on the
+# ring. Everything else (which methods carry it, unary or stream) is read from descriptors.
+RESOURCE_FIELDS: MappingProxyType[str, str] = MappingProxyType({
+    "controlplane.v1.VmService": "vm_id",
+    "controlplane.v1.HostService": "host_id",
+    "controlplane.v1.VolumeService": "image_id",
+    "controlplane.v1.StorageService": "storage_id",
+    "controlplane.v1.ClusterService": "resource_id",
+})
+
+
+def endpoints_from_env(default: str = DEFAULT_ENDPOINT) -> str:
+    """CONTROLPLANE_ENDPOINT when set (and not blank), else `default`."""
+    value = os.environ.get(ENV_ENDPOINT, "").strip()
+    return value or default
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
+    """'a:1,b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2'] (blanks dropped, order kept, no dups)."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    seen: dict[str, None] = {}
+    for item in items:
+        item = item.strip()
+        if item:
+            seen.setdefault(item, None)
+    if not seen:
+        raise ValueError("no endpoint given (expected HOST:PORT[,HOST:PORT...])")
+    return list(seen)
+
+
+def resource_field(service: ServiceDescriptor, method: MethodDescriptor) -> str | None:
+    """The request field a unary method routes on, or None when it is served anywhere.
+
+    Streams are never routed (a watch is served by any node from its caches)."""
+    if method.client_streaming or method.server_streaming:
+        return None
+    name = RESOURCE_FIELDS.get(service.full_name)
+    if name is None or name not in method.input_type.fields_by_name:
+        return None
+    return name
+
+
+@dataclass(frozen=True)
+class ClientRing:
+    """The client's copy of the ring and each member's address, at one epoch."""
+
+    ring: Ring
+    addresses: MappingProxyType[str, str]
+    fetched_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def epoch(self) -> int:
+        return self.ring.epoch
+
+    @classmethod
+    def from_reply(cls, reply: cluster_pb2.GetRingResponse) -> ClientRing:
+        """Built exactly as the nodes build theirs: Ring.build(node ids, epoch, vnodes)."""
+        members = {m.node_id: m.address for m in reply.members}
+        ring = Ring.build(members, reply.epoch, reply.vnodes or 256)
+        return cls(ring, MappingProxyType(members))
+
+    def owner_address(self, resource_id: str) -> tuple[str, str] | None:
+        """(owner node id, its address), or None while the ring is empty."""
+        if not len(self.ring):
+            return None
+        owner = self.ring.owner(resource_id)
+        address = self.addresses.get(owner)
+        return (owner, address) if address else None
+
+
+_EMPTY_RING = ClientRing(Ring.build(()), MappingProxyType({}), fetched_at=float("-inf"))
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth another attempt (wraps the grpc.RpcError)."""
+
+    def __init__(self, error: grpc.RpcError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _epoch_in(metadata: Sequence[tuple[str, Any]] | None) -> int:
+    for key, value in metadata or ():
+        if key == EPOCH:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return 0
+    return 0
+
+
+class Client:
+    """A cluster client: deadlines, retries on the next endpoint, owner-aware routing.
+
+    Thread-safe: one Client can serve many threads (channels are shared per address).
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        *,
+        route: bool = True,
+        ring_max_age: float = 5.0,
+        max_attempts: int | None = None,
+        backoff: float = 0.05,
+        max_backoff: float = 1.0,
+        options: list[tuple[str, Any]] | None = None,
+    ) -> None:
+        self.endpoints = parse_endpoints(endpoints if endpoints is not None
+                                         else endpoints_from_env())
+        self.timeout = timeout
+        self.route = route
+        self.ring_max_age = ring_max_age
+        self.max_attempts = max_attempts or max(3, 2 * len(self.endpoints))
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._pool = ChannelPool(options if options is not None else reconnect_options())
+        self._stubs: dict[tuple[str, str], Any] = {}
+        self._stubs_lock = threading.Lock()
+        self._preferred = 0  # index of the endpoint unrouted calls try first
+        self._ring = _EMPTY_RING
+        self._ring_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._down: dict[str, float] = {}  # owner address -> monotonic time it failed
+        self.endpoint: str = self.endpoints[0]
+        self.routed_calls = 0
+        self.unrouted_calls = 0
+        self.retries = 0
+        self.cluster = _Service(self, cluster_pb2, "ClusterService",
+                                cluster_pb2_grpc.ClusterServiceStub)
+        self.hosts = _Service(self, host_pb2, "HostService", host_pb2_grpc.HostServiceStub)
+        self.vms = _Service(self, vm_pb2, "VmService", vm_pb2_grpc.VmServiceStub)
+        self.config = _Service(self, config_pb2, "ConfigService",
+                               config_pb2_grpc.ConfigServiceStub)
+        self.storage = _Service(self, storage_pb2, "StorageService",
+                                storage_pb2_grpc.StorageServiceStub)
+        self.volumes = _Service(self, volume_pb2, "VolumeService",
+                                volume_pb2_grpc.VolumeServiceStub)
+        self.health = _Service(self, health_pb2, "Health", health_pb2_grpc.HealthStub)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._pool.close()
+        with self._stubs_lock:
+            self._stubs.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- channels -------------------------------------------------------------------
+
+    def channel(self, address: str) -> grpc.Channel:
+        """The shared channel to one address (opened on first use)."""
+        return self._pool.get(address)
+
+    def stub(self, stub_class: Callable[[grpc.Channel], Any], address: str) -> Any:
+        key = (stub_class.__name__, address)
+        stub = self._stubs.get(key)
+        if stub is None:
+            with self._stubs_lock:
+                stub = self._stubs.get(key)
+                if stub is None:
+                    stub = self._stubs[key] = stub_class(self.channel(address))
+        return stub
+
+    # -- the ring -------------------------------------------------------------------
+
+    @property
+    def ring(self) -> ClientRing:
+        """The client's current ring snapshot (empty until the first routed call)."""
+        return self._ring
+
+    def refresh_ring(self, timeout: float | None = None, min_epoch: int = 0) -> ClientRing:
+        """Ask the endpoints (then the known members) for their ring, keep the newest.
+
+        A node that lags may answer an older epoch than the one we hold: never go back.
+        Raises the last grpc.RpcError when nobody answers."""
+        per_call = min(timeout if timeout is not None else 2.0, 2.0)
+        current = self._ring
+        candidates = list(dict.fromkeys(
+            [*self._rotated(), *current.addresses.values()]))
+        best: ClientRing | None = None
+        last: grpc.RpcError | None = None
+        for address in candidates:
+            try:
+                reply = self.stub(cluster_pb2_grpc.ClusterServiceStub, address).GetRing(
+                    cluster_pb2.GetRingRequest(), timeout=per_call)
+            except grpc.RpcError as exc:
+                last = exc
+                continue
+            fresh = ClientRing.from_reply(reply)
+            if best is None or fresh.epoch > best.epoch:
+                best = fresh
+            if best.epoch >= max(min_epoch, current.epoch):
+                break
+        if best is None:
+            assert last is not None
+            raise last
+        with self._ring_lock:
+            if best.epoch >= self._ring.epoch:
+                if best.epoch > self._ring.epoch:
+                    self._down = {}  # a new membership: give every owner another chance
+                self._ring = best
+            else:  # someone else swapped in a newer one meanwhile; just mark ours fresh
+                self._ring = ClientRing(self._ring.ring, self._ring.addresses)
+            return self._ring
+
+    def _ring_for_routing(self, timeout: float | None) -> ClientRing | None:
+        """The ring to route with, refreshed when too old; None if none can be had.
+
+        One thread refreshes; the others route with the old snapshot meanwhile (a stale
+        ring only costs a forward hop). Only the very first fetch makes callers wait."""
+        ring = self._ring
+        if time.monotonic() - ring.fetched_at < self.ring_max_age:
+            return ring
+        have_one = bool(len(ring.ring))
+        if not self._refresh_lock.acquire(blocking=not have_one):
+            return ring
+        try:
+            ring = self._ring
+            if time.monotonic() - ring.fetched_at < self.ring_max_age:
+                return ring
+            return self.refresh_ring(timeout)
+        except grpc.RpcError as exc:
+            log.debug("ring refresh failed: %s", exc)
+            # Do not ask again on every call while the cluster is unreachable.
+            with self._ring_lock:
+                self._ring = ClientRing(self._ring.ring, self._ring.addresses)
+            return self._ring if len(self._ring.ring) else None
+        finally:
+            self._refresh_lock.release()
+
+    def owner_of(self, resource_id: str, timeout: float | None = None
+                 ) -> tuple[str, str] | None:
+        """(node id, address) of the owner in the client's ring, refreshing it if stale."""
+        ring = self._ring_for_routing(timeout)
+        return ring.owner_address(resource_id) if ring else None
+
+    # -- calls ----------------------------------------------------------------------
+
+    def _rotated(self) -> list[str]:
+        start = self._preferred
+        return self.endpoints[start:] + self.endpoints[:start]
+
+    def _owner_target(self, resource_id: str, timeout: float | None) -> str | None:
+        """The owner's address, unless routing is off, the ring is unknown, or the owner
+        failed lately (then the call goes to an endpoint, which forwards)."""
+        if not (self.route and resource_id):
+            return None
+        found = self.owner_of(resource_id, timeout)
+        if found is None:
+            return None
+        address = found[1]
+        failed_at = self._down.get(address)
+        if failed_at is not None and time.monotonic() - failed_at < self.ring_max_age:
+            return None
+        return address
+
+    def _note_epoch(self, epoch: int) -> None:
+        if epoch > self._ring.epoch:
+            try:
+                self.refresh_ring(min_epoch=epoch)
+            except grpc.RpcError as exc:
+                log.debug("ring refresh to epoch %d failed: %s", epoch, exc)
+
+    def call_unary(self, stub_class: Callable[[grpc.Channel], Any], method: str,
+                   request: Any, resource: str | None, timeout: float | None | object,
+                   metadata: Sequence[tuple[str, str]] | None = None) -> Any:
+        """One unary call with the client's deadline, retries and routing.
+
+        Raises the last grpc.RpcError when every attempt failed."""
+        budget = self.timeout if timeout is _DEFAULT else timeout
+        deadline = None if budget is None else time.monotonic() + float(budget)  # type: ignore[arg-type]
+        resource_id = getattr(request, resource) if resource else ""
+
+        def attempt() -> Any:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            target = self._owner_target(resource_id, left)
+            routed = target is not None
+            if target is None:
+                target = self.endpoints[self._preferred]
+            self.endpoint = target
+            with self._count_lock:
+                if routed:
+                    self.routed_calls += 1
+                else:
+                    self.unrouted_calls += 1
+            if deadline is not None:
+                left = max(deadline - time.monotonic(), 0.001)
+            stub = self.stub(stub_class, target)
+            try:
+                response, call = getattr(stub, method).with_call(
+                    request, timeout=left, metadata=metadata)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code is grpc.StatusCode.UNAVAILABLE:
+                    if routed:
+                        self._owner_failed(target)
+                    else:
+                        self._advance(target)
+                    raise _Retry(exc) from exc
+                if code is grpc.StatusCode.FAILED_PRECONDITION and self.route:
+                    epoch = _epoch_in(exc.trailing_metadata())
+                    if epoch > self._ring.epoch:
+                        self._note_epoch(epoch)
+                        raise _Retry(exc) from exc
+                raise
+            if self.route:
+                epoch = _epoch_in(call.trailing_metadata())
+                if epoch > self._ring.epoch:
+                    self._note_epoch(epoch)
+            return response
+
+        def count_retry(state: tenacity.RetryCallState) -> None:
+            with self._count_lock:
+                self.retries += 1
+
+        stop = tenacity.stop_after_attempt(self.max_attempts)
+        if budget is not None:
+            # No attempt starts after the deadline (the backoff sleep included).
+            stop = stop | tenacity.stop_before_delay(float(budget))  # type: ignore[arg-type]
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retry),
+            stop=stop,
+            wait=tenacity.wait_exponential_jitter(multiplier=self.backoff, max=self.max_backoff,
+                                                  jitter=self.backoff),
+            before_sleep=count_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Retry as exc:
+            raise exc.error from None
+
+    def call_stream(self, stub_class: Callable[[grpc.Channel], Any], method: str,
+                    request: Any, timeout: float | None | object,
+                    metadata: Sequence[tuple[str, str]] | None = None) -> Iterator[Any]:
+        """A server stream on the preferred endpoint; no retries (the caller resumes)."""
+        budget = self.timeout if timeout is _DEFAULT else timeout
+        target = self._rotated()[0]
+        self.endpoint = target
+        return getattr(self.stub(stub_class, target), method)(
+            request, timeout=budget, metadata=metadata)
+
+    def _owner_failed(self, address: str) -> None:
+        """Skip this owner for a while, and re-read the ring before the next routed call."""
+        with self._ring_lock:
+            self._down[address] = time.monotonic()
+            self._ring = ClientRing(self._ring.ring, self._ring.addresses,
+                                    fetched_at=float("-inf"))
+
+    def _advance(self, failed: str) -> None:
+        """Unrouted calls move on to the endpoint after the one that failed."""
+        try:
+            index = self.endpoints.index(failed)
+        except ValueError:
+            return
+        if self._preferred == index:
+            self._preferred = (index + 1) % len(self.endpoints)
+
+
+
+class _Method:
+    """One RPC of a service, called like a stub's method."""
+
+    __slots__ = ("_client", "_method", "_resource", "_stream", "_stub_class", "__name__")
+
+    def __init__(self, client: Client, stub_class: Callable[[grpc.Channel], Any],
+                 service: ServiceDescriptor, method: MethodDescriptor) -> None:
+        self._client = client
+        self._stub_class = stub_class
+        self._method = method.name
+        self._stream = method.server_streaming
+        self._resource = resource_field(service, method)
+        self.__name__ = method.name
+
+    def __call__(self, request: Any, timeout: float | None | object = _DEFAULT,
+                 metadata: Sequence[tuple[str, str]] | None = None) -> Any:
+        if self._stream:
+            return self._client.call_stream(self._stub_class, self._method, request, timeout,
+                                            metadata)
+        return self._client.call_unary(self._stub_class, self._method, request,
+                                       self._resource, timeout, metadata)
+
+
+class _Service:
+    """A stub-like object: `client.vms.StartVm(request, timeout=...)`."""
+
+    def __init__(self, client: Client, module: Any, name: str,
+                 stub_class: Callable[[grpc.Channel], Any]) -> None:
+        self.descriptor: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
+        for method in self.descriptor.methods:
+            setattr(self, method.name, _Method(client, stub_class, self.descriptor, method))
+
+    def __repr__(self) -> str:
+        return f"<client service {self.descriptor.full_name}>"
+
