@@ -12,15 +12,10 @@ calls drain for `drain_grace`, then the process exits.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
-from concurrent import futures
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from controlplane import metrics
 from controlplane.agentclient import AgentClients
@@ -34,9 +29,12 @@ from controlplane.config.settings import Settings
 from controlplane.host.service import HostServicer
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
-from controlplane.storage.images import ImageManager, VolumeServicer
+from controlplane.rpc import MetricsInterceptor, RpcServer, serve_until_signal
+from controlplane.storage.images import ImageManager
 from controlplane.storage.livejobs import LiveJobs
-from controlplane.storage.primary import MdsHealthChecker, StorageServicer
+from controlplane.storage.primary import MdsHealthChecker
+from controlplane.storage.primary_service import StorageServicer
+from controlplane.storage.service import VolumeServicer
 from controlplane.store import Keys, Store
 from controlplane.store.cache import PrefixCache
 from controlplane.v1 import (
@@ -71,37 +69,6 @@ SERVICES = (
     storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
     volume_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
 )
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts every unary call by method and final status code, and the calls in flight."""
-
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        inner = handler.unary_unary
-
-        def wrapped(request, context):  # type: ignore[no-untyped-def]
-            metrics.RPCS_IN_FLIGHT.inc()
-            try:
-                response = inner(request, context)
-            except Exception:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                metrics.RPCS.labels(method, code.name).inc()
-                raise
-            finally:
-                metrics.RPCS_IN_FLIGHT.dec()
-            code = context.code() or grpc.StatusCode.OK
-            metrics.RPCS.labels(method, code.name).inc()
-            return response
-
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
 
 class ManagementNode:
@@ -146,12 +113,9 @@ class ManagementNode:
             self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)]
         self.image_manager = ImageManager(self.owner, settings.image_dir)
         self.live_jobs = LiveJobs(self.image_manager, self.owner.agents.block_jobs)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
-            interceptors=[MetricsInterceptor()],
-            options=[("grpc.so_reuseport", 0)],
-        )
+        self.rpc = RpcServer(settings.listen, max_workers=32,
+                             interceptors=[MetricsInterceptor()])
+        self.health = self.rpc.health
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._view_started = threading.Event()
@@ -162,32 +126,26 @@ class ManagementNode:
     def start(self) -> ManagementNode:
         servicer = ClusterServicer(self.settings.node_id, self.view, self.registration,
                                    self.router)
-        cluster_pb2_grpc.add_ClusterServiceServicer_to_server(servicer, self.server)
-        host_pb2_grpc.add_HostServiceServicer_to_server(
-            HostServicer(self.owner, self.router, self.tracker), self.server)
         self.vm_servicer = VmServicer(self.owner, self.router, self.operations)
-        vm_pb2_grpc.add_VmServiceServicer_to_server(self.vm_servicer, self.server)
-        storage_pb2_grpc.add_StorageServiceServicer_to_server(
-            StorageServicer(self.owner, self.router, self.storages, self.mds_checker),
-            self.server)
-        volume_pb2_grpc.add_VolumeServiceServicer_to_server(
-            VolumeServicer(self.image_manager, self.router, self.images, self.live_jobs),
-            self.server)
-        config_pb2_grpc.add_ConfigServiceServicer_to_server(
-            ConfigServicer(self.store, self.keys, self.config_cache, self.config), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        port = self.server.add_insecure_port(self.settings.listen)
-        if port == 0:
-            raise RuntimeError(f"cannot listen on {self.settings.listen}")
-        self._set_health(live=True, ready=False)
-        self.server.start()
+        rpc = self.rpc
+        rpc.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, servicer, SERVICES[0])
+        rpc.add(host_pb2_grpc.add_HostServiceServicer_to_server,
+                HostServicer(self.owner, self.router, self.tracker), SERVICES[1])
+        rpc.add(vm_pb2_grpc.add_VmServiceServicer_to_server, self.vm_servicer, SERVICES[2])
+        rpc.add(config_pb2_grpc.add_ConfigServiceServicer_to_server,
+                ConfigServicer(self.store, self.keys, self.config_cache, self.config),
+                SERVICES[3])
+        rpc.add(storage_pb2_grpc.add_StorageServiceServicer_to_server,
+                StorageServicer(self.owner, self.router, self.storages, self.mds_checker),
+                SERVICES[4])
+        rpc.add(volume_pb2_grpc.add_VolumeServiceServicer_to_server,
+                VolumeServicer(self.image_manager, self.router, self.images, self.live_jobs),
+                SERVICES[5])
+        rpc.start(ready=False)
         if self.settings.metrics_port:
             from prometheus_client import start_http_server
 
-            start_http_server(self.settings.metrics_port, addr="0.0.0.0")
+            start_http_server(self.settings.metrics_port, addr=self.settings.metrics_address)
         log.info("listening on %s (advertised %s), etcd %s, lease ttl %ds",
                  self.settings.listen, self.settings.advertise, self.settings.etcd,
                  self.settings.lease_ttl)
@@ -219,14 +177,13 @@ class ManagementNode:
         grace = self.settings.drain_grace if grace is None else grace
         started = time.monotonic()
         self._set_health(live=True, ready=False)
-        self.health.enter_graceful_shutdown()
         self.tracker.stop()
         self.mds_checker.stop()
         self.registration.stop(revoke=True)
         log.info("left the cluster in %.3fs; draining calls for up to %.1fs",
                  time.monotonic() - started, grace)
         self.vm_servicer.stop()
-        self.server.stop(grace).wait(grace + 1)
+        self.rpc.stop(grace)
         self.operations.stop()
         for cache in (self.vms, self.ops, self.hosts, self.config_cache, self.storages,
                       self.images):
@@ -250,12 +207,7 @@ class ManagementNode:
     # -- callbacks ------------------------------------------------------------------
 
     def _set_health(self, live: bool, ready: bool) -> None:
-        ready_status = SERVING if ready else NOT_SERVING
-        self.health.set("liveness", SERVING if live else NOT_SERVING)
-        self.health.set("readiness", ready_status)
-        self.health.set("", ready_status)
-        for service in SERVICES:
-            self.health.set(service, ready_status)
+        self.rpc.set_health(live, ready)
 
     def _on_incarnation(self, incarnation: int) -> None:
         if self.log_context:
@@ -308,21 +260,5 @@ class ManagementNode:
 
 def serve(settings: Settings, log_context: NodeContext | None = None) -> int:
     """Run one node until SIGTERM/SIGINT; the `controlplane serve` command."""
-    node = ManagementNode(settings, log_context)
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if done.is_set():
-            if signum == signal.SIGINT:  # a second Ctrl-C: the operator wants out now
-                os._exit(130)
-            return  # a repeated SIGTERM must not cut the drain short
-        log.info("signal %s: leaving", signal.Signals(signum).name)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    node.start()
-    while not done.wait(0.5):
-        pass
-    node.stop()
-    return 0
+    node = ManagementNode(settings, log_context).start()
+    return serve_until_signal(node.stop)

@@ -13,12 +13,9 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable
-from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from controlplane.agent.backend import (
     Aborted,
@@ -36,6 +33,7 @@ from controlplane.agent.backend import (
 )
 from controlplane.agent.blockjobs import AgentBlockJobsServicer
 from controlplane.agent.sim import SETTING_NAMES, SimBackend, SimSettings
+from controlplane.rpc import RpcServer
 from controlplane.v1 import agent_pb2, agent_pb2_grpc, blockjob_pb2, blockjob_pb2_grpc
 
 __all__ = [
@@ -241,37 +239,21 @@ class AgentServer:
         self.backend = backend
         self.listen = listen
         self.block_jobs = AgentBlockJobsServicer(block_backend)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-            options=[("grpc.so_reuseport", 0)],
-        )
+        self.rpc = RpcServer(listen, max_workers=max_workers)
+        self.health = self.rpc.health
         self.port = 0
         self._stopped = False
 
     def start(self) -> AgentServer:
         """Bind and serve; raises RuntimeError when the address cannot be bound."""
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.backend),
-                                                          self.server)
-        blockjob_pb2_grpc.add_AgentBlockJobsServicer_to_server(self.block_jobs, self.server)
-        services = [AGENT_SERVICE, BLOCK_JOBS]
+        self.rpc.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
+                     AgentServicer(self.backend), AGENT_SERVICE)
+        self.rpc.add(blockjob_pb2_grpc.add_AgentBlockJobsServicer_to_server, self.block_jobs,
+                     BLOCK_JOBS)
         if isinstance(self.backend, SimBackend):
-            agent_pb2_grpc.add_SimControlServicer_to_server(SimControlServicer(self.backend),
-                                                            self.server)
-            services.append(SIM_CONTROL)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        try:
-            self.port = self.server.add_insecure_port(self.listen)
-        except RuntimeError as exc:
-            raise RuntimeError(f"cannot listen on {self.listen}: {exc}") from exc
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {self.listen}")
-        serving = health_pb2.HealthCheckResponse.SERVING
-        for name in ("", "liveness", "readiness", *services):
-            self.health.set(name, serving)
-        self.server.start()
+            self.rpc.add(agent_pb2_grpc.add_SimControlServicer_to_server,
+                         SimControlServicer(self.backend), SIM_CONTROL)
+        self.port = self.rpc.start()
         hosts = self.backend.host_ids()
         log.info("agent (%s backend) listening on %s (port %d), serving %d hosts: %s",
                  self.backend.name, self.listen, self.port, len(hosts),
@@ -284,14 +266,14 @@ class AgentServer:
         if self._stopped:
             return
         self._stopped = True
-        self.health.enter_graceful_shutdown()
+        self.rpc.health.enter_graceful_shutdown()
         self.backend.close()
         self.block_jobs.close()
-        self.server.stop(grace).wait(grace + 1)
+        self.rpc.stop(grace)
         log.info("agent stopped")
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self.server.wait_for_termination(timeout)
+        return self.rpc.wait(timeout)
 
 
 def build_backend(args: argparse.Namespace) -> Backend:

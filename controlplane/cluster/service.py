@@ -9,38 +9,10 @@ from controlplane.cluster.ring import Ring
 from controlplane.cluster.routing import RouteError, Router
 from controlplane.cluster.table import MemberInfo
 from controlplane.cluster.view import ClusterView
+from controlplane.rpc import check_id
 from controlplane.store import StoreError
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
-
-MAX_RESOURCE_ID = 256
-
-
-def check_resource_id(context: grpc.ServicerContext, resource_id: str,
-                      what: str = "resource_id") -> None:
-    """Resource ids are etcd key segments: non-empty, bounded, printable, no '/' or space."""
-    if not resource_id:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is empty")
-    if len(resource_id.encode()) > MAX_RESOURCE_ID:
-        context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{what} is {len(resource_id.encode())} bytes; the limit is {MAX_RESOURCE_ID}",
-        )
-    if not resource_id.isprintable() or "/" in resource_id or " " in resource_id:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                      f"{what} {resource_id!r} must be printable, with no '/' or space")
-
-
-def valid_address(address: str) -> bool:
-    """HOST:PORT with a host and a port in 1..65535 (shared with the CLI's flag check)."""
-    host, sep, port = address.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
-
-
-def check_address(context: grpc.ServicerContext, address: str, what: str) -> None:
-    """A HOST:PORT another process serves at (an agent, an MDS)."""
-    if not valid_address(address):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {address!r}: expected HOST:PORT")
 
 
 def member_pb(info: MemberInfo) -> pb.Member:
@@ -88,7 +60,7 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
 
     def WhoOwns(self, request: pb.WhoOwnsRequest, context: grpc.ServicerContext
                 ) -> pb.WhoOwnsResponse:
-        check_resource_id(context, request.resource_id)
+        check_id(request.resource_id)
         if self.registration.fenced:
             context.abort(grpc.StatusCode.UNAVAILABLE,
                           f"{self.node_id} is fenced (no fresh etcd lease); ask another node")
@@ -103,7 +75,7 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
 
     def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext
                ) -> pb.LocateResponse:
-        check_resource_id(context, request.resource_id)
+        check_id(request.resource_id)
 
         def local(ring: Ring, forwarded: bool) -> pb.LocateResponse:
             return pb.LocateResponse(resource_id=request.resource_id, served_by=self.node_id,

@@ -7,9 +7,8 @@ import time
 import grpc
 
 from controlplane.cluster.routing import Router, route_unary
-from controlplane.cluster.service import check_address
-from controlplane.cluster.service import check_resource_id as _check
 from controlplane.owner import OwnerContext
+from controlplane.rpc import check_address, check_id
 from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
@@ -41,8 +40,8 @@ class HostServicer(pb_grpc.HostServiceServicer):
 
     def AddHost(self, request: host_pb2.AddHostRequest, context: grpc.ServicerContext
                 ) -> host_pb2.Host:
-        _check(context, request.host_id, "host_id")
-        check_address(context, request.address, "agent address")
+        check_id(request.host_id, "host_id")
+        check_address(request.address, "agent address")
 
         def local() -> host_pb2.Host:
             try:
@@ -72,7 +71,7 @@ class HostServicer(pb_grpc.HostServiceServicer):
 
     def GetHost(self, request: host_pb2.HostRef, context: grpc.ServicerContext
                 ) -> host_pb2.Host:
-        _check(context, request.host_id, "host_id")
+        check_id(request.host_id, "host_id")
         return self._answer(self._read(request.host_id, context)[0])
 
     def ListHosts(self, request: host_pb2.ListHostsRequest, context: grpc.ServicerContext
@@ -82,7 +81,7 @@ class HostServicer(pb_grpc.HostServiceServicer):
 
     def RemoveHost(self, request: host_pb2.RemoveHostRequest, context: grpc.ServicerContext
                    ) -> host_pb2.Host:
-        _check(context, request.host_id, "host_id")
+        check_id(request.host_id, "host_id")
 
         def local() -> host_pb2.Host:
             host, revision = self._read(request.host_id, context)
@@ -104,7 +103,7 @@ class HostServicer(pb_grpc.HostServiceServicer):
 
     def ReconnectHost(self, request: host_pb2.HostRef, context: grpc.ServicerContext
                       ) -> host_pb2.Host:
-        _check(context, request.host_id, "host_id")
+        check_id(request.host_id, "host_id")
 
         def local() -> host_pb2.Host:
             host, revision = self._read(request.host_id, context)

@@ -24,14 +24,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from controlplane.rpc import RpcServer
 from controlplane.v1 import mds_pb2, mds_pb2_grpc
 
 __all__ = [
@@ -265,32 +263,18 @@ class MdsServer:
                  max_workers: int = MAX_WORKERS) -> None:
         self.listen = listen
         self.sim = sim if sim is not None else SimMds()
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-            options=[("grpc.so_reuseport", 0)],
-        )
+        self.rpc = RpcServer(listen, max_workers=max_workers)
+        self.health = self.rpc.health
         self.port = 0
         self._stopped = False
 
     def start(self) -> MdsServer:
         """Bind and serve; raises RuntimeError when the address cannot be bound."""
-        mds_pb2_grpc.add_StorageMdsServicer_to_server(StorageMdsServicer(self.sim), self.server)
-        mds_pb2_grpc.add_SimMdsControlServicer_to_server(SimMdsControlServicer(self.sim),
-                                                         self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        services = (STORAGE_MDS, SIM_MDS_CONTROL)
-        reflection.enable_server_reflection(
-            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        try:
-            self.port = self.server.add_insecure_port(self.listen)
-        except RuntimeError as exc:
-            raise RuntimeError(f"cannot listen on {self.listen}: {exc}") from exc
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {self.listen}")
-        for name in ("", "liveness", "readiness", *services):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.server.start()
+        self.rpc.add(mds_pb2_grpc.add_StorageMdsServicer_to_server,
+                     StorageMdsServicer(self.sim), STORAGE_MDS)
+        self.rpc.add(mds_pb2_grpc.add_SimMdsControlServicer_to_server,
+                     SimMdsControlServicer(self.sim), SIM_MDS_CONTROL)
+        self.port = self.rpc.start()
         log.info("sim MDS listening on %s (port %d)", self.listen, self.port)
         return self
 
@@ -299,7 +283,7 @@ class MdsServer:
         if self._stopped:
             return
         self._stopped = True
-        self.health.enter_graceful_shutdown()
+        self.rpc.health.enter_graceful_shutdown()
         self.sim.stopping.set()
-        self.server.stop(grace).wait(grace + 1)
+        self.rpc.stop(grace)
         log.info("sim MDS stopped")

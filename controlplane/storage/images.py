@@ -15,8 +15,8 @@ Why it looks like this (seed: vdsm's image and volume verbs; DESIGN.md section 7
 - Operations are offline: refused with FAILED_PRECONDITION while the image's VM is anything
   but Stopped/Created/Destroyed (a running QEMU writes the leaf; block jobs are its tools).
 
-The gRPC servicer is a thin shell: it routes each call to the image's owner on the ring and
-maps :class:`ImageError` to a status code.
+The gRPC servicer (`storage/service.py`) is a thin shell: it routes each call to the image's
+owner on the ring; the refusals here are `controlplane.errors` kinds.
 """
 
 from __future__ import annotations
@@ -27,25 +27,16 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import grpc
-
-from controlplane.cluster.routing import Router, route_unary
-from controlplane.cluster.service import check_resource_id as _check
+from controlplane import errors
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.storage import chain as ch
 from controlplane.storage import qemuimg
 from controlplane.store import StoreError
 from controlplane.store import txn as t
-from controlplane.store.cache import PrefixCache
 from controlplane.v1 import vm_pb2, volume_pb2
-from controlplane.v1 import volume_pb2_grpc as pb_grpc
 
-if TYPE_CHECKING:
-    from controlplane.storage.livejobs import LiveJobs
-
-__all__ = ["ImageError", "ImageManager", "Locked", "VolumeServicer", "OFFLINE_STATES"]
+__all__ = ["ImageManager", "Locked", "OFFLINE_STATES", "chain_answer"]
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +46,11 @@ MAX_SIZE = 1 << 50
 MERGE_STEPS = ("commit", "rebase", "illegal", "metadata")
 
 
-class ImageError(Exception):
-    """A refused or failed image operation, with the gRPC status it answers."""
+class Locked(errors.Busy):
+    """Another operation holds the image's lock: retry."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Locked(ImageError):
     def __init__(self, image_id: str, holder: str) -> None:
-        super().__init__(grpc.StatusCode.ABORTED,
-                         f"image {image_id} is locked by {holder or 'another node'}; retry")
+        super().__init__(f"image {image_id} is locked by {holder or 'another node'}; retry")
 
 
 @dataclass(frozen=True)
@@ -115,7 +99,7 @@ def chain_answer(image: volume_pb2.Image, changes: Sequence[str] = ()) -> volume
 
 class ImageManager:
     """The image operations, callable in-process (tests interrupt merges with ``stop_after``)
-    and from the servicer. Raises :class:`ImageError`."""
+    and from the servicer. Raises `controlplane.errors` kinds."""
 
     def __init__(self, ctx: OwnerContext, image_dir: str) -> None:
         self.ctx = ctx
@@ -127,9 +111,9 @@ class ImageManager:
         try:
             kv = self.ctx.store.get(self.ctx.keys.image(image_id))
         except StoreError as exc:
-            raise ImageError(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}") from exc
+            raise errors.Unreachable(f"cannot read etcd: {exc}") from exc
         if kv is None:
-            raise ImageError(grpc.StatusCode.NOT_FOUND, f"no image {image_id!r}")
+            raise errors.NotFound(f"no image {image_id!r}")
         return volume_pb2.Image.FromString(kv.value), kv.mod_revision
 
     @contextlib.contextmanager
@@ -144,7 +128,7 @@ class ImageManager:
             kv = self.ctx.store.get(key)
             raise Locked(image_id, kv.value.decode() if kv else "") from None
         except (Fenced, StoreError) as exc:
-            raise ImageError(grpc.StatusCode.UNAVAILABLE, f"cannot lock image: {exc}") from exc
+            raise errors.Unreachable(f"cannot lock image: {exc}") from exc
         lock = Lock(key, result.revision)
         try:
             yield lock
@@ -161,11 +145,10 @@ class ImageManager:
             kv = self.ctx.store.get(self.ctx.keys.vm(image.vm_id))
             op = self.ctx.store.get(self.ctx.keys.op(image.vm_id))
         except StoreError as exc:
-            raise ImageError(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}") from exc
+            raise errors.Unreachable(f"cannot read etcd: {exc}") from exc
         state = vm_pb2.Vm.FromString(kv.value).state if kv is not None else "Destroyed"
         if state not in OFFLINE_STATES or op is not None:
-            raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"image {image.image_id} belongs to VM {image.vm_id}, which is "
+            raise errors.Refused(f"image {image.image_id} belongs to VM {image.vm_id}, which is "
                              f"{state}{' with an operation in flight' if op else ''}: "
                              "offline operations need it stopped")
 
@@ -177,11 +160,10 @@ class ImageManager:
                 [t.mod_revision_is(key, revision), t.create_revision_is(lock.key, lock.revision)],
                 [t.put(key, image.SerializeToString())])
         except Conflict as exc:
-            raise ImageError(grpc.StatusCode.ABORTED,
-                             f"image {image.image_id} changed or its lock was lost; "
+            raise errors.Busy(f"image {image.image_id} changed or its lock was lost; "
                              "run ReconcileVolumeChain") from exc
         except (Fenced, StoreError) as exc:
-            raise ImageError(grpc.StatusCode.UNAVAILABLE, f"cannot write etcd: {exc}") from exc
+            raise errors.Unreachable(f"cannot write etcd: {exc}") from exc
         return result.revision
 
     def _begin(self, image_id: str) -> tuple[volume_pb2.Image, int]:
@@ -199,11 +181,11 @@ class ImageManager:
     def _qemu(what: str, call, *args, **kwargs):  # type: ignore[no-untyped-def]
         missing = qemuimg.check_available()
         if missing:
-            raise ImageError(grpc.StatusCode.FAILED_PRECONDITION, missing)
+            raise errors.Refused(missing)
         try:
             return call(*args, **kwargs)
         except qemuimg.QemuImgError as exc:
-            raise ImageError(grpc.StatusCode.INTERNAL, f"{what}: {exc}") from exc
+            raise errors.Failed(f"{what}: {exc}") from exc
 
     def _new_volume(self, image_id: str, volume_id: str, parent: volume_pb2.Volume | None,
                     size: int) -> volume_pb2.Volume:
@@ -227,13 +209,11 @@ class ImageManager:
     def create_image(self, image_id: str, size: int, vm_id: str = "",
                      volume_id: str = "base") -> Result:
         if not 0 < size <= MAX_SIZE:
-            raise ImageError(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"size_bytes must be in 1..{MAX_SIZE}, got {size}")
+            raise errors.Invalid(f"size_bytes must be in 1..{MAX_SIZE}, got {size}")
         with self.locked(image_id) as lock:
             key = self.ctx.keys.image(image_id)
             if self.ctx.store.get(key) is not None:
-                raise ImageError(grpc.StatusCode.ALREADY_EXISTS,
-                                 f"image {image_id!r} already exists")
+                raise errors.Exists(f"image {image_id!r} already exists")
             base = self._new_volume(image_id, volume_id, None, size)
             image = volume_pb2.Image(image_id=image_id, vm_id=vm_id, leaf_id=volume_id,
                                      volumes=[base], directory=os.path.dirname(base.path),
@@ -243,10 +223,9 @@ class ImageManager:
                     [t.absent(key), t.create_revision_is(lock.key, lock.revision)],
                     [t.put(key, image.SerializeToString())])
             except Conflict as exc:
-                raise ImageError(grpc.StatusCode.ALREADY_EXISTS,
-                                 f"image {image_id!r} already exists") from exc
+                raise errors.Exists(f"image {image_id!r} already exists") from exc
             except (Fenced, StoreError) as exc:
-                raise ImageError(grpc.StatusCode.UNAVAILABLE, f"cannot write etcd: {exc}") \
+                raise errors.Unreachable(f"cannot write etcd: {exc}") \
                     from exc
             log.info("image %s created: %s (%d bytes)", image_id, base.path, size)
             return Result(image, revision=written.revision)
@@ -255,13 +234,11 @@ class ImageManager:
         with self.locked(image_id) as lock:
             image, revision = self._begin(image_id)
             if volume(image, volume_id) is not None:
-                raise ImageError(grpc.StatusCode.ALREADY_EXISTS,
-                                 f"image {image_id} already has a volume {volume_id!r}")
+                raise errors.Exists(f"image {image_id} already has a volume {volume_id!r}")
             leaf = volume(image, image.leaf_id)
             assert leaf is not None
             if leaf.legality == volume_pb2.ILLEGAL:
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"leaf {leaf.volume_id} is ILLEGAL: run ReconcileVolumeChain")
+                raise errors.Refused(f"leaf {leaf.volume_id} is ILLEGAL: run ReconcileVolumeChain")
             new = self._new_volume(image_id, volume_id, leaf, leaf.virtual_size)
             image.volumes.append(new)
             image.leaf_id = volume_id
@@ -284,18 +261,14 @@ class ImageManager:
             image, revision = self._begin(image_id)
             top = volume(image, volume_id)
             if top is None:
-                raise ImageError(grpc.StatusCode.NOT_FOUND,
-                                 f"image {image_id} has no volume {volume_id!r}")
+                raise errors.NotFound(f"image {image_id} has no volume {volume_id!r}")
             in_chain = [v.volume_id for v in ch.chain_of(vols(image), image.leaf_id)]
             if volume_id not in in_chain:
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"volume {volume_id} is not in the chain of image {image_id}")
+                raise errors.Refused(f"volume {volume_id} is not in the chain of image {image_id}")
             if not top.parent_id:
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"volume {volume_id} is the base: nothing to merge it into")
+                raise errors.Refused(f"volume {volume_id} is the base: nothing to merge it into")
             if any(volume(image, i).legality == volume_pb2.ILLEGAL for i in in_chain):
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"image {image_id} has an ILLEGAL volume in its chain: "
+                raise errors.Refused(f"image {image_id} has an ILLEGAL volume in its chain: "
                                  "run ReconcileVolumeChain")
             parent = volume(image, top.parent_id)
             assert parent is not None
@@ -337,26 +310,24 @@ class ImageManager:
             try:
                 stored = ch.chain_of(volumes, leaf_id)
             except ch.ChainError as exc:
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+                raise errors.Refused(str(exc)) from exc
             by_id = {v.volume_id: v for v in image.volumes}
             # Read from the leaf's file, or from the nearest ancestor whose file exists.
             start = next((v for v in reversed(stored)
                           if os.path.exists(by_id[v.volume_id].path)), None)
             if start is None:
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"no file of image {image_id}'s chain exists")
+                raise errors.Refused(f"no file of image {image_id}'s chain exists")
             layers = self._qemu("read the chain", qemuimg.chain_info,
                                 by_id[start.volume_id].path)
             by_path = {os.path.realpath(v.path): v.volume_id for v in image.volumes}
             unknown = [layer.path for layer in layers if layer.path not in by_path]
             if unknown:
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"files in the chain that no volume of image {image_id} "
+                raise errors.Refused(f"files in the chain that no volume of image {image_id} "
                                  f"names: {', '.join(unknown)}")
             try:
                 plan = ch.plan_reconcile(stored, [by_path[layer.path] for layer in layers])
             except ch.ChainError as exc:
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+                raise errors.Refused(str(exc)) from exc
             changes = [describe(c) for c in plan.changes]
             applied = ch.apply(volumes, plan.changes)
             for v in image.volumes:
@@ -372,123 +343,3 @@ class ImageManager:
                 written = self._write(image, revision, lock)
                 log.info("image %s reconciled: %s", image_id, "; ".join(changes))
             return Result(image, tuple(changes), written)
-
-
-class VolumeServicer(pb_grpc.VolumeServiceServicer):
-    """VolumeService: every change runs on the image's owner; reads anywhere."""
-
-    def __init__(self, manager: ImageManager, router: Router,
-                 images: PrefixCache[volume_pb2.Image], live: LiveJobs) -> None:
-        self.manager = manager
-        self.router = router
-        self.images = images
-        self.live = live
-
-    def _on_owner(self, method: str, image_id: str, request: object,
-                  context: grpc.ServicerContext, work):  # type: ignore[no-untyped-def]
-        """Run ``work`` on the image's owner; an ImageError becomes the call's status."""
-        def local():  # type: ignore[no-untyped-def]
-            try:
-                return work()
-            except ImageError as exc:
-                context.abort(exc.code, str(exc))
-
-        return route_unary(self.router, pb_grpc.VolumeServiceStub, method, image_id, request,
-                           context, local)
-
-    def _run(self, method: str, image_id: str, request: object,
-             context: grpc.ServicerContext, work) -> volume_pb2.VolumeChain:  # type: ignore[no-untyped-def]
-        def answer() -> volume_pb2.VolumeChain:
-            result = work()
-            if result.revision:  # so a list on this node right after shows the change
-                self.images.wait_for_revision(result.revision, 2.0)
-            return chain_answer(result.image, result.changes)
-
-        return self._on_owner(method, image_id, request, context, answer)
-
-    def CreateImage(self, request: volume_pb2.CreateImageRequest,
-                    context: grpc.ServicerContext) -> volume_pb2.VolumeChain:
-        _check(context, request.image_id, "image_id")
-        volume_id = request.volume_id or "base"
-        _check(context, volume_id, "volume_id")
-        if request.vm_id:
-            _check(context, request.vm_id, "vm_id")
-        return self._run("CreateImage", request.image_id, request, context,
-                         lambda: self.manager.create_image(request.image_id, request.size_bytes,
-                                                           request.vm_id, volume_id))
-
-    def GetVolumeChain(self, request: volume_pb2.ImageRef, context: grpc.ServicerContext
-                       ) -> volume_pb2.VolumeChain:
-        _check(context, request.image_id, "image_id")
-        try:
-            image, _ = self.manager.read(request.image_id)
-        except ImageError as exc:
-            context.abort(exc.code, str(exc))
-        return chain_answer(image)
-
-    def ListImages(self, request: volume_pb2.ListImagesRequest, context: grpc.ServicerContext
-                   ) -> volume_pb2.ListImagesResponse:
-        images = sorted((e.value for e in self.images.entries()), key=lambda i: i.image_id)
-        return volume_pb2.ListImagesResponse(images=images)
-
-    def CreateSnapshot(self, request: volume_pb2.CreateSnapshotRequest,
-                       context: grpc.ServicerContext) -> volume_pb2.VolumeChain:
-        _check(context, request.image_id, "image_id")
-        _check(context, request.volume_id, "volume_id")
-        return self._run("CreateSnapshot", request.image_id, request, context,
-                         lambda: self.manager.create_snapshot(request.image_id,
-                                                              request.volume_id))
-
-    def MergeSnapshots(self, request: volume_pb2.MergeSnapshotsRequest,
-                       context: grpc.ServicerContext) -> volume_pb2.VolumeChain:
-        _check(context, request.image_id, "image_id")
-        _check(context, request.volume_id, "volume_id")
-        return self._run("MergeSnapshots", request.image_id, request, context,
-                         lambda: self.manager.merge(request.image_id, request.volume_id))
-
-    def ReconcileVolumeChain(self, request: volume_pb2.ReconcileVolumeChainRequest,
-                             context: grpc.ServicerContext) -> volume_pb2.VolumeChain:
-        _check(context, request.image_id, "image_id")
-        if request.leaf_id:
-            _check(context, request.leaf_id, "leaf_id")
-        return self._run("ReconcileVolumeChain", request.image_id, request, context,
-                         lambda: self.manager.reconcile(request.image_id, request.leaf_id))
-
-    # -- live operations (the VM runs; block jobs on its agent) ---------------------------
-
-    def LiveSnapshot(self, request: volume_pb2.LiveSnapshotRequest,
-                     context: grpc.ServicerContext) -> volume_pb2.BlockJob:
-        _check(context, request.image_id, "image_id")
-        if request.job_id:
-            _check(context, request.job_id, "job_id")
-        return self._on_owner("LiveSnapshot", request.image_id, request, context,
-                          lambda: self.live.live_snapshot(
-                              request.image_id, request.job_id, request.output_path))
-
-    def LiveMerge(self, request: volume_pb2.LiveMergeRequest,
-                  context: grpc.ServicerContext) -> volume_pb2.BlockJob:
-        _check(context, request.image_id, "image_id")
-        _check(context, request.volume_id, "volume_id")
-        if request.job_id:
-            _check(context, request.job_id, "job_id")
-        return self._on_owner("LiveMerge", request.image_id, request, context,
-                          lambda: self.live.live_merge(
-                              request.image_id, request.volume_id, request.job_id))
-
-    def ResumeBlockJob(self, request: volume_pb2.BlockJobRef,
-                       context: grpc.ServicerContext) -> volume_pb2.BlockJob:
-        _check(context, request.job_id, "job_id")
-        try:
-            image_id = self.live.get(request.job_id).image_id
-        except ImageError as exc:
-            context.abort(exc.code, str(exc))
-        return self._on_owner("ResumeBlockJob", image_id, request, context,
-                          lambda: self.live.resume(request.job_id))
-
-    def GetBlockJob(self, request: volume_pb2.BlockJobRef,
-                    context: grpc.ServicerContext) -> volume_pb2.BlockJob:
-        _check(context, request.job_id, "job_id")
-        try:
-            return self.live.get(request.job_id)
-        except ImageError as exc:
-            context.abort(exc.code, str(exc))

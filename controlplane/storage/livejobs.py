@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from controlplane.cluster.service import MAX_RESOURCE_ID
+from controlplane import errors
 from controlplane.owner import Conflict, Fenced
+from controlplane.rpc import check_id
 from controlplane.storage import blockjobs as bj
-from controlplane.storage.images import ImageError, ImageManager, Lock, volume
+from controlplane.storage.images import ImageManager, Lock, volume
 from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.v1 import blockjob_pb2, blockjob_pb2_grpc, host_pb2, vm_pb2, volume_pb2
@@ -157,38 +158,34 @@ class LiveJobs:
         try:
             kv = self.ctx.store.get(self.ctx.keys.job(job_id))
         except StoreError as exc:
-            raise ImageError(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}") from exc
+            raise errors.Unreachable(f"cannot read etcd: {exc}") from exc
         if kv is None:
-            raise ImageError(grpc.StatusCode.NOT_FOUND, f"no block job {job_id!r}")
+            raise errors.NotFound(f"no block job {job_id!r}")
         return volume_pb2.BlockJob.FromString(kv.value)
 
     def _running_vm(self, image: volume_pb2.Image) -> tuple[vm_pb2.Vm, host_pb2.Host]:
         if not image.vm_id:
-            raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"image {image.image_id} has no VM: use the offline operations")
+            raise errors.Refused(f"image {image.image_id} has no VM: use the offline operations")
         try:
             vm_kv = self.ctx.store.get(self.ctx.keys.vm(image.vm_id))
         except StoreError as exc:
-            raise ImageError(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}") from exc
+            raise errors.Unreachable(f"cannot read etcd: {exc}") from exc
         vm = vm_pb2.Vm.FromString(vm_kv.value) if vm_kv is not None else None
         if vm is None or vm.state != "Running":
-            raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"VM {image.vm_id} of image {image.image_id} is "
+            raise errors.Refused(f"VM {image.vm_id} of image {image.image_id} is "
                              f"{vm.state if vm else 'not defined'}: live operations need it "
                              "Running")
         host = self.ctx.host_record(vm.host_id)
         if host is None:
-            raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"VM {vm.vm_id} runs on unknown host {vm.host_id}")
+            raise errors.Refused(f"VM {vm.vm_id} runs on unknown host {vm.host_id}")
         return vm, host
 
     def _new_job(self, kind: str, job_id: str, image: volume_pb2.Image, vm: vm_pb2.Vm
                  ) -> volume_pb2.BlockJob:
         job_id = job_id or f"{kind}-{uuid.uuid4().hex[:12]}"
-        if len(job_id.encode()) > MAX_RESOURCE_ID or "/" in job_id or not job_id.isprintable():
-            raise ImageError(grpc.StatusCode.INVALID_ARGUMENT, f"bad job_id {job_id!r}")
+        check_id(job_id, "job_id")
         if self.ctx.store.get(self.ctx.keys.job(job_id)) is not None:
-            raise ImageError(grpc.StatusCode.ALREADY_EXISTS, f"block job {job_id} exists")
+            raise errors.Exists(f"block job {job_id} exists")
         return volume_pb2.BlockJob(job_id=job_id, kind=kind, image_id=image.image_id,
                                    vm_id=vm.vm_id, host_id=vm.host_id,
                                    node_id=self.ctx.node_id, started_at=time.time())
@@ -198,10 +195,9 @@ class LiveJobs:
         try:
             chain = driver.open(path)
         except bj.BlockJobError as exc:
-            raise ImageError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+            raise errors.Unreachable(str(exc)) from exc
         if not chain or os.path.realpath(chain[0]) != os.path.realpath(path):
-            raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"VM {vm_id}'s disk runs on {chain[0] if chain else 'nothing'}, "
+            raise errors.Refused(f"VM {vm_id}'s disk runs on {chain[0] if chain else 'nothing'}, "
                              f"not on the image's leaf {path}: run ReconcileVolumeChain")
         return driver
 
@@ -210,7 +206,7 @@ class LiveJobs:
     def _store(self, job: volume_pb2.BlockJob, lock: Lock,
                image: tuple[volume_pb2.Image, int] | None = None) -> int:
         """Write the job record (and the image record, CAS) in one fenced txn under the lock.
-        Returns the new revision; raises ImageError when it did not apply."""
+        Returns the new revision; raises a `controlplane.errors` kind when it did not apply."""
         compares = [t.create_revision_is(lock.key, lock.revision)]
         ops = [t.put(self.ctx.keys.job(job.job_id), job.SerializeToString())]
         if image is not None:
@@ -220,8 +216,7 @@ class LiveJobs:
         try:
             return self.ctx.owner_txn(compares, ops).revision
         except (Conflict, Fenced, StoreError) as exc:  # the job cannot go on
-            raise ImageError(grpc.StatusCode.ABORTED,
-                             f"job {job.job_id}: record not written ({exc}); "
+            raise errors.Busy(f"job {job.job_id}: record not written ({exc}); "
                              "run ReconcileVolumeChain") from exc
 
     def _runner(self, driver: RemoteDriver, persist: Callable[[bj.JobRecord], None]
@@ -240,10 +235,9 @@ class LiveJobs:
             assert leaf is not None
             output = output_path or os.path.join(image.directory, f"{job.job_id}.qcow2")
             if not os.path.isabs(output):
-                raise ImageError(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"output_path must be absolute: {output}")
+                raise errors.Invalid(f"output_path must be absolute: {output}")
             if os.path.exists(output):
-                raise ImageError(grpc.StatusCode.ALREADY_EXISTS, f"{output} exists")
+                raise errors.Exists(f"{output} exists")
             target = os.path.join(image.directory, f"{job.job_id}.mirror.qcow2")
             driver = self._driver(host, vm.vm_id, leaf.path)
             state = {"job": job}
@@ -264,11 +258,9 @@ class LiveJobs:
             vm, host = self._running_vm(image)
             top = volume(image, volume_id)
             if top is None:
-                raise ImageError(grpc.StatusCode.NOT_FOUND,
-                                 f"image {image_id} has no volume {volume_id!r}")
+                raise errors.NotFound(f"image {image_id} has no volume {volume_id!r}")
             if not top.parent_id:
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"volume {volume_id} is the base: nothing to merge it into")
+                raise errors.Refused(f"volume {volume_id} is the base: nothing to merge it into")
             parent = volume(image, top.parent_id)
             assert parent is not None
             leaf = volume(image, image.leaf_id)
@@ -350,12 +342,10 @@ class LiveJobs:
         if bj.Phase(job.phase) in (bj.Phase.COMPLETED, bj.Phase.FAILED):
             return job
         if job.node_id in self.ctx.members() and job.node_id != self.ctx.node_id:
-            raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"job {job_id} is being run by node {job.node_id}")
+            raise errors.Refused(f"job {job_id} is being run by node {job.node_id}")
         with self._running_lock:
             if job_id in self._running:
-                raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"job {job_id} is running on this node")
+                raise errors.Refused(f"job {job_id} is running on this node")
         with self.manager.locked(job.image_id) as lock:
             image, revision = self.manager.read(job.image_id)
             _, host = self._running_vm(image)
@@ -365,8 +355,7 @@ class LiveJobs:
             if job.kind == "live-merge":
                 top = volume(image, job.volume_id)
                 if top is None:  # the COMPLETED txn was written; only the record lags
-                    raise ImageError(grpc.StatusCode.FAILED_PRECONDITION,
-                                     f"volume {job.volume_id} is no longer in image "
+                    raise errors.Refused(f"volume {job.volume_id} is no longer in image "
                                      f"{job.image_id}: run ReconcileVolumeChain")
                 state["illegal"] = top.legality == volume_pb2.ILLEGAL
                 active = state["illegal"] or job.volume_id == image.leaf_id

@@ -27,18 +27,14 @@ from concurrent import futures
 import grpc
 
 from controlplane.channels import ChannelPool, reconnect_options
-from controlplane.cluster.routing import Router, route_unary
-from controlplane.cluster.service import check_address
-from controlplane.cluster.service import check_resource_id as _check
 from controlplane.owner import Conflict, Fenced, OwnerContext
-from controlplane.storage.mds import MdsClient, MdsEndpoint, MdsError
+from controlplane.storage.mds import MdsClient, MdsEndpoint
 from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.store.cache import PrefixCache
 from controlplane.v1 import mds_pb2, mds_pb2_grpc, storage_pb2
-from controlplane.v1 import storage_pb2_grpc as pb_grpc
 
-__all__ = ["PROBE_VOLUME", "MdsHealthChecker", "StorageServicer", "endpoints_of", "probe_mds"]
+__all__ = ["MAX_MDS", "PROBE_VOLUME", "MdsHealthChecker", "endpoints_of", "probe_mds"]
 
 log = logging.getLogger(__name__)
 
@@ -213,126 +209,3 @@ class MdsHealthChecker:
         for thread in threads:
             thread.join(timeout + 5)
         return results
-
-
-class StorageServicer(pb_grpc.StorageServiceServicer):
-    """StorageService: add/remove records on the owner, read anywhere, call the store."""
-
-    def __init__(self, ctx: OwnerContext, router: Router,
-                 storages: PrefixCache[storage_pb2.PrimaryStorage],
-                 checker: MdsHealthChecker) -> None:
-        self.ctx = ctx
-        self.router = router
-        self.storages = storages
-        self.checker = checker
-
-    def _answer(self, storage: storage_pb2.PrimaryStorage) -> storage_pb2.PrimaryStorage:
-        out = storage_pb2.PrimaryStorage()
-        out.CopyFrom(storage)
-        out.owner = self.ctx.owner_of(storage.storage_id)
-        return out
-
-    def _read(self, storage_id: str, context: grpc.ServicerContext
-              ) -> tuple[storage_pb2.PrimaryStorage, int]:
-        try:
-            kv = self.ctx.store.get(self.ctx.keys.storage(storage_id))
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}")
-        if kv is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no primary storage {storage_id!r}")
-        return storage_pb2.PrimaryStorage.FromString(kv.value), kv.mod_revision
-
-    def AddPrimaryStorage(self, request: storage_pb2.AddPrimaryStorageRequest,
-                          context: grpc.ServicerContext) -> storage_pb2.PrimaryStorage:
-        _check(context, request.storage_id, "storage_id")
-        if not request.mds_addresses:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "mds_addresses is empty")
-        if len(request.mds_addresses) > MAX_MDS:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"{len(request.mds_addresses)} MDS; the limit is {MAX_MDS}")
-        if len(set(request.mds_addresses)) != len(request.mds_addresses):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an MDS address is listed twice")
-        for address in request.mds_addresses:
-            check_address(context, address, "MDS address")
-
-        def local() -> storage_pb2.PrimaryStorage:
-            storage = storage_pb2.PrimaryStorage(
-                storage_id=request.storage_id, added_at=time.time(),
-                mds=[storage_pb2.MdsEndpointStatus(address=a, health=storage_pb2.MDS_HEALTHY)
-                     for a in request.mds_addresses])
-            key = self.ctx.keys.storage(request.storage_id)
-            result = self.ctx.write_or_abort(
-                context, [t.absent(key)], [t.put(key, storage.SerializeToString())],
-                (grpc.StatusCode.ALREADY_EXISTS,
-                 f"primary storage {request.storage_id!r} already exists"))
-            self.storages.wait_for_revision(result.revision, 2.0)
-            checked = self.checker.check(request.storage_id)
-            return self._answer(checked if checked is not None else storage)
-
-        return route_unary(self.router, pb_grpc.StorageServiceStub, "AddPrimaryStorage",
-                           request.storage_id, request, context, local)
-
-    def GetPrimaryStorage(self, request: storage_pb2.PrimaryStorageRef,
-                          context: grpc.ServicerContext) -> storage_pb2.PrimaryStorage:
-        _check(context, request.storage_id, "storage_id")
-        return self._answer(self._read(request.storage_id, context)[0])
-
-    def ListPrimaryStorages(self, request: storage_pb2.ListPrimaryStoragesRequest,
-                            context: grpc.ServicerContext
-                            ) -> storage_pb2.ListPrimaryStoragesResponse:
-        storages = sorted((e.value for e in self.storages.entries()),
-                          key=lambda s: s.storage_id)
-        return storage_pb2.ListPrimaryStoragesResponse(
-            storages=[self._answer(s) for s in storages])
-
-    def RemovePrimaryStorage(self, request: storage_pb2.PrimaryStorageRef,
-                             context: grpc.ServicerContext) -> storage_pb2.PrimaryStorage:
-        _check(context, request.storage_id, "storage_id")
-
-        def local() -> storage_pb2.PrimaryStorage:
-            storage, revision = self._read(request.storage_id, context)
-            key = self.ctx.keys.storage(request.storage_id)
-            result = self.ctx.write_or_abort(
-                context, [t.mod_revision_is(key, revision)], [t.delete(key)],
-                (grpc.StatusCode.ABORTED, "primary storage changed meanwhile; retry"))
-            self.storages.wait_for_revision(result.revision, 2.0)
-            self.checker.forget(request.storage_id)
-            return self._answer(storage)
-
-        return route_unary(self.router, pb_grpc.StorageServiceStub, "RemovePrimaryStorage",
-                           request.storage_id, request, context, local)
-
-    def CheckPrimaryStorage(self, request: storage_pb2.PrimaryStorageRef,
-                            context: grpc.ServicerContext) -> storage_pb2.PrimaryStorage:
-        _check(context, request.storage_id, "storage_id")
-
-        def local() -> storage_pb2.PrimaryStorage:
-            try:
-                checked = self.checker.check(request.storage_id)
-            except (Fenced, StoreError) as exc:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"check not stored: {exc}")
-            if checked is None:
-                context.abort(grpc.StatusCode.NOT_FOUND,
-                              f"no primary storage {request.storage_id!r}")
-            return self._answer(checked)
-
-        return route_unary(self.router, pb_grpc.StorageServiceStub, "CheckPrimaryStorage",
-                           request.storage_id, request, context, local)
-
-    def GetVolumeClients(self, request: storage_pb2.StorageVolumeRef,
-                         context: grpc.ServicerContext) -> mds_pb2.MdsGetVolumeClientsResponse:
-        # Served by any node: a read-only call to the store needs no owner.
-        _check(context, request.storage_id, "storage_id")
-        _check(context, request.volume_id, "volume_id")
-        entry = self.storages.get(self.ctx.keys.storage(request.storage_id))
-        storage = entry.value if entry is not None else self._read(request.storage_id,
-                                                                    context)[0]
-        try:
-            return self.checker.client(storage).get_volume_clients(request.volume_id)
-        except MdsError as exc:
-            codes = set(exc.codes)
-            if codes == {"NOT_FOUND"}:
-                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-            if codes and codes <= {"INVALID_ARGUMENT"}:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import grpc
 import tenacity
 
-from controlplane import metrics
+from controlplane import errors, metrics
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2, vm_pb2
@@ -41,15 +41,6 @@ AGENT_CALLS = {"start": "StartVm", "stop": "StopVm", "reboot": "RebootVm", "paus
 DEFINITE_FAILURES = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED,
                      grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 DEVICE_INFO_AFTER = ("start", "reboot", "resume")
-
-
-class OpError(Exception):
-    """An operation refused: carries the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
 
 
 @dataclass(frozen=True)
@@ -105,7 +96,8 @@ class Operations:
     # -- begin ----------------------------------------------------------------------
 
     def begin(self, vm_id: str, kind: str, host_id: str = "", force: bool = False) -> Begun:
-        """Record the operation (state + op) in one fenced CAS txn; raises OpError."""
+        """Record the operation (state + op) in one fenced CAS txn; raises a
+        `controlplane.errors` kind when refused."""
         for attempt in range(5):
             # First from the watch-fed caches (no etcd read): the CAS proves them current.
             # A refusal or a lost CAS is decided again on an etcd read: a cache may lag.
@@ -114,11 +106,11 @@ class Operations:
             locks = self.image_locks(vm_id) if kind == "start" else []
             try:
                 if vm is None:
-                    raise OpError(grpc.StatusCode.NOT_FOUND, f"no VM {vm_id!r}")
+                    raise errors.NotFound(f"no VM {vm_id!r}")
                 new, record = self._prepare(vm, op, op_rev, kind, host_id)
                 if not cached:
                     self._check_images_free(vm_id, locks)
-            except OpError:
+            except errors.DomainError:
                 if cached:
                     continue
                 raise
@@ -133,30 +125,30 @@ class Operations:
             except Conflict:
                 continue
             except Fenced as exc:
-                raise OpError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+                raise errors.Unreachable(str(exc)) from exc
             log.info("vm %s: %s begun as op %s (state %s -> %s, host %s, generation %d)",
                      vm_id, kind, record.op_id, vm.state, new.state, new.host_id,
                      new.generation)
             return Begun(new, record, result.revision)
-        raise OpError(grpc.StatusCode.ABORTED, f"VM {vm_id} kept changing; retry")
+        raise errors.Busy(f"VM {vm_id} kept changing; retry")
 
     def _check_images_free(self, vm_id: str, locks: list[str]) -> None:
         for key in locks:
             kv = self.ctx.store.get(key)
             if kv is not None:
-                raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"VM {vm_id}: image {self.ctx.keys.last_segment(key)} is locked "
-                              f"by {kv.value.decode()} for an offline operation; retry later")
+                image = self.ctx.keys.last_segment(key)
+                raise errors.Refused(f"VM {vm_id}: image {image} is locked by "
+                                     f"{kv.value.decode()} for an offline operation; retry later")
 
     def _prepare(self, vm: vm_pb2.Vm, op: vm_pb2.Op | None, op_rev: int, kind: str,
                  host_id: str) -> tuple[vm_pb2.Vm, vm_pb2.Op]:
-        """The VM record and op record `begin` writes; OpError when the op is refused."""
+        """The VM record and op record `begin` writes; raises a `controlplane.errors` kind
+        when the op is refused."""
         self._check_op_free(vm, op, op_rev, kind)
         event = states.OPERATIONS[kind].begin
         if vm.state not in states.CALLABLE_FROM[kind] or not states.allowed(vm.state, event):
-            raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"VM {vm.vm_id} is {vm.state}: cannot {kind} it (allowed from "
-                          f"{', '.join(sorted(states.CALLABLE_FROM[kind]))})")
+            raise errors.Refused(f"VM {vm.vm_id} is {vm.state}: cannot {kind} it (allowed from "
+                                 f"{', '.join(sorted(states.CALLABLE_FROM[kind]))})")
         new = vm_pb2.Vm()
         new.CopyFrom(vm)
         new.ClearField("op")
@@ -168,8 +160,7 @@ class Operations:
             new.host_id = target
             new.generation = vm.generation + 1  # every placement: a new generation
         elif not vm.host_id:
-            raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"VM {vm.vm_id} is {vm.state} and placed on no host")
+            raise errors.Refused(f"VM {vm.vm_id} is {vm.state} and placed on no host")
         new.state = states.next_state(vm.state, event)
         new.state_changed_at = now
         return new, self.new_op(vm.vm_id, kind, new.host_id, new.generation, now)
@@ -191,27 +182,24 @@ class Operations:
         status = op_status(view, self.ctx.members(), time.time(),
                            self.ctx.config.get("vm.orphanedSkipTimeout"))
         if status != "expired":
-            raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"VM {vm.vm_id} is {vm.state} with operation {op.kind} {op.op_id} "
-                          f"of {op.node_id} in flight ({status}); cannot {kind} it now")
+            raise errors.Refused(f"VM {vm.vm_id} is {vm.state} with operation {op.kind} {op.op_id} "
+                                 f"of {op.node_id} in flight ({status}); cannot {kind} it now")
 
     def placement(self, vm: vm_pb2.Vm, wanted: str) -> str:
-        """The host a start goes to; raises OpError when there is none to use."""
+        """The host a start goes to; raises errors.Refused/NotFound when there is none to use."""
         if wanted:
             host = self.ctx.host_record(wanted)
             if host is None:
-                raise OpError(grpc.StatusCode.NOT_FOUND, f"no host {wanted!r}")
+                raise errors.NotFound(f"no host {wanted!r}")
             if host.status != host_pb2.CONNECTED:
-                raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"host {wanted} is {host_pb2.HostStatus.Name(host.status)}")
+                raise errors.Refused(f"host {wanted} is {host_pb2.HostStatus.Name(host.status)}")
             return wanted
         connected = self.ctx.connected_hosts()
         if vm.host_id and vm.host_id in connected:
             return vm.host_id
         target = ha.pick_host(connected)
         if target is None:
-            raise OpError(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"no connected host to start VM {vm.vm_id} on")
+            raise errors.Refused(f"no connected host to start VM {vm.vm_id} on")
         return target
 
     # -- run ------------------------------------------------------------------------
@@ -242,7 +230,7 @@ class Operations:
                 detail = f"agent: {err.code().name}: {err.details()}"
                 if err.code() not in DEFINITE_FAILURES:
                     event, outcome = "", "unknown"  # sync settles it from the agent's report
-            except OpError as exc:
+            except errors.DomainError as exc:
                 event, outcome, detail = "", "unknown", f"not waited for: {exc or 'stopping'}"
         metrics.VM_OPS.labels(op.kind, outcome).inc()
         final = self.finish(begun, event, outcome, detail, devices)
@@ -259,7 +247,7 @@ class Operations:
 
     def _call_agent(self, address: str, method: str, request: object, deadline: float) -> object:
         if self._stopping.is_set():
-            raise OpError(grpc.StatusCode.UNAVAILABLE, "node stopping")
+            raise errors.Unreachable("node stopping")
         stub = self.ctx.agents.stub(address)
         return getattr(stub, method)(request, timeout=max(0.1, deadline - time.time()))
 

@@ -17,15 +17,15 @@ from collections.abc import Iterator, Sequence
 import grpc
 
 from controlplane.cluster.routing import Router, route_unary
-from controlplane.cluster.service import check_resource_id as _check
 from controlplane.owner import OwnerContext
+from controlplane.rpc import check_id
 from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.store.cache import CacheEvent
 from controlplane.v1 import vm_pb2
 from controlplane.v1 import vm_pb2_grpc as pb_grpc
 from controlplane.vm import states
-from controlplane.vm.operations import Operations, OpError
+from controlplane.vm.operations import Operations
 from controlplane.vm.records import root_disk_size
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ class VmServicer(pb_grpc.VmServiceServicer):
                  ) -> vm_pb2.Vm:
         if not request.vm_id:
             request.vm_id = f"vm-{uuid.uuid4().hex[:12]}"
-        _check(context, request.vm_id, "vm_id")
+        check_id(request.vm_id, "vm_id")
         if request.host_id:
-            _check(context, request.host_id, "host_id")
+            check_id(request.host_id, "host_id")
         if not 0 <= request.cpus <= MAX_CPUS or request.memory_mb < 0 \
                 or request.memory_mb > MAX_MEMORY_MB:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -73,10 +73,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
         def local() -> vm_pb2.Vm:
             if request.start:
                 # Refuse before writing: a create that fails to start must leave nothing.
-                try:
-                    self.operations.placement(vm_pb2.Vm(vm_id=request.vm_id), request.host_id)
-                except OpError as exc:
-                    context.abort(exc.code, exc.details)
+                self.operations.placement(vm_pb2.Vm(vm_id=request.vm_id), request.host_id)
             now = time.time()
             vm = vm_pb2.Vm(vm_id=request.vm_id, name=request.name or request.vm_id,
                            state="Created", ha=request.ha, cpus=request.cpus or 1,
@@ -101,12 +98,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
 
     def _operate(self, vm_id: str, kind: str, context: grpc.ServicerContext, wait: bool,
                  host_id: str = "", force: bool = False) -> vm_pb2.Vm:
-        try:
-            begun = self.operations.begin(vm_id, kind, host_id=host_id, force=force)
-        except OpError as exc:
-            context.abort(exc.code, exc.details)
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot reach etcd: {exc}")
+        begun = self.operations.begin(vm_id, kind, host_id=host_id, force=force)
         future = self.operations.submit(begun, force)
         answer = vm_pb2.Vm()
         answer.CopyFrom(begun.vm)
@@ -124,9 +116,9 @@ class VmServicer(pb_grpc.VmServiceServicer):
 
     def _routed_op(self, kind: str, method: str, request: vm_pb2.VmOpRequest,
                    context: grpc.ServicerContext) -> vm_pb2.Vm:
-        _check(context, request.vm_id, "vm_id")
+        check_id(request.vm_id, "vm_id")
         if request.host_id:
-            _check(context, request.host_id, "host_id")
+            check_id(request.host_id, "host_id")
             if kind != "start":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"host_id is only for start, not {kind}")
@@ -159,7 +151,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
     # -- reads ----------------------------------------------------------------------
 
     def GetVm(self, request: vm_pb2.VmRef, context: grpc.ServicerContext) -> vm_pb2.Vm:
-        _check(context, request.vm_id, "vm_id")
+        check_id(request.vm_id, "vm_id")
         try:
             vm, _, op, _ = self.operations.read(request.vm_id)
         except StoreError as exc:
@@ -187,7 +179,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
 
     def ListHaAudit(self, request: vm_pb2.VmRef, context: grpc.ServicerContext
                     ) -> vm_pb2.ListHaAuditResponse:
-        _check(context, request.vm_id, "vm_id")
+        check_id(request.vm_id, "vm_id")
         try:
             kvs, _ = self.ctx.store.list_prefix(self.ctx.keys.audit(request.vm_id))
         except StoreError as exc:
@@ -198,7 +190,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
     def WatchVms(self, request: vm_pb2.WatchVmsRequest, context: grpc.ServicerContext
                  ) -> Iterator[vm_pb2.VmEvent]:
         if request.vm_id:
-            _check(context, request.vm_id, "vm_id")
+            check_id(request.vm_id, "vm_id")
 
         def wanted(vm: vm_pb2.Vm) -> bool:
             return ((not request.vm_id or vm.vm_id == request.vm_id)

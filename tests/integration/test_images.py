@@ -17,7 +17,7 @@ import pytest
 
 from controlplane.config.settings import Settings
 from controlplane.server import ManagementNode
-from controlplane.storage.images import ImageError
+from controlplane.storage.images import Locked
 from controlplane.testing import cluster as c
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.ports import free_port
@@ -199,7 +199,7 @@ def test_refused_for_a_running_vm_and_while_locked(node: ManagementNode) -> None
                                    timeout=10)
         assert info.value.code() == grpc.StatusCode.ABORTED
         assert "locked by mn-i" in info.value.details()
-        with pytest.raises(ImageError):  # the lock is exclusive in-process too
+        with pytest.raises(Locked):  # the lock is exclusive in-process too
             with node.image_manager.locked("img"):
                 pass
     chain = s.ReconcileVolumeChain(volume_pb2.ReconcileVolumeChainRequest(image_id="img"),

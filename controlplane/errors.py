@@ -1,0 +1,72 @@
+"""Domain errors: what the caller did wrong, or why the system refused, in plain words.
+
+Domain code (VM operations, images, storage, routing decisions) raises these and never
+imports gRPC to say how a refusal travels: `controlplane.rpc` maps each kind to a status code
+in ONE table (`rpc.STATUS`) and its server interceptor answers with it. A kind says what the
+caller can do about it, the way gRPC's canonical codes do:
+
+- Invalid       the request itself is wrong: fix it (INVALID_ARGUMENT)
+- NotFound      no such resource (NOT_FOUND)
+- Exists        the id is taken (ALREADY_EXISTS)
+- Refused       not allowed in the resource's current state: change the state first
+                (FAILED_PRECONDITION)
+- Busy          lost a race or the resource is locked: retry (ABORTED)
+- Unreachable   something the answer needs (etcd, an agent, an MDS, the owner) cannot be
+                reached now: retry later or elsewhere (UNAVAILABLE)
+- Exhausted     no capacity or over a limit (RESOURCE_EXHAUSTED)
+- Unsupported   not implemented by this backend (UNIMPLEMENTED)
+- TimedOut      the work outlived its deadline (DEADLINE_EXCEEDED)
+- Failed        our side failed doing the work, e.g. a qemu-img call (INTERNAL)
+
+The message is shown to the caller as is: never put unbounded input in it.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every refusal the caller should see (never a bug of ours)."""
+
+
+class Invalid(DomainError, ValueError):
+    pass
+
+
+class NotFound(DomainError):
+    pass
+
+
+class Exists(DomainError):
+    pass
+
+
+class Refused(DomainError):
+    pass
+
+
+class Busy(DomainError):
+    pass
+
+
+class Unreachable(DomainError):
+    pass
+
+
+class Exhausted(DomainError):
+    pass
+
+
+class Unsupported(DomainError):
+    pass
+
+
+class TimedOut(DomainError):
+    pass
+
+
+class Failed(DomainError):
+    """Our side failed doing the work (a qemu-img call, say); the message says how."""
+
+
+__all__ = ["Busy", "DomainError", "Exhausted", "Exists", "Failed", "Invalid", "NotFound",
+           "Refused", "TimedOut", "Unreachable", "Unsupported"]

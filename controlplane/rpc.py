@@ -1,0 +1,260 @@
+"""One way to serve: the gRPC server builder every process uses (node, agent, MDS), the
+request checks, and the one table from domain errors to status codes.
+
+Why one builder: the node, the agent and the sim MDS each built their own server (pool,
+health, reflection, port check) and drifted apart; transport security and access control
+need exactly one place to attach credentials and interceptors.
+
+`RpcServer` gives every server:
+- a bounded thread pool and `maximum_concurrent_rpcs`;
+- grpc.health.v1 with the services `liveness` and `readiness` (and "" and every added
+  service, which follow readiness), so Kubernetes probes and `grpc_health_probe` work;
+- server reflection of every added service (grpcurl needs nothing else);
+- the domain-error interceptor: a handler that raises a `controlplane.errors` kind (or a
+  StoreError) answers with the status code `STATUS` gives it, never UNKNOWN;
+- a clean RuntimeError naming the address when the port cannot be bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane import errors, metrics
+from controlplane.store.errors import StoreError
+
+__all__ = ["MAX_ID", "STATUS", "MetricsInterceptor", "RpcServer", "abort", "check_address",
+           "check_id", "serve_until_signal", "status_of", "valid_address"]
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+# The one table: domain error kind -> the status code it answers with.
+STATUS: dict[type[BaseException], grpc.StatusCode] = {
+    errors.Invalid: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Exists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Refused: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Busy: grpc.StatusCode.ABORTED,
+    errors.Unreachable: grpc.StatusCode.UNAVAILABLE,
+    errors.Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    errors.TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Failed: grpc.StatusCode.INTERNAL,
+    StoreError: grpc.StatusCode.UNAVAILABLE,  # etcd unreachable: the caller may retry
+}
+MAX_DETAILS = 1024  # status details are trailing metadata: never echo unbounded text
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code of a domain error (by its nearest kind), None for anything else."""
+    for kind in type(exc).__mro__:
+        code = STATUS.get(kind)
+        if code is not None:
+            return code
+    return None
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    """Answer the call with the domain error's status and its (bounded) message."""
+    code = status_of(exc) or grpc.StatusCode.INTERNAL
+    details = str(exc) if not isinstance(exc, StoreError) else f"cannot reach etcd: {exc}"
+    context.abort(code, details[:MAX_DETAILS])
+
+
+# -- request checks ------------------------------------------------------------------------
+
+MAX_ID = 256
+
+
+def check_id(value: str, field: str = "resource_id") -> str:
+    """Resource ids are etcd key segments: non-empty, bounded, printable, no '/' or space."""
+    if not value:
+        raise errors.Invalid(f"{field} is empty")
+    size = len(value.encode())
+    if size > MAX_ID:
+        raise errors.Invalid(f"{field} is {size} bytes; the limit is {MAX_ID}")
+    if not value.isprintable() or "/" in value or " " in value:
+        raise errors.Invalid(f"{field} {value!r} must be printable, with no '/' or space")
+    return value
+
+
+def valid_address(address: str) -> bool:
+    """HOST:PORT with a host and a port in 1..65535 (shared with the command-line checks)."""
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+def check_address(address: str, field: str) -> str:
+    """A HOST:PORT another process serves at (an agent, an MDS)."""
+    if not valid_address(address):
+        shown = address if len(address) <= 64 else address[:64] + "..."
+        raise errors.Invalid(f"{field} {shown!r}: expected HOST:PORT")
+    return address
+
+
+# -- the server ----------------------------------------------------------------------------
+
+def _wrap(behaviour: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+    if streaming:
+        def stream(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from behaviour(request_or_iterator, context)
+            except (errors.DomainError, StoreError) as exc:
+                abort(context, exc)
+        return stream
+
+    def unary(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behaviour(request_or_iterator, context)
+        except (errors.DomainError, StoreError) as exc:
+            abort(context, exc)
+    return unary
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts every unary call by method and final status code, and the calls in flight."""
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+
+        def wrapped(request, context):  # type: ignore[no-untyped-def]
+            metrics.RPCS_IN_FLIGHT.inc()
+            try:
+                response = inner(request, context)
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                metrics.RPCS.labels(method, code.name).inc()
+                raise
+            finally:
+                metrics.RPCS_IN_FLIGHT.dec()
+            code = context.code() or grpc.StatusCode.OK
+            metrics.RPCS.labels(method, code.name).inc()
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class DomainErrors(grpc.ServerInterceptor):
+    """Turns a domain error raised by any handler into its status (the `STATUS` table)."""
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_wrap(handler.unary_unary, False))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=_wrap(handler.unary_stream, True))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=_wrap(handler.stream_unary, False))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=_wrap(handler.stream_stream, True))
+        return handler
+
+
+class RpcServer:
+    """One gRPC server with health, reflection and the domain-error interceptor.
+
+    Add services with `add(add_fn, servicer, full_name)`, then `start()`. Health starts
+    live and (unless `ready=False`) ready; `set_health` changes it later.
+    """
+
+    def __init__(self, listen: str, *, max_workers: int = 32,
+                 max_concurrent_rpcs: int | None = None,
+                 interceptors: Sequence[grpc.ServerInterceptor] = (),
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
+        self.listen = listen
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.services: list[str] = []
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            interceptors=[*interceptors, DomainErrors()],
+            options=[("grpc.so_reuseport", 0), *options],
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
+        )
+        self.port = 0
+        self._stopped = False
+
+    def add(self, add_fn: Callable[[Any, grpc.Server], None], servicer: object,
+            full_name: str) -> RpcServer:
+        """Register a servicer (`add_XServicer_to_server`) under its full service name."""
+        add_fn(servicer, self.server)
+        self.services.append(full_name)
+        return self
+
+    def start(self, ready: bool = True) -> int:
+        """Bind, enable reflection and health, serve; returns the bound port."""
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        try:
+            self.port = self.server.add_insecure_port(self.listen)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen on {self.listen}: {exc}") from exc
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {self.listen}")
+        self.set_health(live=True, ready=ready)
+        self.server.start()
+        return self.port
+
+    def set_health(self, live: bool, ready: bool) -> None:
+        ready_status = SERVING if ready else NOT_SERVING
+        self.health.set("liveness", SERVING if live else NOT_SERVING)
+        self.health.set("readiness", ready_status)
+        for name in ("", *self.services):
+            self.health.set(name, ready_status)
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Health NOT_SERVING for everything, then stop, letting calls finish for `grace`."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait(grace + 1)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.server.wait_for_termination(timeout)
+
+
+def serve_until_signal(stop: Callable[[], None],
+                       signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Block until SIGTERM/SIGINT, then call `stop()` once; the command's exit code (0).
+
+    A repeated SIGTERM does not cut `stop()` short (a drain in progress finishes); a second
+    Ctrl-C means the operator wants out now (exit 130 at once)."""
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if done.is_set():
+            if signum == signal.SIGINT:
+                os._exit(130)
+            return
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        done.set()
+
+    for signum in signals:
+        signal.signal(signum, on_signal)
+    while not done.wait(0.5):
+        pass
+    stop()
+    return 0
