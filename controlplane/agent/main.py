@@ -8,7 +8,8 @@ import signal
 import threading
 from typing import Any
 
-from controlplane.config.settings import _hostport, _log_level
+from controlplane.config import argtypes
+from controlplane.config.settings import add_env_argument, add_flags, log_flags, metrics_flags
 
 __all__ = ["add_agent_parser", "run_agent"]
 
@@ -33,75 +34,57 @@ gRPC health (services "", liveness, readiness) and server reflection are served 
 same port. SIGTERM or SIGINT aborts operations in progress and exits 0."""
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _host_prefix(text: str) -> str:
-    if "/" in text or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError(f"{text!r}: a host id prefix has no '/' or spaces")
-    return text
-
-
-def _listen(text: str) -> str:
-    address = _hostport(text)
-    if not address.rpartition(":")[0]:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT (the host is missing)")
-    return address
-
-
 def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``agent`` sub-command to the ``controlplane`` parser's subparsers."""
+    """Add the ``agent`` sub-command to the ``controlplane`` parser's subparsers (made with
+    ``parser_class=EnvArgumentParser``: every flag also reads ``CONTROLPLANE_<FLAG>``)."""
     p = subparsers.add_parser(
         "agent",
         help="run a host agent (the sim backend simulates many hypervisor hosts for tests)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--listen", type=_listen, required=True, metavar="HOST:PORT",
-                   help="gRPC listen address")
-    p.add_argument("--backend", choices=BACKENDS, default="sim",
-                   help="hypervisor backend (default sim; only sim exists today)")
-    p.add_argument("--block-backend", choices=("qemu", "sim", "none"), default="sim",
-                   help="block jobs on VM disks (AgentBlockJobs): qemu runs one "
-                        "qemu-system-x86_64 -machine none per opened disk, driven over QMP "
-                        "(needs Debian's qemu-system-x86); sim keeps disks in memory; none "
-                        "answers UNIMPLEMENTED (default sim)")
-    p.add_argument("--hosts", type=_positive_int, default=1, metavar="N",
-                   help="number of hosts the agent serves (default 1)")
-    p.add_argument("--host-prefix", type=_host_prefix, default="host-", metavar="P",
-                   help="host ids are P0, P1, ... (default host-)")
+    add_env_argument(p, "--listen", type=argtypes.listen_address, required=True,
+                     metavar="HOST:PORT", help="gRPC listen address")
+    add_env_argument(p, "--backend", choices=BACKENDS, default="sim",
+                     help="hypervisor backend (only sim exists today)")
+    add_env_argument(p, "--block-backend", choices=("qemu", "sim", "none"), default="sim",
+                     help="block jobs on VM disks (AgentBlockJobs): qemu runs one "
+                          "qemu-system-x86_64 -machine none per opened disk, driven over QMP "
+                          "(needs Debian's qemu-system-x86); sim keeps disks in memory; none "
+                          "answers UNIMPLEMENTED")
+    add_env_argument(p, "--hosts", type=argtypes.positive_int, default=1, metavar="N",
+                     help="number of hosts the agent serves")
+    add_env_argument(p, "--host-prefix", type=argtypes.host_prefix, default="host-",
+                     metavar="P", help="host ids are P0, P1, ...")
     for name, what in (("start", "a start takes"), ("stop", "a graceful stop takes"),
                        ("reboot", "a reboot takes"), ("pause", "a pause or resume takes")):
-        p.add_argument(f"--{name}-delay", type=_non_negative, default=0.0, metavar="S",
-                       help=f"seconds {what} (sim; default 0)")
-    p.add_argument("--no-report-ops", dest="report_ops", action="store_false",
-                   help="ListVms reports no operations in progress (an agent too old to say)")
-    p.add_argument("--cpus", type=_positive_int, default=16, metavar="N",
-                   help="CPUs each host reports in Ping (default 16)")
-    p.add_argument("--memory-mb", type=_positive_int, default=65536, metavar="N",
-                   help="memory (MiB) each host reports in Ping (default 65536)")
-    p.add_argument("--seed", type=int, default=None, metavar="N",
-                   help="seed of the sim's failure injection (default: random)")
-    p.add_argument("--log-level", type=_log_level, default="INFO",
-                   help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+        add_env_argument(p, f"--{name}-delay", type=argtypes.non_negative_seconds,
+                         default=0.0, metavar="S", help=f"seconds {what} (sim)")
+    add_env_argument(p, "--no-report-ops", dest="report_ops", action="store_false",
+                     help="ListVms reports no operations in progress (an agent too old to say)")
+    add_env_argument(p, "--cpus", type=argtypes.positive_int, default=16, metavar="N",
+                     help="CPUs each host reports in Ping")
+    add_env_argument(p, "--memory-mb", type=argtypes.positive_int, default=65536, metavar="N",
+                     help="memory (MiB) each host reports in Ping")
+    add_env_argument(p, "--seed", type=argtypes.integer, default=None, metavar="N",
+                     help="seed of the sim's failure injection (unset: random)")
+    add_flags(p, [*log_flags(), *metrics_flags("127.0.0.1")])
     return p
+
+
+def _serve_metrics(args: argparse.Namespace) -> bool:
+    """Serve the Prometheus endpoint (the client library's process and Python metrics) when
+    --metrics-port is set; False, after an error line, when its port cannot be bound."""
+    if not args.metrics_port:
+        return True
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(args.metrics_port, addr=args.metrics_address)
+    except OSError as exc:
+        log.error("metrics on %s:%d: %s", args.metrics_address, args.metrics_port, exc)
+        return False
+    return True
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -109,7 +92,9 @@ def run_agent(args: argparse.Namespace) -> int:
     from controlplane import logs
     from controlplane.agent.server import serve_agent
 
-    logs.setup("text", args.log_level, f"agent@{args.listen}")
+    logs.setup(args.log_format, args.log_level, f"agent@{args.listen}")
+    if not _serve_metrics(args):
+        return 1
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -13,7 +13,11 @@ from controlplane import __version__
 from controlplane.agent.main import add_agent_parser, run_agent
 from controlplane.cli import commands as cc
 from controlplane.cli.commands import ring_to_dict
-from controlplane.config.settings import add_serve_arguments, settings_from_args
+from controlplane.config.settings import (
+    EnvArgumentParser,
+    add_serve_arguments,
+    settings_from_args,
+)
 
 DEFAULT_ENDPOINT = "127.0.0.1:7070"
 
@@ -350,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
         "coordinate through etcd leases and a consistent hash ring, and answer gRPC.",
     )
     parser.add_argument("--version", action="version", version=f"controlplane {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # EnvArgumentParser: the flags of serve/agent/mds also read CONTROLPLANE_* variables
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=EnvArgumentParser)
 
     up = sub.add_parser(
         "up",

@@ -1,16 +1,51 @@
-"""Settings of one management node: every flag also reads an environment variable, so a
-Kubernetes pod can be configured from its manifest alone."""
+"""Command-line settings of the long-running commands (`serve`, `agent`, `mds`): every flag
+also reads an environment variable, so a Kubernetes pod can be configured from its
+manifest alone.
+
+One mechanism for the three: ConfigArgParse's ``env_var``. ``CONTROLPLANE_<FLAG>`` (the
+flag's name upper-cased, '-' as '_') is read when the command line is parsed and turned into
+that flag on the command line, before the flags actually given (so a flag given wins). A bad
+variable thus meets the same ``type=`` check (:mod:`controlplane.config.argtypes`) and gets
+the same clean argparse error as a bad flag. ``--help`` names each variable and default as
+``[env CONTROLPLANE_X; default Y]``, the list the deployment manifests are checked against.
+
+The parser a flag is added to must be an :class:`EnvArgumentParser` (for sub-commands: the
+``parser_class`` of the ``add_subparsers`` call); a plain argparse parser would accept
+``env_var`` and never read it, so :func:`add_env_argument` refuses one.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from controlplane.store.keys import DEFAULT_PREFIX, valid_node_id
+import configargparse
+
+from controlplane.config import argtypes
+from controlplane.store.keys import DEFAULT_PREFIX
+
+__all__ = [
+    "ENV_PREFIX", "SERVE_FLAGS", "EnvArgumentParser", "Flag", "Settings", "add_env_argument",
+    "add_flags", "add_serve_arguments", "env_name", "log_flags", "metrics_flags",
+    "settings_from_args",
+]
 
 ENV_PREFIX = "CONTROLPLANE_"
+
+
+class EnvArgumentParser(configargparse.ArgumentParser):
+    """An argparse parser whose flags can read environment variables (ConfigArgParse).
+
+    ConfigArgParse's own help suffix and config-file help are off: :func:`add_env_argument`
+    writes the variable into each flag's help itself, in the project's one format."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("add_env_var_help", False)
+        kwargs.setdefault("add_config_file_help", False)
+        super().__init__(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -21,6 +56,7 @@ class Settings:
     etcd: str
     lease_ttl: int = 10
     metrics_port: int = 0
+    metrics_address: str = "0.0.0.0"
     reconcile_interval: float = 3.0
     prefix: str = DEFAULT_PREFIX
     vnodes: int = 256
@@ -31,126 +67,103 @@ class Settings:
     image_dir: str = "/var/lib/controlplane/images"
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(ENV_PREFIX + name, default)
+def env_name(flag: str) -> str:
+    """``--lease-ttl`` -> ``CONTROLPLANE_LEASE_TTL``."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+_FLAG_ACTIONS = ("store_true", "store_false")
 
 
-def _lease_ttl(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError("must be an integer >= 2 (etcd's minimum lease TTL)")
-    return value
+def add_env_argument(parser: argparse.ArgumentParser, flag: str, *, help: str,
+                     default: Any = None, **kwargs: Any) -> argparse.Action:
+    """Add ``flag`` to ``parser`` reading ``CONTROLPLANE_<FLAG>`` too; its help ends with
+    ``[env CONTROLPLANE_X; default Y]``. A store_true/store_false flag takes true/false (also
+    yes/no, on/off, 1/0) from its variable. Other keyword arguments go to ``add_argument``."""
+    if not isinstance(parser, configargparse.ArgumentParser):
+        raise TypeError(f"{parser.prog}: environment variables need an EnvArgumentParser "
+                        "(add_subparsers(parser_class=EnvArgumentParser)), not "
+                        f"{type(parser).__name__}")
+    env = env_name(flag)
+    if kwargs.get("action") in _FLAG_ACTIONS:
+        shown = f"env {env}=true|false; default false"
+    elif kwargs.get("required"):
+        shown = f"env {env}; required"
+    else:
+        shown = f"env {env}; default {'unset' if default is None else default}"
+    return parser.add_argument(flag, env_var=env, default=default,
+                               help=f"{help} [{shown.replace('%', '%%')}]", **kwargs)
 
 
-def _prefix(text: str) -> str:
-    if not text.startswith("/") or text.endswith("/") or len(text) < 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: a key prefix starts with '/' and does not "
-                                         "end with it, e.g. /controlplane")
-    return text
+@dataclass(frozen=True)
+class Flag:
+    """One valued flag of a table (:data:`SERVE_FLAGS`, :func:`log_flags`, ...)."""
+
+    flag: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+    required: bool = False
+
+    @property
+    def env(self) -> str:
+        return env_name(self.flag)
 
 
-def _vnodes(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 4096:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 4096, got {text}")
-    return value
+def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
+    for f in flags:
+        add_env_argument(parser, f.flag, type=f.type, default=f.default, help=f.help,
+                         required=f.required, metavar=f.metavar or f.env[len(ENV_PREFIX):])
 
 
-def _port_or_zero(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 65536:
-        raise argparse.ArgumentTypeError(f"must be a port 1-65535 (or 0: off), got {text}")
-    return value
+def log_flags() -> list[Flag]:
+    """--log-format and --log-level, the same on every long-running command."""
+    return [
+        Flag("--log-format", argtypes.log_format, "text",
+             "log lines as text or json (one object a line, with the record's fields)"),
+        Flag("--log-level", argtypes.log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ]
 
 
-def _log_format(text: str) -> str:
-    if text not in ("text", "json"):
-        raise argparse.ArgumentTypeError(f"must be text or json, got {text!r}")
-    return text
+def metrics_flags(address: str) -> list[Flag]:
+    """--metrics-port (0: off) and --metrics-address; ``address`` is the command's default
+    interface (a node's pod is scraped from outside: 0.0.0.0; an agent or MDS: 127.0.0.1)."""
+    return [
+        Flag("--metrics-port", argtypes.port_or_zero, 0,
+             "Prometheus metrics port (0: off)"),
+        Flag("--metrics-address", argtypes.bind_host, address,
+             "interface the metrics port listens on"),
+    ]
 
 
-def _log_level(text: str) -> str:
-    if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise argparse.ArgumentTypeError(f"must be DEBUG, INFO, WARNING or ERROR, got {text!r}")
-    return text.upper()
-
-
-def _endpoints(text: str) -> str:
-    from controlplane.store.client import parse_endpoints
-
-    try:
-        parse_endpoints(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return text
-
-
-def _node_id(text: str) -> str:
-    if not valid_node_id(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return text
-
-
-def _abspath(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return os.path.abspath(text)
-
-
-def _hostport(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
-    return text
-
-
-# (flag, env name, type, default, help)
-SERVE_FLAGS: list[tuple[str, str, object, object, str]] = [
-    ("--node-id", "NODE_ID", _node_id, None, "this node's id, unique in the cluster (a pod name)"),
-    ("--listen", "LISTEN", _hostport, "0.0.0.0:7070", "gRPC listen address HOST:PORT"),
-    ("--advertise", "ADVERTISE", _hostport, None,
-     "address other nodes reach this one at (default: --listen, with 0.0.0.0 replaced by "
-     "this host's name)"),
-    ("--etcd", "ETCD", _endpoints, "127.0.0.1:2379", "etcd endpoints, comma-separated HOST:PORT"),
-    ("--lease-ttl", "LEASE_TTL", _lease_ttl, 10, "membership lease TTL in seconds"),
-    ("--metrics-port", "METRICS_PORT", _port_or_zero, 0, "Prometheus metrics port (0: off)"),
-    ("--reconcile-interval", "RECONCILE_INTERVAL", _positive_float, 3.0,
-     "seconds between member-list reconciles"),
-    ("--prefix", "PREFIX", _prefix, DEFAULT_PREFIX, "etcd key prefix of this deployment"),
-    ("--vnodes", "VNODES", _vnodes, 256, "virtual nodes per member on the ring"),
-    ("--drain-grace", "DRAIN_GRACE", _positive_float, 5.0,
-     "seconds in-flight calls get to finish after SIGTERM"),
-    ("--etcd-timeout", "ETCD_TIMEOUT", _positive_float, 3.0, "per-attempt etcd call deadline"),
-    ("--log-format", "LOG_FORMAT", _log_format, "text", "text or json"),
-    ("--log-level", "LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    ("--image-dir", "IMAGE_DIR", _abspath, "/var/lib/controlplane/images",
-     "directory of image files (qcow2 chains), mounted at the same path on every node"),
+SERVE_FLAGS: list[Flag] = [
+    Flag("--node-id", argtypes.node_id, None,
+         "this node's id, unique in the cluster (a pod name)", required=True),
+    Flag("--listen", argtypes.hostport, "0.0.0.0:7070", "gRPC listen address HOST:PORT"),
+    Flag("--advertise", argtypes.hostport, None,
+         "address other nodes reach this one at (default: --listen, with 0.0.0.0 replaced by "
+         "this host's name)"),
+    Flag("--etcd", argtypes.endpoints, "127.0.0.1:2379",
+         "etcd endpoints, comma-separated HOST:PORT"),
+    Flag("--lease-ttl", argtypes.lease_ttl, 10, "membership lease TTL in seconds"),
+    *metrics_flags("0.0.0.0"),
+    Flag("--reconcile-interval", argtypes.positive_float, 3.0,
+         "seconds between member-list reconciles"),
+    Flag("--prefix", argtypes.key_prefix, DEFAULT_PREFIX, "etcd key prefix of this deployment"),
+    Flag("--vnodes", argtypes.vnodes, 256, "virtual nodes per member on the ring"),
+    Flag("--drain-grace", argtypes.positive_float, 5.0,
+         "seconds in-flight calls get to finish after SIGTERM"),
+    Flag("--etcd-timeout", argtypes.positive_float, 3.0, "per-attempt etcd call deadline"),
+    *log_flags(),
+    Flag("--image-dir", argtypes.abspath, "/var/lib/controlplane/images",
+         "directory of image files (qcow2 chains), mounted at the same path on every node"),
 ]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    for flag, env, kind, default, text in SERVE_FLAGS:
-        env_value = _env(env)
-        value = env_value if env_value is not None else default
-        parser.add_argument(
-            flag,
-            type=kind,  # type: ignore[arg-type]
-            # a string default goes through `type` like a command-line value, so a bad
-            # environment value gets the same clean error as a bad flag
-            default=value,
-            required=value is None and flag == "--node-id",
-            help=f"{text} [env {ENV_PREFIX}{env}; default {default}]",
-            metavar=env,
-        )
+    """The flags of ``controlplane serve`` (``parser`` must be an EnvArgumentParser)."""
+    add_flags(parser, SERVE_FLAGS)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -167,6 +180,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         etcd=args.etcd,
         lease_ttl=args.lease_ttl,
         metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
         reconcile_interval=args.reconcile_interval,
         prefix=args.prefix,
         vnodes=args.vnodes,

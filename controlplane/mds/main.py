@@ -14,7 +14,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from controlplane.config.settings import _hostport, _log_level
+from controlplane.config import argtypes
+from controlplane.config.settings import (
+    EnvArgumentParser,
+    add_env_argument,
+    add_flags,
+    log_flags,
+    metrics_flags,
+)
 
 __all__ = ["add_mds_parser", "main", "run_mds"]
 
@@ -38,21 +45,29 @@ gRPC health (services "", liveness, readiness) and server reflection are served 
 same port. SIGTERM or SIGINT stops it (hanging calls are released) and exits 0."""
 
 
-def _listen(text: str) -> str:
-    address = _hostport(text)
-    if not address.rpartition(":")[0]:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT (the host is missing)")
-    return address
-
-
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--listen", type=_listen, required=True, metavar="HOST:PORT",
-                   help="gRPC listen address")
-    p.add_argument("--backend", choices=BACKENDS, default="sim",
-                   help="metadata backend (default sim; only sim exists today)")
-    p.add_argument("--log-level", type=_log_level, default="INFO",
-                   help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    """The flags, each also read from ``CONTROLPLANE_<FLAG>`` (``p``: an EnvArgumentParser)."""
+    add_env_argument(p, "--listen", type=argtypes.listen_address, required=True,
+                     metavar="HOST:PORT", help="gRPC listen address")
+    add_env_argument(p, "--backend", choices=BACKENDS, default="sim",
+                     help="metadata backend (only sim exists today)")
+    add_flags(p, [*log_flags(), *metrics_flags("127.0.0.1")])
     return p
+
+
+def _serve_metrics(args: argparse.Namespace) -> bool:
+    """Serve the Prometheus endpoint (the client library's process and Python metrics) when
+    --metrics-port is set; False, after an error line, when its port cannot be bound."""
+    if not args.metrics_port:
+        return True
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(args.metrics_port, addr=args.metrics_address)
+    except OSError as exc:
+        log.error("metrics on %s:%d: %s", args.metrics_address, args.metrics_port, exc)
+        return False
+    return True
 
 
 def add_mds_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -70,10 +85,12 @@ def run_mds(args: argparse.Namespace) -> int:
     from controlplane import logs
     from controlplane.mds.sim import MdsServer
 
-    logs.setup("text", args.log_level, f"mds@{args.listen}")
+    logs.setup(args.log_format, args.log_level, f"mds@{args.listen}")
     if args.backend != "sim":  # argparse choices make this unreachable from the command
         log.error("unknown backend %r", args.backend)
         return 2
+    if not _serve_metrics(args):
+        return 1
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -95,7 +112,7 @@ def run_mds(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m controlplane.mds.main``: the same flags as ``controlplane mds``."""
-    parser = _configure(argparse.ArgumentParser(
+    parser = _configure(EnvArgumentParser(
         prog="python -m controlplane.mds.main", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter))
     return run_mds(parser.parse_args(argv))

@@ -128,7 +128,8 @@ class Operations:
                 raise errors.Unreachable(str(exc)) from exc
             log.info("vm %s: %s begun as op %s (state %s -> %s, host %s, generation %d)",
                      vm_id, kind, record.op_id, vm.state, new.state, new.host_id,
-                     new.generation)
+                     new.generation,
+                     extra={"vm_id": vm_id, "host_id": new.host_id, "op_id": record.op_id})
             return Begun(new, record, result.revision)
         raise errors.Busy(f"VM {vm_id} kept changing; retry")
 
@@ -266,7 +267,8 @@ class Operations:
                 current, vm_rev, op_now, op_rev = self.read(vm_id)
             if current is None or op_now is None or op_now.op_id != op.op_id:
                 log.warning("vm %s: op %s was taken over or removed meanwhile; leaving it",
-                            vm_id, op.op_id)
+                            vm_id, op.op_id,
+                            extra={"vm_id": vm_id, "host_id": op.host_id, "op_id": op.op_id})
                 return current
             new = vm_pb2.Vm()
             new.CopyFrom(current)
@@ -288,14 +290,17 @@ class Operations:
                 continue
             except Fenced as exc:
                 log.warning("vm %s: op %s not finished: %s (the next owner resolves it)",
-                            vm_id, op.op_id, exc)
+                            vm_id, op.op_id, exc,
+                            extra={"vm_id": vm_id, "host_id": op.host_id, "op_id": op.op_id})
                 return None
             if devices is not None:
                 metrics.DEVICE_INFO.labels("stored").inc()
             log.info("vm %s: op %s %s %s (%s)%s", vm_id, op.op_id, op.kind, outcome,
-                     new.state, f": {detail}" if detail else "")
+                     new.state, f": {detail}" if detail else "",
+                     extra={"vm_id": vm_id, "host_id": new.host_id, "op_id": op.op_id})
             return new
-        log.warning("vm %s: could not record the outcome of op %s", vm_id, op.op_id)
+        log.warning("vm %s: could not record the outcome of op %s", vm_id, op.op_id,
+                    extra={"vm_id": vm_id, "host_id": op.host_id, "op_id": op.op_id})
         return None
 
     def fetch_device_info(self, vm: vm_pb2.Vm, address: str,
@@ -320,7 +325,8 @@ class Operations:
         except grpc.RpcError as err:
             metrics.DEVICE_INFO.labels("failed").inc()
             log.warning("vm %s: device info sync failed (%d attempts): %s; retried later",
-                        vm.vm_id, attempts, err.details())
+                        vm.vm_id, attempts, err.details(),
+                        extra={"vm_id": vm.vm_id, "host_id": vm.host_id})
         return None
 
     def retry_device_info(self, vm: vm_pb2.Vm) -> None:
@@ -379,7 +385,8 @@ class Operations:
         vm = entry.value
         target = ha.pick_host(self.ctx.connected_hosts(), exclude=action.from_host)
         if target is None:
-            log.warning("HA: no connected host to restart VM %s on", vm.vm_id)
+            log.warning("HA: no connected host to restart VM %s on", vm.vm_id,
+                        extra={"vm_id": vm.vm_id, "host_id": action.from_host})
             metrics.HA_DECISIONS.labels("no-host").inc()
             return None
         state = vm.state
@@ -387,7 +394,8 @@ class Operations:
             if states.allowed(state, event):
                 state = states.next_state(state, event)
         if state != "Starting":
-            log.warning("HA: VM %s in %s cannot be started", vm.vm_id, vm.state)
+            log.warning("HA: VM %s in %s cannot be started", vm.vm_id, vm.state,
+                        extra={"vm_id": vm.vm_id, "host_id": action.from_host})
             return None
         now = time.time()
         new = vm_pb2.Vm()
@@ -412,11 +420,13 @@ class Operations:
                 t.put(audit_key, audit.SerializeToString()),
             ])
         except (Conflict, Fenced) as exc:
-            log.info("HA: restart of VM %s not taken (%s)", vm.vm_id, exc)
+            log.info("HA: restart of VM %s not taken (%s)", vm.vm_id, exc,
+                     extra={"vm_id": vm.vm_id, "host_id": target, "op_id": op.op_id})
             return None
         metrics.HA_DECISIONS.labels("restart").inc()
         log.warning("HA: restarting VM %s on %s (was on %s, generation %d): %s", vm.vm_id,
-                    target, action.from_host, new.generation, "; ".join(action.evidence))
+                    target, action.from_host, new.generation, "; ".join(action.evidence),
+                    extra={"vm_id": vm.vm_id, "host_id": target, "op_id": op.op_id})
         return self.submit(Begun(new, op, result.revision))
 
     def stop_stray(self, host_id: str, vm_id: str, generation: int, reason: str) -> bool:
@@ -431,7 +441,8 @@ class Operations:
             self.ctx.agents.stub(host.address).StopVm(
                 request, timeout=self.ctx.config.get("host.pingTimeout"))
         except grpc.RpcError as err:
-            log.warning("stray VM %s on %s not stopped: %s", vm_id, host_id, err.details())
+            log.warning("stray VM %s on %s not stopped: %s", vm_id, host_id, err.details(),
+                        extra={"vm_id": vm_id, "host_id": host_id, "op_id": request.op_id})
             return False
         now = time.time()
         audit = vm_pb2.HaAudit(vm_id=vm_id, decided_at=now, node_id=self.ctx.node_id,
@@ -446,5 +457,6 @@ class Operations:
             pass
         metrics.HA_DECISIONS.labels("stop-stray").inc()
         log.warning("stopped stray copy of VM %s on %s (generation %d): %s", vm_id, host_id,
-                    generation, reason)
+                    generation, reason,
+                    extra={"vm_id": vm_id, "host_id": host_id, "op_id": request.op_id})
         return True

@@ -19,9 +19,10 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def test_serve_help_documents_every_env_variable() -> None:
     text = run("serve", "--help").stdout
-    for flag, env, *_ in SERVE_FLAGS:
-        assert flag in text
-        assert f"{ENV_PREFIX}{env}" in text.replace("\n", "").replace(" ", "")
+    for f in SERVE_FLAGS:
+        assert f.flag in text
+        assert f.env.startswith(ENV_PREFIX)
+        assert f.env in text.replace("\n", "").replace(" ", "")
 
 
 def test_serve_reads_settings_from_environment(etcd: EtcdCluster, nodes: NodeFactory) -> None:
