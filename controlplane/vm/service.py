@@ -85,7 +85,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 context, [t.absent(key)], [t.put(key, vm.SerializeToString())],
                 (grpc.StatusCode.ALREADY_EXISTS, f"VM {request.vm_id!r} already exists"))
             log.info("vm %s created (root disk %d bytes, ha %s)", vm.vm_id, disk,
-                     vm_pb2.HaLevel.Name(vm.ha))
+                     vm_pb2.HaLevel.Name(vm.ha), extra={"vm_id": vm.vm_id})
             if request.start:
                 return self._operate(vm.vm_id, "start", context, request.wait,
                                      host_id=request.host_id)

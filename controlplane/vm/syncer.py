@@ -65,7 +65,8 @@ class Syncer:
                                [t.put(keys.op(op.vm_id), op.SerializeToString())])
             log.warning("vm %s: op %s (%s) of %s incarnation %d is an orphan: skipped for up "
                         "to vm.orphanedSkipTimeout=%ss", op.vm_id, op.op_id, op.kind,
-                        op.node_id, op.incarnation, self.ctx.config.get("vm.orphanedSkipTimeout"))
+                        op.node_id, op.incarnation, self.ctx.config.get("vm.orphanedSkipTimeout"),
+                        extra={"vm_id": op.vm_id, "host_id": op.host_id, "op_id": op.op_id})
             out.writes += 1
         elif isinstance(action, SetState):
             self._set_state(action)
@@ -103,9 +104,11 @@ class Syncer:
                 detail=f"op of {action.op.node_id} incarnation {action.op.incarnation}"
                 + (f", orphaned at {op.orphaned_at:.3f}" if op and op.orphaned_at else "")))
             log.warning("vm %s: orphan op %s (%s) removed: %s", vm_id, action.op.op_id,
-                        action.op.kind, action.op_outcome)
+                        action.op.kind, action.op_outcome,
+                        extra={"vm_id": vm_id, "host_id": action.vm.host_id,
+                               "op_id": action.op.op_id})
         success.insert(0, t.put(keys.vm(vm_id), vm.SerializeToString()))
         self.ctx.owner_txn(compares, success)
         if action.state != action.vm.state:
             log.info("vm %s: %s --%s--> %s (sync)", vm_id, action.vm.state, action.event,
-                     action.state)
+                     action.state, extra={"vm_id": vm_id, "host_id": action.vm.host_id})

@@ -121,7 +121,7 @@ class HostTracker:
         try:
             self.sync_host(host_id)
         except Exception:  # noqa: BLE001
-            log.exception("sync of host %s failed", host_id)
+            log.exception("sync of host %s failed", host_id, extra={"host_id": host_id})
         finally:
             with self._lock:
                 state = self._states.get(host_id)
@@ -232,7 +232,7 @@ class HostTracker:
                          self.ha_allowed(report.host_id, state))
         if plan.strangers:
             log.info("host %s runs VMs with no record (left alone): %s", report.host_id,
-                     ", ".join(sorted(plan.strangers)[:10]))
+                     ", ".join(sorted(plan.strangers)[:10]), extra={"host_id": report.host_id})
         return self.syncer.apply(plan.actions)
 
     def _retry_device_info(self, report: Report) -> None:
@@ -251,7 +251,8 @@ class HostTracker:
         metrics.PING_FAILURES.inc()
         threshold = self.ctx.config.get("host.pingFailures")
         log.warning("host %s unreachable (%d/%d): %s", host.host_id, state.failures, threshold,
-                    err.details() if hasattr(err, "details") else err)
+                    err.details() if hasattr(err, "details") else err,
+                    extra={"host_id": host.host_id})
         if not host.unreachable_since:
             self._write_host(host.host_id, unreachable_since=time.time())
         if state.failures < threshold:
@@ -263,7 +264,7 @@ class HostTracker:
         if host.status == host_pb2.CONNECTED:
             self._write_host(host.host_id, status=host_pb2.DISCONNECTED)
             log.warning("host %s disconnected after %d failed pings", host.host_id,
-                        state.failures)
+                        state.failures, extra={"host_id": host.host_id})
             applied = self.syncer.apply(plan_unreachable(host.host_id, records, ops))
             records = [vm_view(e.value, e.mod_revision)
                        for e in self.ctx.vms.by_index(host.host_id)]
@@ -288,11 +289,11 @@ class HostTracker:
                 timeout=self.ctx.config.get("host.pingTimeout"))
         except grpc.RpcError as err:
             log.warning("host %s: fence failed (%s): no HA restart without proof",
-                        host.host_id, err.details())
+                        host.host_id, err.details(), extra={"host_id": host.host_id})
             metrics.HA_DECISIONS.labels("fence-failed").inc()
             return Applied()
         log.warning("host %s fenced (powered off out of band); VMs killed: %s", host.host_id,
-                    ", ".join(reply.vms_killed) or "none")
+                    ", ".join(reply.vms_killed) or "none", extra={"host_id": host.host_id})
         self._write_host(host.host_id, status=host_pb2.FENCED, fenced_at=time.time())
         records = [vm_view(e.value, e.mod_revision) for e in self.ctx.vms.by_index(host.host_id)]
         return self._plan_and_apply(Report(host.host_id, {}, {}, True, fenced=True), records,
