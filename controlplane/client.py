@@ -190,7 +190,7 @@ class Client:
         self._refresh_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._down: dict[str, float] = {}  # owner address -> monotonic time it failed
-        self.endpoint: str = self.endpoints[0]
+        self._local = threading.local()  # the endpoint of this thread's last call
         self.routed_calls = 0
         self.unrouted_calls = 0
         self.retries = 0
@@ -205,6 +205,16 @@ class Client:
         self.volumes = _Service(self, volume_pb2, "VolumeService",
                                 volume_pb2_grpc.VolumeServiceStub)
         self.health = _Service(self, health_pb2, "Health", health_pb2_grpc.HealthStub)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint this thread's last call went to (for error messages); the first
+        endpoint before any call."""
+        return getattr(self._local, "endpoint", self.endpoints[self._preferred])
+
+    @endpoint.setter
+    def endpoint(self, value: str) -> None:
+        self._local.endpoint = value
 
     # -- lifecycle ------------------------------------------------------------------
 
