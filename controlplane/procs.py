@@ -1,4 +1,4 @@
-"""Child processes the project starts: etcd members and management nodes.
+"""Child processes the project starts: etcd members, management nodes, agents, MDS.
 
 One place for what every child needs: output appended to a log file, its own session (a
 terminal's Ctrl-C reaches the parent, which stops children in order), optionally death with
@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["ChildProcess", "die_with_parent", "log_tail", "spawn", "wait_stopped"]
+__all__ = ["ChildProcess", "die_with_parent", "exit_text", "log_tail", "spawn", "wait_stopped"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -69,6 +69,17 @@ def spawn(
             start_new_session=True,
             preexec_fn=preexec,
         )
+
+
+def exit_text(code: int) -> str:
+    """`exit code 1` or `killed by SIGKILL`: Popen reports a death by signal as a negative
+    code, which reads as nothing to a person."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def log_tail(path: str, max_bytes: int = 8192) -> str:
@@ -183,21 +194,37 @@ class ChildProcess:
         self._proc.wait()
         self._paused = False
 
+    def send_stop(self) -> None:
+        """SIGTERM without waiting: a supervisor asks every child at once, then waits for all
+        of them against one deadline (so N draining nodes take one grace period, not N)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            if self._paused:  # a stopped process cannot act on SIGTERM until continued
+                self._signal(signal.SIGCONT)
+        self._paused = False
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code once the process has exited; None if it is still running after
+        `timeout` seconds (or was never started)."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, SIGKILL after `timeout`; returns the exit code (None if never started)."""
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            if self._paused:  # a stopped process cannot act on SIGTERM until continued
-                self._signal(signal.SIGCONT)
-        self._paused = False
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        self.send_stop()
+        code = self.wait(timeout)
+        if code is None:
             self._signal(signal.SIGKILL)
-            return proc.wait()
+            code = proc.wait()
+        return code
 
     def pause(self) -> None:
         """Freeze it (SIGSTOP): sockets stay open, nothing answers."""

@@ -11,9 +11,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-import grpc
-
-from controlplane.testing.serving import CHANNEL_OPTIONS, ServingProcess
+from controlplane.serving import CHANNEL_OPTIONS, ServingProcess
 from controlplane.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "AgentProcess"]
@@ -63,7 +61,6 @@ class AgentProcess(ServingProcess):
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
         super().__init__(name, os.path.join(self.base_dir, f"{name}.log"))
-        self._channel: grpc.Channel | None = None
 
     @property
     def address(self) -> str:

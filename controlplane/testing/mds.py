@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
+from controlplane.serving import ServingProcess
 from controlplane.storage.mds import CHANNEL_OPTIONS
-from controlplane.testing.serving import ServingProcess
 from controlplane.v1 import mds_pb2, mds_pb2_grpc
 
 __all__ = ["MdsProcess"]
@@ -44,7 +44,6 @@ class MdsProcess(ServingProcess):
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
         super().__init__(name, os.path.join(self.base_dir, f"{name}.log"))
-        self._channel: grpc.Channel | None = None
 
     @property
     def address(self) -> str:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from controlplane.channels import reconnect_options
-from controlplane.testing.serving import ServingProcess
+from controlplane.serving import ServingProcess
 
 __all__ = ["NodeProcess"]
 

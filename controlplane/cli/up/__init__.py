@@ -1,0 +1,71 @@
+"""`controlplane up`: a whole local cluster in one command.
+
+An embedded single-member etcd (unless --etcd is given) and N management node processes, a
+live status screen (or plain log lines when stdout is not a terminal), and a clean stop:
+SIGTERM to every node first so each revokes its lease while etcd is still there, then etcd.
+Children die with `up` (PR_SET_PDEATHSIG through procs.spawn), so even `kill -9` of `up`
+leaves no orphans behind.
+
+With --hosts H, one sim agent process serving host-0..host-{H-1} runs beside the nodes, and a
+background thread registers those hosts and creates --vms V VMs through the public gRPC API of
+whichever nodes are ready (so a demo exercises the same paths an operator's calls take).
+
+The package: layout.py (ports and argument checks), children.py (what runs: etcd, nodes,
+agent, on the shared process model of controlplane.serving), supervisor.py (start, watch,
+stop), fleet.py (seeding hosts and VMs, the fleet summary), screen.py (plain lines and the
+rich live screen), retry.py (the tenacity waits).
+
+This module stays light (argparse only): the CLI builds every parser at start, and only
+`up` itself needs gRPC and rich.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_up_parser", "run_up"]
+
+
+def add_up_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `up` command to the `controlplane` parser's subparsers; returns its parser."""
+    up = subparsers.add_parser(
+        "up",
+        help="run a local cluster: an embedded etcd and N management nodes",
+        description="Start an embedded single-member etcd (unless --etcd is given) and N "
+        "management node processes (node-0.. listening on 127.0.0.1:BASE_PORT+i), show a live "
+        "status, and stop everything cleanly on Ctrl-C or SIGTERM. With --hosts H, also one sim "
+        "agent serving host-0..host-{H-1}; once a node is ready the hosts are registered and "
+        "--vms V VMs (vm-0000..) created and started, round-robin over the hosts, HA "
+        "never-stop for every other one.",
+    )
+    up.add_argument("--nodes", type=int, default=3, help="management nodes to start (default 3)")
+    up.add_argument("--base-port", type=int, default=7070,
+                    help="node i listens on 127.0.0.1:BASE_PORT+i (default 7070)")
+    up.add_argument("--data-dir", default=None,
+                    help="etcd data and node logs (default: a temporary directory, removed at "
+                    "exit)")
+    up.add_argument("--etcd", default=None,
+                    help="use this etcd (comma-separated HOST:PORT) instead of an embedded one")
+    up.add_argument("--etcd-port", type=int, default=None,
+                    help="embedded etcd client port (default BASE_PORT+1000; peer port +1)")
+    up.add_argument("--lease-ttl", type=int, default=10, help="membership lease TTL, seconds")
+    up.add_argument("--metrics-base-port", type=int, default=None,
+                    help="node i serves metrics on METRICS_BASE_PORT+i (default BASE_PORT+100)")
+    up.add_argument("--duration", type=float, default=None,
+                    help="stop by itself after this many seconds (for scripts and demos)")
+    up.add_argument("--hosts", type=int, default=0, metavar="H",
+                    help="also start one sim agent serving H hosts and register them "
+                    "(default 0; at most 10000)")
+    up.add_argument("--vms", type=int, default=0, metavar="V",
+                    help="create and start V VMs on those hosts (needs --hosts; at most 100000)")
+    up.add_argument("--agent-port", type=int, default=None,
+                    help="the sim agent listens on 127.0.0.1:AGENT_PORT (default BASE_PORT+200)")
+    return up
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Run `up` with parsed arguments: 0 on a clean stop, 2 on bad arguments or a busy port,
+    1 when something died that should not have."""
+    from controlplane.cli.up.supervisor import run_up as run
+
+    return run(args)
