@@ -100,17 +100,15 @@ class ManagementNode:
         self.owner = OwnerContext(settings.node_id, self.store, self.keys, self.registration,
                                   self.view, self.vms, self.ops, self.hosts, self.config,
                                   AgentClients())
-        self.operations = Operations(self.owner)
-        self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations))
-        self.tracker.enabled = lambda: self.ready
-        self.storages = PrefixCache(self.store, self.keys.storages,
-                                    storage_pb2.PrimaryStorage.FromString, name="storages")
-        self.mds_checker = MdsHealthChecker(self.owner, self.storages)
-        self.mds_checker.enabled = lambda: self.ready
         self.images = PrefixCache(self.store, self.keys.images, volume_pb2.Image.FromString,
                                   index=lambda image: image.vm_id, name="images")
-        self.operations.image_locks = lambda vm_id: [
-            self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)]
+        self.operations = Operations(self.owner, image_locks=lambda vm_id: [
+            self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)])
+        self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations),
+                                   enabled=lambda: self.ready)
+        self.storages = PrefixCache(self.store, self.keys.storages,
+                                    storage_pb2.PrimaryStorage.FromString, name="storages")
+        self.mds_checker = MdsHealthChecker(self.owner, self.storages, enabled=lambda: self.ready)
         self.image_manager = ImageManager(self.owner, settings.image_dir)
         self.live_jobs = LiveJobs(self.image_manager, self.owner.agents.block_jobs)
         self.rpc = RpcServer(settings.listen, max_workers=32,

@@ -22,11 +22,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 
 import grpc
 
 from controlplane.channels import ChannelPool, reconnect_options
+from controlplane.cluster.owned_loop import OwnedLoop
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.storage.mds import MdsClient, MdsEndpoint
 from controlplane.store import StoreError
@@ -65,35 +65,31 @@ def probe_mds(stub: mds_pb2_grpc.StorageMdsStub, timeout: float) -> str:
 class MdsHealthChecker:
     """Checks the MDS of every primary storage this node owns, every interval.
 
-    ``clock`` is injectable for tests. One background thread schedules; checks run on a small
-    pool, at most one at a time per storage (a check of a store with a hung MDS lasts one
-    deadline; the next waits for it instead of piling up).
+    Runs on an OwnedLoop (`cluster/owned_loop.py`; ``clock`` is injectable for tests):
+    checks run on a small pool, at most one at a time per storage (a check of a store with a
+    hung MDS lasts one deadline; the next waits for it instead of piling up).
     """
 
     def __init__(self, ctx: OwnerContext, storages: PrefixCache[storage_pb2.PrimaryStorage],
-                 *, workers: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, enabled: Callable[[], bool] = lambda: True, workers: int = 8,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.storages = storages
-        self.clock = clock
-        self.enabled: Callable[[], bool] = lambda: True
         self._channels = ChannelPool(reconnect_options(1000))
-        self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="mds-check")
         self._lock = threading.Lock()
-        self._due: dict[str, float] = {}
-        self._running: set[str] = set()
         self._clients: dict[str, MdsClient] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mds-health", daemon=True)
+        self.loop: OwnedLoop[None] = OwnedLoop(
+            "mds-check", resources=lambda: [e.value.storage_id for e in storages.entries()],
+            owns=ctx.owns, work=self._check_quietly,
+            interval=lambda: float(ctx.config.get("storage.mdsCheckInterval")),
+            enabled=enabled, workers=workers, tick=0.1, clock=clock)
 
     def start(self) -> MdsHealthChecker:
-        self._thread.start()
+        self.loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.loop.stop()
         with self._lock:
             clients = list(self._clients.values())
             self._clients.clear()
@@ -117,33 +113,10 @@ class MdsHealthChecker:
     def forget(self, storage_id: str) -> None:
         with self._lock:
             client = self._clients.pop(storage_id, None)
-            self._due.pop(storage_id, None)
         if client is not None:
             client.close()
 
     # -- health checks ------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                if self.enabled():
-                    self.schedule(self.clock())
-            except Exception:  # noqa: BLE001 - the loop must survive anything
-                log.exception("MDS health scheduling failed")
-
-    def schedule(self, now: float) -> None:
-        interval = float(self.ctx.config.get("storage.mdsCheckInterval"))
-        owned = {e.value.storage_id for e in self.storages.entries()
-                 if self.ctx.owns(e.value.storage_id)}
-        with self._lock:
-            for gone in set(self._due) - owned:
-                del self._due[gone]
-            for storage_id in owned:
-                due = self._due.setdefault(storage_id, now)
-                if due <= now and storage_id not in self._running:
-                    self._running.add(storage_id)
-                    self._due[storage_id] = now + interval
-                    self._pool.submit(self._check_quietly, storage_id)
 
     def _check_quietly(self, storage_id: str) -> None:
         try:
@@ -152,9 +125,6 @@ class MdsHealthChecker:
             log.info("health check of storage %s not stored: %s", storage_id, exc)
         except Exception:  # noqa: BLE001
             log.exception("health check of storage %s failed", storage_id)
-        finally:
-            with self._lock:
-                self._running.discard(storage_id)
 
     def check(self, storage_id: str) -> storage_pb2.PrimaryStorage | None:
         """Probe every MDS of one storage now and store what changed (None: no record)."""

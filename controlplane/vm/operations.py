@@ -55,16 +55,18 @@ def new_op_id() -> str:
 
 
 class Operations:
-    def __init__(self, ctx: OwnerContext, workers: int = 64) -> None:
+    def __init__(self, ctx: OwnerContext, *,
+                 image_locks: Callable[[str], list[str]] = lambda vm_id: [],
+                 workers: int = 64) -> None:
         self.ctx = ctx
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="vm-op")
         self._stopping = threading.Event()
         self._device_syncs: set[str] = set()
         self._lock = threading.Lock()
-        # The lock keys of a VM's images (set by the node: its image cache knows them). A
+        # The lock keys of a VM's images (from the node: its image cache knows them). A
         # start compares them absent in its begin txn, and an offline image operation
         # checks the VM after taking its lock: whichever commits first wins, never both.
-        self.image_locks: Callable[[str], list[str]] = lambda vm_id: []
+        self.image_locks = image_locks
 
     def stop(self) -> None:
         """Stop taking work. Agent calls in flight finish within their op's deadline; their

@@ -1,7 +1,8 @@
 """The host tracker: the owner of each host pulls its VM states every sync interval.
 
-One scheduler thread finds the hosts this node owns (from the ring and the host cache, every
-tick) and hands due ones to a small pool; a host is never pulled twice at once. A pull is
+An OwnedLoop (`cluster/owned_loop.py`) finds the hosts this node owns (from the ring and the
+host cache, every tick) and hands due ones to a small pool; a host is never pulled twice at
+once. A pull is
 the ping: a failed pull counts toward `host.pingFailures`, after which the host is
 Disconnected and its VMs Unknown.
 
@@ -21,12 +22,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent import futures
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
 from controlplane import metrics
+from controlplane.cluster.owned_loop import OwnedLoop
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
@@ -40,10 +42,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class HostState:
-    next_due: float
+    """What this node learned about a host it owns (forgotten when it is no longer ours)."""
     failures: int = 0
     evidence: bool = False  # one full sync completed since this host became ours
-    running: bool = False
     rounds: int = 0
 
 
@@ -56,92 +57,49 @@ class SyncResult:
 
 
 class HostTracker:
-    def __init__(self, ctx: OwnerContext, syncer: Syncer, workers: int = 16,
+    """Pulls every host this node owns once per `vm.syncInterval` (on an OwnedLoop)."""
+
+    def __init__(self, ctx: OwnerContext, syncer: Syncer, *,
+                 enabled: Callable[[], bool] = lambda: True, workers: int = 16,
                  tick: float = 0.05) -> None:
         self.ctx = ctx
         self.syncer = syncer
-        self.tick = tick
         self._states: dict[str, HostState] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="host-sync")
-        self._thread = threading.Thread(target=self._run, name="host-tracker", daemon=True)
-        self.enabled = lambda: True
         self._breaker = (-1e9, False)  # (computed at, open)
+        self.loop: OwnedLoop[SyncResult] = OwnedLoop(
+            "host-sync", resources=self._host_ids, owns=ctx.owns, work=self.sync_host,
+            interval=lambda: ctx.config.get("vm.syncInterval"),
+            enabled=lambda: not ctx.registration.fenced and enabled(),
+            on_forget=self._forget, on_tick=metrics.HOSTS_OWNED.set,
+            workers=workers, tick=tick)
 
     def start(self) -> HostTracker:
-        self._thread.start()
+        self.loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.loop.stop()
 
     def state(self, host_id: str) -> HostState | None:
         with self._lock:
             return self._states.get(host_id)
 
-    # -- scheduling -----------------------------------------------------------------
+    def _host_ids(self) -> list[str]:
+        prefix_len = len(self.ctx.keys.hosts)
+        return [e.key[prefix_len:] for e in self.ctx.hosts.entries()]
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.tick):
-            try:
-                self.schedule(time.monotonic())
-            except Exception:  # noqa: BLE001 - the scheduler must survive anything
-                log.exception("host tracker tick failed")
+    def _forget(self, host_id: str) -> None:
+        with self._lock:
+            self._states.pop(host_id, None)  # no longer ours: forget all evidence
 
     def owned_hosts(self) -> list[str]:
-        prefix_len = len(self.ctx.keys.hosts)
-        return [e.key[prefix_len:] for e in self.ctx.hosts.entries()
-                if self.ctx.owns(e.key[prefix_len:])]
-
-    def schedule(self, now: float) -> None:
-        if self.ctx.registration.fenced or not self.enabled():
-            return
-        owned = set(self.owned_hosts())
-        due = []
-        with self._lock:
-            for host_id in list(self._states):
-                if host_id not in owned:
-                    del self._states[host_id]  # no longer ours: forget all evidence
-            for host_id in owned:
-                state = self._states.get(host_id)
-                if state is None:
-                    state = self._states[host_id] = HostState(next_due=now)
-                if not state.running and now >= state.next_due:
-                    state.running = True
-                    due.append(host_id)
-        metrics.HOSTS_OWNED.set(len(owned))
-        for host_id in due:
-            self._pool.submit(self._sync_and_reschedule, host_id)
-
-    def _sync_and_reschedule(self, host_id: str) -> None:
-        try:
-            self.sync_host(host_id)
-        except Exception:  # noqa: BLE001
-            log.exception("sync of host %s failed", host_id, extra={"host_id": host_id})
-        finally:
-            with self._lock:
-                state = self._states.get(host_id)
-                if state is not None:
-                    state.running = False
-                    state.next_due = time.monotonic() + self.ctx.config.get("vm.syncInterval")
+        return self.loop.owned()
 
     def sync_now(self, host_id: str) -> SyncResult | None:
         """Pull the host right away (ReconnectHost); None if a pull is already running."""
-        with self._lock:
-            state = self._states.setdefault(host_id, HostState(next_due=time.monotonic()))
-            if state.running:
-                return None
-            state.running = True
-        try:
-            return self.sync_host(host_id)
-        finally:
-            with self._lock:
-                state.running = False
-                state.next_due = time.monotonic() + self.ctx.config.get("vm.syncInterval")
+        ran, result = self.loop.run_now(host_id)
+        return result if ran else None
 
     # -- one host -------------------------------------------------------------------
 
@@ -179,7 +137,7 @@ class HostTracker:
     def sync_host(self, host_id: str) -> SyncResult:
         started = time.monotonic()
         with self._lock:
-            state = self._states.setdefault(host_id, HostState(next_due=started))
+            state = self._states.setdefault(host_id, HostState())
         host = self.ctx.host_record(host_id)
         if host is None:
             return SyncResult(host_id, False, 0.0, Applied())
@@ -313,7 +271,7 @@ class HostTracker:
                     [t.mod_revision_is(self.ctx.keys.host(host_id), entry.mod_revision)],
                     [t.put(self.ctx.keys.host(host_id), host.SerializeToString())])
             except Conflict:
-                self._stop.wait(0.05)  # our cache is behind a newer write: let it catch up
+                self.loop.stopping.wait(0.05)  # our cache is behind a newer write: catch up
                 continue
             except Fenced:
                 return
