@@ -12,8 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
-
+from controlplane import errors
 from controlplane.agentclient import AgentClients
 from controlplane.cluster.registration import Registration
 from controlplane.cluster.view import ClusterView
@@ -70,20 +69,19 @@ class OwnerContext:
             raise Fenced(f"{self.node_id} incarnation {fence.incarnation} is no longer a member")
         raise Conflict("record changed since it was read")
 
-    def write_or_abort(self, context: grpc.ServicerContext, compares: Sequence,
-                       success: Sequence, on_conflict: tuple[grpc.StatusCode, str]
-                       ) -> TxnResult:
-        """owner_txn for a gRPC handler: a lost compare answers `on_conflict`; a fenced node
-        or an unreachable etcd answers UNAVAILABLE (the client may try another node)."""
+    def write(self, compares: Sequence, success: Sequence,
+              on_conflict: errors.DomainError) -> TxnResult:
+        """owner_txn for a request handler: a lost compare raises `on_conflict`; a fenced
+        node or an unreachable etcd raises errors.Unreachable (the client may try another
+        node)."""
         try:
             return self.owner_txn(compares, success)
         except Conflict:
-            context.abort(*on_conflict)
+            raise on_conflict from None
         except Fenced as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise errors.Unreachable(str(exc)) from exc
         except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write etcd: {exc}")
-        raise AssertionError("unreachable")  # context.abort raised
+            raise errors.Unreachable(f"cannot write etcd: {exc}") from exc
 
     def host_record(self, host_id: str) -> host_pb2.Host | None:
         entry = self.hosts.get(self.keys.host(host_id))

@@ -6,6 +6,7 @@ import time
 
 import grpc
 
+from controlplane import errors
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import OwnerContext
 from controlplane.rpc import check_address, check_id
@@ -60,9 +61,9 @@ class HostServicer(pb_grpc.HostServiceServicer):
                                  status=host_pb2.CONNECTED, added_at=time.time(),
                                  cpus=ping.cpus, memory_mb=ping.memory_mb)
             key = self.ctx.keys.host(request.host_id)
-            result = self.ctx.write_or_abort(
-                context, [t.absent(key)], [t.put(key, host.SerializeToString())],
-                (grpc.StatusCode.ALREADY_EXISTS, f"host {request.host_id!r} already exists"))
+            result = self.ctx.write(
+                [t.absent(key)], [t.put(key, host.SerializeToString())],
+                errors.Exists(f"host {request.host_id!r} already exists"))
             self.ctx.hosts.wait_for_revision(result.revision, 2.0)
             return self._answer(host)
 
@@ -92,9 +93,9 @@ class HostServicer(pb_grpc.HostServiceServicer):
                               f"host {request.host_id} has {len(placed)} VMs placed on it "
                               f"({', '.join(sorted(placed)[:5])}); move them or use force")
             key = self.ctx.keys.host(request.host_id)
-            result = self.ctx.write_or_abort(
-                context, [t.mod_revision_is(key, revision)], [t.delete(key)],
-                (grpc.StatusCode.ABORTED, "host changed meanwhile; retry"))
+            result = self.ctx.write(
+                [t.mod_revision_is(key, revision)], [t.delete(key)],
+                errors.Busy("host changed meanwhile; retry"))
             self.ctx.hosts.wait_for_revision(result.revision, 2.0)
             return self._answer(host)
 
@@ -111,10 +112,10 @@ class HostServicer(pb_grpc.HostServiceServicer):
                 # An operator brought a fenced host back: ping it like a new one.
                 host.status = host_pb2.DISCONNECTED
                 key = self.ctx.keys.host(request.host_id)
-                result = self.ctx.write_or_abort(
-                    context, [t.mod_revision_is(key, revision)],
+                result = self.ctx.write(
+                    [t.mod_revision_is(key, revision)],
                     [t.put(key, host.SerializeToString())],
-                    (grpc.StatusCode.ABORTED, "host changed meanwhile; retry"))
+                    errors.Busy("host changed meanwhile; retry"))
                 self.ctx.hosts.wait_for_revision(result.revision, 2.0)
             outcome = self.tracker.sync_now(request.host_id)
             if outcome is not None and not outcome.reachable:

@@ -8,6 +8,7 @@ import time
 
 import grpc
 
+from controlplane import errors
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import Fenced, OwnerContext
 from controlplane.rpc import check_address, check_id
@@ -68,10 +69,9 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
                 mds=[storage_pb2.MdsEndpointStatus(address=a, health=storage_pb2.MDS_HEALTHY)
                      for a in request.mds_addresses])
             key = self.ctx.keys.storage(request.storage_id)
-            result = self.ctx.write_or_abort(
-                context, [t.absent(key)], [t.put(key, storage.SerializeToString())],
-                (grpc.StatusCode.ALREADY_EXISTS,
-                 f"primary storage {request.storage_id!r} already exists"))
+            result = self.ctx.write(
+                [t.absent(key)], [t.put(key, storage.SerializeToString())],
+                errors.Exists(f"primary storage {request.storage_id!r} already exists"))
             self.storages.wait_for_revision(result.revision, 2.0)
             checked = self.checker.check(request.storage_id)
             return self._answer(checked if checked is not None else storage)
@@ -99,9 +99,9 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
         def local() -> storage_pb2.PrimaryStorage:
             storage, revision = self._read(request.storage_id, context)
             key = self.ctx.keys.storage(request.storage_id)
-            result = self.ctx.write_or_abort(
-                context, [t.mod_revision_is(key, revision)], [t.delete(key)],
-                (grpc.StatusCode.ABORTED, "primary storage changed meanwhile; retry"))
+            result = self.ctx.write(
+                [t.mod_revision_is(key, revision)], [t.delete(key)],
+                errors.Busy("primary storage changed meanwhile; retry"))
             self.storages.wait_for_revision(result.revision, 2.0)
             self.checker.forget(request.storage_id)
             return self._answer(storage)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import grpc
 
+from controlplane import errors
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import OwnerContext
 from controlplane.rpc import check_id
@@ -81,9 +82,9 @@ class VmServicer(pb_grpc.VmServiceServicer):
                            root_disk_offering_size=request.root_disk_offering_size,
                            root_disk_size=disk, created_at=now, state_changed_at=now)
             key = self.ctx.keys.vm(request.vm_id)
-            self.ctx.write_or_abort(
-                context, [t.absent(key)], [t.put(key, vm.SerializeToString())],
-                (grpc.StatusCode.ALREADY_EXISTS, f"VM {request.vm_id!r} already exists"))
+            self.ctx.write(
+                [t.absent(key)], [t.put(key, vm.SerializeToString())],
+                errors.Exists(f"VM {request.vm_id!r} already exists"))
             log.info("vm %s created (root disk %d bytes, ha %s)", vm.vm_id, disk,
                      vm_pb2.HaLevel.Name(vm.ha), extra={"vm_id": vm.vm_id})
             if request.start:
