@@ -87,6 +87,8 @@ def add_env_argument(parser: argparse.ArgumentParser, flag: str, *, help: str,
     env = env_name(flag)
     if kwargs.get("action") in _FLAG_ACTIONS:
         shown = f"env {env}=true|false; default false"
+        if default is None:  # store_true's False / store_false's True, not None
+            return parser.add_argument(flag, env_var=env, help=f"{help} [{shown}]", **kwargs)
     elif kwargs.get("required"):
         shown = f"env {env}; required"
     else:

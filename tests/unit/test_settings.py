@@ -1,0 +1,143 @@
+"""One settings mechanism for `serve`, `agent` and `mds`: every flag reads CONTROLPLANE_<FLAG>,
+its help names the variable, a flag beats its variable, and a bad variable is refused with
+the same argparse error as the bad flag."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from controlplane.cli.main import build_parser
+from controlplane.config import settings as s
+from controlplane.mds import main as mds_main
+
+COMMANDS = ("serve", "agent", "mds")
+REQUIRED = {"serve": ["--node-id", "n-1"], "agent": ["--listen", "127.0.0.1:1"],
+            "mds": ["--listen", "127.0.0.1:1"]}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(s.ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+def subparser(command: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions
+            if a.option_strings and not isinstance(a, argparse._HelpAction)]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_reads_its_variable_and_help_names_it(command: str) -> None:
+    parser = subparser(command)
+    assert isinstance(parser, s.EnvArgumentParser)
+    text = " ".join(parser.format_help().split())
+    for action in options(parser):
+        flag = action.option_strings[-1]
+        assert action.env_var == s.env_name(flag), flag
+        assert f"[env {s.env_name(flag)}" in text, flag
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_log_and_metrics_flags_are_shared(command: str, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    args = parse(command, *REQUIRED[command])
+    assert (args.log_format, args.log_level, args.metrics_port) == ("text", "INFO", 0)
+    assert args.metrics_address == ("0.0.0.0" if command == "serve" else "127.0.0.1")
+    monkeypatch.setenv("CONTROLPLANE_LOG_FORMAT", "json")
+    monkeypatch.setenv("CONTROLPLANE_LOG_LEVEL", "debug")
+    monkeypatch.setenv("CONTROLPLANE_METRICS_PORT", "9100")
+    monkeypatch.setenv("CONTROLPLANE_METRICS_ADDRESS", "::")
+    args = parse(command, *REQUIRED[command])
+    assert (args.log_format, args.log_level, args.metrics_port, args.metrics_address) == (
+        "json", "DEBUG", 9100, "::")
+    # a flag given on the command line wins over its variable
+    args = parse(command, *REQUIRED[command], "--log-format", "text")
+    assert args.log_format == "text"
+
+
+def test_agent_from_the_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse("agent", "--listen", "127.0.0.1:1").report_ops is True
+    for name, value in {"LISTEN": "10.0.0.1:7100", "HOSTS": "3", "HOST_PREFIX": "hv-",
+                        "START_DELAY": "0.5", "NO_REPORT_OPS": "true", "SEED": "7",
+                        "BLOCK_BACKEND": "none"}.items():
+        monkeypatch.setenv(s.ENV_PREFIX + name, value)
+    args = parse("agent")
+    assert (args.listen, args.hosts, args.host_prefix, args.start_delay) == (
+        "10.0.0.1:7100", 3, "hv-", 0.5)
+    assert (args.report_ops, args.seed, args.block_backend) == (False, 7, "none")
+    monkeypatch.setenv("CONTROLPLANE_NO_REPORT_OPS", "false")
+    assert parse("agent").report_ops is True
+
+
+def test_serve_and_mds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLPLANE_NODE_ID", "pod-1")
+    monkeypatch.setenv("CONTROLPLANE_LEASE_TTL", "4")
+    monkeypatch.setenv("CONTROLPLANE_LISTEN", "127.0.0.1:7300")
+    settings = s.settings_from_args(parse("serve"))
+    assert (settings.node_id, settings.lease_ttl, settings.advertise) == (
+        "pod-1", 4, "127.0.0.1:7300")
+    assert parse("mds").listen == "127.0.0.1:7300"
+    # `python -m controlplane.mds.main` builds its own parser: the same variables
+    standalone = mds_main._configure(s.EnvArgumentParser(prog="mds"))
+    assert standalone.parse_args([]).listen == "127.0.0.1:7300"
+
+
+@pytest.mark.parametrize(("command", "name", "value", "flag"), [
+    ("serve", "LEASE_TTL", "1", "--lease-ttl"),
+    ("serve", "LOG_FORMAT", "xml", "--log-format"),
+    ("serve", "METRICS_ADDRESS", "not an address", "--metrics-address"),
+    ("agent", "HOSTS", "0", "--hosts"),
+    ("agent", "START_DELAY", "nan", "--start-delay"),
+    ("agent", "BACKEND", "qemu", "--backend"),
+    ("agent", "METRICS_PORT", "70000", "--metrics-port"),
+    ("mds", "LOG_LEVEL", "loud", "--log-level"),
+    ("mds", "LISTEN", "7070", "--listen"),
+])
+def test_a_bad_variable_gets_the_flag_error(command: str, name: str, value: str, flag: str,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [] if name == "LISTEN" else REQUIRED[command]
+    with pytest.raises(SystemExit) as from_flag:
+        parse(command, *argv, flag, value)
+    flag_error = capsys.readouterr().err
+    monkeypatch.setenv(s.ENV_PREFIX + name, value)
+    with pytest.raises(SystemExit) as from_env:
+        parse(command, *argv)
+    env_error = capsys.readouterr().err
+    assert from_flag.value.code == from_env.value.code == 2
+    assert f"error: argument {flag}" in env_error
+    assert env_error == flag_error
+
+
+def test_a_flag_that_takes_no_value_refuses_a_bad_variable(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CONTROLPLANE_NO_REPORT_OPS", "maybe")
+    with pytest.raises(SystemExit) as done:
+        parse("agent", "--listen", "127.0.0.1:1")
+    assert done.value.code == 2 and "CONTROLPLANE_NO_REPORT_OPS" in capsys.readouterr().err
+
+
+def test_a_plain_argparse_parser_is_refused() -> None:
+    """It would take env_var and never read it: the variable would be silently ignored."""
+    with pytest.raises(TypeError, match="EnvArgumentParser"):
+        s.add_env_argument(argparse.ArgumentParser(), "--x", help="x")
+
+
+def test_serve_flags_table_names_match_the_flags() -> None:
+    for f in s.SERVE_FLAGS:
+        assert f.env == "CONTROLPLANE_" + f.flag[2:].replace("-", "_").upper()
