@@ -1,14 +1,21 @@
-"""The command line as an operator uses it: help, status/ring JSON shapes, the bench."""
+"""The command line as an operator uses it: help, status/ring JSON shapes, the bench, exit
+codes, the endpoint list from CONTROLPLANE_ENDPOINT, completion scripts, tables."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
+from rich.console import Console
+
+from controlplane.cli import common
 from controlplane.config.settings import ENV_PREFIX, SERVE_FLAGS
 from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.ports import free_port
 from controlplane.testing.pytest_plugin import NodeFactory
 
 
@@ -46,7 +53,7 @@ def test_status_and_ring_owner_json(etcd: EtcdCluster, nodes: NodeFactory) -> No
         run("ring", "owner", "vm-7", "--locate", "--endpoint", a.address, "--json").stdout)
     assert owner["owner"] == located["owner"]
     empty = run("ring", "owner", "", "--endpoint", a.address, check=False)
-    assert empty.returncode == 2 and "INVALID_ARGUMENT" in empty.stderr
+    assert empty.returncode == 1 and "INVALID_ARGUMENT" in empty.stderr
 
 
 def test_bench_cluster_prints_figures() -> None:
@@ -70,3 +77,102 @@ def test_bad_settings_are_refused_cleanly_from_flags_and_environment() -> None:
                              capture_output=True, text=True, timeout=60)
     assert env_run.returncode == 2 and "--lease-ttl" in env_run.stderr
     assert "Traceback" not in env_run.stderr
+
+
+def test_endpoint_from_environment_skips_a_dead_first_endpoint(
+        etcd: EtcdCluster, nodes: NodeFactory) -> None:
+    """CONTROLPLANE_ENDPOINT is the default of --endpoint: a list tried in turn, unary calls
+    and the watch stream alike."""
+    node = nodes.start("node-0", etcd.endpoints)
+    env = {**os.environ, "CONTROLPLANE_ENDPOINT": f"127.0.0.1:{free_port()},{node.address}"}
+
+    def env_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "controlplane", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    status = env_run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert [m["node_id"] for m in json.loads(status.stdout)["members"]] == ["node-0"]
+    listed = env_run("host", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+    watched = env_run("vm", "watch", "--initial", "--count", "1", "--json", "--timeout", "30")
+    assert watched.returncode == 0, watched.stderr
+    assert json.loads(watched.stdout)["kind"] == "SYNCED"
+    # --endpoint given wins over the variable; its help names the variable
+    flag = env_run("status", "--json", "--endpoint", node.address)
+    assert flag.returncode == 0 and json.loads(flag.stdout)["node_id"] == "node-0"
+    assert "CONTROLPLANE_ENDPOINT" in " ".join(run("vm", "list", "--help").stdout.split())
+
+
+def test_rpc_error_exits_1_with_one_report(etcd: EtcdCluster, nodes: NodeFactory) -> None:
+    """The server refused: exit 1, stdout empty, one report on stderr (a JSON object with
+    --json)."""
+    node = nodes.start("node-0", etcd.endpoints)
+    text = run("vm", "get", "nope", "--endpoint", node.address, check=False)
+    assert text.returncode == 1 and text.stdout == ""
+    assert text.stderr.startswith(f"error from {node.address}: NOT_FOUND: ")
+    assert len(text.stderr.splitlines()) == 1
+    done = run("vm", "get", "nope", "--endpoint", node.address, "--json", check=False)
+    assert done.returncode == 1 and done.stdout == "" and len(done.stderr.splitlines()) == 1
+    error = json.loads(done.stderr)["error"]
+    assert (error["code"], error["endpoint"]) == ("NOT_FOUND", node.address)
+    assert error["details"] and error["details"] in text.stderr
+    unreachable = run("host", "list", "--endpoint", f"127.0.0.1:{free_port()}", "--json",
+                      check=False)
+    assert unreachable.returncode == 1
+    assert json.loads(unreachable.stderr)["error"]["code"] == "UNAVAILABLE"
+
+
+def test_usage_errors_exit_2() -> None:
+    """argparse's message, exit 2, no call made (the endpoints are closed ports)."""
+    dead = f"127.0.0.1:{free_port()}"
+    for args, needle in (
+        (["vm", "frobnicate", "--endpoint", dead], "invalid choice"),
+        (["vm", "list", "--endpoint", "nohost"], "--endpoint"),
+        (["vm", "list", "--endpoint", f"{dead},h:70000"], "--endpoint"),
+        (["vm", "list", "--timeout", "0", "--endpoint", dead], "--timeout"),
+        (["host", "add", "h", "--address", "noport", "--endpoint", dead], "--address"),
+        (["completion", "fish"], "invalid choice"),
+    ):
+        done = run(*args, check=False)
+        assert done.returncode == 2, (args, done)
+        assert needle in done.stderr and "error from" not in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    bad_env = subprocess.run([sys.executable, "-m", "controlplane", "status"],
+                             env={**os.environ, "CONTROLPLANE_ENDPOINT": "nope"},
+                             capture_output=True, text=True, timeout=60)
+    assert bad_env.returncode == 2 and "--endpoint" in bad_env.stderr
+
+
+def test_completion_scripts() -> None:
+    bash = run("completion", "bash").stdout
+    assert "complete " in bash and "controlplane" in bash
+    for word in ("vm", "host", "storage", "live-snapshot", "--endpoint"):
+        assert word in bash, word
+    zsh = run("completion", "zsh").stdout
+    assert zsh.startswith("#compdef controlplane") and "live-snapshot" in zsh
+    checked = subprocess.run(["bash", "-n"], input=bash, capture_output=True, text=True,
+                             timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_tables_on_a_terminal_and_elsewhere() -> None:
+    """On a terminal a rich table with a header; elsewhere the same layout without it (and
+    without trailing blanks), the lines the other CLI tests read."""
+    rows = [["h-0", "CONNECTED", "127.0.0.1:1", "owner=mn-0"],
+            ["host-10", "DISCONNECTED", "[::1]:7070", "owner=-"]]
+    header = ["HOST", "STATUS", "AGENT", "OWNER"]
+    plain = common.aligned(rows)
+    assert plain == ["h-0      CONNECTED     127.0.0.1:1  owner=mn-0",
+                     "host-10  DISCONNECTED  [::1]:7070   owner=-"]
+    console = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None,
+                      highlight=False, markup=False)
+    console.print(common.rich_table(rows, None))
+    assert [line.rstrip() for line in console.file.getvalue().splitlines()] == plain
+    console = Console(file=io.StringIO(), width=200, force_terminal=True,
+                      color_system="standard", highlight=False, markup=False)
+    console.print(common.rich_table(rows, header))
+    out = console.file.getvalue()
+    assert "\x1b[" in out  # coloured states
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines()
+    assert text[0].split() == header and [line.split() for line in text[1:]] == rows

@@ -78,17 +78,17 @@ def test_config_and_hosts(fleet) -> None:
     assert cp("host", "reconnect", h0, *ep).stdout.split()[:2] == [h0, "CONNECTED"]
 
     dup = cp("host", "add", h0, "--address", agent.address, *ep, check=False)
-    assert dup.returncode == 2
+    assert dup.returncode == 1  # the server refused: exit 1 (2 is a usage error)
     assert dup.stderr.startswith(f"error from {node.address}: ALREADY_EXISTS: ")
     bad = cp("config", "set", "vm.syncInterval", "-1", *ep, check=False)
-    assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
     assert cpj("config", "get", "vm.syncInterval", *ep)["value"] == "0.3"  # nothing written
 
     removed = cp("host", "remove", h1, *ep).stdout
     assert removed.split()[0] == h1
     assert [h["host_id"] for h in cpj("host", "list", *ep)] == [h0]
     gone = cp("host", "get", h1, *ep, check=False)
-    assert gone.returncode == 2 and "NOT_FOUND" in gone.stderr
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
 
 
 def test_vm_lifecycle_and_watch(fleet) -> None:
@@ -156,7 +156,7 @@ def test_vm_lifecycle_and_watch(fleet) -> None:
     assert "still in flight" in slow.stderr
     assert slow.stdout.split()[:2] == ["web-1", "Rebooting"] and "op=reboot" in slow.stdout
     busy = cp("vm", "stop", "web-1", *ep, check=False)
-    assert busy.returncode == 2 and "FAILED_PRECONDITION" in busy.stderr
+    assert busy.returncode == 1 and "FAILED_PRECONDITION" in busy.stderr
     wait_until(lambda: cpj("vm", "get", "web-1", *ep).get("state") == "Running"
                and "op" not in cpj("vm", "get", "web-1", *ep), 20, interval=0.2,
                message="the slow reboot finished")
@@ -171,10 +171,10 @@ def test_vm_lifecycle_and_watch(fleet) -> None:
 
     # errors: an unknown VM, an operation not allowed in the state
     missing = cp("vm", "get", "nope", *ep, check=False)
-    assert missing.returncode == 2
+    assert missing.returncode == 1
     assert missing.stderr.startswith(f"error from {node.address}: NOT_FOUND: ")
     resume = cp("vm", "resume", "db-1", *ep, check=False)
-    assert resume.returncode == 2 and "FAILED_PRECONDITION" in resume.stderr
+    assert resume.returncode == 1 and "FAILED_PRECONDITION" in resume.stderr
     assert "Stopped" in resume.stderr
 
     # a text watch, ended by Ctrl-C once it is running: exit 0, no traceback

@@ -39,8 +39,9 @@ def lines(done: subprocess.CompletedProcess[str]) -> list[list[str]]:
 
 
 def refused(done: subprocess.CompletedProcess[str], endpoint: str, code: str) -> bool:
-    """Exit 2 with the one-line `error from ENDPOINT: CODE: ...` report, no traceback."""
-    return (done.returncode == 2 and done.stdout == ""
+    """Exit 1 (the server refused) with the one-line `error from ENDPOINT: CODE: ...`
+    report, no traceback."""
+    return (done.returncode == 1 and done.stdout == ""
             and done.stderr.startswith(f"error from {endpoint}: {code}: ")
             and len(done.stderr.splitlines()) == 1)
 

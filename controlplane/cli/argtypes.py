@@ -1,0 +1,108 @@
+"""The argparse types of the client commands, defined once.
+
+A value the server would refuse (a size of -1G, an MDS address without a port) is refused
+here instead, as a usage error naming the flag (exit 2), before any call: a typo should not
+cost a round trip nor read like the server's answer.
+
+The HOST:PORT check is the servers' own (`controlplane.rpc.valid_address`), so the CLI and
+the node agree on what an address is. Counts and deadlines reuse the validators of
+`serve`/`agent`/`mds` (`controlplane.config.argtypes`: positive_int, positive_float); its
+HOST:PORT checks are not reused, they are for listening (an empty host or port 0 allowed),
+which no address a client connects to may be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+from controlplane.config.argtypes import positive_float, positive_int
+from controlplane.rpc import valid_address
+
+__all__ = [
+    "UNITS",
+    "absolute_path",
+    "count",
+    "endpoints",
+    "host_port",
+    "non_negative_int",
+    "positive_float",
+    "positive_size",
+    "size_bytes",
+]
+
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# 1073741824, 1G, 1GB, 1GiB, 512M, 10b; case-insensitive (matched on the upper-cased text).
+_SIZE = re.compile(r"([0-9]+)(?:([KMGT])(?:I?B)?|B)?")
+_INT64_MAX = (1 << 63) - 1
+
+
+def size_bytes(text: str) -> int:
+    """A byte count with an optional K/M/G/T suffix (powers of 1024): typing 1073741824 for
+    an image size is error-prone. Refuses negatives, fractions and junk (argparse error)."""
+    match = _SIZE.fullmatch(text.strip().upper())
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 bytes, got {text!r}")
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size; expected bytes >= 0, optionally with a K, M, G or T "
+            "suffix (powers of 1024), e.g. 1073741824 or 1G")
+    value = int(match.group(1)) * UNITS[match.group(2) or ""]
+    if value > _INT64_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {_INT64_MAX} bytes)")
+    return value
+
+
+def positive_size(text: str) -> int:
+    """A size_bytes that is at least one byte (an image of 0 bytes holds nothing): refused
+    here with the argument named rather than by the server after a round trip."""
+    value = size_bytes(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def host_port(text: str) -> str:
+    """HOST:PORT with a port in 1..65535, the check the server applies to an MDS or agent
+    address, so a typo is a usage error naming the flag instead of an INVALID_ARGUMENT."""
+    if not valid_address(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (port 1..65535)")
+    return text
+
+
+def endpoints(text: str) -> str:
+    """A comma-separated list of HOST:PORT (--endpoint, CONTROLPLANE_ENDPOINT): the client
+    tries them in turn, so one bad entry would only show up once the others are down."""
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise argparse.ArgumentTypeError("expected HOST:PORT[,HOST:PORT...], got nothing")
+    bad = [part for part in parts if not valid_address(part)]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"{bad[0]!r} is not HOST:PORT (port 1..65535); expected HOST:PORT[,HOST:PORT...]")
+    return ",".join(parts)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (0 leaves the choice to the server, e.g. its default CPU count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def count(text: str) -> int:
+    """An integer >= 1 (`vm watch --count`)."""
+    return positive_int(text)
+
+
+def absolute_path(text: str) -> str:
+    """A path the node can use as it is: it resolves nothing against the client's directory
+    (the node may run elsewhere), so a relative path is refused here (argparse error)."""
+    if not os.path.isabs(text):
+        raise argparse.ArgumentTypeError(f"not an absolute path: {text!r}")
+    return text
