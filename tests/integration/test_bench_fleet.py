@@ -6,10 +6,13 @@ bench, never asserted here."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from controlplane.devtools.bench import fleet as benchfleet
+from controlplane.devtools.bench.fleet.report import PRINTERS
 
 TINY = ["fleet", "--hosts", "20", "--vms-per-host", "5", "--rounds", "2",
         "--ready-timeout", "60", "--nodes", "3", "--clients", "4", "--ops", "24",
@@ -33,21 +36,38 @@ def test_fleet_bench_tiny_prints_every_figure(capsys: pytest.CaptureFixture[str]
     assert sync["rss_caches_full_mb"] > 0
 
     tp = figures["throughput"]
-    assert tp["vm_ops_done"] == 24 and tp["vm_op_errors"] == 0
-    assert 0 < tp["forwarded_fraction"] < 1  # round-robin: most calls are forwarded
-    assert tp["etcd_txns_per_op"] >= 2  # begin and finish are CAS txns at least
-    assert tp["cas_txn_per_s"] > 0 and tp["ratio"] > 0
+    routed, forwarded = tp["modes"]["routed"], tp["modes"]["forwarded"]
+    for mode in (routed, forwarded):
+        assert mode["vm_ops_done"] == 24 and mode["vm_op_errors"] == 0
+        assert mode["etcd_txns_per_op"] >= 2  # begin and finish are CAS txns at least
+        assert mode["ratio"] > 0
+    assert routed["forwarded_fraction"] == 0  # every call went straight to the owner
+    assert 0 < forwarded["forwarded_fraction"] < 1  # round-robin: most calls are forwarded
+    assert tp["cas_txn_per_s"] > 0
 
     ha = figures["ha"]
     assert len(ha["runs_s"]) == 1 and ha["median_s"] > 0
 
     # the text table renders from the same figures
-    for part, printer in benchfleet.PRINTERS.items():
+    for part, printer in PRINTERS.items():
         printer(figures[part])
     text = capsys.readouterr().out
-    for label in ("steady round 1", "reads 0, writes 0", "VM start/stop ops/s",
-                  "raw etcd CAS txn/s", "VM ops/s / raw txn/s", "host down -> VM Running"):
+    for label in ("steady round 1", "reads 0, writes 0", "ops/s (client routes to owner)",
+                  "ops/s (any node, forwarded)", "raw etcd CAS txn/s", "VM ops/s / raw txn/s",
+                  "host down -> VM Running"):
         assert label in text
+
+
+def test_the_parser_loads_without_the_measuring_modules() -> None:
+    """`controlplane` builds the fleet parser on every start: it must stay light."""
+    code = ("import sys, argparse; from controlplane.devtools.bench.fleet import add_fleet_parser;"
+            " add_fleet_parser(argparse.ArgumentParser().add_subparsers());"
+            " heavy = [m for m in ('controlplane.server', 'controlplane.client',"
+            " 'controlplane.testing.nodes', 'controlplane.devtools.bench.fleet.command')"
+            " if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "[]"
 
 
 def test_skip_rejects_unknown_parts() -> None:
