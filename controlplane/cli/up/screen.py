@@ -24,9 +24,10 @@ from rich.table import Table
 from rich.text import Text
 
 from controlplane.procs import exit_text
+from controlplane.v1 import cluster_pb2
 
 __all__ = ["MAX_EVENTS", "TITLE", "AgentView", "LiveScreen", "NodeView", "Reporter",
-           "ScreenState", "render"]
+           "RingView", "ScreenState", "render"]
 
 TITLE = "controlplane up"
 MAX_EVENTS = 5  # unexpected exits (and fleet milestones) kept on the live screen
@@ -52,16 +53,31 @@ def exit_short(code: int) -> str:
 
 
 @dataclass(frozen=True)
+class RingView:
+    """What a node answered to GetRing, as far as `up` shows it."""
+
+    epoch: int
+    incarnation: int
+    fenced: bool
+    members: tuple[str, ...]  # node ids, in the order the node gave them
+    shares: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_reply(cls, ring: cluster_pb2.GetRingResponse) -> RingView:
+        return cls(epoch=ring.epoch, incarnation=ring.incarnation, fenced=ring.fenced,
+                   members=tuple(m.node_id for m in ring.members), shares=dict(ring.shares))
+
+
+@dataclass(frozen=True)
 class NodeView:
-    """One node as `up` last saw it: its process, and what it answered (GetRing as
-    ring_to_dict(), readiness)."""
+    """One node as `up` last saw it: its process, and what it answered (GetRing, readiness)."""
 
     node_id: str
     address: str
     log_path: str
     pid: int | None = None
     ready: bool = False
-    ring: dict | None = None  # None: GetRing not answered
+    ring: RingView | None = None  # None: GetRing not answered
     exit_code: int | None = None  # not None: the process exited
 
     def state(self) -> tuple:
@@ -70,9 +86,8 @@ class NodeView:
             return ("exited", self.exit_code)
         if self.ring is None:
             return ("no answer", self.ready)
-        members = tuple(m["node_id"] for m in self.ring["members"])
-        return (self.ready, self.ring["ring_epoch"], members, self.ring["incarnation"],
-                self.ring["fenced"])
+        r = self.ring
+        return (self.ready, r.epoch, r.members, r.incarnation, r.fenced)
 
     def describe(self) -> str:
         """One plain line: `node-0 ready=yes epoch=7 members=node-0,node-1 ...`."""
@@ -81,10 +96,10 @@ class NodeView:
         if self.ring is None:
             return f"{self.node_id} ready={'yes' if self.ready else 'no'} (GetRing not answered)"
         r = self.ring
-        members = ",".join(m["node_id"] for m in r["members"]) or "-"
-        return (f"{self.node_id} ready={'yes' if self.ready else 'no'} epoch={r['ring_epoch']} "
-                f"members={members} incarnation={r['incarnation']} "
-                f"fenced={'yes' if r['fenced'] else 'no'}")
+        members = ",".join(r.members) or "-"
+        return (f"{self.node_id} ready={'yes' if self.ready else 'no'} epoch={r.epoch} "
+                f"members={members} incarnation={r.incarnation} "
+                f"fenced={'yes' if r.fenced else 'no'}")
 
 
 @dataclass(frozen=True)
@@ -133,17 +148,17 @@ def _title(s: ScreenState) -> Table:
 
 def _ring_line(s: ScreenState) -> Text:
     answered = [n.ring for n in s.nodes if n.ring is not None]
-    view = max(answered, key=lambda r: r["ring_epoch"], default=None)
+    view = max(answered, key=lambda r: r.epoch, default=None)
     if view is None:
         return Text("ring: no node answers yet", style=_YELLOW)
-    epochs = {r["ring_epoch"] for r in answered}
-    line = Text(f"ring epoch {view['ring_epoch']}, {len(view['members'])} members, ")
+    epochs = {r.epoch for r in answered}
+    line = Text(f"ring epoch {view.epoch}, {len(view.members)} members, ")
     if len(epochs) == 1:
         line.append("all answering nodes agree", style=_GREEN)
     else:
         line.append("nodes DISAGREE", style=_RED)
     ours = {n.node_id for n in s.nodes}
-    others = [m["node_id"] for m in view["members"] if m["node_id"] not in ours]
+    others = [m for m in view.members if m not in ours]
     if others:
         line.append(f" (also: {', '.join(others)})")
     return line
@@ -152,19 +167,21 @@ def _ring_line(s: ScreenState) -> Text:
 def _node_table(s: ScreenState) -> Table:
     """One row per node; the share is each node's in the most recent ring any node gave."""
     answered = [n.ring for n in s.nodes if n.ring is not None]
-    view = max(answered, key=lambda r: r["ring_epoch"], default=None)
-    shares = view["shares"] if view is not None else {}
+    view = max(answered, key=lambda r: r.epoch, default=None)
+    shares = view.shares if view is not None else {}
+    # One space between columns (collapse_padding): nine columns of real values (7-digit
+    # pids, incarnations and epochs) fit 80 columns.
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
-                  padding=(0, 1))
+                  padding=(0, 1), collapse_padding=True)
     table.add_column("NODE", no_wrap=True, overflow="ellipsis")
     table.add_column("ADDRESS", no_wrap=True, overflow="ellipsis")
     table.add_column("PID", justify="right", no_wrap=True)
-    table.add_column("STATE", no_wrap=True)
+    table.add_column("STATE", no_wrap=True, min_width=9)
     table.add_column("INCARN", justify="right", no_wrap=True)
     table.add_column("EPOCH", justify="right", no_wrap=True)
     table.add_column("MEMB", justify="right", no_wrap=True)
     table.add_column("SHARE", justify="right", no_wrap=True)
-    table.add_column("FENCED", no_wrap=True)
+    table.add_column("FENCED", no_wrap=True, min_width=6)
     for n in s.nodes:
         pid = str(n.pid) if n.pid else "-"
         if n.exit_code is not None:
@@ -179,9 +196,9 @@ def _node_table(s: ScreenState) -> Table:
         r = n.ring
         state = Text("ready", style=_GREEN) if n.ready else Text("not ready", style=_YELLOW)
         share = shares.get(n.node_id)
-        fenced = Text("FENCED", style=_RED) if r["fenced"] else Text("no")
-        table.add_row(n.node_id, n.address, pid, state, str(r["incarnation"]),
-                      str(r["ring_epoch"]), str(len(r["members"])),
+        fenced = Text("FENCED", style=_RED) if r.fenced else Text("no")
+        table.add_row(n.node_id, n.address, pid, state, str(r.incarnation),
+                      str(r.epoch), str(len(r.members)),
                       f"{share:.1%}" if share is not None else "-", fenced)
     return table
 

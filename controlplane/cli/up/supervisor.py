@@ -26,12 +26,18 @@ from dataclasses import replace
 
 import grpc
 
-from controlplane.cli.commands import ring_to_dict
 from controlplane.cli.up.children import HOST_PREFIX, AgentChild, NodeChild, embedded_etcd
 from controlplane.cli.up.fleet import FLEET_CALL_TIMEOUT, FleetBuilder, FleetSummary
 from controlplane.cli.up.layout import UsageError, check_args
 from controlplane.cli.up.retry import wait_for
-from controlplane.cli.up.screen import AgentView, LiveScreen, NodeView, Reporter, ScreenState
+from controlplane.cli.up.screen import (
+    AgentView,
+    LiveScreen,
+    NodeView,
+    Reporter,
+    RingView,
+    ScreenState,
+)
 from controlplane.procs import exit_text, log_tail
 from controlplane.serving import health_status
 from controlplane.store.embedded import EtcdServer
@@ -211,8 +217,8 @@ class Supervisor:
             calls.append((node, ring, node.health_future("readiness", POLL_TIMEOUT)))
         for node, ring, health in calls:
             try:
-                answer: dict | None = ring_to_dict(ring.result())
-            except grpc.RpcError:
+                answer: RingView | None = RingView.from_reply(ring.result())
+            except (grpc.RpcError, grpc.FutureCancelledError):
                 answer = None
             view = replace(self.views[node.node_id], pid=node.pid, ring=answer,
                            ready=health_status(health) == "SERVING")
