@@ -21,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import tenacity
+
 from controlplane import __version__
 from controlplane.store import Fence, KeepAlive, Keys, Store, StoreError
 from controlplane.store import txn as t
@@ -157,7 +159,6 @@ class Registration:
         self.reregister(f"lease {self._lease_id:x} expired")
 
     def _run(self) -> None:
-        backoff = 0.1
         while not self._stop.is_set():
             if not self._lost.is_set():
                 self._lost.wait(0.2)  # wait for a loss, or poll stop
@@ -166,16 +167,33 @@ class Registration:
                 self._keepalive.stop()
                 self._keepalive = None
             try:
-                self._register_once()
-                backoff = 0.1
-            except StoreError as exc:
-                level = logging.ERROR if isinstance(exc, NodeIdInUse) else logging.WARNING
-                log.log(level, "registration failed, retrying in %.1fs: %s", backoff, exc)
-                if self._stop.wait(backoff):
-                    return
-                backoff = min(backoff * 2, 2.0)
+                self._retrying()(self._register_once)
+            except StoreError:
+                return  # only when stopping: the retries go on until then
+
+    def _retrying(self) -> tenacity.Retrying:
+        """Every store error is retried (etcd down at a cold start, a duplicate id whose
+        lease has yet to expire), with backoff from 0.1 s doubling to 2 s, until stop();
+        each new loss starts again from 0.1 s."""
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(StoreError),
+            stop=tenacity.stop_when_event_set(self._stop),
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+            sleep=self._stop.wait,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    @staticmethod
+    def _log_retry(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        level = logging.ERROR if isinstance(exc, NodeIdInUse) else logging.WARNING
+        log.log(level, "registration failed, retrying in %.1fs: %s", delay, exc)
 
     def _register_once(self) -> None:
+        if self._stop.is_set():
+            return  # stopped during the wait before this retry
         sent_at = self._clock()
         lease_id, granted = self.store.grant(self.ttl)
         record = records_pb2.MemberRecord(

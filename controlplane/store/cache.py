@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
+import tenacity
+
 from controlplane.store.client import KV, Store
 from controlplane.store.errors import StoreError, StoreUnavailable
 from controlplane.store.watch import PrefixWatch, WatchEvent
@@ -79,7 +81,9 @@ class PrefixCache(Generic[T]):
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self, timeout: float | None = None) -> PrefixCache[T]:
-        """List the prefix (retrying until etcd answers or `timeout`), then watch it."""
+        """List the prefix, then watch it. The list is retried while etcd is unreachable
+        (a cold start waits for etcd) until `timeout`; any other store error will not cure
+        itself and is logged as an error and raised (see `_list_until_ok`)."""
         revision = self._relist(self._list_until_ok(timeout))
         self._watch = PrefixWatch(self.store, self.prefix, revision + 1, self._on_events,
                                   self._on_compacted, name=f"{self.name}-watch")
@@ -204,21 +208,35 @@ class PrefixCache(Generic[T]):
                 log.exception("%s: listener failed", self.name)
 
     def _list_until_ok(self, timeout: float | None) -> tuple[list[KV], int]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        backoff = 0.1
-        while True:
-            try:
-                return self.store.list_prefix(self.prefix, timeout=max(self.store.timeout, 10))
-            except StoreError as exc:
-                if self._stop.is_set() or (deadline and time.monotonic() > deadline):
-                    raise
-                # Unreachable etcd is expected at a cold start; anything else (e.g. a reply
-                # over the size limit) will not cure itself: say so loudly.
-                level = logging.WARNING if isinstance(exc, StoreUnavailable) else logging.ERROR
-                log.log(level, "%s: cannot list %s yet (%s); retrying", self.name,
-                        self.prefix, exc)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+        """The whole prefix and its revision, never a made-up empty list.
+
+        Unreachable etcd (StoreUnavailable) is expected at a cold start: retried with
+        backoff (0.1 s doubling to 2 s) until `timeout` (None: until stop()). Anything else,
+        e.g. a reply over the size limit or a permission error, will not cure itself:
+        logged as an error and raised at once, so the node fails where it can be seen
+        instead of looping quietly."""
+        stop = tenacity.stop_when_event_set(self._stop)
+        if timeout is not None:
+            stop = stop | tenacity.stop_after_delay(timeout)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(StoreUnavailable),
+            stop=stop,
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+            sleep=self._stop.wait,
+            before_sleep=lambda state: log.warning(
+                "%s: cannot list %s yet (%s); retrying", self.name, self.prefix,
+                state.outcome.exception() if state.outcome else "?"),
+            reraise=True,
+        )
+        try:
+            return retrying(self.store.list_prefix, self.prefix,
+                            timeout=max(self.store.timeout, 10))
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            log.error("%s: cannot list %s: %s (not retried: it will not cure itself)",
+                      self.name, self.prefix, exc)
+            raise
 
     def _relist(self, listing: tuple[list[KV], int]) -> int:
         """Replace the contents with a fresh list; deliver the difference as events."""

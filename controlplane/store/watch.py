@@ -141,8 +141,8 @@ class PrefixWatch:
                 if not self._restart.is_set():
                     log.info("watch %s broke (%s); resuming at %d", self.prefix,
                              self.store.translate(exc), self.next_revision)
-            except StoreError as exc:
-                log.info("watch %s cannot open a stream: %s", self.prefix, exc)
+            except StoreError as exc:  # opening the stream, or the re-list after compaction
+                log.info("watch %s cannot resume: %s", self.prefix, exc)
             finally:
                 with self._call_lock:
                     self._call = None
