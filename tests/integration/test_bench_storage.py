@@ -23,3 +23,15 @@ def test_bench_storage_refuses_unknown_suites() -> None:
     proc = subprocess.run([sys.executable, "-m", "controlplane", "bench", "storage", "--skip",
                            "nope"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown suites" in proc.stdout
+
+
+def test_the_parser_loads_without_the_measuring_modules() -> None:
+    """`controlplane` builds the storage parser on every start: it must stay light."""
+    code = ("import sys, argparse; from controlplane.devtools.bench.storage import"
+            " add_storage_parser, run_storage_bench;"
+            " add_storage_parser(argparse.ArgumentParser().add_subparsers());"
+            " print([m for m in ('controlplane.server', 'controlplane.testing.mds',"
+            " 'controlplane.devtools.bench.storage.command') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "[]"

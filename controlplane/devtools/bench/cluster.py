@@ -16,8 +16,19 @@ import statistics
 import string
 import tempfile
 import time
+from collections.abc import Sequence
 
+import grpc
+
+from controlplane.channels import reconnect_options
+from controlplane.client import Client
 from controlplane.cluster.ring import Ring
+from controlplane.testing import cluster as c
+from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.ports import free_port
+from controlplane.testing.waiting import wait_until
+from controlplane.v1 import cluster_pb2
 
 
 def worst_busiest_share(samples: int, vnodes: int = 256, seed: int = 1) -> float:
@@ -54,23 +65,28 @@ def ring_figures(lookups: int) -> dict[str, float]:
     }
 
 
-def _gone(survivors: list, node_id: str) -> bool:
-    from controlplane.testing import cluster as c
+def _members(client: Client) -> set[str]:
+    return {m.node_id for m in client.cluster.GetRing(cluster_pb2.GetRingRequest()).members}
 
+
+def _gone(survivors: Sequence[Client], node_id: str) -> bool:
+    """True when no survivor's ring lists node_id (each asked itself: no routing, no
+    retry on another node, half a second each)."""
     try:
-        return all(node_id not in c.ring_members(n, timeout=0.5) for n in survivors)
-    except Exception:  # noqa: BLE001 - a survivor busy restarting: not yet
+        return all(node_id not in _members(s) for s in survivors)
+    except grpc.RpcError:  # a survivor busy restarting: not yet
+        return False
+
+
+def _listed(survivors: Sequence[Client], node_id: str) -> bool:
+    try:
+        return all(node_id in _members(s) for s in survivors)
+    except grpc.RpcError:
         return False
 
 
 def cluster_figures(runs: int, ttl: int) -> dict[str, object]:
     """Kill -9 and SIGTERM of a node in a 3-node cluster on a real embedded etcd."""
-    from controlplane.testing import cluster as c
-    from controlplane.testing.etcd import EtcdCluster
-    from controlplane.testing.nodes import NodeProcess
-    from controlplane.testing.ports import free_port
-    from controlplane.testing.waiting import wait_until
-
     failover: list[float] = []
     leave: list[float] = []
     with tempfile.TemporaryDirectory(prefix="cp-bench-") as tmp, \
@@ -78,6 +94,11 @@ def cluster_figures(runs: int, ttl: int) -> dict[str, object]:
         nodes = [NodeProcess(f"node-{i}", free_port(), etcd.endpoints, tmp, lease_ttl=ttl,
                              reconcile_interval=1.0) for i in range(3)]
         everyone = {n.node_id for n in nodes}
+        # One client per node, asking that node only: the figure is each node's own view.
+        # Fast reconnects: a node killed in one run is a survivor polled in the next.
+        clients = {n.node_id: Client(n.address, timeout=0.5, route=False, max_attempts=1,
+                                     options=reconnect_options(200))
+                   for n in nodes}
         try:
             for n in nodes:
                 n.start()
@@ -87,7 +108,10 @@ def cluster_figures(runs: int, ttl: int) -> dict[str, object]:
                 for run in range(runs):
                     wait_until(lambda: c.converged(nodes, everyone), timeout=30)
                     victim = nodes[run % 3]
-                    survivors = [n for n in nodes if n is not victim]
+                    survivors = [clients[n.node_id] for n in nodes if n is not victim]
+                    # Every survivor answers and lists the victim before the clock starts
+                    # (no channel still reconnecting from an earlier run).
+                    wait_until(lambda v=victim, s=survivors: _listed(s, v.node_id), 30)
                     started = time.monotonic()
                     os.kill(victim.pid, signal.SIGKILL if how == "kill" else signal.SIGTERM)
                     wait_until(lambda v=victim, s=survivors: _gone(s, v.node_id),
@@ -96,6 +120,8 @@ def cluster_figures(runs: int, ttl: int) -> dict[str, object]:
                     wait_until(lambda v=victim: not v.is_running(), timeout=20)
                     victim.restart().wait_ready(30)
         finally:
+            for client in clients.values():
+                client.close()
             for n in nodes:
                 n.kill()
     return {

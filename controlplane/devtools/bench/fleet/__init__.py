@@ -19,27 +19,28 @@ A part that cannot be measured is reported with the reason instead of its figure
 other parts still run, and the exit code is 1. `command.py` runs the parts, `report.py`
 prints them, `options.py` is the argument parser.
 
-Why `run_fleet_bench` and `main` are loaded on first use (PEP 562): the `controlplane`
-command builds every parser on each start, and this package's parser needs argparse only;
-the measuring modules pull in the node, the harness and the client (about 0.1 s more for
-every `controlplane status`).
+Why `run_fleet_bench` and `main` here load the measuring modules when called: the
+`controlplane` command builds every parser on each start, and this package's parser needs
+argparse only, while the measuring modules pull in the node, the harness and the client
+(about 0.1 s more for every `controlplane status`).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
-from typing import Any
+from collections.abc import Sequence
 
 from controlplane.devtools.bench.fleet.options import PARTS, add_fleet_parser
 
 __all__ = ["PARTS", "add_fleet_parser", "main", "run_fleet_bench"]
 
-_LAZY = {"run_fleet_bench": "command", "main": "command", "MEASURERS": "command",
-         "PRINTERS": "report"}
+
+def run_fleet_bench(args: argparse.Namespace) -> int:
+    """Run the parts not skipped (see `command.run_fleet_bench`)."""
+    return int(importlib.import_module(f"{__name__}.command").run_fleet_bench(args))
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+def main(argv: Sequence[str] | None = None) -> int:
+    """`controlplane bench fleet ...` without the rest of the command (see `command.main`)."""
+    return int(importlib.import_module(f"{__name__}.command").main(argv))
