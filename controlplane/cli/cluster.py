@@ -12,8 +12,7 @@ from controlplane.v1 import cluster_pb2
 
 
 def ring_to_dict(ring: cluster_pb2.GetRingResponse) -> dict[str, Any]:
-    """GetRingResponse -> the documented `status --json` shape (also the live screen of
-    `controlplane up`)."""
+    """GetRingResponse -> the documented `status --json` shape."""
     return {
         "node_id": ring.node_id,
         "incarnation": ring.incarnation,
