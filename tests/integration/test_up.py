@@ -1,23 +1,29 @@
-"""`controlplane up` end to end: real etcd, real node processes, a real SIGTERM."""
+"""`controlplane up` end to end: real etcd, real node processes, a real SIGTERM; and on an
+80x24 terminal as a user sees it (a pty read by the pyte terminal emulator)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pyte
 
 from controlplane.testing.ports import free_port
-from controlplane.testing.waiting import wait_until
+from controlplane.testing.waiting import WaitTimeout, wait_until
 from controlplane.v1 import host_pb2, host_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 # What `up` prints (stdout not a terminal) when a node's report changes.
@@ -268,3 +274,128 @@ def test_kill_9_of_up_takes_its_children_with_it(tmp_path: Path) -> None:
         proc.wait(timeout=10)
     wait_until(lambda: not processes_mentioning(*needles), 20,
                message="children of a killed `up` exit")
+
+
+COLUMNS, LINES = 80, 24
+
+
+class Terminal:
+    """`controlplane up ARGS` on a pty of COLUMNS x LINES, its output fed to pyte.
+
+    Started by Popen on the pty's slave end (not pty.fork): no Python code may run between
+    fork and exec in a process that uses gRPC."""
+
+    def __init__(self, *args: str) -> None:
+        self.screen = pyte.Screen(COLUMNS, LINES)
+        self._stream = pyte.ByteStream(self.screen)
+        self._lock = threading.Lock()
+        self.raw = bytearray()
+        self.fd, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        env["TERM"] = "xterm-256color"
+        try:
+            self.proc = subprocess.Popen(_up_cmd(*args), stdin=slave, stdout=slave,
+                                         stderr=slave, env=env, start_new_session=True)
+        finally:
+            os.close(slave)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:  # EIO: the child closed the pty
+                return
+            if not data:
+                return
+            with self._lock:
+                self.raw += data
+                self._stream.feed(data)
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return [line.rstrip() for line in self.screen.display]
+
+    def text(self) -> str:
+        with self._lock:
+            return self.raw.decode(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # its children get SIGTERM through PR_SET_PDEATHSIG
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        os.close(self.fd)
+
+
+def _screen(lines: list[str]) -> str:
+    return "\n".join(f"|{line}" for line in lines)
+
+
+def _wait_screen(term: Terminal, done: Callable[[], bool], timeout: float, what: str) -> None:
+    """wait_until, with the screen as the user would see it in the failure."""
+    try:
+        wait_until(done, timeout, interval=0.1, message=what)
+    except WaitTimeout as exc:
+        raise AssertionError(f"{exc}\n{_screen(term.lines())}") from None
+
+
+def test_up_on_an_80x24_terminal_keeps_its_title_and_shows_an_exited_node(
+        tmp_path: Path) -> None:
+    base = free_base_port(3, agent=True)
+    data_dir = tmp_path / "up"
+    term = Terminal("--nodes", "3", "--hosts", "2", "--vms", "4", "--base-port", str(base),
+                    "--lease-ttl", "2", "--data-dir", str(data_dir))
+    try:
+        def title_row() -> int | None:
+            lines = term.lines()
+            rows = [i for i, line in enumerate(lines) if line.startswith("controlplane up")]
+            return rows[-1] if rows else None
+
+        def all_ready() -> bool:
+            lines = term.lines()
+            row = title_row()
+            if row is None:
+                return False
+            states = [line.split()[3] for line in lines[row:]
+                      if re.match(r"node-\d ", line) and len(line.split()) > 3]
+            return (states == ["ready"] * 3
+                    and any("fleet: hosts 2/2 connected, 4 VMs: Running 4" in line
+                            for line in lines))
+
+        _wait_screen(term, all_ready, 60, "3 ready nodes and the fleet on screen")
+        lines = term.lines()
+        row = title_row()
+        assert row is not None
+        # the title line carries its counters: it did not wrap
+        assert "3 nodes" in lines[row] and "lease 2s" in lines[row], _screen(lines)
+        assert lines[row + 1].startswith("etcd 127.0.0.1:"), _screen(lines)
+        assert any(line.startswith("NODE ") and line.rstrip().endswith("FENCED")
+                   for line in lines[row:]), _screen(lines)
+        assert any("Ctrl-C to stop" in line for line in lines[row:]), _screen(lines)
+
+        # kill -9 node-1 (its pid is in its start line): an exited row, an event
+        match = re.search(r"node-1 starting on \S+ \(pid (\d+)", term.text())
+        assert match, term.text()
+        os.kill(int(match.group(1)), signal.SIGKILL)
+
+        def exited_row() -> bool:
+            lines = term.lines()
+            return any(re.match(r"node-1 .*SIGKILL", line) for line in lines) and any(
+                "node-1 exited unexpectedly (killed by SIGKILL)" in line for line in lines)
+
+        _wait_screen(term, exited_row, 20, "node-1 shown as killed")
+        row = title_row()
+        assert row is not None and "3 nodes" in term.lines()[row], _screen(term.lines())
+
+        term.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        code = term.proc.wait(timeout=40)
+        text = term.text()
+        assert code == 1, text  # a node died that should not have
+        assert "SIGINT: stopping" in text and "stopped (with errors, see above)" in text, text
+        assert not processes_mentioning(f"127.0.0.1:{base}", f"127.0.0.1:{base + 200}",
+                                        str(data_dir))
+    finally:
+        term.close()

@@ -244,7 +244,9 @@ class Reporter:
     def __init__(self, live: bool, out: TextIO | None = None) -> None:
         self.live = live
         self.out = out if out is not None else sys.stdout
-        self.console: Console | None = Console(file=self.out) if live else None
+        # highlight=False: no guessed colours inside plain lines (pids, paths).
+        self.console: Console | None = (Console(file=self.out, highlight=False) if live
+                                        else None)
         self.failed = False  # something died that should not have: exit code 1
         self.events: tuple[str, ...] = ()
         self.progress: tuple[str, ...] = ()
