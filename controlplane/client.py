@@ -168,6 +168,7 @@ class Client:
         *,
         route: bool = True,
         ring_max_age: float = 5.0,
+        connect_timeout: float = 1.0,
         max_attempts: int | None = None,
         backoff: float = 0.05,
         max_backoff: float = 1.0,
@@ -178,6 +179,7 @@ class Client:
         self.timeout = timeout
         self.route = route
         self.ring_max_age = ring_max_age
+        self.connect_timeout = connect_timeout
         self.max_attempts = max_attempts or max(3, 2 * len(self.endpoints))
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -190,6 +192,7 @@ class Client:
         self._refresh_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._down: dict[str, float] = {}  # owner address -> monotonic time it failed
+        self._connected: set[str] = set()  # owner addresses seen to connect
         self._local = threading.local()  # the endpoint of this thread's last call
         self.routed_calls = 0
         self.unrouted_calls = 0
@@ -336,7 +339,44 @@ class Client:
         failed_at = self._down.get(address)
         if failed_at is not None and time.monotonic() - failed_at < self.ring_max_age:
             return None
+        if address not in self._connected and not self._connects(address, timeout):
+            with self._ring_lock:
+                self._down[address] = time.monotonic()
+            return None
         return address
+
+    def _connects(self, address: str, timeout: float | None) -> bool:
+        """Whether a channel to a member's registered address connects, within
+        `connect_timeout` (or half the call's time left).
+
+        Why: the ring gives the address each node registered, which a client behind a
+        port-forward or a load balancer may not reach; a call there would hang in connect
+        until its deadline. Asked once per address (again after it failed); an address that
+        refuses fails at once, one that drops packets after the wait."""
+        wait = self.connect_timeout if timeout is None else min(self.connect_timeout,
+                                                                timeout / 2)
+        channel = self.channel(address)
+        settled = threading.Event()
+        state: list[grpc.ChannelConnectivity] = []
+
+        def seen(connectivity: grpc.ChannelConnectivity) -> None:
+            if connectivity in (grpc.ChannelConnectivity.READY,
+                                grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                                grpc.ChannelConnectivity.SHUTDOWN):
+                state.append(connectivity)
+                settled.set()
+
+        channel.subscribe(seen, try_to_connect=True)
+        try:
+            settled.wait(wait)
+        finally:
+            channel.unsubscribe(seen)
+        if state and state[0] is grpc.ChannelConnectivity.READY:
+            self._connected.add(address)
+            return True
+        log.debug("owner address %s does not connect (%s); calls go to the endpoints",
+                  address, state[0].name if state else "no answer")
+        return False
 
     def _note_epoch(self, epoch: int) -> None:
         if epoch > self._ring.epoch:
@@ -426,6 +466,7 @@ class Client:
 
     def _owner_failed(self, address: str) -> None:
         """Skip this owner for a while, and re-read the ring before the next routed call."""
+        self._connected.discard(address)
         with self._ring_lock:
             self._down[address] = time.monotonic()
             self._ring = ClientRing(self._ring.ring, self._ring.addresses,

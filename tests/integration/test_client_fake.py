@@ -4,7 +4,9 @@ stale-epoch refusal, so that path is driven here)."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -118,3 +120,33 @@ def test_without_routing_calls_go_to_the_endpoints_only(fakes) -> None:
         nodes["n1"].unavailable = 100
         assert client.cluster.Locate(pb.LocateRequest(resource_id="r0")).served_by == "n2"
         assert nodes["n0"].locates == 0
+
+
+@pytest.fixture
+def silent_address():
+    """A port that takes TCP connections and never says a word (a connect that hangs, as a
+    filtered address does)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    yield f"127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+@pytest.mark.parametrize("kind", ["silent", "refusing"])
+def test_an_owner_address_the_client_cannot_reach_is_not_waited_on(fakes, silent_address,
+                                                                   kind) -> None:
+    """A client behind a port-forward sees member addresses it cannot reach: the call goes
+    to the endpoint (which would forward) after one short connect check, not at the
+    deadline."""
+    world, nodes = fakes
+    resource = owned_by(world, "n1")
+    world["members"]["n1"] = (silent_address if kind == "silent"
+                              else f"127.0.0.1:{free_port()}")
+    with Client(nodes["n0"].address, timeout=20, connect_timeout=0.5) as client:
+        started = time.monotonic()
+        assert client.cluster.Locate(pb.LocateRequest(resource_id=resource)).served_by == "n0"
+        assert time.monotonic() - started < 5
+        started = time.monotonic()
+        client.cluster.Locate(pb.LocateRequest(resource_id=resource))
+        assert time.monotonic() - started < 0.3  # remembered: no second connect check
