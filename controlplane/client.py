@@ -457,9 +457,15 @@ class Client:
     def call_stream(self, stub_class: Callable[[grpc.Channel], Any], method: str,
                     request: Any, timeout: float | None | object,
                     metadata: Sequence[tuple[str, str]] | None = None) -> Iterator[Any]:
-        """A server stream on the preferred endpoint; no retries (the caller resumes)."""
+        """A server stream on the first endpoint that connects; no retries (a stream cannot
+        be resumed midway: the caller reopens it). With one endpoint, or when none
+        connects, the preferred one's stream reports why (UNAVAILABLE)."""
         budget = self.timeout if timeout is _DEFAULT else timeout
-        target = self._rotated()[0]
+        endpoints = self._rotated()
+        target = endpoints[0]
+        if len(endpoints) > 1:
+            check = None if budget is None else float(budget)  # type: ignore[arg-type]
+            target = next((e for e in endpoints if self._connects(e, check)), target)
         self.endpoint = target
         return getattr(self.stub(stub_class, target), method)(
             request, timeout=budget, metadata=metadata)

@@ -11,6 +11,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from controlplane.client import Client
 from controlplane.cluster.ring import Ring
@@ -150,3 +151,17 @@ def test_an_owner_address_the_client_cannot_reach_is_not_waited_on(fakes, silent
         started = time.monotonic()
         client.cluster.Locate(pb.LocateRequest(resource_id=resource))
         assert time.monotonic() - started < 0.3  # remembered: no second connect check
+
+
+def test_a_stream_opens_on_the_first_endpoint_that_connects(fakes, silent_address) -> None:
+    world, nodes = fakes
+    dead = f"127.0.0.1:{free_port()}"
+    with Client([dead, silent_address, nodes["n2"].address], timeout=5,
+                connect_timeout=0.3) as client:
+        # ClusterService has no stream; the health Watch of a fake is UNIMPLEMENTED, which
+        # proves where it went without a stream of our own.
+        events = client.health.Watch(health_pb2.HealthCheckRequest(service=""))
+        with pytest.raises(grpc.RpcError) as info:
+            next(iter(events))
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert client.endpoint == nodes["n2"].address
