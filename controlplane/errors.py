@@ -16,6 +16,7 @@ caller can do about it, the way gRPC's canonical codes do:
 - Exhausted     no capacity or over a limit (RESOURCE_EXHAUSTED)
 - Unsupported   not implemented by this backend (UNIMPLEMENTED)
 - TimedOut      the work outlived its deadline (DEADLINE_EXCEEDED)
+- Cancelled     the caller left before the work began (CANCELLED)
 - Failed        our side failed doing the work, e.g. a qemu-img call (INTERNAL)
 
 The message is shown to the caller as is: never put unbounded input in it.
@@ -64,9 +65,13 @@ class TimedOut(DomainError):
     pass
 
 
+class Cancelled(DomainError):
+    """The caller went away before the work began: nothing was done for nobody."""
+
+
 class Failed(DomainError):
     """Our side failed doing the work (a qemu-img call, say); the message says how."""
 
 
-__all__ = ["Busy", "DomainError", "Exhausted", "Exists", "Failed", "Invalid", "NotFound",
-           "Refused", "TimedOut", "Unreachable", "Unsupported"]
+__all__ = ["Busy", "Cancelled", "DomainError", "Exhausted", "Exists", "Failed", "Invalid",
+           "NotFound", "Refused", "TimedOut", "Unreachable", "Unsupported"]

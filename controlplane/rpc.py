@@ -23,17 +23,17 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import errors, metrics
+from controlplane import errors
 from controlplane.store.errors import StoreError
 
 __all__ = ["MAX_ID", "STATUS", "MetricsInterceptor", "RpcServer", "abort", "check_address",
-           "check_id", "serve_until_signal", "status_of", "valid_address"]
+           "check_id", "serve_metrics", "serve_until_signal", "status_of", "valid_address"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ STATUS: dict[type[BaseException], grpc.StatusCode] = {
     errors.Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     errors.TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Failed: grpc.StatusCode.INTERNAL,
     StoreError: grpc.StatusCode.UNAVAILABLE,  # etcd unreachable: the caller may retry
 }
@@ -124,7 +125,14 @@ def _wrap(behaviour: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts every unary call by method and final status code, and the calls in flight."""
+    """Counts every unary call by method and final status code, and the calls in flight.
+
+    The counters are passed in (a Counter labelled method, code and a Gauge), so a process
+    that uses the builder without this interceptor registers none of the node's metrics."""
+
+    def __init__(self, calls: Any, in_flight: Any) -> None:
+        self.calls = calls
+        self.in_flight = in_flight
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
@@ -132,26 +140,23 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
+        calls, in_flight = self.calls, self.in_flight
 
         def wrapped(request, context):  # type: ignore[no-untyped-def]
-            metrics.RPCS_IN_FLIGHT.inc()
+            in_flight.inc()
             try:
                 response = inner(request, context)
             except Exception:
                 code = context.code() or grpc.StatusCode.UNKNOWN
-                metrics.RPCS.labels(method, code.name).inc()
+                calls.labels(method, code.name).inc()
                 raise
             finally:
-                metrics.RPCS_IN_FLIGHT.dec()
+                in_flight.dec()
             code = context.code() or grpc.StatusCode.OK
-            metrics.RPCS.labels(method, code.name).inc()
+            calls.labels(method, code.name).inc()
             return response
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return handler._replace(unary_unary=wrapped)
 
 
 class DomainErrors(grpc.ServerInterceptor):
@@ -236,12 +241,19 @@ class RpcServer:
         return self.server.wait_for_termination(timeout)
 
 
-def serve_until_signal(stop: Callable[[], None],
-                       signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
-    """Block until SIGTERM/SIGINT, then call `stop()` once; the command's exit code (0).
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
 
-    A repeated SIGTERM does not cut `stop()` short (a drain in progress finishes); a second
-    Ctrl-C means the operator wants out now (exit 130 at once)."""
+
+def serve_until_signal(start: Callable[[], Stoppable],
+                       signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Run a server until SIGTERM/SIGINT: the body of `serve`, `agent` and `mds`.
+
+    The handlers are installed before `start()` runs, so a signal during a slow start still
+    stops cleanly. A start that raises RuntimeError (a port taken, say) is logged and exits
+    1. After the first signal `stop()` runs once: a repeated SIGTERM does not cut it short
+    (a drain in progress finishes); a second Ctrl-C means the operator wants out now (exit
+    130 at once)."""
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -254,7 +266,27 @@ def serve_until_signal(stop: Callable[[], None],
 
     for signum in signals:
         signal.signal(signum, on_signal)
+    try:
+        server = start()
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
     while not done.wait(0.5):
         pass
-    stop()
+    server.stop()
     return 0
+
+
+def serve_metrics(port: int, address: str) -> bool:
+    """Serve the Prometheus endpoint when `port` is set (0: off); False, after an error
+    line, when it cannot be bound."""
+    if not port:
+        return True
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=address)
+    except OSError as exc:
+        log.error("metrics on %s:%d: %s", address, port, exc)
+        return False
+    return True

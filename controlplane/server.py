@@ -29,7 +29,7 @@ from controlplane.config.settings import Settings
 from controlplane.host.service import HostServicer
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
-from controlplane.rpc import MetricsInterceptor, RpcServer, serve_until_signal
+from controlplane.rpc import MetricsInterceptor, RpcServer, serve_metrics, serve_until_signal
 from controlplane.storage.images import ImageManager
 from controlplane.storage.livejobs import LiveJobs
 from controlplane.storage.primary import MdsHealthChecker
@@ -112,7 +112,8 @@ class ManagementNode:
         self.image_manager = ImageManager(self.owner, settings.image_dir)
         self.live_jobs = LiveJobs(self.image_manager, self.owner.agents.block_jobs)
         self.rpc = RpcServer(settings.listen, max_workers=32,
-                             interceptors=[MetricsInterceptor()])
+                             interceptors=[MetricsInterceptor(metrics.RPCS,
+                                                                metrics.RPCS_IN_FLIGHT)])
         self.health = self.rpc.health
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -140,10 +141,9 @@ class ManagementNode:
                 VolumeServicer(self.image_manager, self.router, self.images, self.live_jobs),
                 SERVICES[5])
         rpc.start(ready=False)
-        if self.settings.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(self.settings.metrics_port, addr=self.settings.metrics_address)
+        if not serve_metrics(self.settings.metrics_port, self.settings.metrics_address):
+            raise RuntimeError(f"cannot serve metrics on {self.settings.metrics_address}:"
+                               f"{self.settings.metrics_port}")
         log.info("listening on %s (advertised %s), etcd %s, lease ttl %ds",
                  self.settings.listen, self.settings.advertise, self.settings.etcd,
                  self.settings.lease_ttl)
@@ -258,5 +258,4 @@ class ManagementNode:
 
 def serve(settings: Settings, log_context: NodeContext | None = None) -> int:
     """Run one node until SIGTERM/SIGINT; the `controlplane serve` command."""
-    node = ManagementNode(settings, log_context).start()
-    return serve_until_signal(node.stop)
+    return serve_until_signal(ManagementNode(settings, log_context).start)

@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from controlplane import errors
+
 __all__ = [
     "Aborted",
     "Backend",
@@ -95,46 +97,46 @@ class HostInfo(NamedTuple):
     vm_count: int
 
 
-# -- errors: one class per status code the servicer answers with ----------------------
+# -- errors: each one a kind of controlplane.errors (rpc.STATUS gives its status code) --
 
 
 class BackendError(Exception):
     """Base of every failure a backend reports to its caller (the message is the detail)."""
 
 
-class NotServed(BackendError):
+class NotServed(BackendError, errors.NotFound):
     """This agent does not serve the host asked for (NOT_FOUND)."""
 
 
-class VmNotFound(BackendError):
+class VmNotFound(BackendError, errors.NotFound):
     """The VM is not on the host (NOT_FOUND)."""
 
 
-class HostUnreachable(BackendError):
+class HostUnreachable(BackendError, errors.Unreachable):
     """The host is down or cut off (UNAVAILABLE); the message says which."""
 
 
-class InjectedFailure(BackendError):
+class InjectedFailure(BackendError, errors.Unreachable):
     """A failure the sim was told to inject (UNAVAILABLE)."""
 
 
-class StaleGeneration(BackendError):
+class StaleGeneration(BackendError, errors.Refused):
     """A start older than a generation this host has already seen (FAILED_PRECONDITION)."""
 
 
-class BadState(BackendError):
+class BadState(BackendError, errors.Refused):
     """The VM is in the wrong state, or another operation holds it (FAILED_PRECONDITION)."""
 
 
-class Aborted(BackendError):
+class Aborted(BackendError, errors.Busy):
     """An operation in progress was cut short by a fence or power-off (ABORTED)."""
 
 
-class InvalidArgument(BackendError):
+class InvalidArgument(BackendError, errors.Invalid):
     """A malformed id or setting (INVALID_ARGUMENT)."""
 
 
-class CallerGone(BackendError):
+class CallerGone(BackendError, errors.Cancelled):
     """The caller left before a start began: none is begun for nobody (CANCELLED)."""
 
 

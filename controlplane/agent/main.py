@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from typing import Any
 
 from controlplane.config import argtypes
 from controlplane.config.settings import add_env_argument, add_flags, log_flags, metrics_flags
+from controlplane.rpc import serve_metrics, serve_until_signal
 
 __all__ = ["add_agent_parser", "run_agent"]
 
@@ -72,43 +71,12 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _serve_metrics(args: argparse.Namespace) -> bool:
-    """Serve the Prometheus endpoint (the client library's process and Python metrics) when
-    --metrics-port is set; False, after an error line, when its port cannot be bound."""
-    if not args.metrics_port:
-        return True
-    from prometheus_client import start_http_server
-
-    try:
-        start_http_server(args.metrics_port, addr=args.metrics_address)
-    except OSError as exc:
-        log.error("metrics on %s:%d: %s", args.metrics_address, args.metrics_port, exc)
-        return False
-    return True
-
-
 def run_agent(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT, then stop cleanly; the exit code of the command."""
     from controlplane import logs
     from controlplane.agent.server import serve_agent
 
     logs.setup(args.log_format, args.log_level, f"agent@{args.listen}")
-    if not _serve_metrics(args):
+    if not serve_metrics(args.metrics_port, args.metrics_address):
         return 1
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        server = serve_agent(args)
-    except RuntimeError as exc:
-        log.error("%s", exc)
-        return 1
-    while not done.wait(0.5):
-        pass
-    server.stop()
-    return 0
+    return serve_until_signal(lambda: serve_agent(args))

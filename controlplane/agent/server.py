@@ -18,28 +18,18 @@ from typing import Any, TypeVar
 import grpc
 
 from controlplane.agent.backend import (
-    Aborted,
     Backend,
     BackendError,
-    BadState,
-    CallerGone,
-    HostUnreachable,
-    InjectedFailure,
-    InvalidArgument,
-    NotServed,
-    StaleGeneration,
     VmInfo,
-    VmNotFound,
 )
 from controlplane.agent.blockjobs import AgentBlockJobsServicer
 from controlplane.agent.sim import SETTING_NAMES, SimBackend, SimSettings
-from controlplane.rpc import RpcServer
+from controlplane.rpc import RpcServer, abort, status_of
 from controlplane.v1 import agent_pb2, agent_pb2_grpc, blockjob_pb2, blockjob_pb2_grpc
 
 __all__ = [
     "AGENT_SERVICE",
     "SIM_CONTROL",
-    "STATUS_OF",
     "AgentServer",
     "AgentServicer",
     "SimControlServicer",
@@ -54,31 +44,12 @@ SIM_CONTROL = agent_pb2.DESCRIPTOR.services_by_name["SimControl"].full_name
 BLOCK_JOBS = blockjob_pb2.DESCRIPTOR.services_by_name["AgentBlockJobs"].full_name
 MAX_WORKERS = 256
 
-# Backend failure -> status code. Order matters only for subclasses (none today).
-STATUS_OF: tuple[tuple[type[BackendError], grpc.StatusCode], ...] = (
-    (NotServed, grpc.StatusCode.NOT_FOUND),
-    (VmNotFound, grpc.StatusCode.NOT_FOUND),
-    (HostUnreachable, grpc.StatusCode.UNAVAILABLE),
-    (InjectedFailure, grpc.StatusCode.UNAVAILABLE),
-    (StaleGeneration, grpc.StatusCode.FAILED_PRECONDITION),
-    (BadState, grpc.StatusCode.FAILED_PRECONDITION),
-    (Aborted, grpc.StatusCode.ABORTED),
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (CallerGone, grpc.StatusCode.CANCELLED),
-)
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _code_of(exc: BackendError) -> grpc.StatusCode:
-    for cls, code in STATUS_OF:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
 def _mapped(quiet: bool = False) -> Callable[[F], F]:
-    """Answer a BackendError with its status code; log refusals of calls that change things
+    """Answer a BackendError with its status code (`rpc.STATUS`: every backend error is a
+    `controlplane.errors` kind); log refusals of calls that change things
     (``quiet`` for the read-only calls a partitioned host fails all the time)."""
 
     def decorate(fn: F) -> F:
@@ -87,10 +58,10 @@ def _mapped(quiet: bool = False) -> Callable[[F], F]:
             try:
                 return fn(self, request, context)
             except BackendError as exc:
-                code = _code_of(exc)
                 if not quiet:
+                    code = status_of(exc) or grpc.StatusCode.INTERNAL
                     log.info("%s refused: %s: %s", fn.__name__, code.name, exc)
-                context.abort(code, str(exc))
+                abort(context, exc)
 
         return wrapper  # type: ignore[return-value]
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +20,7 @@ from controlplane.config.settings import (
     log_flags,
     metrics_flags,
 )
+from controlplane.rpc import serve_metrics, serve_until_signal
 
 __all__ = ["add_mds_parser", "main", "run_mds"]
 
@@ -55,21 +54,6 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def _serve_metrics(args: argparse.Namespace) -> bool:
-    """Serve the Prometheus endpoint (the client library's process and Python metrics) when
-    --metrics-port is set; False, after an error line, when its port cannot be bound."""
-    if not args.metrics_port:
-        return True
-    from prometheus_client import start_http_server
-
-    try:
-        start_http_server(args.metrics_port, addr=args.metrics_address)
-    except OSError as exc:
-        log.error("metrics on %s:%d: %s", args.metrics_address, args.metrics_port, exc)
-        return False
-    return True
-
-
 def add_mds_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``mds`` sub-command to the ``controlplane`` parser's subparsers."""
     return _configure(subparsers.add_parser(
@@ -89,25 +73,9 @@ def run_mds(args: argparse.Namespace) -> int:
     if args.backend != "sim":  # argparse choices make this unreachable from the command
         log.error("unknown backend %r", args.backend)
         return 2
-    if not _serve_metrics(args):
+    if not serve_metrics(args.metrics_port, args.metrics_address):
         return 1
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        server = MdsServer(args.listen).start()
-    except RuntimeError as exc:
-        log.error("%s", exc)
-        return 1
-    while not done.wait(0.5):
-        pass
-    server.stop()
-    return 0
+    return serve_until_signal(lambda: MdsServer(args.listen).start())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
