@@ -18,6 +18,12 @@ Which request field names the resource comes from the protobuf descriptors: per 
 resource field (`vm_id`, `host_id`, `image_id`, `storage_id`, `resource_id`); a unary method
 whose request has that field is sent to the owner of its value. Reads (GetVm, GetHost, ...)
 are served by any node, so sending them to the owner costs nothing and spares nobody.
+
+Retries use tenacity rather than gRPC's retry service config: a gRPC retry policy retries on
+the same channel, i.e. the same node, while a node that is down or draining needs the next
+endpoint (and a routed call a fresh look at the ring). Only UNAVAILABLE is retried, and a
+FAILED_PRECONDITION carrying a newer ring epoch (the node refused a call it no longer owns).
+Server streams are not retried: a stream cannot be resumed midway.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.channels import ChannelPool, reconnect_options
-from controlplane.cluster.ring import Ring
+from controlplane.cluster.ring import DEFAULT_VNODES, Ring
 from controlplane.cluster.routing import EPOCH
 from controlplane.v1 import (
     cluster_pb2,
@@ -122,7 +128,7 @@ class ClientRing:
     def from_reply(cls, reply: cluster_pb2.GetRingResponse) -> ClientRing:
         """Built exactly as the nodes build theirs: Ring.build(node ids, epoch, vnodes)."""
         members = {m.node_id: m.address for m in reply.members}
-        ring = Ring.build(members, reply.epoch, reply.vnodes or 256)
+        ring = Ring.build(members, reply.epoch, reply.vnodes or DEFAULT_VNODES)
         return cls(ring, MappingProxyType(members))
 
     def owner_address(self, resource_id: str) -> tuple[str, str] | None:
@@ -486,7 +492,6 @@ class Client:
             return
         if self._preferred == index:
             self._preferred = (index + 1) % len(self.endpoints)
-
 
 
 class _Method:
