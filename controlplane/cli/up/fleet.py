@@ -1,15 +1,15 @@
 """The local fleet of `up --hosts H --vms V`: seeding it, and the one-line summary of it.
 
-Seeding goes through the public gRPC API of whichever nodes are ready (any node answers any
-call and forwards it to the owner), so a demo exercises the same paths an operator's calls
-take. It runs on a thread of its own beside the poll loop, so the screen stays live while a
-large fleet is built; a failure that outlasts the retry budget is an event, like a node
+Seeding goes through the client library (`controlplane.client`) over the nodes' public
+gRPC API, as another program's calls would: each call goes to its resource's owner, another
+node when one is down (any node answers any call and forwards it to the owner). It runs on
+a thread of its own beside the poll loop, so the screen stays live while a large fleet is
+built; a failure that outlasts the retry budget is an event, like a node
 exiting.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import Counter
@@ -18,10 +18,9 @@ from typing import TypeVar
 
 import grpc
 
-from controlplane.channels import ChannelPool
-from controlplane.cli.up.children import CHANNEL_OPTIONS
 from controlplane.cli.up.retry import retry_call, wait_for
 from controlplane.cli.up.screen import Reporter
+from controlplane.client import Client
 from controlplane.v1 import host_pb2, host_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 __all__ = ["FleetBuilder", "FleetSummary", "fleet_line", "vm_name"]
@@ -62,25 +61,20 @@ class _Halted(Exception):
     """`up` is stopping: the fleet thread gives up what it was doing."""
 
 
-class _NoReadyNode(Exception):
-    """No node is ready to take a fleet call now (retried like UNAVAILABLE)."""
-
-
 class FleetBuilder:
     """Registers the agent's hosts, then creates `vms` VMs round-robin over them, started,
     HA never-stop for every other one."""
 
     def __init__(self, agent_address: str, host_ids: list[str], vms: int,
-                 ready_addresses: Callable[[], list[str]], reporter: Reporter,
-                 stopping: threading.Event) -> None:
+                 endpoints: list[str], ready_addresses: Callable[[], list[str]],
+                 reporter: Reporter, stopping: threading.Event) -> None:
         self.agent_address = agent_address
         self.host_ids = host_ids
         self.vms = vms
-        self.ready_addresses = ready_addresses  # nodes ready now, asked before every call
+        self.ready_addresses = ready_addresses  # nodes ready now (the wait for the first)
         self.reporter = reporter
         self.stopping = stopping  # set when `up` stops: give up between calls
-        self._pool = ChannelPool(CHANNEL_OPTIONS)
-        self._rotation = itertools.count()
+        self._client = Client(endpoints, timeout=FLEET_CALL_TIMEOUT)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -113,7 +107,7 @@ class FleetBuilder:
             pass
         finally:
             report.step("")
-            self._pool.close()
+            self._client.close()
 
     def _wait_any_ready(self) -> bool:
         self.reporter.step("waiting for a ready node to register hosts")
@@ -127,25 +121,16 @@ class FleetBuilder:
 
     # -- calls ------------------------------------------------------------------------
 
-    def _channel(self) -> grpc.Channel:
-        """A ready node's channel, a different one each call (spreads the load)."""
-        ready = self.ready_addresses()
-        if not ready:
-            raise _NoReadyNode("no node is ready")
-        return self._pool.get(ready[next(self._rotation) % len(ready)])
-
-    def _retried(self, call: Callable[[grpc.Channel], T], retryable: frozenset) -> T:
-        """call(a ready node's channel), retried on `retryable` codes (and while no node is
-        ready) for FLEET_RETRY_BUDGET seconds; _Halted once `up` stops."""
+    def _retried(self, call: Callable[[Client], T], retryable: frozenset) -> T:
+        """call(the client), retried on `retryable` codes for FLEET_RETRY_BUDGET seconds
+        (the client itself tries the next node on UNAVAILABLE); _Halted once `up` stops."""
         def attempt() -> T:
             if self.stopping.is_set():
                 raise _Halted()
-            return call(self._channel())
+            return call(self._client)
 
         def again(exc: BaseException) -> bool:
-            if isinstance(exc, grpc.RpcError):
-                return exc.code() in retryable
-            return isinstance(exc, _NoReadyNode)
+            return isinstance(exc, grpc.RpcError) and exc.code() in retryable
 
         return retry_call(attempt, again, FLEET_RETRY_BUDGET, FLEET_RETRY_INTERVAL,
                           self.stopping)
@@ -171,9 +156,6 @@ class FleetBuilder:
                 except grpc.RpcError as exc:
                     with lock:
                         failures.append(f"#{i}: {exc.code().name}: {exc.details()}")
-                except _NoReadyNode as exc:
-                    with lock:
-                        failures.append(f"#{i}: {exc}")
                 with lock:
                     done[0] += 1
                     self.reporter.step(f"{what}: {done[0]}/{total}")
@@ -194,8 +176,8 @@ class FleetBuilder:
         counts as registered."""
         request = host_pb2.AddHostRequest(host_id=host_id, address=self.agent_address)
         try:
-            self._retried(lambda ch: host_pb2_grpc.HostServiceStub(ch).AddHost(
-                request, timeout=FLEET_CALL_TIMEOUT), _RETRYABLE - {grpc.StatusCode.NOT_FOUND})
+            self._retried(lambda client: client.hosts.AddHost(request),
+                          _RETRYABLE - {grpc.StatusCode.NOT_FOUND})
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
@@ -213,19 +195,16 @@ class FleetBuilder:
             vm_id=vm_id, ha=vm_pb2.NEVER_STOP if index % 2 == 0 else vm_pb2.HA_NONE,
             image=VM_IMAGE, host_id=host_id, start=True, wait=False)
         try:
-            self._retried(lambda ch: vm_pb2_grpc.VmServiceStub(ch).CreateVm(
-                request, timeout=FLEET_CALL_TIMEOUT), _RETRYABLE)
+            self._retried(lambda client: client.vms.CreateVm(request), _RETRYABLE)
             return
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-        vm = self._retried(lambda ch: vm_pb2_grpc.VmServiceStub(ch).GetVm(
-            vm_pb2.VmRef(vm_id=vm_id), timeout=FLEET_CALL_TIMEOUT),
+        vm = self._retried(lambda client: client.vms.GetVm(vm_pb2.VmRef(vm_id=vm_id)),
             frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}))
         if vm.state == "Created" and not vm.op.op_id:
-            self._retried(lambda ch: vm_pb2_grpc.VmServiceStub(ch).StartVm(
-                vm_pb2.VmOpRequest(vm_id=vm_id, host_id=host_id), timeout=FLEET_CALL_TIMEOUT),
-                _RETRYABLE)
+            self._retried(lambda client: client.vms.StartVm(
+                vm_pb2.VmOpRequest(vm_id=vm_id, host_id=host_id)), _RETRYABLE)
 
 
 class FleetSummary:

@@ -121,7 +121,8 @@ class Supervisor:
                      f"log {node.log_path})")
         if agent is not None and not self.stopping.is_set():
             self.fleet = FleetBuilder(agent.address, agent.host_ids, self.args.vms,
-                                      self._ready_addresses, self.report, self.stopping)
+                                      [n.address for n in self.nodes], self._ready_addresses,
+                                      self.report, self.stopping)
             self.fleet.start()
 
     def _wait_etcd(self, etcd: EtcdServer) -> None:
