@@ -11,23 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import grpc
 
 from controlplane.cli import argtypes, common
 from controlplane.v1 import vm_pb2
-from controlplane.v1 import vm_pb2_grpc as vm_grpc
 
 HA_LEVELS = {"none": vm_pb2.HA_NONE, "never-stop": vm_pb2.NEVER_STOP}
 _HA_NAMES = {value: name for name, value in HA_LEVELS.items()}
 HEADER = ("VM", "STATE", "HOST", "GENERATION", "HA", "OPERATION")
 
-# How long `vm watch` gives each of several endpoints to connect before it tries the next.
-_CONNECT_TIMEOUT = 2.0
 _WAIT_TIMEOUT_HELP = (f"call deadline in seconds (default {common.DEFAULT_TIMEOUT:g}, "
                       f"{common.WAIT_TIMEOUT:g} with --wait)")
 _WAIT_HELP = ("wait until the operation finished; exit 1 if it failed, its outcome is unknown "
@@ -221,44 +216,6 @@ def cmd_vm_audit(args: argparse.Namespace) -> int:
                                                  AUDIT_HEADER))
 
 
-def _reachable(channel: grpc.Channel, timeout: float) -> bool:
-    """Whether the channel connects (READY) before it fails or `timeout` runs out."""
-    settled = threading.Event()
-    states: list[grpc.ChannelConnectivity] = []
-
-    def seen(state: grpc.ChannelConnectivity) -> None:
-        if state in (grpc.ChannelConnectivity.READY,
-                     grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-                     grpc.ChannelConnectivity.SHUTDOWN):
-            states.append(state)
-            settled.set()
-
-    channel.subscribe(seen, try_to_connect=True)
-    try:
-        settled.wait(timeout)
-    finally:
-        channel.unsubscribe(seen)
-    return bool(states) and states[0] is grpc.ChannelConnectivity.READY
-
-
-def _open_watch(client: Any, request: vm_pb2.WatchVmsRequest,
-                timeout: float | None) -> Iterator[vm_pb2.VmEvent]:
-    """The watch stream, on the first endpoint that connects.
-
-    The Client does not retry a stream (it cannot resume one midway), and a stream cannot
-    be probed by reading (a watch may send nothing for a long time), so with several
-    endpoints the first one whose channel connects serves the watch, as an UNAVAILABLE
-    endpoint is skipped for a unary call. When none connects, the first one's stream
-    reports why (UNAVAILABLE)."""
-    chosen = client.endpoints[0]
-    if len(client.endpoints) > 1:
-        probe = min(timeout or _CONNECT_TIMEOUT, _CONNECT_TIMEOUT)
-        chosen = next((address for address in client.endpoints
-                       if _reachable(client.channel(address), probe)), chosen)
-    client.endpoint = chosen
-    return client.stub(vm_grpc.VmServiceStub, chosen).WatchVms(request, timeout=timeout)
-
-
 def cmd_vm_watch(args: argparse.Namespace) -> int:
     """Print events until Ctrl-C (exit 0), --count events (exit 0) or --timeout.
 
@@ -270,7 +227,8 @@ def cmd_vm_watch(args: argparse.Namespace) -> int:
                                      initial=args.initial)
     seen = 0
     with common.make_client(args) as client:
-        stream = _open_watch(client, request, args.timeout)
+        # the client opens it on the first endpoint that connects (a stream is not retried)
+        stream = client.vms.WatchVms(request, timeout=args.timeout)
         try:
             for event in stream:
                 if args.json:
