@@ -5,21 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from controlplane.config.argtypes import positive_float, positive_int
+
 PARTS = ("sync", "throughput", "ha")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _parts(text: str) -> list[str]:
@@ -43,30 +31,30 @@ def add_fleet_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
         "routing each call to the VM's owner and without (forwarded by the node asked), vs "
         "raw etcd CAS txn/s; (ha) time from a host powered off until its NEVER_STOP VM runs "
         "elsewhere.")
-    p.add_argument("--hosts", type=_positive_int, default=1000, help="sync: hosts (1000)")
-    p.add_argument("--vms-per-host", type=_positive_int, default=100,
+    p.add_argument("--hosts", type=positive_int, default=1000, help="sync: hosts (1000)")
+    p.add_argument("--vms-per-host", type=positive_int, default=100,
                    help="sync: running VMs per host (100)")
-    p.add_argument("--rounds", type=_positive_int, default=3,
+    p.add_argument("--rounds", type=positive_int, default=3,
                    help="sync: steady-state rounds (3)")
-    p.add_argument("--ready-timeout", type=_positive_float, default=600.0,
+    p.add_argument("--ready-timeout", type=positive_float, default=600.0,
                    help="sync: seconds to wait for the node to be ready and for the first "
                    "round (600)")
-    p.add_argument("--nodes", type=_positive_int, default=3, help="throughput: nodes (3)")
-    p.add_argument("--clients", type=_positive_int, default=8,
+    p.add_argument("--nodes", type=positive_int, default=3, help="throughput: nodes (3)")
+    p.add_argument("--clients", type=positive_int, default=8,
                    help="throughput: client threads, each with its own VM (8)")
-    p.add_argument("--ops", type=_positive_int, default=400,
+    p.add_argument("--ops", type=positive_int, default=400,
                    help="throughput: VM operations in all, for each of the two ways of "
                    "calling (routed, forwarded) (400)")
-    p.add_argument("--agent-hosts", type=_positive_int, default=10,
+    p.add_argument("--agent-hosts", type=positive_int, default=10,
                    help="throughput: sim hosts (10)")
-    p.add_argument("--etcd-seconds", type=_positive_float, default=5.0,
+    p.add_argument("--etcd-seconds", type=positive_float, default=5.0,
                    help="throughput: seconds of raw etcd CAS txns (5)")
-    p.add_argument("--ha-runs", type=_positive_int, default=3, help="ha: runs (3)")
-    p.add_argument("--ping-interval", type=_positive_float, default=1.0,
+    p.add_argument("--ha-runs", type=positive_int, default=3, help="ha: runs (3)")
+    p.add_argument("--ping-interval", type=positive_float, default=1.0,
                    help="ha: vm.syncInterval, seconds (1)")
-    p.add_argument("--ping-failures", type=_positive_int, default=3,
+    p.add_argument("--ping-failures", type=positive_int, default=3,
                    help="ha: host.pingFailures (3)")
-    p.add_argument("--ping-timeout", type=_positive_float, default=0.5,
+    p.add_argument("--ping-timeout", type=positive_float, default=0.5,
                    help="ha: host.pingTimeout, seconds (0.5)")
     p.add_argument("--skip", type=_parts, default=[], metavar="PARTS",
                    help="comma-separated parts not to run: sync,throughput,ha")
