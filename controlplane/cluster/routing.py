@@ -136,7 +136,7 @@ class Router:
                 raise RouteError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline spent routing")
             metadata = ((FORWARDED_BY, self.node_id), (EPOCH, str(ring.epoch)))
             try:
-                return remote(self.channel(info.address), metadata, left)
+                response = remote(self.channel(info.address), metadata, left)
             except grpc.RpcError as err:
                 code = err.code()
                 if code is grpc.StatusCode.FAILED_PRECONDITION and any(
@@ -152,6 +152,10 @@ class Router:
                     raise _Retry(code, f"owner {owner} at {info.address}: {err.details()}",
                                  ring.epoch + 1) from err
                 raise RouteError(code, err.details() or "") from err
+            # The caller sent this to a node that does not own it: a client that routes by
+            # its own copy of the ring learns from our epoch that its copy is stale.
+            context.set_trailing_metadata(((EPOCH, str(ring.epoch)),))
+            return response
 
         def refresh(state: tenacity.RetryCallState) -> None:
             nonlocal retries

@@ -133,3 +133,21 @@ def test_ring_refresh_after_a_member_joins_and_leaves(etcd, nodes) -> None:
         wait_until(lambda: locate(client, owned[0]) and "mn-2" not in client.ring.addresses,
                    10, message="the client's ring drops the member that left")
         assert not locate(client, owned[0]).forwarded
+
+
+def test_a_forwarded_answer_tells_a_stale_client_its_ring_is_old(etcd, nodes) -> None:
+    """The node a stale client routed to forwards the call and answers with its epoch in
+    the trailing metadata, so the client refreshes at once (not after ring_max_age)."""
+    started = start_nodes(nodes, etcd, 2)
+    with Client([n.address for n in started], timeout=5, ring_max_age=3600) as client:
+        locate(client, IDS[0])
+        before = client.ring.epoch
+        joined = nodes.start("mn-2", etcd.endpoints)
+        wait_until(lambda: c.converged([*started, joined], {"mn-0", "mn-1", "mn-2"}), 15)
+        owned = [r for r in IDS if c.owners(joined, [r])[0] == "mn-2"]
+        assert owned and "mn-2" not in client.ring.addresses
+        first = locate(client, owned[0])  # routed by the stale ring: forwarded
+        assert first.served_by == "mn-2" and first.forwarded
+        assert client.ring.epoch > before and "mn-2" in client.ring.addresses
+        second = locate(client, owned[0])
+        assert second.served_by == "mn-2" and not second.forwarded
