@@ -17,8 +17,9 @@ copy that lacks data. So here:
   for a reason (an I/O error with ``on-error=stop``); acting only on a *current* ``ready``
   costs at most a few polls and never acts on a stale one. So the current status wins over an
   older READY event, and a fresh ``ready`` status is what counts after a flap.
-- :class:`BlockJobRunner` drives a job through a :class:`BlockJobDriver` (``qemu_driver`` for
-  real QEMU, ``sim_driver`` for the bad sequences) and writes a :class:`JobRecord` through a
+- :class:`BlockJobRunner` drives a job through a :class:`BlockJobDriver`
+  (``agent.drivers.qemu`` for real QEMU, ``agent.drivers.sim`` for the bad sequences) and
+  writes a :class:`JobRecord` through a
   ``persist`` callback (etcd in the management node) at every phase change, and always the
   FINISHING phase *before* the pivot or cancel command goes out, so a restarted agent or
   management node can finish or reconcile the job with :meth:`BlockJobRunner.resume`.
