@@ -23,6 +23,13 @@ def reconnect_options(max_backoff_ms: int = 1000) -> list[tuple[str, int]]:
     ]
 
 
+def open_channel(address: str, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
+    """The one place a channel to one of our processes is opened (the pool, the client
+    library and the harness all come here; transport credentials will be added here)."""
+    return grpc.insecure_channel(address,
+                                 options=reconnect_options() if options is None else options)
+
+
 class ChannelPool:
     """One channel per address, shared by every caller (thread-safe)."""
 
@@ -35,8 +42,7 @@ class ChannelPool:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = self._channels[address] = grpc.insecure_channel(
-                    address, options=self.options)
+                channel = self._channels[address] = open_channel(address, self.options)
             return channel
 
     def close(self) -> None:

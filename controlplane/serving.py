@@ -22,7 +22,7 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.channels import reconnect_options
+from controlplane.channels import open_channel, reconnect_options
 from controlplane.procs import ChildProcess
 
 __all__ = ["CHANNEL_OPTIONS", "ServingProcess", "child_env", "health_status"]
@@ -117,7 +117,7 @@ class ServingProcess(ChildProcess):
 
     def new_channel(self) -> grpc.Channel:
         """A fresh channel of its own (the caller closes it), e.g. to drop a caller mid-call."""
-        return grpc.insecure_channel(self.address, options=self.channel_options)
+        return open_channel(self.address, self.channel_options)
 
     def channel(self) -> grpc.Channel:
         """The shared channel of this object (closed on kill/stop/restart)."""

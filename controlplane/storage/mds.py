@@ -30,7 +30,7 @@ import grpc
 import tenacity
 from google.protobuf.message import Message
 
-from controlplane.channels import reconnect_options
+from controlplane.channels import ChannelPool, reconnect_options
 from controlplane.storage.retry import (
     Decision,
     MdsEndpoint,
@@ -178,7 +178,7 @@ class MdsClient:
         self._invoke: Invoke = invoke if invoke is not None else self._grpc_invoke
         self._lock = threading.Lock()
         self._stubs: dict[str, mds_pb2_grpc.StorageMdsStub] = {}
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels = ChannelPool(CHANNEL_OPTIONS)
         self._closed = False
 
     # -- endpoints and channels ------------------------------------------------------
@@ -199,9 +199,8 @@ class MdsClient:
                 raise RuntimeError("MdsClient is closed")
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-                self._channels[address] = channel
-                stub = self._stubs[address] = mds_pb2_grpc.StorageMdsStub(channel)
+                stub = self._stubs[address] = mds_pb2_grpc.StorageMdsStub(
+                    self._channels.get(address))
             return stub
 
     def _grpc_invoke(self, address: str, method: str, request: Message,
@@ -211,11 +210,8 @@ class MdsClient:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            channels = list(self._channels.values())
-            self._channels.clear()
             self._stubs.clear()
-        for channel in channels:
-            channel.close()
+        self._channels.close()
 
     def __enter__(self) -> MdsClient:
         return self
