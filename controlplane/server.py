@@ -118,6 +118,7 @@ class ManagementNode:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._view_started = threading.Event()
+        self._failed = threading.Event()  # the view could not start: never live again
         self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -158,9 +159,14 @@ class ManagementNode:
             for cache in (self.config_cache, self.hosts, self.ops, self.vms, self.storages,
                           self.images):
                 cache.start()
-        except Exception:  # noqa: BLE001 - only when stopping before etcd ever answered
+        except Exception:  # noqa: BLE001 - a cache start raises only what retries cannot mend
             if not self._stopping.is_set():
-                log.exception("cluster view failed to start")
+                # Never ready, and not live either: an orchestrator restarts the node (and
+                # its probes say why) rather than keep a pod that can never serve.
+                self._failed.set()
+                log.critical("cluster view failed to start: liveness NOT_SERVING",
+                             exc_info=True)
+                self._set_health(live=False, ready=False)
             return
         self.tracker.start()
         self.mds_checker.start()
@@ -205,7 +211,7 @@ class ManagementNode:
     # -- callbacks ------------------------------------------------------------------
 
     def _set_health(self, live: bool, ready: bool) -> None:
-        self.rpc.set_health(live, ready)
+        self.rpc.set_health(live and not self._failed.is_set(), ready)
 
     def _on_incarnation(self, incarnation: int) -> None:
         if self.log_context:

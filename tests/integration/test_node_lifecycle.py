@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from controlplane.config.settings import Settings
 from controlplane.server import ManagementNode
+from controlplane.store import StoreError
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import wait_until
@@ -28,3 +32,33 @@ def test_stop_ends_every_thread_it_started(etcd: EtcdCluster) -> None:
                             if t.name.startswith(ours) and t not in before],
                timeout=10, message="threads left running after stop()")
     assert not node.ready
+
+
+def test_a_cache_that_cannot_start_makes_the_node_not_live(etcd: EtcdCluster,
+                                                           monkeypatch) -> None:
+    """A permanent store error while the caches start (one no retry mends) must not leave a
+    node that is live but never ready: liveness goes NOT_SERVING, so Kubernetes restarts it."""
+    port = free_port()
+    node = ManagementNode(Settings(node_id="broken", listen=f"127.0.0.1:{port}",
+                                   advertise=f"127.0.0.1:{port}", etcd=etcd.endpoints,
+                                   lease_ttl=2, reconcile_interval=0.2, drain_grace=0.5))
+
+    def refuse() -> None:
+        raise StoreError("etcdserver: request is too large")
+
+    monkeypatch.setattr(node.images, "start", refuse)
+    node.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> int:
+                return health.Check(health_pb2.HealthCheckRequest(service=service),
+                                    timeout=2).status
+
+            wait_until(lambda: status("liveness") == health_pb2.HealthCheckResponse.NOT_SERVING,
+                       timeout=15, message="liveness still SERVING")
+            assert status("readiness") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not node.ready
+    finally:
+        node.stop()
