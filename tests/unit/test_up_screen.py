@@ -174,3 +174,18 @@ def test_ports_follow_the_base_port() -> None:
     assert (ports.etcd, ports.agent) == (22000, 21200)
     external = check_args(_args("--base-port", "21000", "--etcd", "10.0.0.1:2379"))
     assert external.etcd is None and external.agent is None
+
+
+def test_up_children_do_not_inherit_controlplane_variables(monkeypatch, tmp_path) -> None:
+    """An exported CONTROLPLANE_* setting would reach every child of `up` (serve, agent):
+    they are configured by their flags alone."""
+    from controlplane.cli.up.children import AgentChild, NodeChild
+
+    monkeypatch.setenv("CONTROLPLANE_METRICS_PORT", "9100")
+    monkeypatch.setenv("CONTROLPLANE_LOG_FORMAT", "json")
+    monkeypatch.setenv("UNRELATED_SETTING", "kept")
+    for child in (NodeChild("node-0", 7070, 0, "127.0.0.1:2379", 10, str(tmp_path)),
+                  AgentChild(7270, 2, str(tmp_path))):
+        env = child.env()
+        assert not [k for k in env if k.startswith("CONTROLPLANE_")], child.name
+        assert env["UNRELATED_SETTING"] == "kept" and env["PYTHONPATH"]

@@ -12,6 +12,7 @@ import os
 import sys
 
 from controlplane.channels import reconnect_options
+from controlplane.config.settings import ENV_PREFIX
 from controlplane.serving import ServingProcess
 from controlplane.store.embedded import EtcdServer
 
@@ -41,7 +42,16 @@ def embedded_etcd(data_dir: str, port: int) -> EtcdServer:
     )
 
 
-class NodeChild(ServingProcess):
+class _Child(ServingProcess):
+    """A child configured by its flags alone: the CONTROLPLANE_* variables of the shell
+    that runs `up` are not passed on (serve, agent and mds all read them, so an exported
+    CONTROLPLANE_METRICS_PORT, say, would give every child the same port)."""
+
+    def env(self) -> dict[str, str]:
+        return {k: v for k, v in super().env().items() if not k.startswith(ENV_PREFIX)}
+
+
+class NodeChild(_Child):
     """One management node (`controlplane serve`), its log in DATA/logs/NODE.log."""
 
     kind = "node"
@@ -76,7 +86,7 @@ class NodeChild(ServingProcess):
         ]  # fmt: skip
 
 
-class AgentChild(ServingProcess):
+class AgentChild(_Child):
     """The sim agent serving every host of the local fleet (host-0..), its log in
     DATA/logs/agent.log. Never restarted by `up`: a restarted sim agent has lost its VMs."""
 
