@@ -21,6 +21,7 @@ from controlplane import __version__
 from controlplane.agent.main import add_agent_parser, run_agent
 from controlplane.cli import cluster, common, config, hosts, images, storage, vms
 from controlplane.cli.up import add_up_parser, run_up
+from controlplane.config import argtypes
 from controlplane.config.settings import (
     EnvArgumentParser,
     add_serve_arguments,
@@ -73,9 +74,12 @@ def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
         "time from kill -9 of a node until the last survivor's ring drops it (median of "
         "--runs, next to the lease TTL) and the graceful leave time (SIGTERM).",
     )
-    cluster_bench.add_argument("--runs", type=int, default=5)
-    cluster_bench.add_argument("--lease-ttl", type=int, default=2)
-    cluster_bench.add_argument("--lookups", type=int, default=300_000)
+    cluster_bench.add_argument("--runs", type=argtypes.positive_int, default=5,
+                               help="kill -9 / SIGTERM runs (default 5)")
+    cluster_bench.add_argument("--lease-ttl", type=argtypes.lease_ttl, default=2,
+                               help="lease TTL of the measured nodes, seconds (default 2)")
+    cluster_bench.add_argument("--lookups", type=argtypes.positive_int, default=300_000,
+                               help="ring lookups timed (default 300000)")
     cluster_bench.add_argument("--json", action="store_true")
     cluster_bench.set_defaults(run=_lazy("controlplane.devtools.bench.cluster",
                                          "run_cluster_bench"))
