@@ -44,7 +44,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.channels import ChannelPool, reconnect_options
 from controlplane.cluster.ring import DEFAULT_VNODES, Ring
-from controlplane.cluster.routing import EPOCH
+from controlplane.metadata import EPOCH
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,

@@ -11,8 +11,11 @@ caller can do about it, the way gRPC's canonical codes do:
 - Refused       not allowed in the resource's current state: change the state first
                 (FAILED_PRECONDITION)
 - Busy          lost a race or the resource is locked: retry (ABORTED)
-- Unreachable   something the answer needs (etcd, an agent, an MDS, the owner) cannot be
-                reached now: retry later or elsewhere (UNAVAILABLE)
+- Unreachable   something the answer needs (etcd, an agent, an MDS) cannot be reached
+                now; the call may have had effects (UNAVAILABLE, marked so that nobody
+                retries it blindly: `controlplane.metadata.UNREACHABLE`)
+- NotServing    this node cannot serve now, nothing was done: another node can
+                (UNAVAILABLE, retried elsewhere)
 - Exhausted     no capacity or over a limit (RESOURCE_EXHAUSTED)
 - Unsupported   not implemented by this backend (UNIMPLEMENTED)
 - TimedOut      the work outlived its deadline (DEADLINE_EXCEEDED)
@@ -53,6 +56,11 @@ class Unreachable(DomainError):
     pass
 
 
+class NotServing(Unreachable):
+    """This node cannot serve the call now (fenced, stopping before any effect): another
+    node can, so unlike a plain Unreachable the call may be retried elsewhere."""
+
+
 class Exhausted(DomainError):
     pass
 
@@ -74,4 +82,4 @@ class Failed(DomainError):
 
 
 __all__ = ["Busy", "Cancelled", "DomainError", "Exhausted", "Exists", "Failed", "Invalid",
-           "NotFound", "Refused", "TimedOut", "Unreachable", "Unsupported"]
+           "NotFound", "NotServing", "Refused", "TimedOut", "Unreachable", "Unsupported"]

@@ -72,14 +72,14 @@ class OwnerContext:
     def write(self, compares: Sequence, success: Sequence,
               on_conflict: errors.DomainError) -> TxnResult:
         """owner_txn for a request handler: a lost compare raises `on_conflict`; a fenced
-        node or an unreachable etcd raises errors.Unreachable (the client may try another
-        node)."""
+        node raises errors.NotServing (nothing written: another node can), an unreachable
+        etcd errors.Unreachable (the write may have applied)."""
         try:
             return self.owner_txn(compares, success)
         except Conflict:
             raise on_conflict from None
         except Fenced as exc:
-            raise errors.Unreachable(str(exc)) from exc
+            raise errors.NotServing(str(exc)) from exc  # nothing written: another node can
         except StoreError as exc:
             raise errors.Unreachable(f"cannot write etcd: {exc}") from exc
 

@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane import errors
+from controlplane.metadata import UNREACHABLE
 from controlplane.store.errors import StoreError
 
 __all__ = ["MAX_ID", "STATUS", "MetricsInterceptor", "RpcServer", "abort", "check_address",
@@ -68,9 +69,15 @@ def status_of(exc: BaseException) -> grpc.StatusCode | None:
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
-    """Answer the call with the domain error's status and its (bounded) message."""
+    """Answer the call with the domain error's status and its (bounded) message. A
+    dependency out of reach (etcd, an agent, an MDS) is marked UNREACHABLE in the trailing
+    metadata: the call may have had effects, so callers must not retry it blindly, unlike
+    an UNAVAILABLE from a node that cannot serve (NotServing, or no answer at all)."""
     code = status_of(exc) or grpc.StatusCode.INTERNAL
     details = str(exc) if not isinstance(exc, StoreError) else f"cannot reach etcd: {exc}"
+    if isinstance(exc, (errors.Unreachable, StoreError)) \
+            and not isinstance(exc, errors.NotServing):
+        context.set_trailing_metadata(((UNREACHABLE, "1"),))
     context.abort(code, details[:MAX_DETAILS])
 
 
@@ -165,6 +172,12 @@ class DomainErrors(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
         if handler is None:
+            return handler
+        behaviour = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+                     or handler.stream_stream)
+        if getattr(behaviour, "experimental_non_blocking", False):
+            # Health.Watch answers from gRPC's own thread pool, not a worker: wrapping it
+            # would turn it into a blocking stream that holds a worker per watcher.
             return handler
         if handler.unary_unary:
             return handler._replace(unary_unary=_wrap(handler.unary_unary, False))

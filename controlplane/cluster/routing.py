@@ -23,12 +23,11 @@ import tenacity
 from controlplane.channels import ChannelPool
 from controlplane.cluster.ring import Ring
 from controlplane.cluster.view import ClusterView
+from controlplane.metadata import EPOCH, FORWARDED_BY, UNREACHABLE, epoch_in, has
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-FORWARDED_BY = "x-controlplane-forwarded-by"
-EPOCH = "x-controlplane-epoch"
 
 # remote(channel, metadata, timeout) -> response
 RemoteCall = Callable[[grpc.Channel, tuple[tuple[str, str], ...], float], T]
@@ -57,13 +56,12 @@ def _metadata(context: grpc.ServicerContext) -> dict[str, str]:
 
 def epoch_of(err: grpc.RpcError) -> int:
     """The receiver's epoch from a FAILED_PRECONDITION's trailing metadata (0 if none)."""
-    for key, value in err.trailing_metadata() or ():
-        if key == EPOCH:
-            try:
-                return int(value)
-            except ValueError:
-                return 0
-    return 0
+    return epoch_in(err.trailing_metadata())
+
+
+def _pass_on(context: grpc.ServicerContext, err: grpc.RpcError) -> None:
+    """The owner's UNREACHABLE mark goes back to our caller with its answer."""
+    context.set_trailing_metadata(((UNREACHABLE, "1"),))
 
 
 class Router:
@@ -147,6 +145,12 @@ class Router:
                     k == EPOCH for k, _ in err.trailing_metadata() or ()
                 ):
                     raise _Retry(code, err.details() or "", epoch_of(err)) from err
+                if code is grpc.StatusCode.UNAVAILABLE and has(err.trailing_metadata(),
+                                                                UNREACHABLE):
+                    # The owner answered: what it needs (its agent, etcd) is unreachable.
+                    # The owner is up; another try would meet the same, after effects.
+                    _pass_on(context, err)
+                    raise RouteError(code, err.details() or "") from err
                 if code is grpc.StatusCode.UNAVAILABLE or (
                     code is grpc.StatusCode.CANCELLED and context.is_active()
                 ):

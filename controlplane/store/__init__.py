@@ -1,26 +1,31 @@
-"""The only package that talks to etcd. Everything else speaks in records and keys."""
+"""The only package that talks to etcd. Everything else speaks in records and keys.
 
-from controlplane.store.client import KV, Store, TxnResult, parse_endpoints
-from controlplane.store.errors import Compacted, LeaseLost, StoreError, StoreUnavailable
-from controlplane.store.keys import DEFAULT_PREFIX, Keys, valid_node_id
-from controlplane.store.lease import KeepAlive
-from controlplane.store.txn import Fence
-from controlplane.store.watch import PrefixWatch, WatchEvent
+The names below are loaded on first use (PEP 562), so a process that needs only
+`store.errors` or `store.keys` (an agent, the CLI, the client library) does not import the
+etcd client."""
 
-__all__ = [
-    "DEFAULT_PREFIX",
-    "KV",
-    "Compacted",
-    "Fence",
-    "KeepAlive",
-    "Keys",
-    "LeaseLost",
-    "PrefixWatch",
-    "Store",
-    "StoreError",
-    "StoreUnavailable",
-    "TxnResult",
-    "WatchEvent",
-    "parse_endpoints",
-    "valid_node_id",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "KV": "client", "Store": "client", "TxnResult": "client", "parse_endpoints": "client",
+    "Compacted": "errors", "LeaseLost": "errors", "StoreError": "errors",
+    "StoreUnavailable": "errors",
+    "DEFAULT_PREFIX": "keys", "Keys": "keys", "valid_node_id": "keys",
+    "KeepAlive": "lease",
+    "Fence": "txn",
+    "PrefixWatch": "watch", "WatchEvent": "watch",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

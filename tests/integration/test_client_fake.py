@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from controlplane.client import Client
 from controlplane.cluster.ring import Ring
-from controlplane.cluster.routing import EPOCH
+from controlplane.metadata import EPOCH
 from controlplane.testing.ports import free_port
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc

@@ -16,7 +16,8 @@ PKG = ROOT / "controlplane"
 
 # Lowest first. A module belongs to the first entry that is its name or a package above it.
 LAYERS: list[tuple[str, ...]] = [
-    ("controlplane", "controlplane.v1", "controlplane.errors", "controlplane.metrics",
+    ("controlplane", "controlplane.v1", "controlplane.errors", "controlplane.metadata",
+     "controlplane.metrics",
      "controlplane.logs", "controlplane.channels", "controlplane.procs",
      "controlplane.serving", "controlplane.store"),
     ("controlplane.rpc", "controlplane.config", "controlplane.agentclient"),

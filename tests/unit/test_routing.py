@@ -9,8 +9,9 @@ import grpc
 import pytest
 
 from controlplane.cluster.ring import Ring
-from controlplane.cluster.routing import EPOCH, FORWARDED_BY, RouteError, Router
+from controlplane.cluster.routing import RouteError, Router
 from controlplane.cluster.table import MemberInfo, MemberTable
+from controlplane.metadata import EPOCH, FORWARDED_BY
 
 MEMBERS = ["a", "b", "c"]
 

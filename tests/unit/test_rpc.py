@@ -1,0 +1,85 @@
+"""The server builder: domain errors become their status (the one table), health watchers
+never take the workers that calls and probes need."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from controlplane import errors, rpc
+from controlplane.metadata import UNREACHABLE
+from controlplane.store.errors import StoreError
+from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
+
+
+class Refusing(cluster_pb2_grpc.ClusterServiceServicer):
+    """WhoOwns raises whatever `raise_` says: a domain error as domain code raises it."""
+
+    def __init__(self) -> None:
+        self.raise_: BaseException = errors.NotFound("no such thing")
+
+    def WhoOwns(self, request, context):  # type: ignore[no-untyped-def]
+        raise self.raise_
+
+
+@pytest.fixture
+def served():  # type: ignore[no-untyped-def]
+    servicer = Refusing()
+    server = rpc.RpcServer("127.0.0.1:0", max_workers=2)
+    server.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, servicer,
+               "controlplane.v1.ClusterService")
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield servicer, channel
+    channel.close()
+    server.stop(0)
+
+
+@pytest.mark.parametrize("exc, code, marked", [
+    (errors.NotFound("x"), grpc.StatusCode.NOT_FOUND, False),
+    (errors.Invalid("x"), grpc.StatusCode.INVALID_ARGUMENT, False),
+    (errors.Refused("x"), grpc.StatusCode.FAILED_PRECONDITION, False),
+    (errors.Busy("x"), grpc.StatusCode.ABORTED, False),
+    (errors.Unreachable("agent down"), grpc.StatusCode.UNAVAILABLE, True),
+    (errors.NotServing("fenced"), grpc.StatusCode.UNAVAILABLE, False),
+    (StoreError("etcd down"), grpc.StatusCode.UNAVAILABLE, True),
+])
+def test_a_domain_error_answers_its_status(served, exc, code, marked) -> None:  # type: ignore[no-untyped-def]
+    servicer, channel = served
+    servicer.raise_ = exc
+    with pytest.raises(grpc.RpcError) as err:
+        cluster_pb2_grpc.ClusterServiceStub(channel).WhoOwns(
+            cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=5)
+    assert err.value.code() == code
+    assert any(k == UNREACHABLE for k, _ in err.value.trailing_metadata() or ()) == marked
+
+
+def test_details_are_bounded(served) -> None:  # type: ignore[no-untyped-def]
+    servicer, channel = served
+    servicer.raise_ = errors.Invalid("x" * 100_000)
+    with pytest.raises(grpc.RpcError) as err:
+        cluster_pb2_grpc.ClusterServiceStub(channel).WhoOwns(
+            cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(err.value.details()) <= rpc.MAX_DETAILS
+
+
+def test_health_watchers_do_not_take_the_workers(served) -> None:  # type: ignore[no-untyped-def]
+    """With 2 workers, 4 open Health.Watch streams; a Check and a call still answer."""
+    _, channel = served
+    health = health_pb2_grpc.HealthStub(channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(service="liveness"), timeout=30)
+               for _ in range(4)]
+    try:
+        for watch in watches:
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        answer = health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=3)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            cluster_pb2_grpc.ClusterServiceStub(channel).WhoOwns(
+                cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=3)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        for watch in watches:
+            watch.cancel()
