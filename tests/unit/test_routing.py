@@ -11,7 +11,7 @@ import pytest
 from controlplane.cluster.ring import Ring
 from controlplane.cluster.routing import RouteError, Router
 from controlplane.cluster.table import MemberInfo, MemberTable
-from controlplane.metadata import EPOCH, FORWARDED_BY
+from controlplane.metadata import EPOCH, FORWARDED_BY, UNREACHABLE
 
 MEMBERS = ["a", "b", "c"]
 
@@ -187,3 +187,31 @@ def test_fenced_node_does_no_owner_work() -> None:
                                               lambda r, f: pytest.fail("served"),
                                               lambda *a: pytest.fail("forwarded"))
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+class UnreachableDependency(Failure):
+    """The owner answered UNAVAILABLE because what the call needs (its agent) is down."""
+
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE)
+
+    def trailing_metadata(self) -> tuple:
+        return ((UNREACHABLE, "1"),)
+
+
+def test_an_owner_whose_dependency_is_unreachable_is_not_retried() -> None:
+    """The owner is up and answered: retrying would repeat a call that may have had effects
+    (the old router took it for the owner being down and retried four times)."""
+    ring = Ring.build(MEMBERS, 5)
+    rid = resource_owned_by(ring, "b")
+    calls: list[int] = []
+
+    def remote(channel, metadata, timeout):  # noqa: ANN001
+        calls.append(1)
+        raise UnreachableDependency()
+
+    context = Context()
+    with pytest.raises(RouteError) as err:
+        router(View(ring)).route(rid, context, lambda r, f: "local", remote)
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and calls == [1]
+    assert dict(context.trailing) == {UNREACHABLE: "1"}  # passed on to our caller
