@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import grpc
 
+from controlplane import errors
 from controlplane.cluster.registration import Registration
 from controlplane.cluster.ring import Ring
 from controlplane.cluster.routing import RouteError, Router
 from controlplane.cluster.table import MemberInfo
 from controlplane.cluster.view import ClusterView
 from controlplane.rpc import check_id
-from controlplane.store import StoreError
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 
@@ -33,10 +33,7 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
         remaining = context.time_remaining()
         timeout = self.view.store.timeout if remaining is None else min(
             self.view.store.timeout * 2, max(remaining - 0.05, 0.01))
-        try:
-            listing = self.view.read_members(timeout=timeout)
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node_id} cannot read etcd: {exc}")
+        listing = self.view.read_members(timeout=timeout)
         members = sorted(listing.members.values(), key=lambda m: m.node_id)
         return pb.ListMembersResponse(members=[member_pb(m) for m in members],
                                       revision=listing.revision)
@@ -62,11 +59,11 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
                 ) -> pb.WhoOwnsResponse:
         check_id(request.resource_id)
         if self.registration.fenced:
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"{self.node_id} is fenced (no fresh etcd lease); ask another node")
+            raise errors.NotServing(f"{self.node_id} is fenced (no fresh etcd lease); ask "
+                                    "another node")
         ring = self.view.ring
         if not len(ring):
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the ring has no members yet")
+            raise errors.NotServing("the ring has no members yet")
         owner = ring.owner(request.resource_id)
         info = self.view.table.members.get(owner)
         return pb.WhoOwnsResponse(resource_id=request.resource_id, owner=owner,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 
+from controlplane import errors
 from controlplane.config.live import LiveConfig, UnknownSetting, normalize
 from controlplane.store import Keys, Store, StoreError
 from controlplane.store.cache import PrefixCache
@@ -37,7 +38,7 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
         try:
             return pb.ConfigEntry(**self.config.entry(key)._asdict())
         except UnknownSetting as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise errors.Invalid(str(exc)) from None
 
     def GetConfig(self, request: pb.ConfigKey, context: grpc.ServicerContext) -> pb.ConfigEntry:
         return self._entry(request.key, context)
@@ -52,12 +53,12 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
         try:
             text = normalize(request.key, request.value)
         except UnknownSetting as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise errors.Invalid(str(exc)) from None
         except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise errors.Invalid(str(exc)) from None
         try:
             revision = self.store.put(self.keys.config_key(request.key), text.encode())
         except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write the setting: {exc}")
+            raise errors.Unreachable(f"cannot write the setting: {exc}") from exc
         self.cache.wait_for_revision(revision, 2.0)  # answer what this node now uses
         return self._entry(request.key, context)

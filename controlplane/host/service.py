@@ -10,7 +10,6 @@ from controlplane import errors
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import OwnerContext
 from controlplane.rpc import check_address, check_id
-from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
 from controlplane.v1 import host_pb2_grpc as pb_grpc
@@ -31,12 +30,9 @@ class HostServicer(pb_grpc.HostServiceServicer):
         return out
 
     def _read(self, host_id: str, context: grpc.ServicerContext) -> tuple[host_pb2.Host, int]:
-        try:
-            kv = self.ctx.store.get(self.ctx.keys.host(host_id))
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}")
+        kv = self.ctx.store.get(self.ctx.keys.host(host_id))
         if kv is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no host {host_id!r}")
+            raise errors.NotFound(f"no host {host_id!r}")
         return host_pb2.Host.FromString(kv.value), kv.mod_revision
 
     def AddHost(self, request: host_pb2.AddHostRequest, context: grpc.ServicerContext
@@ -52,11 +48,10 @@ class HostServicer(pb_grpc.HostServiceServicer):
                                 context.time_remaining() or 10.0))
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
-                    context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"the agent at {request.address} does not serve host "
-                                  f"{request.host_id!r}")
-                context.abort(grpc.StatusCode.UNAVAILABLE,
-                              f"agent at {request.address} unreachable: {err.details()}")
+                    raise errors.Refused(f"the agent at {request.address} does not serve host "
+                                         f"{request.host_id!r}") from err
+                raise errors.Unreachable(
+                    f"agent at {request.address} unreachable: {err.details()}") from err
             host = host_pb2.Host(host_id=request.host_id, address=request.address,
                                  status=host_pb2.CONNECTED, added_at=time.time(),
                                  cpus=ping.cpus, memory_mb=ping.memory_mb)
@@ -89,9 +84,8 @@ class HostServicer(pb_grpc.HostServiceServicer):
             placed = [e.value.vm_id for e in self.ctx.vms.by_index(request.host_id)
                       if e.value.state not in UNTRACKED]
             if placed and not request.force:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"host {request.host_id} has {len(placed)} VMs placed on it "
-                              f"({', '.join(sorted(placed)[:5])}); move them or use force")
+                raise errors.Refused(f"host {request.host_id} has {len(placed)} VMs placed on it "
+                                     f"({', '.join(sorted(placed)[:5])}); move them or use force")
             key = self.ctx.keys.host(request.host_id)
             result = self.ctx.write(
                 [t.mod_revision_is(key, revision)], [t.delete(key)],
@@ -119,8 +113,8 @@ class HostServicer(pb_grpc.HostServiceServicer):
                 self.ctx.hosts.wait_for_revision(result.revision, 2.0)
             outcome = self.tracker.sync_now(request.host_id)
             if outcome is not None and not outcome.reachable:
-                context.abort(grpc.StatusCode.UNAVAILABLE,
-                              f"host {request.host_id} at {host.address} is still unreachable")
+                raise errors.Unreachable(
+                    f"host {request.host_id} at {host.address} is still unreachable")
             return self._answer(self._read(request.host_id, context)[0])
 
         return route_unary(self.router, pb_grpc.HostServiceStub, "ReconnectHost",

@@ -42,24 +42,20 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
 
     def _read(self, storage_id: str, context: grpc.ServicerContext
               ) -> tuple[storage_pb2.PrimaryStorage, int]:
-        try:
-            kv = self.ctx.store.get(self.ctx.keys.storage(storage_id))
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}")
+        kv = self.ctx.store.get(self.ctx.keys.storage(storage_id))
         if kv is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no primary storage {storage_id!r}")
+            raise errors.NotFound(f"no primary storage {storage_id!r}")
         return storage_pb2.PrimaryStorage.FromString(kv.value), kv.mod_revision
 
     def AddPrimaryStorage(self, request: storage_pb2.AddPrimaryStorageRequest,
                           context: grpc.ServicerContext) -> storage_pb2.PrimaryStorage:
         check_id(request.storage_id, "storage_id")
         if not request.mds_addresses:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "mds_addresses is empty")
+            raise errors.Invalid("mds_addresses is empty")
         if len(request.mds_addresses) > MAX_MDS:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"{len(request.mds_addresses)} MDS; the limit is {MAX_MDS}")
+            raise errors.Invalid(f"{len(request.mds_addresses)} MDS; the limit is {MAX_MDS}")
         if len(set(request.mds_addresses)) != len(request.mds_addresses):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an MDS address is listed twice")
+            raise errors.Invalid("an MDS address is listed twice")
         for address in request.mds_addresses:
             check_address(address, "MDS address")
 
@@ -117,10 +113,9 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
             try:
                 checked = self.checker.check(request.storage_id)
             except (Fenced, StoreError) as exc:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"check not stored: {exc}")
+                raise errors.Unreachable(f"check not stored: {exc}") from exc
             if checked is None:
-                context.abort(grpc.StatusCode.NOT_FOUND,
-                              f"no primary storage {request.storage_id!r}")
+                raise errors.NotFound(f"no primary storage {request.storage_id!r}")
             return self._answer(checked)
 
         return route_unary(self.router, pb_grpc.StorageServiceStub, "CheckPrimaryStorage",
@@ -139,7 +134,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
         except MdsError as exc:
             codes = set(exc.codes)
             if codes == {"NOT_FOUND"}:
-                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+                raise errors.NotFound(str(exc)) from exc
             if codes and codes <= {"INVALID_ARGUMENT"}:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                raise errors.Invalid(str(exc)) from exc
+            raise errors.Unreachable(str(exc)) from exc

@@ -20,7 +20,6 @@ from controlplane import errors
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import OwnerContext
 from controlplane.rpc import check_id
-from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.store.cache import CacheEvent
 from controlplane.v1 import vm_pb2
@@ -56,12 +55,10 @@ class VmServicer(pb_grpc.VmServiceServicer):
             check_id(request.host_id, "host_id")
         if not 0 <= request.cpus <= MAX_CPUS or request.memory_mb < 0 \
                 or request.memory_mb > MAX_MEMORY_MB:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"cpus must be 0-{MAX_CPUS} and memory_mb 0-{MAX_MEMORY_MB} "
-                          f"(got {request.cpus}, {request.memory_mb})")
+            raise errors.Invalid(f"cpus must be 0-{MAX_CPUS} and memory_mb 0-{MAX_MEMORY_MB} "
+                                 f"(got {request.cpus}, {request.memory_mb})")
         if not request.start and (request.host_id or request.wait):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          "host_id and wait only apply with start=true")
+            raise errors.Invalid("host_id and wait only apply with start=true")
         image = request.image
         try:
             disk = root_disk_size(
@@ -69,7 +66,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 image.virtual_size if image.HasField("virtual_size") else None,
                 image.actual_size if image.HasField("actual_size") else None)
         except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise errors.Invalid(str(exc)) from None
 
         def local() -> vm_pb2.Vm:
             if request.start:
@@ -121,8 +118,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
         if request.host_id:
             check_id(request.host_id, "host_id")
             if kind != "start":
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"host_id is only for start, not {kind}")
+                raise errors.Invalid(f"host_id is only for start, not {kind}")
         return route_unary(
             self.router, pb_grpc.VmServiceStub, method, request.vm_id, request, context,
             lambda: self._operate(request.vm_id, kind, context, request.wait,
@@ -153,12 +149,9 @@ class VmServicer(pb_grpc.VmServiceServicer):
 
     def GetVm(self, request: vm_pb2.VmRef, context: grpc.ServicerContext) -> vm_pb2.Vm:
         check_id(request.vm_id, "vm_id")
-        try:
-            vm, _, op, _ = self.operations.read(request.vm_id)
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}")
+        vm, _, op, _ = self.operations.read(request.vm_id)
         if vm is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no VM {request.vm_id!r}")
+            raise errors.NotFound(f"no VM {request.vm_id!r}")
         if op is not None:
             vm.op.CopyFrom(op)
         return vm
@@ -166,9 +159,8 @@ class VmServicer(pb_grpc.VmServiceServicer):
     def ListVms(self, request: vm_pb2.ListVmsRequest, context: grpc.ServicerContext
                 ) -> vm_pb2.ListVmsReply:
         if request.state and request.state not in states.STATES:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"unknown state {request.state!r}; states: "
-                          f"{', '.join(sorted(states.STATES))}")
+            raise errors.Invalid(f"unknown state {request.state!r}; states: "
+                                 f"{', '.join(sorted(states.STATES))}")
         if request.host_id:
             entries, revision = self.ctx.vms.by_index(request.host_id), self.ctx.vms.revision
         else:
@@ -181,10 +173,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
     def ListHaAudit(self, request: vm_pb2.VmRef, context: grpc.ServicerContext
                     ) -> vm_pb2.ListHaAuditResponse:
         check_id(request.vm_id, "vm_id")
-        try:
-            kvs, _ = self.ctx.store.list_prefix(self.ctx.keys.audit(request.vm_id))
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read etcd: {exc}")
+        kvs, _ = self.ctx.store.list_prefix(self.ctx.keys.audit(request.vm_id))
         return vm_pb2.ListHaAuditResponse(
             records=[vm_pb2.HaAudit.FromString(kv.value) for kv in kvs])
 
@@ -224,8 +213,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 except queue.Empty:
                     continue
                 if item is None:
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  "watcher too slow: more than 100000 events queued")
+                    raise errors.Exhausted("watcher too slow: more than 100000 events queued")
                 kind, vm, revision = item
                 yield vm_pb2.VmEvent(
                     kind=vm_pb2.VmEvent.PUT if kind == "put" else vm_pb2.VmEvent.DELETE,
