@@ -290,16 +290,14 @@ def serve_until_signal(start: Callable[[], Stoppable],
     return 0
 
 
-def serve_metrics(port: int, address: str) -> bool:
-    """Serve the Prometheus endpoint when `port` is set (0: off); False, after an error
-    line, when it cannot be bound."""
+def serve_metrics(port: int, address: str) -> None:
+    """Serve the Prometheus endpoint when `port` is set (0: off). RuntimeError when it
+    cannot be bound (a start inside serve_until_signal then exits 1 with that line)."""
     if not port:
-        return True
+        return
     from prometheus_client import start_http_server
 
     try:
         start_http_server(port, addr=address)
     except OSError as exc:
-        log.error("metrics on %s:%d: %s", address, port, exc)
-        return False
-    return True
+        raise RuntimeError(f"cannot serve metrics on {address}:{port}: {exc}") from exc

@@ -15,8 +15,6 @@ import logging
 import threading
 import time
 
-from grpc_health.v1 import health_pb2
-
 from controlplane import metrics
 from controlplane.agentclient import AgentClients
 from controlplane.cluster.registration import Registration
@@ -58,8 +56,6 @@ from controlplane.vm.tracker import HostTracker
 
 log = logging.getLogger(__name__)
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CLUSTER_SERVICE = cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name
 SERVICES = (
     CLUSTER_SERVICE,
@@ -114,7 +110,6 @@ class ManagementNode:
         self.rpc = RpcServer(settings.listen, max_workers=32,
                              interceptors=[MetricsInterceptor(metrics.RPCS,
                                                                 metrics.RPCS_IN_FLIGHT)])
-        self.health = self.rpc.health
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._view_started = threading.Event()
@@ -142,9 +137,7 @@ class ManagementNode:
                 VolumeServicer(self.image_manager, self.router, self.images, self.live_jobs),
                 SERVICES[5])
         rpc.start(ready=False)
-        if not serve_metrics(self.settings.metrics_port, self.settings.metrics_address):
-            raise RuntimeError(f"cannot serve metrics on {self.settings.metrics_address}:"
-                               f"{self.settings.metrics_port}")
+        serve_metrics(self.settings.metrics_port, self.settings.metrics_address)
         log.info("listening on %s (advertised %s), etcd %s, lease ttl %ds",
                  self.settings.listen, self.settings.advertise, self.settings.etcd,
                  self.settings.lease_ttl)
@@ -167,6 +160,7 @@ class ManagementNode:
                 log.critical("cluster view failed to start: liveness NOT_SERVING",
                              exc_info=True)
                 self._set_health(live=False, ready=False)
+                self.registration.stop(revoke=True)  # out of the ring: peers own our share
             return
         self.tracker.start()
         self.mds_checker.start()
@@ -181,6 +175,8 @@ class ManagementNode:
         grace = self.settings.drain_grace if grace is None else grace
         started = time.monotonic()
         self._set_health(live=True, ready=False)
+        # The latch: no later set() (the monitor loop racing us) can turn readiness back on.
+        self.rpc.health.enter_graceful_shutdown()
         self.tracker.stop()
         self.mds_checker.stop()
         self.registration.stop(revoke=True)

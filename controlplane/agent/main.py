@@ -77,6 +77,9 @@ def run_agent(args: argparse.Namespace) -> int:
     from controlplane.agent.server import serve_agent
 
     logs.setup(args.log_format, args.log_level, f"agent@{args.listen}")
-    if not serve_metrics(args.metrics_port, args.metrics_address):
-        return 1
-    return serve_until_signal(lambda: serve_agent(args))
+
+    def start():  # type: ignore[no-untyped-def]
+        serve_metrics(args.metrics_port, args.metrics_address)
+        return serve_agent(args)
+
+    return serve_until_signal(start)

@@ -24,7 +24,7 @@ from controlplane.agent.backend import (
 )
 from controlplane.agent.blockjobs import AgentBlockJobsServicer
 from controlplane.agent.sim import SETTING_NAMES, SimBackend, SimSettings
-from controlplane.rpc import RpcServer, abort, status_of
+from controlplane.rpc import RpcServer, status_of
 from controlplane.v1 import agent_pb2, agent_pb2_grpc, blockjob_pb2, blockjob_pb2_grpc
 
 __all__ = [
@@ -48,8 +48,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _mapped(quiet: bool = False) -> Callable[[F], F]:
-    """Answer a BackendError with its status code (`rpc.STATUS`: every backend error is a
-    `controlplane.errors` kind); log refusals of calls that change things
+    """Log a BackendError refusal of a call that changes things (every backend error is a
+    `controlplane.errors` kind: the interceptor answers it with its `rpc.STATUS` code)
     (``quiet`` for the read-only calls a partitioned host fails all the time)."""
 
     def decorate(fn: F) -> F:
@@ -61,7 +61,7 @@ def _mapped(quiet: bool = False) -> Callable[[F], F]:
                 if not quiet:
                     code = status_of(exc) or grpc.StatusCode.INTERNAL
                     log.info("%s refused: %s: %s", fn.__name__, code.name, exc)
-                abort(context, exc)
+                raise  # a controlplane.errors kind: the server's interceptor answers it
 
         return wrapper  # type: ignore[return-value]
 
@@ -211,7 +211,6 @@ class AgentServer:
         self.listen = listen
         self.block_jobs = AgentBlockJobsServicer(block_backend)
         self.rpc = RpcServer(listen, max_workers=max_workers)
-        self.health = self.rpc.health
         self.port = 0
         self._stopped = False
 

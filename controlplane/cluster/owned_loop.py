@@ -45,7 +45,7 @@ class OwnedLoop(Generic[R]):
                  interval: Callable[[], float], enabled: Callable[[], bool] = lambda: True,
                  on_forget: Callable[[str], None] = lambda _id: None,
                  on_tick: Callable[[int], None] = lambda _owned: None,
-                 workers: int = 8, tick: float = 0.05,
+                 resource_key: str = "resource_id", workers: int = 8, tick: float = 0.05,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.resources = resources
@@ -55,6 +55,7 @@ class OwnedLoop(Generic[R]):
         self.enabled = enabled
         self.on_forget = on_forget
         self.on_tick = on_tick
+        self.resource_key = resource_key  # the log field naming the resource (host_id...)
         self.tick = tick
         self.clock = clock
         self.workers = workers
@@ -131,7 +132,7 @@ class OwnedLoop(Generic[R]):
             self.work(resource_id)
         except Exception:  # noqa: BLE001 - one resource's failure must not stop the others
             log.exception("%s: work on %s failed", self.name, resource_id,
-                          extra={"resource_id": resource_id})
+                          extra={self.resource_key: resource_id})
         finally:
             self._finished(resource_id)
 

@@ -73,9 +73,12 @@ def run_mds(args: argparse.Namespace) -> int:
     if args.backend != "sim":  # argparse choices make this unreachable from the command
         log.error("unknown backend %r", args.backend)
         return 2
-    if not serve_metrics(args.metrics_port, args.metrics_address):
-        return 1
-    return serve_until_signal(lambda: MdsServer(args.listen).start())
+
+    def start():  # type: ignore[no-untyped-def]
+        serve_metrics(args.metrics_port, args.metrics_address)
+        return MdsServer(args.listen).start()
+
+    return serve_until_signal(start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -264,7 +264,6 @@ class MdsServer:
         self.listen = listen
         self.sim = sim if sim is not None else SimMds()
         self.rpc = RpcServer(listen, max_workers=max_workers)
-        self.health = self.rpc.health
         self.port = 0
         self._stopped = False
 

@@ -63,7 +63,11 @@ def probe_mds(stub: mds_pb2_grpc.StorageMdsStub, timeout: float) -> str:
 
 
 class MdsHealthChecker:
-    """Checks the MDS of every primary storage this node owns, every interval.
+    """Checks the MDS of every primary storage this node owns, one interval after the
+    previous check of it ended (a check of a store with a hung MDS lasts one deadline).
+    The MDS clients are kept per storage whether this node owns it or not: any node serves
+    GetVolumeClients, so a storage that is no longer ours keeps its client (closing it could
+    cancel a call in flight); RemoveStorage forgets it.
 
     Runs on an OwnedLoop (`cluster/owned_loop.py`; ``clock`` is injectable for tests):
     checks run on a small pool, at most one at a time per storage (a check of a store with a
@@ -82,7 +86,8 @@ class MdsHealthChecker:
             "mds-check", resources=lambda: [e.value.storage_id for e in storages.entries()],
             owns=ctx.owns, work=self._check_quietly,
             interval=lambda: float(ctx.config.get("storage.mdsCheckInterval")),
-            enabled=enabled, workers=workers, tick=0.1, clock=clock)
+            enabled=enabled, resource_key="storage_id",
+            workers=workers, tick=0.1, clock=clock)
 
     def start(self) -> MdsHealthChecker:
         self.loop.start()

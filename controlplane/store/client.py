@@ -37,6 +37,13 @@ MAX_RESPONSE_BYTES = 512 * 1024 * 1024
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def _overloaded(code: grpc.StatusCode | None, details: str) -> bool:
+    """etcd's "too many requests" (RESOURCE_EXHAUSTED under load, e.g. a fleet's cold start)
+    passes; the same code for an answer over gRPC's receive limit ("larger than max") does
+    not, nor does a request over etcd's size limit (INVALID_ARGUMENT)."""
+    return code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in details
+
+
 @dataclass(frozen=True)
 class KV:
     """One key as etcd returned it."""
@@ -157,6 +164,8 @@ class Store:
         if code in _TRANSIENT:
             self.endpoint_failed()
             return StoreUnavailable(f"etcd {where}: {code.name}: {details}")
+        if _overloaded(code, details or ""):
+            return StoreUnavailable(f"etcd {where}: overloaded: {details}")
         if details and "lease not found" in details:
             return LeaseLost(details)
         name = code.name if code is not None else "UNKNOWN"

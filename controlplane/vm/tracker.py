@@ -71,7 +71,7 @@ class HostTracker:
             "host-sync", resources=self._host_ids, owns=ctx.owns, work=self.sync_host,
             interval=lambda: ctx.config.get("vm.syncInterval"),
             enabled=lambda: not ctx.registration.fenced and enabled(),
-            on_forget=self._forget, on_tick=metrics.HOSTS_OWNED.set,
+            on_forget=self._forget, on_tick=metrics.HOSTS_OWNED.set, resource_key="host_id",
             workers=workers, tick=tick)
 
     def start(self) -> HostTracker:
@@ -92,9 +92,6 @@ class HostTracker:
     def _forget(self, host_id: str) -> None:
         with self._lock:
             self._states.pop(host_id, None)  # no longer ours: forget all evidence
-
-    def owned_hosts(self) -> list[str]:
-        return self.loop.owned()
 
     def sync_now(self, host_id: str) -> SyncResult | None:
         """Pull the host right away (ReconnectHost); None if a pull is already running."""

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 
+import grpc
 import pytest
 
 from controlplane.store.cache import PrefixCache
@@ -73,3 +74,14 @@ def test_stop_ends_the_retries() -> None:
     with pytest.raises(StoreUnavailable):
         c._list_until_ok(timeout=None)
     assert time.monotonic() - started < 3
+
+
+def test_etcd_overload_passes_and_a_too_large_answer_does_not() -> None:
+    """etcd's "too many requests" (RESOURCE_EXHAUSTED) is retried like an outage; the same
+    code for an answer over the receive limit is permanent (retrying cannot shrink it)."""
+    from controlplane.store.client import _overloaded
+
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _overloaded(exhausted, "etcdserver: too many requests")
+    assert not _overloaded(exhausted, "Received message larger than max (5000000 vs. 4194304)")
+    assert not _overloaded(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large")
