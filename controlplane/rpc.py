@@ -34,7 +34,8 @@ from controlplane.metadata import UNREACHABLE
 from controlplane.store.errors import StoreError
 
 __all__ = ["MAX_ID", "STATUS", "MetricsInterceptor", "RpcServer", "abort", "check_address",
-           "check_id", "serve_metrics", "serve_until_signal", "status_of", "valid_address"]
+           "check_id", "check_range", "serve_metrics", "serve_until_signal", "status_of",
+           "valid_address"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,13 @@ def check_id(value: str, field: str = "resource_id") -> str:
         raise errors.Invalid(f"{field} is {size} bytes; the limit is {MAX_ID}")
     if not value.isprintable() or "/" in value or " " in value:
         raise errors.Invalid(f"{field} {value!r} must be printable, with no '/' or space")
+    return value
+
+
+def check_range(value: int, field: str, low: int, high: int) -> int:
+    """An integer field within [low, high], else Invalid naming the field and the bounds."""
+    if not low <= value <= high:
+        raise errors.Invalid(f"{field} must be in {low}..{high}, got {value}")
     return value
 
 

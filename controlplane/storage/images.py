@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from controlplane import errors
 from controlplane.owner import Conflict, Fenced, OwnerContext
+from controlplane.rpc import check_range
 from controlplane.storage import chain as ch
 from controlplane.storage import qemuimg
 from controlplane.store import StoreError
@@ -208,8 +209,7 @@ class ImageManager:
 
     def create_image(self, image_id: str, size: int, vm_id: str = "",
                      volume_id: str = "base") -> Result:
-        if not 0 < size <= MAX_SIZE:
-            raise errors.Invalid(f"size_bytes must be in 1..{MAX_SIZE}, got {size}")
+        check_range(size, "size_bytes", 1, MAX_SIZE)
         with self.locked(image_id) as lock:
             key = self.ctx.keys.image(image_id)
             if self.ctx.store.get(key) is not None:

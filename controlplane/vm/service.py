@@ -19,7 +19,7 @@ import grpc
 from controlplane import errors
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import OwnerContext
-from controlplane.rpc import check_id
+from controlplane.rpc import check_id, check_range
 from controlplane.store import txn as t
 from controlplane.store.cache import CacheEvent
 from controlplane.v1 import vm_pb2
@@ -53,10 +53,8 @@ class VmServicer(pb_grpc.VmServiceServicer):
         check_id(request.vm_id, "vm_id")
         if request.host_id:
             check_id(request.host_id, "host_id")
-        if not 0 <= request.cpus <= MAX_CPUS or request.memory_mb < 0 \
-                or request.memory_mb > MAX_MEMORY_MB:
-            raise errors.Invalid(f"cpus must be 0-{MAX_CPUS} and memory_mb 0-{MAX_MEMORY_MB} "
-                                 f"(got {request.cpus}, {request.memory_mb})")
+        check_range(request.cpus, "cpus", 0, MAX_CPUS)
+        check_range(request.memory_mb, "memory_mb", 0, MAX_MEMORY_MB)
         if not request.start and (request.host_id or request.wait):
             raise errors.Invalid("host_id and wait only apply with start=true")
         image = request.image

@@ -83,3 +83,15 @@ def test_health_watchers_do_not_take_the_workers(served) -> None:  # type: ignor
     finally:
         for watch in watches:
             watch.cancel()
+
+
+def test_request_checks_name_the_field_and_the_bounds() -> None:
+    with pytest.raises(errors.Invalid, match=r"cpus must be in 0\.\.1024, got 2000"):
+        rpc.check_range(2000, "cpus", 0, 1024)
+    assert rpc.check_range(0, "cpus", 0, 1024) == 0
+    with pytest.raises(errors.Invalid, match="vm_id is 300 bytes; the limit is 256"):
+        rpc.check_id("v" * 300, "vm_id")
+    with pytest.raises(errors.Invalid, match="must be printable"):
+        rpc.check_id("a/b", "vm_id")
+    with pytest.raises(errors.Invalid, match=r"agent address 'x{64}\.\.\.'"):
+        rpc.check_address("x" * 1000, "agent address")  # never echoes unbounded input
