@@ -12,7 +12,9 @@ builds it with the same `Ring.build` the nodes use, so both agree on the owner a
 lands where it is served. A stale ring is never wrong, only slower: a node that is not the
 owner still forwards. The ring is refreshed when it is older than `ring_max_age`, when a node
 answers with a newer epoch in the trailing metadata (`x-controlplane-epoch`), and when an
-owner is unreachable (that call then goes to the next endpoint, which forwards).
+owner is unreachable (that call then goes to the next endpoint, which forwards). A refresh is
+made by the next routed call, by one thread, within one deadline: never inside a call that
+already has its answer.
 
 Which request field names the resource comes from the protobuf descriptors: per service one
 resource field (`vm_id`, `host_id`, `image_id`, `storage_id`, `resource_id`); a unary method
@@ -21,9 +23,18 @@ are served by any node, so sending them to the owner costs nothing and spares no
 
 Retries use tenacity rather than gRPC's retry service config: a gRPC retry policy retries on
 the same channel, i.e. the same node, while a node that is down or draining needs the next
-endpoint (and a routed call a fresh look at the ring). Only UNAVAILABLE is retried, and a
-FAILED_PRECONDITION carrying a newer ring epoch (the node refused a call it no longer owns).
+endpoint (and a routed call a fresh look at the ring). Only an UNAVAILABLE that means "this
+node cannot serve now" is retried (no answer at all, or a node fenced, not ready, stopping);
+an UNAVAILABLE marked `controlplane.metadata.UNREACHABLE` means a dependency of the call (an
+agent, etcd, an MDS) is out of reach and the call may have had effects: it is raised at once,
+as the nodes' router does. A FAILED_PRECONDITION carrying a newer ring epoch is retried too
+(real nodes send it only to a forwarded call, never to a client: a guard, see call_unary).
 Server streams are not retried: a stream cannot be resumed midway.
+
+With several endpoints, an endpoint not yet seen to connect is first checked to connect (at
+most `connect_timeout`, or half the time left), and skipped when it does not: a black-holed
+address (a dead load balancer, a filtered port) would otherwise hold the call until its
+deadline, since a connect that hangs is not an UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -42,9 +53,10 @@ import tenacity
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.channels import ChannelPool, reconnect_options
+from controlplane.channels import CHANNEL_OPTIONS, ChannelPool
 from controlplane.cluster.ring import DEFAULT_VNODES, Ring
-from controlplane.metadata import EPOCH
+from controlplane.metadata import UNREACHABLE, epoch_in, has
+from controlplane.rpc import valid_address
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
@@ -68,6 +80,9 @@ log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "127.0.0.1:7070"
 ENV_ENDPOINT = "CONTROLPLANE_ENDPOINT"
 DEFAULT_TIMEOUT = 10.0
+# refresh_ring: the whole refresh, and each node asked, at most (without a caller's deadline)
+RING_REFRESH_TIMEOUT = 5.0
+RING_CALL_TIMEOUT = 2.0
 _DEFAULT = object()  # "the client's default deadline" (None means no deadline)
 
 # The one hand-written fact per service: the request field that names its resource on the
@@ -88,13 +103,22 @@ def endpoints_from_env(default: str = DEFAULT_ENDPOINT) -> str:
 
 
 def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
-    """'a:1,b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2'] (blanks dropped, order kept, no dups)."""
+    """'a:1,b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2'] (blanks dropped, order kept, no dups).
+
+    Every entry must be HOST:PORT with a port in 1..65535 (the servers' own check,
+    `controlplane.rpc.valid_address`): the endpoints are tried in turn, so a bad entry would
+    only show once the others are down. ValueError names the first bad entry. The one parser
+    of an endpoint list: the CLI's --endpoint type wraps it."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     seen: dict[str, None] = {}
     for item in items:
         item = item.strip()
-        if item:
-            seen.setdefault(item, None)
+        if not item:
+            continue
+        if not valid_address(item):
+            shown = item if len(item) <= 64 else item[:64] + "..."
+            raise ValueError(f"endpoint {shown!r} is not HOST:PORT (port 1..65535)")
+        seen.setdefault(item, None)
     if not seen:
         raise ValueError("no endpoint given (expected HOST:PORT[,HOST:PORT...])")
     return list(seen)
@@ -151,16 +175,6 @@ class _Retry(Exception):
         self.error = error
 
 
-def _epoch_in(metadata: Sequence[tuple[str, Any]] | None) -> int:
-    for key, value in metadata or ():
-        if key == EPOCH:
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return 0
-    return 0
-
-
 class Client:
     """A cluster client: deadlines, retries on the next endpoint, owner-aware routing.
 
@@ -189,16 +203,15 @@ class Client:
         self.max_attempts = max_attempts or max(3, 2 * len(self.endpoints))
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._pool = ChannelPool(options if options is not None else reconnect_options())
-        self._stubs: dict[tuple[str, str], Any] = {}
-        self._stubs_lock = threading.Lock()
+        self._pool = ChannelPool(options if options is not None else CHANNEL_OPTIONS)
         self._preferred = 0  # index of the endpoint unrouted calls try first
         self._ring = _EMPTY_RING
+        self._want_epoch = 0  # the newest epoch a node told us of (the next refresh's goal)
         self._ring_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._down: dict[str, float] = {}  # owner address -> monotonic time it failed
-        self._connected: set[str] = set()  # owner addresses seen to connect
+        self._connected: set[str] = set()  # addresses seen to connect (owners, endpoints)
         self._local = threading.local()  # the endpoint of this thread's last call
         self.routed_calls = 0
         self.unrouted_calls = 0
@@ -229,8 +242,6 @@ class Client:
 
     def close(self) -> None:
         self._pool.close()
-        with self._stubs_lock:
-            self._stubs.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -245,14 +256,8 @@ class Client:
         return self._pool.get(address)
 
     def stub(self, stub_class: Callable[[grpc.Channel], Any], address: str) -> Any:
-        key = (stub_class.__name__, address)
-        stub = self._stubs.get(key)
-        if stub is None:
-            with self._stubs_lock:
-                stub = self._stubs.get(key)
-                if stub is None:
-                    stub = self._stubs[key] = stub_class(self.channel(address))
-        return stub
+        """The shared stub of `stub_class` to one address (the pool caches it)."""
+        return self._pool.stub(stub_class, address)
 
     # -- the ring -------------------------------------------------------------------
 
@@ -264,18 +269,32 @@ class Client:
     def refresh_ring(self, timeout: float | None = None, min_epoch: int = 0) -> ClientRing:
         """Ask the endpoints (then the known members) for their ring, keep the newest.
 
+        Stops at the first answer at `min_epoch` (and at least the epoch held). The whole
+        refresh has one deadline, `timeout` (default RING_REFRESH_TIMEOUT), and each node
+        asked at most RING_CALL_TIMEOUT of what is left: a node that does not answer cannot
+        make a refresh cost more than its caller allowed (the first node is always asked).
+        An address not seen to connect is checked first (`_connects`) and skipped when it
+        does not, except the last one, whose answer or error is the refresh's.
         A node that lags may answer an older epoch than the one we hold: never go back.
-        Raises the last grpc.RpcError when nobody answers."""
-        per_call = min(timeout if timeout is not None else 2.0, 2.0)
+        Raises the last grpc.RpcError when nobody answered."""
+        deadline = time.monotonic() + (RING_REFRESH_TIMEOUT if timeout is None else timeout)
         current = self._ring
         candidates = list(dict.fromkeys(
             [*self._rotated(), *current.addresses.values()]))
         best: ClientRing | None = None
         last: grpc.RpcError | None = None
-        for address in candidates:
+        for index, address in enumerate(candidates):
+            left = deadline - time.monotonic()
+            if left <= 0 and (best is not None or last is not None):
+                break
+            if index < len(candidates) - 1 and address not in self._connected \
+                    and not self._connects(address, max(left, 0.001)):
+                continue  # black-holed or down: not worth RING_CALL_TIMEOUT (the last is)
+            left = deadline - time.monotonic()
             try:
                 reply = self.stub(cluster_pb2_grpc.ClusterServiceStub, address).GetRing(
-                    cluster_pb2.GetRingRequest(), timeout=per_call)
+                    cluster_pb2.GetRingRequest(),
+                    timeout=max(min(RING_CALL_TIMEOUT, left), 0.001))
             except grpc.RpcError as exc:
                 last = exc
                 continue
@@ -300,7 +319,9 @@ class Client:
         """The ring to route with, refreshed when too old; None if none can be had.
 
         One thread refreshes; the others route with the old snapshot meanwhile (a stale
-        ring only costs a forward hop). Only the very first fetch makes callers wait."""
+        ring only costs a forward hop). Only the very first fetch makes callers wait. The
+        refresh takes at most half the call's time left, and aims at the newest epoch a
+        node told us of (`_note_epoch`)."""
         ring = self._ring
         if time.monotonic() - ring.fetched_at < self.ring_max_age:
             return ring
@@ -311,7 +332,8 @@ class Client:
             ring = self._ring
             if time.monotonic() - ring.fetched_at < self.ring_max_age:
                 return ring
-            return self.refresh_ring(timeout)
+            return self.refresh_ring(None if timeout is None else timeout / 2,
+                                     min_epoch=self._want_epoch)
         except grpc.RpcError as exc:
             log.debug("ring refresh failed: %s", exc)
             # Do not ask again on every call while the cluster is unreachable.
@@ -352,13 +374,14 @@ class Client:
         return address
 
     def _connects(self, address: str, timeout: float | None) -> bool:
-        """Whether a channel to a member's registered address connects, within
-        `connect_timeout` (or half the call's time left).
+        """Whether a channel to `address` connects, within `connect_timeout` (or half the
+        call's time left).
 
         Why: the ring gives the address each node registered, which a client behind a
-        port-forward or a load balancer may not reach; a call there would hang in connect
-        until its deadline. Asked once per address (again after it failed); an address that
-        refuses fails at once, one that drops packets after the wait."""
+        port-forward or a load balancer may not reach, and an endpoint may be black-holed;
+        a call there would hang in connect until its deadline. Asked once per address
+        (again after it failed); an address that refuses fails at once, one that drops
+        packets after the wait."""
         wait = self.connect_timeout if timeout is None else min(self.connect_timeout,
                                                                 timeout / 2)
         channel = self.channel(address)
@@ -380,21 +403,55 @@ class Client:
         if state and state[0] is grpc.ChannelConnectivity.READY:
             self._connected.add(address)
             return True
-        log.debug("owner address %s does not connect (%s); calls go to the endpoints",
-                  address, state[0].name if state else "no answer")
+        log.debug("%s does not connect (%s); calls go elsewhere", address,
+                  state[0].name if state else "no answer")
         return False
 
     def _note_epoch(self, epoch: int) -> None:
-        if epoch > self._ring.epoch:
-            try:
-                self.refresh_ring(min_epoch=epoch)
-            except grpc.RpcError as exc:
-                log.debug("ring refresh to epoch %d failed: %s", epoch, exc)
+        """A node answered with a newer epoch than our ring's: mark the ring stale, so that
+        the next routed call refreshes it (through `_ring_for_routing`: one refresher,
+        within that call's deadline, aiming at this epoch).
+
+        Not refreshed here: this runs inside a call that already has its answer, which must
+        not wait on GetRing round trips, and every thread that saw the epoch would refresh
+        at once."""
+        with self._ring_lock:
+            self._want_epoch = max(self._want_epoch, epoch)
+            if epoch > self._ring.epoch:
+                self._ring = ClientRing(self._ring.ring, self._ring.addresses,
+                                        fetched_at=float("-inf"))
+
+    def _pick_endpoint(self, deadline: float | None) -> str:
+        """The endpoint for an unrouted call: the preferred one, unless it was not seen to
+        connect yet and does not connect within a short check (`_connects`); then the next
+        one that does (`_advance` moves past each that did not, for later calls too).
+
+        With one endpoint there is nothing to choose; when none connects, the preferred one
+        is used and its call says why (UNAVAILABLE, or the deadline)."""
+        if len(self.endpoints) == 1:
+            return self.endpoints[0]
+        for _ in range(len(self.endpoints)):
+            target = self.endpoints[self._preferred]
+            if target in self._connected:
+                return target
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            if self._connects(target, left):
+                return target
+            self._advance(target)
+        return self.endpoints[self._preferred]
 
     def call_unary(self, stub_class: Callable[[grpc.Channel], Any], method: str,
                    request: Any, resource: str | None, timeout: float | None | object,
                    metadata: Sequence[tuple[str, str]] | None = None) -> Any:
         """One unary call with the client's deadline, retries and routing.
+
+        Retried within the deadline: an UNAVAILABLE without the UNREACHABLE mark (on the
+        next endpoint; a routed call's owner is skipped for a while), and a
+        FAILED_PRECONDITION with a newer epoch than our ring's. The latter is a guard: real
+        nodes send it only to a forwarded call (the node asked directly forwards instead of
+        refusing), so a client meets it only from a node that is not ours, e.g. a fake.
+        An UNAVAILABLE marked UNREACHABLE is raised at once: the node answered, a dependency
+        of the call is out of reach, and the call may have had effects.
 
         Raises the last grpc.RpcError when every attempt failed."""
         budget = self.timeout if timeout is _DEFAULT else timeout
@@ -406,7 +463,7 @@ class Client:
             target = self._owner_target(resource_id, left)
             routed = target is not None
             if target is None:
-                target = self.endpoints[self._preferred]
+                target = self._pick_endpoint(deadline)
             self.endpoint = target
             with self._count_lock:
                 if routed:
@@ -422,19 +479,24 @@ class Client:
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code is grpc.StatusCode.UNAVAILABLE:
+                    if has(exc.trailing_metadata(), UNREACHABLE):
+                        raise  # a dependency is out of reach; the call may have had effects
+                    self._connected.discard(target)
                     if routed:
                         self._owner_failed(target)
                     else:
                         self._advance(target)
                     raise _Retry(exc) from exc
                 if code is grpc.StatusCode.FAILED_PRECONDITION and self.route:
-                    epoch = _epoch_in(exc.trailing_metadata())
-                    if epoch > self._ring.epoch:
+                    epoch = epoch_in(exc.trailing_metadata())
+                    if epoch > self._ring.epoch:  # a guard: see the docstring
                         self._note_epoch(epoch)
                         raise _Retry(exc) from exc
                 raise
+            if target not in self._connected:
+                self._connected.add(target)
             if self.route:
-                epoch = _epoch_in(call.trailing_metadata())
+                epoch = epoch_in(call.trailing_metadata())
                 if epoch > self._ring.epoch:
                     self._note_epoch(epoch)
             return response
@@ -463,15 +525,12 @@ class Client:
     def call_stream(self, stub_class: Callable[[grpc.Channel], Any], method: str,
                     request: Any, timeout: float | None | object,
                     metadata: Sequence[tuple[str, str]] | None = None) -> Iterator[Any]:
-        """A server stream on the first endpoint that connects; no retries (a stream cannot
-        be resumed midway: the caller reopens it). With one endpoint, or when none
-        connects, the preferred one's stream reports why (UNAVAILABLE)."""
+        """A server stream on the first endpoint that connects (`_pick_endpoint`); no
+        retries (a stream cannot be resumed midway: the caller reopens it). With one
+        endpoint, or when none connects, the preferred one's stream reports why."""
         budget = self.timeout if timeout is _DEFAULT else timeout
-        endpoints = self._rotated()
-        target = endpoints[0]
-        if len(endpoints) > 1:
-            check = None if budget is None else float(budget)  # type: ignore[arg-type]
-            target = next((e for e in endpoints if self._connects(e, check)), target)
+        deadline = None if budget is None else time.monotonic() + float(budget)  # type: ignore[arg-type]
+        target = self._pick_endpoint(deadline)
         self.endpoint = target
         return getattr(self.stub(stub_class, target), method)(
             request, timeout=budget, metadata=metadata)

@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 
+from controlplane.client import parse_endpoints
 from controlplane.config.argtypes import positive_float, positive_int
 from controlplane.rpc import valid_address
 
@@ -72,16 +73,14 @@ def host_port(text: str) -> str:
 
 
 def endpoints(text: str) -> str:
-    """A comma-separated list of HOST:PORT (--endpoint, CONTROLPLANE_ENDPOINT): the client
-    tries them in turn, so one bad entry would only show up once the others are down."""
-    parts = [part.strip() for part in text.split(",")]
-    if not any(parts):
-        raise argparse.ArgumentTypeError("expected HOST:PORT[,HOST:PORT...], got nothing")
-    bad = [part for part in parts if not valid_address(part)]
-    if bad:
-        raise argparse.ArgumentTypeError(
-            f"{bad[0]!r} is not HOST:PORT (port 1..65535); expected HOST:PORT[,HOST:PORT...]")
-    return ",".join(parts)
+    """A comma-separated list of HOST:PORT (--endpoint, CONTROLPLANE_ENDPOINT), checked by
+    the client library's own parser (`controlplane.client.parse_endpoints`: one parser of an
+    endpoint list), so a bad entry is a usage error naming --endpoint here instead of a
+    failure once the entries before it are down."""
+    try:
+        return ",".join(parse_endpoints(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def non_negative_int(text: str) -> int:

@@ -27,7 +27,8 @@ Output:
 Exit codes: 0 done; 1 the server refused or failed (an RPC error, printed as
 ``error from ENDPOINT: CODE: details`` on stderr, or with ``--json`` as one JSON object
 ``{"error": {"code", "details", "endpoint"}}`` on stderr), also 1 for an operation waited
-for that did not complete and a block job that FAILED; 2 a usage error (argparse's message).
+for that did not complete (reported by the same printer) and a block job that FAILED; 2 a
+usage error (argparse's message, with the usage of the sub-command at fault).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from controlplane.channels import reconnect_options
+from controlplane.channels import LARGE_MESSAGE_OPTIONS
 from controlplane.cli import argtypes
 from controlplane.client import DEFAULT_ENDPOINT, ENV_ENDPOINT, Client, endpoints_from_env
 
@@ -52,6 +53,7 @@ __all__ = [
     "UsageError",
     "add_client_args",
     "call",
+    "call_at",
     "call_timeout",
     "command",
     "make_client",
@@ -71,14 +73,15 @@ WAIT_TIMEOUT = 120.0
 
 # A `vm list` of a large fleet is bigger than gRPC's default 4 MiB receive limit (about 200
 # bytes per VM: 20,000 VMs).
-CHANNEL_OPTIONS = [*reconnect_options(), ("grpc.max_receive_message_length", -1)]
+CHANNEL_OPTIONS = LARGE_MESSAGE_OPTIONS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
     """Arguments that parse one by one but not together (`vm create --wait` without
-    `--start`): main reports it like an argparse error, exit 2, before any call."""
+    `--start`): main reports it like an argparse error of the sub-command's own parser
+    (its usage line, exit 2), before any call."""
 
 
 # -- flags --------------------------------------------------------------------------------
@@ -109,7 +112,8 @@ def command(subparsers: argparse._SubParsersAction, name: str, summary: str,
     if timeout_help is None:
         timeout_help = f"call deadline in seconds (default {timeout:g})"
     add_client_args(parser, timeout, timeout_help)
-    parser.set_defaults(run=run, **defaults)
+    # usage_parser: main reports a UsageError with this command's usage, not the root's
+    parser.set_defaults(run=run, usage_parser=parser, **defaults)
     return parser
 
 
@@ -132,13 +136,21 @@ def call(args: argparse.Namespace, service: str, method: str, request: Message,
          show: Callable[[Any], int | None]) -> int:
     """One unary call through the Client (`service` names its attribute: "vms", "hosts",
     ...); `show` prints the answer and may return an exit code."""
+    return call_at(args, service, method, request, lambda answer, _endpoint: show(answer))
+
+
+def call_at(args: argparse.Namespace, service: str, method: str, request: Message,
+            show: Callable[[Any, str], int | None]) -> int:
+    """`call`, whose `show` also gets the endpoint that answered (for a report of its own
+    through `report_error`, e.g. an operation waited for that did not complete)."""
     with make_client(args) as client:
         try:
             answer = getattr(getattr(client, service), method)(
                 request, timeout=call_timeout(args))
         except grpc.RpcError as exc:
             return rpc_error(args, exc, client.endpoint)
-    return show(answer) or EXIT_OK
+        endpoint = client.endpoint
+    return show(answer, endpoint) or EXIT_OK
 
 
 # -- errors -------------------------------------------------------------------------------

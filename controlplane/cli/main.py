@@ -151,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except common.UsageError as exc:
-        parser.error(str(exc))  # exits 2
+        # the sub-command's own parser: its usage line is the one that helps
+        getattr(args, "usage_parser", parser).error(str(exc))  # exits 2
     except BrokenPipeError:
         # The reader went away (`| head`): what it wanted it got.
         _quiet_stdout()

@@ -2,16 +2,23 @@
 
 Any node answers; operations run on the VM's owner, which records them in etcd before
 calling the agent. With `--wait` an operation that did not complete (it failed, its outcome
-is unknown, or it was still in flight at the deadline) exits 1 after printing the VM:
-scripts chaining `vm start --wait && ...` must not go on with a VM that is not running.
+is unknown, or it was still in flight at the deadline) exits 1 after printing the VM, and
+says why through the one error printer (with --json, the JSON error object on stderr; its
+code DEADLINE_EXCEEDED when still in flight, UNKNOWN when the outcome is unknown, ABORTED
+when it failed): scripts chaining `vm start --wait && ...` must not go on with a VM that is
+not running.
+
+`vm create` without an ID makes the id here (the server's format, `vm-` and 12 hex digits)
+rather than leaving it to the node: the client library retries a call that found no node
+serving, and a retried create without an id would define a second VM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
+import uuid
 from collections.abc import Callable
 
 import grpc
@@ -82,7 +89,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "image's virtual and actual sizes (both needed then). Sizes are bytes with an "
         "optional K/M/G/T suffix (powers of 1024).", cmd_vm_create, timeout=None,
         timeout_help=_WAIT_TIMEOUT_HELP)
-    p.add_argument("vm_id", metavar="ID", nargs="?", help="VM id (default: the node picks one)")
+    p.add_argument("vm_id", metavar="ID", nargs="?",
+                   help="VM id (default: a new vm-<12 hex digits>, made by this command)")
     p.add_argument("--name", help="display name (default: the id)")
     p.add_argument("--image-id", metavar="IMG", help="image id (informational)")
     p.add_argument("--image-virtual-size", type=argtypes.size_bytes, metavar="BYTES",
@@ -145,25 +153,37 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("vm_id", metavar="ID")
 
 
-def _show_vm(args: argparse.Namespace, waited: bool) -> Callable[[vm_pb2.Vm], int]:
-    """Print the VM; when the caller waited, exit 1 unless the operation completed."""
-    def show(vm: vm_pb2.Vm) -> int:
+def new_vm_id() -> str:
+    """A fresh VM id in the format the server gives an unnamed VM (vm/service.py CreateVm):
+    made here, once per command, so that every attempt of a retried create names the same VM
+    (a repeat is ALREADY_EXISTS, never a second VM)."""
+    return f"vm-{uuid.uuid4().hex[:12]}"
+
+
+def not_completed(vm: vm_pb2.Vm) -> tuple[str, str] | None:
+    """(code, details) when the operation waited for did not complete, else None."""
+    if vm.op.op_id:
+        return ("DEADLINE_EXCEEDED",
+                f"vm {vm.vm_id}: operation {vm.op.kind} {vm.op.op_id} still in flight at "
+                "the deadline (see `vm get`; a longer --timeout waits longer)")
+    last = vm.last_op
+    if last.outcome == "completed":
+        return None
+    detail = f": {last.detail}" if last.detail else ""
+    code = "UNKNOWN" if last.outcome == "unknown" else "ABORTED"
+    return (code, f"vm {vm.vm_id}: operation {last.kind or '?'} {last.op_id or '?'} "
+            f"{last.outcome or 'did not complete'} (state {vm.state}){detail}")
+
+
+def _show_vm(args: argparse.Namespace, waited: bool) -> Callable[[vm_pb2.Vm, str], int]:
+    """Print the VM; when the caller waited, exit 1 unless the operation completed (the
+    reason reported by the one error printer, naming the endpoint that answered)."""
+    def show(vm: vm_pb2.Vm, endpoint: str) -> int:
         common.show(args, [vm], vm_row, HEADER, one=True)
-        if not waited:
+        problem = not_completed(vm) if waited else None
+        if problem is None:
             return 0
-        if vm.op.op_id:
-            print(f"vm {vm.vm_id}: operation {vm.op.kind} {vm.op.op_id} still in flight at "
-                  "the deadline (see `vm get`; a longer --timeout waits longer)",
-                  file=sys.stderr)
-            return 1
-        last = vm.last_op
-        if last.outcome != "completed":
-            detail = f": {last.detail}" if last.detail else ""
-            print(f"vm {vm.vm_id}: operation {last.kind or '?'} {last.op_id or '?'} "
-                  f"{last.outcome or 'did not complete'} (state {vm.state}){detail}",
-                  file=sys.stderr)
-            return 1
-        return 0
+        return common.report_error(args, endpoint, *problem)
 
     return show
 
@@ -175,31 +195,29 @@ def cmd_vm_list(args: argparse.Namespace) -> int:
 
 
 def cmd_vm_get(args: argparse.Namespace) -> int:
-    return common.call(args, "vms", "GetVm", vm_pb2.VmRef(vm_id=args.vm_id),
-                       _show_vm(args, waited=False))
+    return common.call_at(args, "vms", "GetVm", vm_pb2.VmRef(vm_id=args.vm_id),
+                          _show_vm(args, waited=False))
 
 
 def cmd_vm_create(args: argparse.Namespace) -> int:
     if not args.start:
         # CreateVm only uses host_id and wait for the start; without it both are ignored.
         if args.wait:
-            raise common.UsageError("vm create: --wait needs --start (there is nothing to "
-                                    "wait for)")
+            raise common.UsageError("--wait needs --start (there is nothing to wait for)")
         if args.host:
-            raise common.UsageError("vm create: --host needs --start (a VM is placed when it "
-                                    "starts)")
+            raise common.UsageError("--host needs --start (a VM is placed when it starts)")
     image = vm_pb2.ImageInfo(image_id=args.image_id or "")
     if args.image_virtual_size is not None:
         image.virtual_size = args.image_virtual_size
     if args.image_actual_size is not None:
         image.actual_size = args.image_actual_size
     request = vm_pb2.CreateVmRequest(
-        vm_id=args.vm_id or "", name=args.name or "", ha=HA_LEVELS[args.ha], cpus=args.cpus,
-        memory_mb=args.memory_mb, image=image,
+        vm_id=args.vm_id or new_vm_id(), name=args.name or "", ha=HA_LEVELS[args.ha],
+        cpus=args.cpus, memory_mb=args.memory_mb, image=image,
         root_disk_offering_size=args.root_disk_offering_size, host_id=args.host or "",
         start=args.start, wait=args.wait)
-    return common.call(args, "vms", "CreateVm", request,
-                       _show_vm(args, waited=args.start and args.wait))
+    return common.call_at(args, "vms", "CreateVm", request,
+                          _show_vm(args, waited=args.start and args.wait))
 
 
 def cmd_vm_op(args: argparse.Namespace) -> int:
@@ -207,7 +225,8 @@ def cmd_vm_op(args: argparse.Namespace) -> int:
     request = vm_pb2.VmOpRequest(vm_id=args.vm_id, wait=args.wait,
                                  force=getattr(args, "force", False),
                                  host_id=getattr(args, "host", None) or "")
-    return common.call(args, "vms", args.method, request, _show_vm(args, waited=args.wait))
+    return common.call_at(args, "vms", args.method, request,
+                          _show_vm(args, waited=args.wait))
 
 
 def cmd_vm_audit(args: argparse.Namespace) -> int:

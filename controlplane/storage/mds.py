@@ -30,7 +30,7 @@ import grpc
 import tenacity
 from google.protobuf.message import Message
 
-from controlplane.channels import ChannelPool, reconnect_options
+from controlplane.channels import CHANNEL_OPTIONS, ChannelPool
 from controlplane.storage.retry import (
     Decision,
     MdsEndpoint,
@@ -60,8 +60,6 @@ DEFAULT_ATTEMPT_TIMEOUT = 30.0
 # An attempt with less time than this left of the budget is not started: it could only time
 # out, and its DEADLINE_EXCEEDED would hide the real reason (the budget).
 MIN_ATTEMPT_SECONDS = 0.01
-
-CHANNEL_OPTIONS = reconnect_options()
 
 _SERVICE = mds_pb2.DESCRIPTOR.services_by_name["StorageMds"]
 _METHODS = {m.name: m for m in _SERVICE.methods}

@@ -11,12 +11,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from controlplane.serving import CHANNEL_OPTIONS, ServingProcess
+from controlplane.serving import ServingProcess
 from controlplane.v1 import agent_pb2, agent_pb2_grpc
 
-__all__ = ["CHANNEL_OPTIONS", "AgentProcess"]
-
-
+__all__ = ["AgentProcess", "vm_copies"]
 
 
 class AgentProcess(ServingProcess):
@@ -99,7 +97,6 @@ class AgentProcess(ServingProcess):
 
     def sim(self) -> agent_pb2_grpc.SimControlStub:
         return agent_pb2_grpc.SimControlStub(self.channel())
-
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else f"exited({self.returncode})"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from controlplane.channels import reconnect_options
+from controlplane.channels import ChannelPool, reconnect_options
 from controlplane.testing.nodes import NodeProcess
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
@@ -19,41 +19,43 @@ from controlplane.v1 import (
     volume_pb2_grpc,
 )
 
-_channels: dict[str, grpc.Channel] = {}
+# One pool for every test of the process (thread-safe: tests start threads that ask nodes);
+# a short reconnect backoff, since nodes restart in tests.
+_pool = ChannelPool(reconnect_options(500))
+
+
+def _address(address: str | NodeProcess) -> str:
+    return address.address if isinstance(address, NodeProcess) else address
 
 
 def channel(address: str | NodeProcess) -> grpc.Channel:
-    """A cached channel to a node (short reconnect backoff: nodes restart in tests)."""
-    addr = address.address if isinstance(address, NodeProcess) else address
-    chan = _channels.get(addr)
-    if chan is None:
-        chan = _channels[addr] = grpc.insecure_channel(addr, options=reconnect_options(500))
-    return chan
+    """The shared channel to a node."""
+    return _pool.get(_address(address))
 
 
 def stub(address: str | NodeProcess) -> pb_grpc.ClusterServiceStub:
-    """A ClusterService stub on a cached channel to a node."""
-    return pb_grpc.ClusterServiceStub(channel(address))
+    """A ClusterService stub on the shared channel to a node."""
+    return _pool.stub(pb_grpc.ClusterServiceStub, _address(address))
 
 
 def vms(address: str | NodeProcess) -> vm_pb2_grpc.VmServiceStub:
-    return vm_pb2_grpc.VmServiceStub(channel(address))
+    return _pool.stub(vm_pb2_grpc.VmServiceStub, _address(address))
 
 
 def hosts(address: str | NodeProcess) -> host_pb2_grpc.HostServiceStub:
-    return host_pb2_grpc.HostServiceStub(channel(address))
+    return _pool.stub(host_pb2_grpc.HostServiceStub, _address(address))
 
 
 def config(address: str | NodeProcess) -> config_pb2_grpc.ConfigServiceStub:
-    return config_pb2_grpc.ConfigServiceStub(channel(address))
+    return _pool.stub(config_pb2_grpc.ConfigServiceStub, _address(address))
 
 
 def storage(address: str | NodeProcess) -> storage_pb2_grpc.StorageServiceStub:
-    return storage_pb2_grpc.StorageServiceStub(channel(address))
+    return _pool.stub(storage_pb2_grpc.StorageServiceStub, _address(address))
 
 
 def volumes(address: str | NodeProcess) -> volume_pb2_grpc.VolumeServiceStub:
-    return volume_pb2_grpc.VolumeServiceStub(channel(address))
+    return _pool.stub(volume_pb2_grpc.VolumeServiceStub, _address(address))
 
 
 def ring(node: str | NodeProcess, timeout: float = 1.0) -> pb.GetRingResponse:

@@ -1,5 +1,7 @@
 """The command line as an operator uses it: help, status/ring JSON shapes, the bench, exit
-codes, the endpoint list from CONTROLPLANE_ENDPOINT, completion scripts, tables."""
+codes, the endpoint list from CONTROLPLANE_ENDPOINT, completion scripts, tables; and, against
+an in-process fake VmService, what a test must decide exactly (a retried create, an operation
+waited for that did not complete)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from concurrent import futures
 
+import grpc
+import pytest
 from rich.console import Console
 
 from controlplane.cli import common
@@ -17,6 +23,7 @@ from controlplane.config.settings import ENV_PREFIX, SERVE_FLAGS
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.ports import free_port
 from controlplane.testing.pytest_plugin import NodeFactory
+from controlplane.v1 import vm_pb2, vm_pb2_grpc
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -138,6 +145,11 @@ def test_usage_errors_exit_2() -> None:
         assert done.returncode == 2, (args, done)
         assert needle in done.stderr and "error from" not in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+    # Arguments that parse but not together: the sub-command's own usage, not the root's.
+    together = run("vm", "create", "x", "--wait", "--endpoint", dead, check=False)
+    assert together.returncode == 2 and "--wait needs --start" in together.stderr
+    assert together.stderr.startswith("usage: controlplane vm create ")
+    assert "controlplane vm create: error: " in together.stderr
     bad_env = subprocess.run([sys.executable, "-m", "controlplane", "status"],
                              env={**os.environ, "CONTROLPLANE_ENDPOINT": "nope"},
                              capture_output=True, text=True, timeout=60)
@@ -176,3 +188,74 @@ def test_tables_on_a_terminal_and_elsewhere() -> None:
     assert "\x1b[" in out  # coloured states
     text = re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines()
     assert text[0].split() == header and [line.split() for line in text[1:]] == rows
+
+
+class FakeVms(vm_pb2_grpc.VmServiceServicer):
+    """A VmService answering as the test says: the first CreateVm UNAVAILABLE (a node that
+    was not ready), operations with the VM given in `answer`."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.answer = vm_pb2.Vm()
+        self.lock = threading.Lock()
+
+    def CreateVm(self, request, context):
+        with self.lock:
+            self.created.append(request.vm_id)
+            first = len(self.created) == 1
+        if first:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "not ready yet")
+        return vm_pb2.Vm(vm_id=request.vm_id, state="Created")
+
+    def StartVm(self, request, context):
+        return self.answer
+
+
+@pytest.fixture
+def fake_vms():
+    fake = FakeVms()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    vm_pb2_grpc.add_VmServiceServicer_to_server(fake, server)
+    address = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(address)
+    server.start()
+    yield fake, address
+    server.stop(0)
+
+
+def test_a_retried_create_without_an_id_names_one_vm(fake_vms) -> None:
+    """The id is made by the command, once: the retry after UNAVAILABLE asks for the same VM
+    (a node generating it would have made two VMs had the first attempt taken effect)."""
+    fake, address = fake_vms
+    done = run("vm", "create", "--image-virtual-size", "1G", "--endpoint", address, "--json",
+               check=False)
+    assert done.returncode == 0, done.stderr
+    assert len(fake.created) == 2 and fake.created[0] == fake.created[1]
+    assert re.fullmatch(r"vm-[0-9a-f]{12}", fake.created[0])  # the server's own format
+    assert json.loads(done.stdout)["vm_id"] == fake.created[0]
+
+
+@pytest.mark.parametrize(("answer", "code", "words"), [
+    (vm_pb2.Vm(vm_id="v", state="Starting", op=vm_pb2.Op(op_id="o1", kind="start")),
+     "DEADLINE_EXCEEDED", "still in flight"),
+    (vm_pb2.Vm(vm_id="v", state="Stopped", last_op=vm_pb2.LastOp(
+        op_id="o1", kind="start", outcome="failed", detail="no room")), "ABORTED", "no room"),
+    (vm_pb2.Vm(vm_id="v", state="Unknown", last_op=vm_pb2.LastOp(
+        op_id="o1", kind="start", outcome="unknown")), "UNKNOWN", "unknown"),
+])
+def test_a_wait_that_did_not_complete_is_reported_by_the_one_printer(fake_vms, answer, code,
+                                                                    words) -> None:
+    """Exit 1 after printing the VM; the reason as the JSON error object on stderr with
+    --json (a script parses it), as `error from ENDPOINT: CODE: ...` without."""
+    fake, address = fake_vms
+    fake.answer = answer
+    done = run("vm", "start", "v", "--wait", "--endpoint", address, "--json", check=False)
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["vm_id"] == "v"
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    error = json.loads(done.stderr)["error"]
+    assert (error["code"], error["endpoint"]) == (code, address)
+    assert words in error["details"]
+    text = run("vm", "start", "v", "--wait", "--endpoint", address, check=False)
+    assert text.returncode == 1 and text.stdout.split()[:2] == ["v", answer.state]
+    assert text.stderr.startswith(f"error from {address}: {code}: ") and words in text.stderr

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -192,6 +193,11 @@ def test_vm_lifecycle_and_watch(fleet) -> None:
         if watcher.poll() is None:
             watcher.kill()
             watcher.wait()
+
+    # without an ID: the command makes one, in the server's format
+    unnamed = cpj("vm", "create", "--root-disk-offering-size", "1G", *ep)
+    assert re.fullmatch(r"vm-[0-9a-f]{12}", unnamed["vm_id"]), unnamed
+    assert cpj("vm", "get", unnamed["vm_id"], *ep)["state"] == "Created"
 
 
 def test_bad_arguments_are_usage_errors() -> None:

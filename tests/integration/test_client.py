@@ -57,9 +57,11 @@ def test_unavailable_endpoint_is_skipped_within_the_deadline(etcd, nodes) -> Non
     with Client([dead, node.address], timeout=5, route=False) as client:
         reply = client.cluster.GetRing(cluster_pb2.GetRingRequest())
         assert reply.node_id == "mn-0"
-        assert client.endpoint == node.address and client.retries == 1
+        # The dead endpoint failed its connect check: skipped before any call was made.
+        assert client.endpoint == node.address and client.retries == 0
         client.cluster.GetRing(cluster_pb2.GetRingRequest())
-        assert client.retries == 1  # the next call starts at the endpoint that answered
+        assert client.retries == 0  # the next call starts at the endpoint that answered
+        assert client.unrouted_calls == 2
     with Client(dead, timeout=0.6) as client:
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
@@ -68,6 +70,24 @@ def test_unavailable_endpoint_is_skipped_within_the_deadline(etcd, nodes) -> Non
                                      grpc.StatusCode.DEADLINE_EXCEEDED)
         assert time.monotonic() - started < 3.0  # the deadline bounds the retries
         assert client.retries >= 1
+
+
+def test_a_black_holed_first_endpoint_does_not_eat_the_deadline(etcd, nodes,
+                                                                 proxy_factory) -> None:
+    """The first endpoint takes connections and never answers (a black-holed proxy to the
+    node itself); the call is served by the second well within its deadline, with gRPC's own
+    20 s connect timeout as well as with the project's channel options."""
+    node = nodes.start("mn-0", etcd.endpoints)
+    hole = proxy_factory(node.address)
+    hole.blackhole()
+    for options in (None, [("grpc.enable_http_proxy", 0)]):
+        for route in (False, True):
+            with Client([hole.address, node.address], timeout=10, route=route,
+                        options=options) as client:
+                started = time.monotonic()
+                assert locate(client, "vm-1").served_by == "mn-0"
+                assert time.monotonic() - started < 4, (options, route)
+                assert client.endpoint == node.address
 
 
 def test_retry_on_a_killed_node(etcd, nodes) -> None:
@@ -137,7 +157,9 @@ def test_ring_refresh_after_a_member_joins_and_leaves(etcd, nodes) -> None:
 
 def test_a_forwarded_answer_tells_a_stale_client_its_ring_is_old(etcd, nodes) -> None:
     """The node a stale client routed to forwards the call and answers with its epoch in
-    the trailing metadata, so the client refreshes at once (not after ring_max_age)."""
+    the trailing metadata, so the client's next call refreshes the ring and goes straight to
+    the owner (ring_max_age is an hour: only the epoch can have made it refresh). Fails if
+    the router does not send its epoch back on a forwarded answer."""
     started = start_nodes(nodes, etcd, 2)
     with Client([n.address for n in started], timeout=5, ring_max_age=3600) as client:
         locate(client, IDS[0])
@@ -148,6 +170,7 @@ def test_a_forwarded_answer_tells_a_stale_client_its_ring_is_old(etcd, nodes) ->
         assert owned and "mn-2" not in client.ring.addresses
         first = locate(client, owned[0])  # routed by the stale ring: forwarded
         assert first.served_by == "mn-2" and first.forwarded
-        assert client.ring.epoch > before and "mn-2" in client.ring.addresses
-        second = locate(client, owned[0])
+        second = locate(client, owned[0])  # the ring refreshed first: served by the owner
         assert second.served_by == "mn-2" and not second.forwarded
+        assert client.endpoint == joined.address
+        assert client.ring.epoch > before and "mn-2" in client.ring.addresses

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from controlplane.client import Client
 from controlplane.cluster.ring import Ring
-from controlplane.metadata import EPOCH
+from controlplane.metadata import EPOCH, UNREACHABLE
 from controlplane.testing.ports import free_port
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
@@ -30,14 +30,19 @@ class FakeNode(pb_grpc.ClusterServiceServicer):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.locates = 0
+        self.rings = 0  # GetRing calls answered
         self.refuse_with_epoch = 0  # > 0: answer the next Locate FAILED_PRECONDITION
         self.unavailable = 0  # answer the next n calls UNAVAILABLE
+        self.unreachable = 0  # answer the next n calls UNAVAILABLE marked UNREACHABLE
+        self.answer_epoch = 0  # > 0: answer Locate with this EPOCH (as a forwarder does)
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(4))
         pb_grpc.add_ClusterServiceServicer_to_server(self, self.server)
         self.server.add_insecure_port(self.address)
 
     def GetRing(self, request, context):
+        with self.lock:
+            self.rings += 1
         members = [pb.Member(node_id=n, address=a) for n, a in self.world["members"].items()]
         return pb.GetRingResponse(epoch=self.world["epoch"], members=members, vnodes=16,
                                   node_id=self.node_id)
@@ -48,10 +53,16 @@ class FakeNode(pb_grpc.ClusterServiceServicer):
             if self.unavailable:
                 self.unavailable -= 1
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node_id} is draining")
+            if self.unreachable:
+                self.unreachable -= 1
+                context.set_trailing_metadata(((UNREACHABLE, "1"),))
+                context.abort(grpc.StatusCode.UNAVAILABLE, "cannot reach the agent")
             if self.refuse_with_epoch:
                 epoch, self.refuse_with_epoch = self.refuse_with_epoch, 0
                 context.set_trailing_metadata(((EPOCH, str(epoch)),))
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the owner")
+            if self.answer_epoch:
+                context.set_trailing_metadata(((EPOCH, str(self.answer_epoch)),))
         return pb.LocateResponse(resource_id=request.resource_id, served_by=self.node_id)
 
 
@@ -112,6 +123,48 @@ def test_an_unavailable_owner_is_skipped_for_an_endpoint(fakes) -> None:
         assert client.retries == 1
 
 
+def test_a_newer_epoch_on_an_answer_marks_the_ring_stale_for_the_next_call(fakes) -> None:
+    """The answer is returned without a GetRing inside that call; the next routed call
+    refreshes (ring_max_age is an hour: only the epoch can have asked for it)."""
+    world, nodes = fakes
+    with Client(nodes["n0"].address, timeout=5, ring_max_age=3600) as client:
+        resource = owned_by(world, "n1")
+        client.cluster.Locate(pb.LocateRequest(resource_id=resource))
+        rings = sum(n.rings for n in nodes.values())
+        world["epoch"] = 11
+        nodes["n1"].answer_epoch = 11
+        assert client.cluster.Locate(pb.LocateRequest(resource_id=resource)).served_by == "n1"
+        assert sum(n.rings for n in nodes.values()) == rings  # no refresh inside the call
+        assert client.ring.epoch == 10 and client.ring.fetched_at == float("-inf")
+        client.cluster.Locate(pb.LocateRequest(resource_id=resource))
+        assert sum(n.rings for n in nodes.values()) == rings + 1
+        assert client.ring.epoch == 11
+        client.cluster.Locate(pb.LocateRequest(resource_id=resource))
+        assert sum(n.rings for n in nodes.values()) == rings + 1  # fresh again
+
+
+@pytest.mark.parametrize("route", [True, False])
+def test_an_unreachable_dependency_is_not_retried(fakes, route) -> None:
+    """UNAVAILABLE marked UNREACHABLE: the node answered, what the call needs is out of reach
+    and the call may have had effects: raised at once, to nobody else."""
+    world, nodes = fakes
+    resource = owned_by(world, "n1")
+    endpoints = [nodes["n1"].address, nodes["n2"].address, nodes["n0"].address]
+    with Client(endpoints, timeout=5, route=route) as client:
+        for node in nodes.values():
+            node.unreachable = 100
+        with pytest.raises(grpc.RpcError) as info:
+            client.cluster.Locate(pb.LocateRequest(resource_id=resource))
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert sum(n.locates for n in nodes.values()) == 1  # exactly one call reached a node
+        assert nodes["n1"].locates == 1 and client.retries == 0
+        # Neither the owner nor the endpoint is taken for down: the next call goes there.
+        for node in nodes.values():
+            node.unreachable = 0
+        assert client.cluster.Locate(pb.LocateRequest(resource_id=resource)).served_by == "n1"
+        assert client.retries == 0
+
+
 def test_without_routing_calls_go_to_the_endpoints_only(fakes) -> None:
     world, nodes = fakes
     with Client([nodes["n1"].address, nodes["n2"].address], timeout=5, route=False) as client:
@@ -121,6 +174,9 @@ def test_without_routing_calls_go_to_the_endpoints_only(fakes) -> None:
         nodes["n1"].unavailable = 100
         assert client.cluster.Locate(pb.LocateRequest(resource_id="r0")).served_by == "n2"
         assert nodes["n0"].locates == 0
+
+
+GRPC_DEFAULT_CONNECT = [("grpc.enable_http_proxy", 0)]
 
 
 @pytest.fixture
@@ -165,3 +221,29 @@ def test_a_stream_opens_on_the_first_endpoint_that_connects(fakes, silent_addres
             next(iter(events))
         assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
         assert client.endpoint == nodes["n2"].address
+
+
+@pytest.mark.parametrize("route", [True, False])
+def test_a_black_holed_first_endpoint_costs_a_connect_check_not_the_deadline(
+        fakes, silent_address, route) -> None:
+    """The first endpoint accepts TCP and never answers: without a connect check the call
+    would wait there until its deadline (a connect that hangs is not UNAVAILABLE).
+
+    With gRPC's own connect timeout (20 s), i.e. options without the project's
+    min_reconnect_backoff_ms (which also bounds a connect attempt, to 100 ms): the client
+    must not depend on the options it was given to get past a black hole."""
+    world, nodes = fakes
+    with Client([silent_address, nodes["n0"].address], timeout=10, connect_timeout=0.5,
+                route=route, options=GRPC_DEFAULT_CONNECT) as client:
+        started = time.monotonic()
+        assert client.cluster.GetRing(pb.GetRingRequest()).node_id == "n0"
+        assert time.monotonic() - started < 3
+        assert client.endpoint == nodes["n0"].address
+        started = time.monotonic()
+        resource = owned_by(world, "n2")
+        assert client.cluster.Locate(pb.LocateRequest(resource_id=resource)).served_by \
+            == ("n2" if route else "n0")
+        assert time.monotonic() - started < 3
+        started = time.monotonic()
+        client.cluster.GetRing(pb.GetRingRequest())  # the endpoint that answered comes first
+        assert time.monotonic() - started < 0.3

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import re
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controlplane.channels import ChannelPool
+from controlplane.cli import argtypes
 from controlplane.client import (
     RESOURCE_FIELDS,
     Client,
@@ -15,14 +21,56 @@ from controlplane.client import (
     resource_field,
 )
 from controlplane.cluster.ring import Ring
-from controlplane.v1 import cluster_pb2, host_pb2, storage_pb2, vm_pb2, volume_pb2
+from controlplane.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    host_pb2,
+    storage_pb2,
+    vm_pb2,
+    vm_pb2_grpc,
+    volume_pb2,
+)
 
 
 def test_parse_endpoints() -> None:
     assert parse_endpoints("a:1, b:2,,a:1") == ["a:1", "b:2"]
     assert parse_endpoints(["x:9"]) == ["x:9"]
+    assert parse_endpoints("[::1]:7070") == ["[::1]:7070"]
     with pytest.raises(ValueError):
         parse_endpoints(" , ")
+
+
+@pytest.mark.parametrize("bad", ["nohost", "h:", ":7070", "h:0", "h:70000", "h:7o70"])
+def test_parse_endpoints_names_the_bad_entry(bad: str) -> None:
+    """Every entry is checked, not only the first: the later ones are the ones tried when
+    the first is down."""
+    with pytest.raises(ValueError, match=re.escape(repr(bad))):
+        parse_endpoints(f"a:1,{bad}")
+    with pytest.raises(ValueError, match=re.escape(repr(bad))):
+        Client(["a:1", bad])
+
+
+def test_the_cli_endpoint_type_is_the_client_parser() -> None:
+    assert argtypes.endpoints(" a:1,b:2 ,a:1") == "a:1,b:2"
+    with pytest.raises(argparse.ArgumentTypeError, match="'h:70000'"):
+        argtypes.endpoints("a:1,h:70000")
+
+
+def test_the_pool_builds_one_stub_per_class_and_address() -> None:
+    pool = ChannelPool()
+    try:
+        with ThreadPoolExecutor(8) as workers:
+            stubs = list(workers.map(
+                lambda _: pool.stub(cluster_pb2_grpc.ClusterServiceStub, "127.0.0.1:1"),
+                range(64)))
+        assert len({id(s) for s in stubs}) == 1
+        other = pool.stub(vm_pb2_grpc.VmServiceStub, "127.0.0.1:1")
+        assert other is not stubs[0]
+        assert pool.stub(cluster_pb2_grpc.ClusterServiceStub, "127.0.0.1:2") is not stubs[0]
+        pool.close()  # a closed pool starts afresh
+        assert pool.stub(cluster_pb2_grpc.ClusterServiceStub, "127.0.0.1:1") is not stubs[0]
+    finally:
+        pool.close()
 
 
 def test_endpoints_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
