@@ -22,17 +22,13 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.channels import open_channel, reconnect_options
+from controlplane.channels import CHANNEL_OPTIONS, open_channel
 from controlplane.procs import ChildProcess
 
 __all__ = ["CHANNEL_OPTIONS", "ServingProcess", "child_env", "health_status"]
 
 # The directory holding the `controlplane` package.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
-
-# Reconnect quickly: a process restarted on the same port must be reachable again within a
-# second, not after an exponential backoff grown while it was down.
-CHANNEL_OPTIONS = reconnect_options()
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from controlplane.channels import reconnect_options
+from controlplane.channels import LARGE_MESSAGE_OPTIONS
 from controlplane.config.settings import ENV_PREFIX
 from controlplane.serving import ServingProcess
 from controlplane.store.embedded import EtcdServer
@@ -21,12 +21,8 @@ __all__ = ["CHANNEL_OPTIONS", "ETCD_ARGS", "HOST_PREFIX", "AgentChild", "NodeChi
 
 HOST_PREFIX = "host-"
 
-# Reconnect quickly to a node that is still starting, and never through an HTTP proxy.
-CHANNEL_OPTIONS = [
-    *reconnect_options(500),
-    # ListVms of a large fleet (about 200 bytes a VM) is beyond the default 4 MiB limit.
-    ("grpc.max_receive_message_length", -1),
-]
+# ListVms of a large fleet (about 200 bytes a VM) is beyond the default 4 MiB limit.
+CHANNEL_OPTIONS = LARGE_MESSAGE_OPTIONS
 
 # etcd closes connections whose clients ping more often than every 5 s ("too_many_pings");
 # nodes ping every min(5, ttl/2) s, so short TTLs need a lower floor.
