@@ -31,11 +31,20 @@ __all__ = ["CHANNEL_OPTIONS", "ServingProcess", "child_env", "health_status"]
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
+# The prefix of the settings variables (config.settings.ENV_PREFIX; this module sits below
+# config, so it is spelled out here).
+SETTINGS_PREFIX = "CONTROLPLANE_"
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment for a child running `python -m controlplane ...`: the
     package on PYTHONPATH (the same code as the parent, installed or not) and unbuffered
-    output (a log read after a crash holds the last lines)."""
-    env = {**os.environ, **(extra or {}), "PYTHONUNBUFFERED": "1"}
+    output (a log read after a crash holds the last lines). The parent's CONTROLPLANE_*
+    settings are not passed on (serve, agent and mds all read them: an exported
+    CONTROLPLANE_METRICS_PORT would give every child the same port); a child gets only the
+    settings in `extra`."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIX)}
+    env = {**inherited, **(extra or {}), "PYTHONUNBUFFERED": "1"}
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + path if path else "")
     return env

@@ -141,3 +141,11 @@ def test_a_plain_argparse_parser_is_refused() -> None:
 def test_serve_flags_table_names_match_the_flags() -> None:
     for f in s.SERVE_FLAGS:
         assert f.env == "CONTROLPLANE_" + f.flag[2:].replace("-", "_").upper()
+
+
+def test_children_drop_exactly_the_settings_variables() -> None:
+    """serving.child_env strips the settings' own prefix (spelled there: serving sits below
+    config) and nothing else."""
+    from controlplane import serving
+
+    assert serving.SETTINGS_PREFIX == s.ENV_PREFIX

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 
+from controlplane.config import argtypes
+
 __all__ = ["add_up_parser", "run_up"]
 
 
@@ -38,20 +40,22 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         "--vms V VMs (vm-0000..) created and started, round-robin over the hosts, HA "
         "never-stop for every other one.",
     )
-    up.add_argument("--nodes", type=int, default=3, help="management nodes to start (default 3)")
+    up.add_argument("--nodes", type=argtypes.positive_int, default=3,
+                    help="management nodes to start (default 3)")
     up.add_argument("--base-port", type=int, default=7070,
                     help="node i listens on 127.0.0.1:BASE_PORT+i (default 7070)")
     up.add_argument("--data-dir", default=None,
                     help="etcd data and node logs (default: a temporary directory, removed at "
                     "exit)")
-    up.add_argument("--etcd", default=None,
+    up.add_argument("--etcd", type=argtypes.endpoints, default=None,
                     help="use this etcd (comma-separated HOST:PORT) instead of an embedded one")
     up.add_argument("--etcd-port", type=int, default=None,
                     help="embedded etcd client port (default BASE_PORT+1000; peer port +1)")
-    up.add_argument("--lease-ttl", type=int, default=10, help="membership lease TTL, seconds")
+    up.add_argument("--lease-ttl", type=argtypes.lease_ttl, default=10,
+                    help="membership lease TTL, seconds (default 10; etcd's minimum is 2)")
     up.add_argument("--metrics-base-port", type=int, default=None,
                     help="node i serves metrics on METRICS_BASE_PORT+i (default BASE_PORT+100)")
-    up.add_argument("--duration", type=float, default=None,
+    up.add_argument("--duration", type=argtypes.positive_float, default=None,
                     help="stop by itself after this many seconds (for scripts and demos)")
     up.add_argument("--hosts", type=int, default=0, metavar="H",
                     help="also start one sim agent serving H hosts and register them "

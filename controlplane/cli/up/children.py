@@ -12,7 +12,6 @@ import os
 import sys
 
 from controlplane.channels import LARGE_MESSAGE_OPTIONS
-from controlplane.config.settings import ENV_PREFIX
 from controlplane.serving import ServingProcess
 from controlplane.store.embedded import EtcdServer
 
@@ -38,16 +37,7 @@ def embedded_etcd(data_dir: str, port: int) -> EtcdServer:
     )
 
 
-class _Child(ServingProcess):
-    """A child configured by its flags alone: the CONTROLPLANE_* variables of the shell
-    that runs `up` are not passed on (serve, agent and mds all read them, so an exported
-    CONTROLPLANE_METRICS_PORT, say, would give every child the same port)."""
-
-    def env(self) -> dict[str, str]:
-        return {k: v for k, v in super().env().items() if not k.startswith(ENV_PREFIX)}
-
-
-class NodeChild(_Child):
+class NodeChild(ServingProcess):
     """One management node (`controlplane serve`), its log in DATA/logs/NODE.log."""
 
     kind = "node"
@@ -82,7 +72,7 @@ class NodeChild(_Child):
         ]  # fmt: skip
 
 
-class AgentChild(_Child):
+class AgentChild(ServingProcess):
     """The sim agent serving every host of the local fleet (host-0..), its log in
     DATA/logs/agent.log. Never restarted by `up`: a restarted sim agent has lost its VMs."""
 

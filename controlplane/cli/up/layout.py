@@ -11,14 +11,17 @@ import argparse
 import socket
 from dataclasses import dataclass
 
+from controlplane.cli import common
+
 __all__ = ["MAX_HOSTS", "MAX_VMS", "Ports", "UsageError", "check_args", "port_in_use"]
 
 MAX_HOSTS = 10_000
 MAX_VMS = 100_000
 
 
-class UsageError(Exception):
-    """Bad arguments or an occupied port: reported on stderr with exit code 2."""
+# Bad sizes, clashing or occupied ports: `controlplane` reports it like an argparse error
+# of `up` (exit 2), the one way usage errors are printed.
+UsageError = common.UsageError
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,8 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def check_args(a: argparse.Namespace) -> Ports:
-    """The ports of this invocation; UsageError for bad sizes, clashing or busy ports."""
-    if a.nodes < 1:
-        raise UsageError(f"--nodes must be >= 1, got {a.nodes}")
+    """The ports of this invocation; UsageError for bad fleet sizes, clashing or busy ports
+    (single values are checked by the flags' own types)."""
     if not 0 <= a.hosts <= MAX_HOSTS:
         raise UsageError(f"--hosts must be in 0-{MAX_HOSTS}, got {a.hosts}")
     if not 0 <= a.vms <= MAX_VMS:
@@ -75,10 +77,6 @@ def check_args(a: argparse.Namespace) -> Ports:
     if a.vms > 0 and a.hosts == 0:
         raise UsageError("--vms needs --hosts: VMs are started on the hosts of the sim "
                          "agent that --hosts starts")
-    if a.lease_ttl < 2:
-        raise UsageError(f"--lease-ttl must be >= 2 (etcd's minimum), got {a.lease_ttl}")
-    if a.duration is not None and a.duration <= 0:
-        raise UsageError(f"--duration must be > 0, got {a.duration}")
     base = a.base_port
     ports = Ports(
         base=base,

@@ -295,12 +295,9 @@ def run_up(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        try:
-            supervisor = Supervisor(args, stopping, signals)
-        except UsageError as exc:
-            print(f"controlplane up: {exc}", file=sys.stderr)
-            return 2
-        return supervisor.run()
+        # A UsageError (bad sizes, busy ports) goes up to `controlplane`'s one usage-error
+        # printer (exit 2); nothing has been started yet.
+        return Supervisor(args, stopping, signals).run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
