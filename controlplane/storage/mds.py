@@ -175,7 +175,6 @@ class MdsClient:
         self._rng_lock = threading.Lock()
         self._invoke: Invoke = invoke if invoke is not None else self._grpc_invoke
         self._lock = threading.Lock()
-        self._stubs: dict[str, mds_pb2_grpc.StorageMdsStub] = {}
         self._channels = ChannelPool(CHANNEL_OPTIONS)
         self._closed = False
 
@@ -195,11 +194,7 @@ class MdsClient:
         with self._lock:
             if self._closed:
                 raise RuntimeError("MdsClient is closed")
-            stub = self._stubs.get(address)
-            if stub is None:
-                stub = self._stubs[address] = mds_pb2_grpc.StorageMdsStub(
-                    self._channels.get(address))
-            return stub
+        return self._channels.stub(mds_pb2_grpc.StorageMdsStub, address)
 
     def _grpc_invoke(self, address: str, method: str, request: Message,
                      timeout: float) -> Message:
@@ -208,7 +203,6 @@ class MdsClient:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._stubs.clear()
         self._channels.close()
 
     def __enter__(self) -> MdsClient:

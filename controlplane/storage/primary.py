@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import grpc
 
-from controlplane.channels import ChannelPool, reconnect_options
+from controlplane.channels import CHANNEL_OPTIONS, ChannelPool
 from controlplane.cluster.owned_loop import OwnedLoop
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.storage.mds import MdsClient, MdsEndpoint
@@ -79,7 +79,7 @@ class MdsHealthChecker:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.storages = storages
-        self._channels = ChannelPool(reconnect_options(1000))
+        self._channels = ChannelPool(CHANNEL_OPTIONS)
         self._lock = threading.Lock()
         self._clients: dict[str, MdsClient] = {}
         self.loop: OwnedLoop[None] = OwnedLoop(
@@ -174,7 +174,7 @@ class MdsHealthChecker:
         results = [""] * len(addresses)
 
         def probe(i: int, address: str) -> None:
-            stub = mds_pb2_grpc.StorageMdsStub(self._channels.get(address))
+            stub = self._channels.stub(mds_pb2_grpc.StorageMdsStub, address)
             results[i] = probe_mds(stub, timeout)
 
         threads = [threading.Thread(target=probe, args=(i, a), daemon=True,
