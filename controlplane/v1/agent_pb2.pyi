@@ -1,3 +1,8 @@
+import datetime
+
+from controlplane.v1.buf.validate import validate_pb2 as _validate_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -10,26 +15,26 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class AgentVmState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     AGENT_VM_STATE_UNSPECIFIED: _ClassVar[AgentVmState]
-    AGENT_VM_RUNNING: _ClassVar[AgentVmState]
-    AGENT_VM_PAUSED: _ClassVar[AgentVmState]
-    AGENT_VM_CRASHED: _ClassVar[AgentVmState]
-    AGENT_VM_STOPPED: _ClassVar[AgentVmState]
+    AGENT_VM_STATE_RUNNING: _ClassVar[AgentVmState]
+    AGENT_VM_STATE_PAUSED: _ClassVar[AgentVmState]
+    AGENT_VM_STATE_CRASHED: _ClassVar[AgentVmState]
+    AGENT_VM_STATE_STOPPED: _ClassVar[AgentVmState]
 
 class HostCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     HOST_CONDITION_UNSPECIFIED: _ClassVar[HostCondition]
-    HOST_UP: _ClassVar[HostCondition]
-    HOST_DOWN: _ClassVar[HostCondition]
-    HOST_PARTITIONED: _ClassVar[HostCondition]
+    HOST_CONDITION_UP: _ClassVar[HostCondition]
+    HOST_CONDITION_DOWN: _ClassVar[HostCondition]
+    HOST_CONDITION_PARTITIONED: _ClassVar[HostCondition]
 AGENT_VM_STATE_UNSPECIFIED: AgentVmState
-AGENT_VM_RUNNING: AgentVmState
-AGENT_VM_PAUSED: AgentVmState
-AGENT_VM_CRASHED: AgentVmState
-AGENT_VM_STOPPED: AgentVmState
+AGENT_VM_STATE_RUNNING: AgentVmState
+AGENT_VM_STATE_PAUSED: AgentVmState
+AGENT_VM_STATE_CRASHED: AgentVmState
+AGENT_VM_STATE_STOPPED: AgentVmState
 HOST_CONDITION_UNSPECIFIED: HostCondition
-HOST_UP: HostCondition
-HOST_DOWN: HostCondition
-HOST_PARTITIONED: HostCondition
+HOST_CONDITION_UP: HostCondition
+HOST_CONDITION_DOWN: HostCondition
+HOST_CONDITION_PARTITIONED: HostCondition
 
 class AgentVm(_message.Message):
     __slots__ = ("vm_id", "state", "generation")
@@ -52,26 +57,20 @@ class AgentOp(_message.Message):
     vm_id: str
     kind: str
     generation: int
-    started_at: float
-    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., generation: _Optional[int] = ..., started_at: _Optional[float] = ...) -> None: ...
+    started_at: _timestamp_pb2.Timestamp
+    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., generation: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
-class ListAgentHostsRequest(_message.Message):
+class AgentServiceListHostsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class ListAgentHostsResponse(_message.Message):
+class AgentServiceListHostsResponse(_message.Message):
     __slots__ = ("host_ids", "backend")
     HOST_IDS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     host_ids: _containers.RepeatedScalarFieldContainer[str]
     backend: str
     def __init__(self, host_ids: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ...) -> None: ...
-
-class AgentHostRequest(_message.Message):
-    __slots__ = ("host_id",)
-    HOST_ID_FIELD_NUMBER: _ClassVar[int]
-    host_id: str
-    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
 
 class PingResponse(_message.Message):
     __slots__ = ("host_id", "cpus", "memory_mb", "vm_count", "backend")
@@ -87,7 +86,7 @@ class PingResponse(_message.Message):
     backend: str
     def __init__(self, host_id: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., vm_count: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
 
-class ListVmsResponse(_message.Message):
+class AgentServiceListVmsResponse(_message.Message):
     __slots__ = ("host_id", "vms", "ops", "reports_ops")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     VMS_FIELD_NUMBER: _ClassVar[int]
@@ -98,32 +97,6 @@ class ListVmsResponse(_message.Message):
     ops: _containers.RepeatedCompositeFieldContainer[AgentOp]
     reports_ops: bool
     def __init__(self, host_id: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[AgentVm, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[AgentOp, _Mapping]]] = ..., reports_ops: _Optional[bool] = ...) -> None: ...
-
-class AgentVmRequest(_message.Message):
-    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
-    HOST_ID_FIELD_NUMBER: _ClassVar[int]
-    VM_ID_FIELD_NUMBER: _ClassVar[int]
-    OP_ID_FIELD_NUMBER: _ClassVar[int]
-    GENERATION_FIELD_NUMBER: _ClassVar[int]
-    CPUS_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
-    FORCE_FIELD_NUMBER: _ClassVar[int]
-    host_id: str
-    vm_id: str
-    op_id: str
-    generation: int
-    cpus: int
-    memory_mb: int
-    force: bool
-    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
-
-class AgentVmResponse(_message.Message):
-    __slots__ = ("host_id", "vm")
-    HOST_ID_FIELD_NUMBER: _ClassVar[int]
-    VM_FIELD_NUMBER: _ClassVar[int]
-    host_id: str
-    vm: AgentVm
-    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
 
 class Device(_message.Message):
     __slots__ = ("name", "address", "mac")
@@ -149,30 +122,6 @@ class FenceResponse(_message.Message):
     vms_killed: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, host_id: _Optional[str] = ..., vms_killed: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class SimConfig(_message.Message):
-    __slots__ = ("start_delay", "stop_delay", "reboot_delay", "pause_delay", "device_info_failure_rate", "report_ops")
-    START_DELAY_FIELD_NUMBER: _ClassVar[int]
-    STOP_DELAY_FIELD_NUMBER: _ClassVar[int]
-    REBOOT_DELAY_FIELD_NUMBER: _ClassVar[int]
-    PAUSE_DELAY_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_INFO_FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
-    REPORT_OPS_FIELD_NUMBER: _ClassVar[int]
-    start_delay: float
-    stop_delay: float
-    reboot_delay: float
-    pause_delay: float
-    device_info_failure_rate: float
-    report_ops: bool
-    def __init__(self, start_delay: _Optional[float] = ..., stop_delay: _Optional[float] = ..., reboot_delay: _Optional[float] = ..., pause_delay: _Optional[float] = ..., device_info_failure_rate: _Optional[float] = ..., report_ops: _Optional[bool] = ...) -> None: ...
-
-class SimHostCondition(_message.Message):
-    __slots__ = ("host_id", "condition")
-    HOST_ID_FIELD_NUMBER: _ClassVar[int]
-    CONDITION_FIELD_NUMBER: _ClassVar[int]
-    host_id: str
-    condition: HostCondition
-    def __init__(self, host_id: _Optional[str] = ..., condition: _Optional[_Union[HostCondition, str]] = ...) -> None: ...
-
 class SeedVmsRequest(_message.Message):
     __slots__ = ("host_id", "vms")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -186,3 +135,275 @@ class SeedVmsResponse(_message.Message):
     SEEDED_FIELD_NUMBER: _ClassVar[int]
     seeded: int
     def __init__(self, seeded: _Optional[int] = ...) -> None: ...
+
+class PingRequest(_message.Message):
+    __slots__ = ("host_id",)
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+
+class AgentServiceListVmsRequest(_message.Message):
+    __slots__ = ("host_id",)
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+
+class AgentServiceStartVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class AgentServiceStartVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
+
+class AgentServiceStopVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class AgentServiceStopVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
+
+class AgentServiceRebootVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class AgentServiceRebootVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
+
+class AgentServicePauseVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class AgentServicePauseVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
+
+class AgentServiceResumeVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class AgentServiceResumeVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
+
+class AgentServiceDestroyVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class AgentServiceDestroyVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
+
+class SyncVmDeviceInfoRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class SyncVmDeviceInfoResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+
+class FenceRequest(_message.Message):
+    __slots__ = ("host_id",)
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+
+class ConfigureRequest(_message.Message):
+    __slots__ = ("start_delay", "stop_delay", "reboot_delay", "pause_delay", "device_info_failure_rate", "report_ops")
+    START_DELAY_FIELD_NUMBER: _ClassVar[int]
+    STOP_DELAY_FIELD_NUMBER: _ClassVar[int]
+    REBOOT_DELAY_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_INFO_FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_OPS_FIELD_NUMBER: _ClassVar[int]
+    start_delay: _duration_pb2.Duration
+    stop_delay: _duration_pb2.Duration
+    reboot_delay: _duration_pb2.Duration
+    pause_delay: _duration_pb2.Duration
+    device_info_failure_rate: float
+    report_ops: bool
+    def __init__(self, start_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stop_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reboot_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device_info_failure_rate: _Optional[float] = ..., report_ops: _Optional[bool] = ...) -> None: ...
+
+class ConfigureResponse(_message.Message):
+    __slots__ = ("start_delay", "stop_delay", "reboot_delay", "pause_delay", "device_info_failure_rate", "report_ops")
+    START_DELAY_FIELD_NUMBER: _ClassVar[int]
+    STOP_DELAY_FIELD_NUMBER: _ClassVar[int]
+    REBOOT_DELAY_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_INFO_FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_OPS_FIELD_NUMBER: _ClassVar[int]
+    start_delay: _duration_pb2.Duration
+    stop_delay: _duration_pb2.Duration
+    reboot_delay: _duration_pb2.Duration
+    pause_delay: _duration_pb2.Duration
+    device_info_failure_rate: float
+    report_ops: bool
+    def __init__(self, start_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stop_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reboot_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device_info_failure_rate: _Optional[float] = ..., report_ops: _Optional[bool] = ...) -> None: ...
+
+class SetHostConditionRequest(_message.Message):
+    __slots__ = ("host_id", "condition")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    condition: HostCondition
+    def __init__(self, host_id: _Optional[str] = ..., condition: _Optional[_Union[HostCondition, str]] = ...) -> None: ...
+
+class SetHostConditionResponse(_message.Message):
+    __slots__ = ("host_id", "condition")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    condition: HostCondition
+    def __init__(self, host_id: _Optional[str] = ..., condition: _Optional[_Union[HostCondition, str]] = ...) -> None: ...
+
+class CrashVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class CrashVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...

@@ -36,57 +36,57 @@ class AgentServiceStub:
         """
         self.ListHosts = channel.unary_unary(
                 '/controlplane.v1.AgentService/ListHosts',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.ListAgentHostsRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.ListAgentHostsResponse.FromString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceListHostsRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceListHostsResponse.FromString,
                 _registered_method=True)
         self.Ping = channel.unary_unary(
                 '/controlplane.v1.AgentService/Ping',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentHostRequest.SerializeToString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.PingRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_agent__pb2.PingResponse.FromString,
                 _registered_method=True)
         self.ListVms = channel.unary_unary(
                 '/controlplane.v1.AgentService/ListVms',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentHostRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.ListVmsResponse.FromString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceListVmsRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceListVmsResponse.FromString,
                 _registered_method=True)
         self.StartVm = channel.unary_unary(
                 '/controlplane.v1.AgentService/StartVm',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceStartVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceStartVmResponse.FromString,
                 _registered_method=True)
         self.StopVm = channel.unary_unary(
                 '/controlplane.v1.AgentService/StopVm',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceStopVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceStopVmResponse.FromString,
                 _registered_method=True)
         self.RebootVm = channel.unary_unary(
                 '/controlplane.v1.AgentService/RebootVm',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceRebootVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceRebootVmResponse.FromString,
                 _registered_method=True)
         self.PauseVm = channel.unary_unary(
                 '/controlplane.v1.AgentService/PauseVm',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServicePauseVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServicePauseVmResponse.FromString,
                 _registered_method=True)
         self.ResumeVm = channel.unary_unary(
                 '/controlplane.v1.AgentService/ResumeVm',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceResumeVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceResumeVmResponse.FromString,
                 _registered_method=True)
         self.DestroyVm = channel.unary_unary(
                 '/controlplane.v1.AgentService/DestroyVm',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceDestroyVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceDestroyVmResponse.FromString,
                 _registered_method=True)
         self.SyncVmDeviceInfo = channel.unary_unary(
                 '/controlplane.v1.AgentService/SyncVmDeviceInfo',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.DeviceInfo.FromString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.SyncVmDeviceInfoRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.SyncVmDeviceInfoResponse.FromString,
                 _registered_method=True)
         self.Fence = channel.unary_unary(
                 '/controlplane.v1.AgentService/Fence',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentHostRequest.SerializeToString,
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.FenceRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_agent__pb2.FenceResponse.FromString,
                 _registered_method=True)
 
@@ -176,57 +176,57 @@ def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListHosts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListHosts,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.ListAgentHostsRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.ListAgentHostsResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceListHostsRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceListHostsResponse.SerializeToString,
             ),
             'Ping': grpc.unary_unary_rpc_method_handler(
                     servicer.Ping,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentHostRequest.FromString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.PingRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_agent__pb2.PingResponse.SerializeToString,
             ),
             'ListVms': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVms,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentHostRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.ListVmsResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceListVmsRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceListVmsResponse.SerializeToString,
             ),
             'StartVm': grpc.unary_unary_rpc_method_handler(
                     servicer.StartVm,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceStartVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceStartVmResponse.SerializeToString,
             ),
             'StopVm': grpc.unary_unary_rpc_method_handler(
                     servicer.StopVm,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceStopVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceStopVmResponse.SerializeToString,
             ),
             'RebootVm': grpc.unary_unary_rpc_method_handler(
                     servicer.RebootVm,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceRebootVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceRebootVmResponse.SerializeToString,
             ),
             'PauseVm': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseVm,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServicePauseVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServicePauseVmResponse.SerializeToString,
             ),
             'ResumeVm': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeVm,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceResumeVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceResumeVmResponse.SerializeToString,
             ),
             'DestroyVm': grpc.unary_unary_rpc_method_handler(
                     servicer.DestroyVm,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceDestroyVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceDestroyVmResponse.SerializeToString,
             ),
             'SyncVmDeviceInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.SyncVmDeviceInfo,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.DeviceInfo.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.SyncVmDeviceInfoRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.SyncVmDeviceInfoResponse.SerializeToString,
             ),
             'Fence': grpc.unary_unary_rpc_method_handler(
                     servicer.Fence,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentHostRequest.FromString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.FenceRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_agent__pb2.FenceResponse.SerializeToString,
             ),
     }
@@ -255,8 +255,8 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/ListHosts',
-            controlplane_dot_v1_dot_agent__pb2.ListAgentHostsRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.ListAgentHostsResponse.FromString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceListHostsRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceListHostsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -282,7 +282,7 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/Ping',
-            controlplane_dot_v1_dot_agent__pb2.AgentHostRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.PingRequest.SerializeToString,
             controlplane_dot_v1_dot_agent__pb2.PingResponse.FromString,
             options,
             channel_credentials,
@@ -309,8 +309,8 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/ListVms',
-            controlplane_dot_v1_dot_agent__pb2.AgentHostRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.ListVmsResponse.FromString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceListVmsRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceListVmsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -336,8 +336,8 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/StartVm',
-            controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceStartVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceStartVmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -363,8 +363,8 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/StopVm',
-            controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceStopVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceStopVmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -390,8 +390,8 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/RebootVm',
-            controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceRebootVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceRebootVmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -417,8 +417,8 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/PauseVm',
-            controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServicePauseVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServicePauseVmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -444,8 +444,8 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/ResumeVm',
-            controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceResumeVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceResumeVmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -471,8 +471,8 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/DestroyVm',
-            controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceDestroyVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceDestroyVmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -498,8 +498,8 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/SyncVmDeviceInfo',
-            controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.DeviceInfo.FromString,
+            controlplane_dot_v1_dot_agent__pb2.SyncVmDeviceInfoRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.SyncVmDeviceInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -525,7 +525,7 @@ class AgentService:
             request,
             target,
             '/controlplane.v1.AgentService/Fence',
-            controlplane_dot_v1_dot_agent__pb2.AgentHostRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.FenceRequest.SerializeToString,
             controlplane_dot_v1_dot_agent__pb2.FenceResponse.FromString,
             options,
             channel_credentials,
@@ -538,7 +538,7 @@ class AgentService:
             _registered_method=True)
 
 
-class SimControlStub:
+class SimControlServiceStub:
     """Fault injection, served only by the sim backend.
     """
 
@@ -549,28 +549,28 @@ class SimControlStub:
             channel: A grpc.Channel.
         """
         self.Configure = channel.unary_unary(
-                '/controlplane.v1.SimControl/Configure',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.SimConfig.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.SimConfig.FromString,
+                '/controlplane.v1.SimControlService/Configure',
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.ConfigureRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.ConfigureResponse.FromString,
                 _registered_method=True)
         self.SetHostCondition = channel.unary_unary(
-                '/controlplane.v1.SimControl/SetHostCondition',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.SimHostCondition.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.SimHostCondition.FromString,
+                '/controlplane.v1.SimControlService/SetHostCondition',
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.SetHostConditionRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.SetHostConditionResponse.FromString,
                 _registered_method=True)
         self.CrashVm = channel.unary_unary(
-                '/controlplane.v1.SimControl/CrashVm',
-                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+                '/controlplane.v1.SimControlService/CrashVm',
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.CrashVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.CrashVmResponse.FromString,
                 _registered_method=True)
         self.SeedVms = channel.unary_unary(
-                '/controlplane.v1.SimControl/SeedVms',
+                '/controlplane.v1.SimControlService/SeedVms',
                 request_serializer=controlplane_dot_v1_dot_agent__pb2.SeedVmsRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_agent__pb2.SeedVmsResponse.FromString,
                 _registered_method=True)
 
 
-class SimControlServicer:
+class SimControlServiceServicer:
     """Fault injection, served only by the sim backend.
     """
 
@@ -604,22 +604,22 @@ class SimControlServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SimControlServicer_to_server(servicer, server):
+def add_SimControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Configure': grpc.unary_unary_rpc_method_handler(
                     servicer.Configure,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.SimConfig.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.SimConfig.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.ConfigureRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.ConfigureResponse.SerializeToString,
             ),
             'SetHostCondition': grpc.unary_unary_rpc_method_handler(
                     servicer.SetHostCondition,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.SimHostCondition.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.SimHostCondition.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.SetHostConditionRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.SetHostConditionResponse.SerializeToString,
             ),
             'CrashVm': grpc.unary_unary_rpc_method_handler(
                     servicer.CrashVm,
-                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.CrashVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.CrashVmResponse.SerializeToString,
             ),
             'SeedVms': grpc.unary_unary_rpc_method_handler(
                     servicer.SeedVms,
@@ -628,13 +628,13 @@ def add_SimControlServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'controlplane.v1.SimControl', rpc_method_handlers)
+            'controlplane.v1.SimControlService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('controlplane.v1.SimControl', rpc_method_handlers)
+    server.add_registered_method_handlers('controlplane.v1.SimControlService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class SimControl:
+class SimControlService:
     """Fault injection, served only by the sim backend.
     """
 
@@ -652,9 +652,9 @@ class SimControl:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.SimControl/Configure',
-            controlplane_dot_v1_dot_agent__pb2.SimConfig.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.SimConfig.FromString,
+            '/controlplane.v1.SimControlService/Configure',
+            controlplane_dot_v1_dot_agent__pb2.ConfigureRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.ConfigureResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -679,9 +679,9 @@ class SimControl:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.SimControl/SetHostCondition',
-            controlplane_dot_v1_dot_agent__pb2.SimHostCondition.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.SimHostCondition.FromString,
+            '/controlplane.v1.SimControlService/SetHostCondition',
+            controlplane_dot_v1_dot_agent__pb2.SetHostConditionRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.SetHostConditionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -706,9 +706,9 @@ class SimControl:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.SimControl/CrashVm',
-            controlplane_dot_v1_dot_agent__pb2.AgentVmRequest.SerializeToString,
-            controlplane_dot_v1_dot_agent__pb2.AgentVmResponse.FromString,
+            '/controlplane.v1.SimControlService/CrashVm',
+            controlplane_dot_v1_dot_agent__pb2.CrashVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.CrashVmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -733,7 +733,7 @@ class SimControl:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.SimControl/SeedVms',
+            '/controlplane.v1.SimControlService/SeedVms',
             controlplane_dot_v1_dot_agent__pb2.SeedVmsRequest.SerializeToString,
             controlplane_dot_v1_dot_agent__pb2.SeedVmsResponse.FromString,
             options,

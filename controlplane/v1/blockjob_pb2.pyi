@@ -1,3 +1,4 @@
+from controlplane.v1.buf.validate import validate_pb2 as _validate_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -6,12 +7,6 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class DiskRef(_message.Message):
-    __slots__ = ("vm_id",)
-    VM_ID_FIELD_NUMBER: _ClassVar[int]
-    vm_id: str
-    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
-
 class OpenDiskRequest(_message.Message):
     __slots__ = ("vm_id", "path")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -19,14 +14,6 @@ class OpenDiskRequest(_message.Message):
     vm_id: str
     path: str
     def __init__(self, vm_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
-
-class DiskChain(_message.Message):
-    __slots__ = ("vm_id", "paths")
-    VM_ID_FIELD_NUMBER: _ClassVar[int]
-    PATHS_FIELD_NUMBER: _ClassVar[int]
-    vm_id: str
-    paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, vm_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StartMirrorRequest(_message.Message):
     __slots__ = ("vm_id", "job_id", "target_path", "sync")
@@ -51,14 +38,6 @@ class StartCommitRequest(_message.Message):
     top: str
     base: str
     def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ..., top: _Optional[str] = ..., base: _Optional[str] = ...) -> None: ...
-
-class JobRef(_message.Message):
-    __slots__ = ("vm_id", "job_id")
-    VM_ID_FIELD_NUMBER: _ClassVar[int]
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    vm_id: str
-    job_id: str
-    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class AgentJobStatus(_message.Message):
     __slots__ = ("type", "status", "offset", "length", "ready")
@@ -86,7 +65,55 @@ class AgentJobEvent(_message.Message):
     error: str
     def __init__(self, kind: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
-class AgentJob(_message.Message):
+class GuestWriteRequest(_message.Message):
+    __slots__ = ("vm_id", "offset", "length", "pattern")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    offset: int
+    length: int
+    pattern: int
+    def __init__(self, vm_id: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., pattern: _Optional[int] = ...) -> None: ...
+
+class OpenDiskResponse(_message.Message):
+    __slots__ = ("vm_id", "paths")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vm_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CloseDiskRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class CloseDiskResponse(_message.Message):
+    __slots__ = ("vm_id", "paths")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vm_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetDiskChainRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class GetDiskChainResponse(_message.Message):
+    __slots__ = ("vm_id", "paths")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vm_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StartMirrorResponse(_message.Message):
     __slots__ = ("vm_id", "job_id", "listed", "status", "events", "active")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -102,14 +129,136 @@ class AgentJob(_message.Message):
     active: bool
     def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ..., listed: _Optional[bool] = ..., status: _Optional[_Union[AgentJobStatus, _Mapping]] = ..., events: _Optional[_Iterable[_Union[AgentJobEvent, _Mapping]]] = ..., active: _Optional[bool] = ...) -> None: ...
 
-class GuestWriteRequest(_message.Message):
-    __slots__ = ("vm_id", "offset", "length", "pattern")
+class StartCommitResponse(_message.Message):
+    __slots__ = ("vm_id", "job_id", "listed", "status", "events", "active")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
-    OFFSET_FIELD_NUMBER: _ClassVar[int]
-    LENGTH_FIELD_NUMBER: _ClassVar[int]
-    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LISTED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
-    offset: int
-    length: int
-    pattern: int
-    def __init__(self, vm_id: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., pattern: _Optional[int] = ...) -> None: ...
+    job_id: str
+    listed: bool
+    status: AgentJobStatus
+    events: _containers.RepeatedCompositeFieldContainer[AgentJobEvent]
+    active: bool
+    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ..., listed: _Optional[bool] = ..., status: _Optional[_Union[AgentJobStatus, _Mapping]] = ..., events: _Optional[_Iterable[_Union[AgentJobEvent, _Mapping]]] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("vm_id", "job_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    job_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobResponse(_message.Message):
+    __slots__ = ("vm_id", "job_id", "listed", "status", "events", "active")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LISTED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    job_id: str
+    listed: bool
+    status: AgentJobStatus
+    events: _containers.RepeatedCompositeFieldContainer[AgentJobEvent]
+    active: bool
+    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ..., listed: _Optional[bool] = ..., status: _Optional[_Union[AgentJobStatus, _Mapping]] = ..., events: _Optional[_Iterable[_Union[AgentJobEvent, _Mapping]]] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class CompleteJobRequest(_message.Message):
+    __slots__ = ("vm_id", "job_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    job_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class CompleteJobResponse(_message.Message):
+    __slots__ = ("vm_id", "job_id", "listed", "status", "events", "active")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LISTED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    job_id: str
+    listed: bool
+    status: AgentJobStatus
+    events: _containers.RepeatedCompositeFieldContainer[AgentJobEvent]
+    active: bool
+    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ..., listed: _Optional[bool] = ..., status: _Optional[_Union[AgentJobStatus, _Mapping]] = ..., events: _Optional[_Iterable[_Union[AgentJobEvent, _Mapping]]] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("vm_id", "job_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    job_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ("vm_id", "job_id", "listed", "status", "events", "active")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LISTED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    job_id: str
+    listed: bool
+    status: AgentJobStatus
+    events: _containers.RepeatedCompositeFieldContainer[AgentJobEvent]
+    active: bool
+    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ..., listed: _Optional[bool] = ..., status: _Optional[_Union[AgentJobStatus, _Mapping]] = ..., events: _Optional[_Iterable[_Union[AgentJobEvent, _Mapping]]] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class ReleaseJobRequest(_message.Message):
+    __slots__ = ("vm_id", "job_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    job_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseJobResponse(_message.Message):
+    __slots__ = ("vm_id", "job_id", "listed", "status", "events", "active")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LISTED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    job_id: str
+    listed: bool
+    status: AgentJobStatus
+    events: _containers.RepeatedCompositeFieldContainer[AgentJobEvent]
+    active: bool
+    def __init__(self, vm_id: _Optional[str] = ..., job_id: _Optional[str] = ..., listed: _Optional[bool] = ..., status: _Optional[_Union[AgentJobStatus, _Mapping]] = ..., events: _Optional[_Iterable[_Union[AgentJobEvent, _Mapping]]] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class GuestWriteResponse(_message.Message):
+    __slots__ = ("vm_id", "paths")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vm_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FlushRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class FlushResponse(_message.Message):
+    __slots__ = ("vm_id", "paths")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vm_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class AgentBlockJobsStub:
+class AgentBlockJobsServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,63 +35,63 @@ class AgentBlockJobsStub:
             channel: A grpc.Channel.
         """
         self.OpenDisk = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/OpenDisk',
+                '/controlplane.v1.AgentBlockJobsService/OpenDisk',
                 request_serializer=controlplane_dot_v1_dot_blockjob__pb2.OpenDiskRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.OpenDiskResponse.FromString,
                 _registered_method=True)
         self.CloseDisk = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/CloseDisk',
-                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.DiskRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+                '/controlplane.v1.AgentBlockJobsService/CloseDisk',
+                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.CloseDiskRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.CloseDiskResponse.FromString,
                 _registered_method=True)
         self.GetDiskChain = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/GetDiskChain',
-                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.DiskRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+                '/controlplane.v1.AgentBlockJobsService/GetDiskChain',
+                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.GetDiskChainRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.GetDiskChainResponse.FromString,
                 _registered_method=True)
         self.StartMirror = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/StartMirror',
+                '/controlplane.v1.AgentBlockJobsService/StartMirror',
                 request_serializer=controlplane_dot_v1_dot_blockjob__pb2.StartMirrorRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.StartMirrorResponse.FromString,
                 _registered_method=True)
         self.StartCommit = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/StartCommit',
+                '/controlplane.v1.AgentBlockJobsService/StartCommit',
                 request_serializer=controlplane_dot_v1_dot_blockjob__pb2.StartCommitRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.StartCommitResponse.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/GetJob',
-                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.JobRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+                '/controlplane.v1.AgentBlockJobsService/GetJob',
+                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.GetJobResponse.FromString,
                 _registered_method=True)
         self.CompleteJob = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/CompleteJob',
-                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.JobRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+                '/controlplane.v1.AgentBlockJobsService/CompleteJob',
+                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.CompleteJobRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.CompleteJobResponse.FromString,
                 _registered_method=True)
         self.CancelJob = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/CancelJob',
-                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.JobRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+                '/controlplane.v1.AgentBlockJobsService/CancelJob',
+                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
         self.ReleaseJob = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/ReleaseJob',
-                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.JobRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+                '/controlplane.v1.AgentBlockJobsService/ReleaseJob',
+                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.ReleaseJobRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.ReleaseJobResponse.FromString,
                 _registered_method=True)
         self.GuestWrite = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/GuestWrite',
+                '/controlplane.v1.AgentBlockJobsService/GuestWrite',
                 request_serializer=controlplane_dot_v1_dot_blockjob__pb2.GuestWriteRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.GuestWriteResponse.FromString,
                 _registered_method=True)
         self.Flush = channel.unary_unary(
-                '/controlplane.v1.AgentBlockJobs/Flush',
-                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.DiskRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+                '/controlplane.v1.AgentBlockJobsService/Flush',
+                request_serializer=controlplane_dot_v1_dot_blockjob__pb2.FlushRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_blockjob__pb2.FlushResponse.FromString,
                 _registered_method=True)
 
 
-class AgentBlockJobsServicer:
+class AgentBlockJobsServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def OpenDisk(self, request, context):
@@ -172,72 +172,72 @@ class AgentBlockJobsServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_AgentBlockJobsServicer_to_server(servicer, server):
+def add_AgentBlockJobsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'OpenDisk': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenDisk,
                     request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.OpenDiskRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.OpenDiskResponse.SerializeToString,
             ),
             'CloseDisk': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseDisk,
-                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.DiskRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.CloseDiskRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.CloseDiskResponse.SerializeToString,
             ),
             'GetDiskChain': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDiskChain,
-                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.DiskRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.GetDiskChainRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.GetDiskChainResponse.SerializeToString,
             ),
             'StartMirror': grpc.unary_unary_rpc_method_handler(
                     servicer.StartMirror,
                     request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.StartMirrorRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.StartMirrorResponse.SerializeToString,
             ),
             'StartCommit': grpc.unary_unary_rpc_method_handler(
                     servicer.StartCommit,
                     request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.StartCommitRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.StartCommitResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
-                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.JobRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.GetJobRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.GetJobResponse.SerializeToString,
             ),
             'CompleteJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CompleteJob,
-                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.JobRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.CompleteJobRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.CompleteJobResponse.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
-                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.JobRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.CancelJobRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.CancelJobResponse.SerializeToString,
             ),
             'ReleaseJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseJob,
-                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.JobRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.AgentJob.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.ReleaseJobRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.ReleaseJobResponse.SerializeToString,
             ),
             'GuestWrite': grpc.unary_unary_rpc_method_handler(
                     servicer.GuestWrite,
                     request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.GuestWriteRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.GuestWriteResponse.SerializeToString,
             ),
             'Flush': grpc.unary_unary_rpc_method_handler(
                     servicer.Flush,
-                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.DiskRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.DiskChain.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_blockjob__pb2.FlushRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_blockjob__pb2.FlushResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'controlplane.v1.AgentBlockJobs', rpc_method_handlers)
+            'controlplane.v1.AgentBlockJobsService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('controlplane.v1.AgentBlockJobs', rpc_method_handlers)
+    server.add_registered_method_handlers('controlplane.v1.AgentBlockJobsService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class AgentBlockJobs:
+class AgentBlockJobsService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -254,9 +254,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/OpenDisk',
+            '/controlplane.v1.AgentBlockJobsService/OpenDisk',
             controlplane_dot_v1_dot_blockjob__pb2.OpenDiskRequest.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+            controlplane_dot_v1_dot_blockjob__pb2.OpenDiskResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -281,9 +281,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/CloseDisk',
-            controlplane_dot_v1_dot_blockjob__pb2.DiskRef.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+            '/controlplane.v1.AgentBlockJobsService/CloseDisk',
+            controlplane_dot_v1_dot_blockjob__pb2.CloseDiskRequest.SerializeToString,
+            controlplane_dot_v1_dot_blockjob__pb2.CloseDiskResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -308,9 +308,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/GetDiskChain',
-            controlplane_dot_v1_dot_blockjob__pb2.DiskRef.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+            '/controlplane.v1.AgentBlockJobsService/GetDiskChain',
+            controlplane_dot_v1_dot_blockjob__pb2.GetDiskChainRequest.SerializeToString,
+            controlplane_dot_v1_dot_blockjob__pb2.GetDiskChainResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -335,9 +335,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/StartMirror',
+            '/controlplane.v1.AgentBlockJobsService/StartMirror',
             controlplane_dot_v1_dot_blockjob__pb2.StartMirrorRequest.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+            controlplane_dot_v1_dot_blockjob__pb2.StartMirrorResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -362,9 +362,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/StartCommit',
+            '/controlplane.v1.AgentBlockJobsService/StartCommit',
             controlplane_dot_v1_dot_blockjob__pb2.StartCommitRequest.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+            controlplane_dot_v1_dot_blockjob__pb2.StartCommitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -389,9 +389,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/GetJob',
-            controlplane_dot_v1_dot_blockjob__pb2.JobRef.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+            '/controlplane.v1.AgentBlockJobsService/GetJob',
+            controlplane_dot_v1_dot_blockjob__pb2.GetJobRequest.SerializeToString,
+            controlplane_dot_v1_dot_blockjob__pb2.GetJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -416,9 +416,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/CompleteJob',
-            controlplane_dot_v1_dot_blockjob__pb2.JobRef.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+            '/controlplane.v1.AgentBlockJobsService/CompleteJob',
+            controlplane_dot_v1_dot_blockjob__pb2.CompleteJobRequest.SerializeToString,
+            controlplane_dot_v1_dot_blockjob__pb2.CompleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -443,9 +443,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/CancelJob',
-            controlplane_dot_v1_dot_blockjob__pb2.JobRef.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+            '/controlplane.v1.AgentBlockJobsService/CancelJob',
+            controlplane_dot_v1_dot_blockjob__pb2.CancelJobRequest.SerializeToString,
+            controlplane_dot_v1_dot_blockjob__pb2.CancelJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -470,9 +470,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/ReleaseJob',
-            controlplane_dot_v1_dot_blockjob__pb2.JobRef.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.AgentJob.FromString,
+            '/controlplane.v1.AgentBlockJobsService/ReleaseJob',
+            controlplane_dot_v1_dot_blockjob__pb2.ReleaseJobRequest.SerializeToString,
+            controlplane_dot_v1_dot_blockjob__pb2.ReleaseJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -497,9 +497,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/GuestWrite',
+            '/controlplane.v1.AgentBlockJobsService/GuestWrite',
             controlplane_dot_v1_dot_blockjob__pb2.GuestWriteRequest.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+            controlplane_dot_v1_dot_blockjob__pb2.GuestWriteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -524,9 +524,9 @@ class AgentBlockJobs:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.AgentBlockJobs/Flush',
-            controlplane_dot_v1_dot_blockjob__pb2.DiskRef.SerializeToString,
-            controlplane_dot_v1_dot_blockjob__pb2.DiskChain.FromString,
+            '/controlplane.v1.AgentBlockJobsService/Flush',
+            controlplane_dot_v1_dot_blockjob__pb2.FlushRequest.SerializeToString,
+            controlplane_dot_v1_dot_blockjob__pb2.FlushResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,23 +22,36 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from controlplane.v1.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ontrolplane/v1/config.proto\x12\x0f\x63ontrolplane.v1\"\x18\n\tConfigKey\x12\x0b\n\x03key\x18\x01 \x01(\t\"b\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x15\n\rdefault_value\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x0c\n\x04help\x18\x05 \x01(\t\"\x13\n\x11ListConfigRequest\"C\n\x12ListConfigResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.controlplane.v1.ConfigEntry2\xf9\x01\n\rConfigService\x12\x45\n\tGetConfig\x12\x1a.controlplane.v1.ConfigKey\x1a\x1c.controlplane.v1.ConfigEntry\x12U\n\nListConfig\x12\".controlplane.v1.ListConfigRequest\x1a#.controlplane.v1.ListConfigResponse\x12J\n\x0cUpdateConfig\x12\x1c.controlplane.v1.ConfigEntry\x1a\x1c.controlplane.v1.ConfigEntryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ontrolplane/v1/config.proto\x12\x0f\x63ontrolplane.v1\x1a\x1b\x62uf/validate/validate.proto\")\n\x10GetConfigRequest\x12\x15\n\x03key\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"b\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x15\n\rdefault_value\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x0c\n\x04help\x18\x05 \x01(\t\"\x13\n\x11ListConfigRequest\"C\n\x12ListConfigResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.controlplane.v1.ConfigEntry\"@\n\x11GetConfigResponse\x12+\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1c.controlplane.v1.ConfigEntry\"E\n\x13UpdateConfigRequest\x12\x15\n\x03key\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12\x17\n\x05value\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"C\n\x14UpdateConfigResponse\x12+\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1c.controlplane.v1.ConfigEntry2\x97\x02\n\rConfigService\x12R\n\tGetConfig\x12!.controlplane.v1.GetConfigRequest\x1a\".controlplane.v1.GetConfigResponse\x12U\n\nListConfig\x12\".controlplane.v1.ListConfigRequest\x1a#.controlplane.v1.ListConfigResponse\x12[\n\x0cUpdateConfig\x12$.controlplane.v1.UpdateConfigRequest\x1a%.controlplane.v1.UpdateConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONFIGKEY']._serialized_start=49
-  _globals['_CONFIGKEY']._serialized_end=73
-  _globals['_CONFIGENTRY']._serialized_start=75
-  _globals['_CONFIGENTRY']._serialized_end=173
-  _globals['_LISTCONFIGREQUEST']._serialized_start=175
-  _globals['_LISTCONFIGREQUEST']._serialized_end=194
-  _globals['_LISTCONFIGRESPONSE']._serialized_start=196
-  _globals['_LISTCONFIGRESPONSE']._serialized_end=263
-  _globals['_CONFIGSERVICE']._serialized_start=266
-  _globals['_CONFIGSERVICE']._serialized_end=515
+  _globals['_GETCONFIGREQUEST'].fields_by_name['key']._loaded_options = None
+  _globals['_GETCONFIGREQUEST'].fields_by_name['key']._serialized_options = b'\272H\005r\003\030\200\010'
+  _globals['_UPDATECONFIGREQUEST'].fields_by_name['key']._loaded_options = None
+  _globals['_UPDATECONFIGREQUEST'].fields_by_name['key']._serialized_options = b'\272H\005r\003\030\200\010'
+  _globals['_UPDATECONFIGREQUEST'].fields_by_name['value']._loaded_options = None
+  _globals['_UPDATECONFIGREQUEST'].fields_by_name['value']._serialized_options = b'\272H\005r\003\030\200\010'
+  _globals['_GETCONFIGREQUEST']._serialized_start=78
+  _globals['_GETCONFIGREQUEST']._serialized_end=119
+  _globals['_CONFIGENTRY']._serialized_start=121
+  _globals['_CONFIGENTRY']._serialized_end=219
+  _globals['_LISTCONFIGREQUEST']._serialized_start=221
+  _globals['_LISTCONFIGREQUEST']._serialized_end=240
+  _globals['_LISTCONFIGRESPONSE']._serialized_start=242
+  _globals['_LISTCONFIGRESPONSE']._serialized_end=309
+  _globals['_GETCONFIGRESPONSE']._serialized_start=311
+  _globals['_GETCONFIGRESPONSE']._serialized_end=375
+  _globals['_UPDATECONFIGREQUEST']._serialized_start=377
+  _globals['_UPDATECONFIGREQUEST']._serialized_end=446
+  _globals['_UPDATECONFIGRESPONSE']._serialized_start=448
+  _globals['_UPDATECONFIGRESPONSE']._serialized_end=515
+  _globals['_CONFIGSERVICE']._serialized_start=518
+  _globals['_CONFIGSERVICE']._serialized_end=797
 # @@protoc_insertion_point(module_scope)

@@ -36,8 +36,8 @@ class ConfigServiceStub:
         """
         self.GetConfig = channel.unary_unary(
                 '/controlplane.v1.ConfigService/GetConfig',
-                request_serializer=controlplane_dot_v1_dot_config__pb2.ConfigKey.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_config__pb2.ConfigEntry.FromString,
+                request_serializer=controlplane_dot_v1_dot_config__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_config__pb2.GetConfigResponse.FromString,
                 _registered_method=True)
         self.ListConfig = channel.unary_unary(
                 '/controlplane.v1.ConfigService/ListConfig',
@@ -46,8 +46,8 @@ class ConfigServiceStub:
                 _registered_method=True)
         self.UpdateConfig = channel.unary_unary(
                 '/controlplane.v1.ConfigService/UpdateConfig',
-                request_serializer=controlplane_dot_v1_dot_config__pb2.ConfigEntry.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_config__pb2.ConfigEntry.FromString,
+                request_serializer=controlplane_dot_v1_dot_config__pb2.UpdateConfigRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_config__pb2.UpdateConfigResponse.FromString,
                 _registered_method=True)
 
 
@@ -80,8 +80,8 @@ def add_ConfigServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConfig,
-                    request_deserializer=controlplane_dot_v1_dot_config__pb2.ConfigKey.FromString,
-                    response_serializer=controlplane_dot_v1_dot_config__pb2.ConfigEntry.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_config__pb2.GetConfigRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_config__pb2.GetConfigResponse.SerializeToString,
             ),
             'ListConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConfig,
@@ -90,8 +90,8 @@ def add_ConfigServiceServicer_to_server(servicer, server):
             ),
             'UpdateConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateConfig,
-                    request_deserializer=controlplane_dot_v1_dot_config__pb2.ConfigEntry.FromString,
-                    response_serializer=controlplane_dot_v1_dot_config__pb2.ConfigEntry.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_config__pb2.UpdateConfigRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_config__pb2.UpdateConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -119,8 +119,8 @@ class ConfigService:
             request,
             target,
             '/controlplane.v1.ConfigService/GetConfig',
-            controlplane_dot_v1_dot_config__pb2.ConfigKey.SerializeToString,
-            controlplane_dot_v1_dot_config__pb2.ConfigEntry.FromString,
+            controlplane_dot_v1_dot_config__pb2.GetConfigRequest.SerializeToString,
+            controlplane_dot_v1_dot_config__pb2.GetConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -173,8 +173,8 @@ class ConfigService:
             request,
             target,
             '/controlplane.v1.ConfigService/UpdateConfig',
-            controlplane_dot_v1_dot_config__pb2.ConfigEntry.SerializeToString,
-            controlplane_dot_v1_dot_config__pb2.ConfigEntry.FromString,
+            controlplane_dot_v1_dot_config__pb2.UpdateConfigRequest.SerializeToString,
+            controlplane_dot_v1_dot_config__pb2.UpdateConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

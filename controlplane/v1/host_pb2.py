@@ -22,29 +22,55 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from controlplane.v1.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63ontrolplane/v1/host.proto\x12\x0f\x63ontrolplane.v1\"\xc5\x01\n\x04Host\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.controlplane.v1.HostStatus\x12\x10\n\x08\x61\x64\x64\x65\x64_at\x18\x04 \x01(\x01\x12\x19\n\x11unreachable_since\x18\x05 \x01(\x01\x12\x11\n\tfenced_at\x18\x06 \x01(\x01\x12\x0c\n\x04\x63pus\x18\x07 \x01(\x05\x12\x11\n\tmemory_mb\x18\x08 \x01(\x03\x12\r\n\x05owner\x18\t \x01(\t\"2\n\x0e\x41\x64\x64HostRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\x1a\n\x07HostRef\x12\x0f\n\x07host_id\x18\x01 \x01(\t\"\x12\n\x10ListHostsRequest\"9\n\x11ListHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.controlplane.v1.Host\"3\n\x11RemoveHostRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08*V\n\nHostStatus\x12\x1b\n\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\r\n\tCONNECTED\x10\x01\x12\x10\n\x0c\x44ISCONNECTED\x10\x02\x12\n\n\x06\x46\x45NCED\x10\x03\x32\xeb\x02\n\x0bHostService\x12\x41\n\x07\x41\x64\x64Host\x12\x1f.controlplane.v1.AddHostRequest\x1a\x15.controlplane.v1.Host\x12:\n\x07GetHost\x12\x18.controlplane.v1.HostRef\x1a\x15.controlplane.v1.Host\x12R\n\tListHosts\x12!.controlplane.v1.ListHostsRequest\x1a\".controlplane.v1.ListHostsResponse\x12G\n\nRemoveHost\x12\".controlplane.v1.RemoveHostRequest\x1a\x15.controlplane.v1.Host\x12@\n\rReconnectHost\x12\x18.controlplane.v1.HostRef\x1a\x15.controlplane.v1.Hostb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63ontrolplane/v1/host.proto\x12\x0f\x63ontrolplane.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x02\n\x04Host\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.controlplane.v1.HostStatus\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11unreachable_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfenced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x63pus\x18\x07 \x01(\x05\x12\x11\n\tmemory_mb\x18\x08 \x01(\x03\x12\r\n\x05owner\x18\t \x01(\t\"o\n\x0e\x41\x64\x64HostRequest\x12=\n\x07host_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12\x1e\n\x07\x61\x64\x64ress\x18\x02 \x01(\tB\r\xbaH\nr\x05\x10\x03\x18\xff\x01\xc8\x01\x01\"O\n\x10ListHostsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"R\n\x11ListHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.controlplane.v1.Host\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x11RemoveHostRequest\x12=\n\x07host_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"6\n\x0f\x41\x64\x64HostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host\"O\n\x0eGetHostRequest\x12=\n\x07host_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"6\n\x0fGetHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host\"9\n\x12RemoveHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host\"U\n\x14ReconnectHostRequest\x12=\n\x07host_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"<\n\x15ReconnectHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host*z\n\nHostStatus\x12\x1b\n\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HOST_STATUS_CONNECTED\x10\x01\x12\x1c\n\x18HOST_STATUS_DISCONNECTED\x10\x02\x12\x16\n\x12HOST_STATUS_FENCED\x10\x03\x32\xb4\x03\n\x0bHostService\x12L\n\x07\x41\x64\x64Host\x12\x1f.controlplane.v1.AddHostRequest\x1a .controlplane.v1.AddHostResponse\x12L\n\x07GetHost\x12\x1f.controlplane.v1.GetHostRequest\x1a .controlplane.v1.GetHostResponse\x12R\n\tListHosts\x12!.controlplane.v1.ListHostsRequest\x1a\".controlplane.v1.ListHostsResponse\x12U\n\nRemoveHost\x12\".controlplane.v1.RemoveHostRequest\x1a#.controlplane.v1.RemoveHostResponse\x12^\n\rReconnectHost\x12%.controlplane.v1.ReconnectHostRequest\x1a&.controlplane.v1.ReconnectHostResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.host_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOSTSTATUS']._serialized_start=459
-  _globals['_HOSTSTATUS']._serialized_end=545
-  _globals['_HOST']._serialized_start=48
-  _globals['_HOST']._serialized_end=245
-  _globals['_ADDHOSTREQUEST']._serialized_start=247
-  _globals['_ADDHOSTREQUEST']._serialized_end=297
-  _globals['_HOSTREF']._serialized_start=299
-  _globals['_HOSTREF']._serialized_end=325
-  _globals['_LISTHOSTSREQUEST']._serialized_start=327
-  _globals['_LISTHOSTSREQUEST']._serialized_end=345
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=347
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=404
-  _globals['_REMOVEHOSTREQUEST']._serialized_start=406
-  _globals['_REMOVEHOSTREQUEST']._serialized_end=457
-  _globals['_HOSTSERVICE']._serialized_start=548
-  _globals['_HOSTSERVICE']._serialized_end=911
+  _globals['_ADDHOSTREQUEST'].fields_by_name['host_id']._loaded_options = None
+  _globals['_ADDHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_ADDHOSTREQUEST'].fields_by_name['address']._loaded_options = None
+  _globals['_ADDHOSTREQUEST'].fields_by_name['address']._serialized_options = b'\272H\nr\005\020\003\030\377\001\310\001\001'
+  _globals['_LISTHOSTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTHOSTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_LISTHOSTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTHOSTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\010'
+  _globals['_REMOVEHOSTREQUEST'].fields_by_name['host_id']._loaded_options = None
+  _globals['_REMOVEHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_GETHOSTREQUEST'].fields_by_name['host_id']._loaded_options = None
+  _globals['_GETHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_RECONNECTHOSTREQUEST'].fields_by_name['host_id']._loaded_options = None
+  _globals['_RECONNECTHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_HOSTSTATUS']._serialized_start=1171
+  _globals['_HOSTSTATUS']._serialized_end=1293
+  _globals['_HOST']._serialized_start=110
+  _globals['_HOST']._serialized_end=391
+  _globals['_ADDHOSTREQUEST']._serialized_start=393
+  _globals['_ADDHOSTREQUEST']._serialized_end=504
+  _globals['_LISTHOSTSREQUEST']._serialized_start=506
+  _globals['_LISTHOSTSREQUEST']._serialized_end=585
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=587
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=669
+  _globals['_REMOVEHOSTREQUEST']._serialized_start=671
+  _globals['_REMOVEHOSTREQUEST']._serialized_end=768
+  _globals['_ADDHOSTRESPONSE']._serialized_start=770
+  _globals['_ADDHOSTRESPONSE']._serialized_end=824
+  _globals['_GETHOSTREQUEST']._serialized_start=826
+  _globals['_GETHOSTREQUEST']._serialized_end=905
+  _globals['_GETHOSTRESPONSE']._serialized_start=907
+  _globals['_GETHOSTRESPONSE']._serialized_end=961
+  _globals['_REMOVEHOSTRESPONSE']._serialized_start=963
+  _globals['_REMOVEHOSTRESPONSE']._serialized_end=1020
+  _globals['_RECONNECTHOSTREQUEST']._serialized_start=1022
+  _globals['_RECONNECTHOSTREQUEST']._serialized_end=1107
+  _globals['_RECONNECTHOSTRESPONSE']._serialized_start=1109
+  _globals['_RECONNECTHOSTRESPONSE']._serialized_end=1169
+  _globals['_HOSTSERVICE']._serialized_start=1296
+  _globals['_HOSTSERVICE']._serialized_end=1732
 # @@protoc_insertion_point(module_scope)

@@ -37,12 +37,12 @@ class HostServiceStub:
         self.AddHost = channel.unary_unary(
                 '/controlplane.v1.HostService/AddHost',
                 request_serializer=controlplane_dot_v1_dot_host__pb2.AddHostRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_host__pb2.Host.FromString,
+                response_deserializer=controlplane_dot_v1_dot_host__pb2.AddHostResponse.FromString,
                 _registered_method=True)
         self.GetHost = channel.unary_unary(
                 '/controlplane.v1.HostService/GetHost',
-                request_serializer=controlplane_dot_v1_dot_host__pb2.HostRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_host__pb2.Host.FromString,
+                request_serializer=controlplane_dot_v1_dot_host__pb2.GetHostRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_host__pb2.GetHostResponse.FromString,
                 _registered_method=True)
         self.ListHosts = channel.unary_unary(
                 '/controlplane.v1.HostService/ListHosts',
@@ -52,12 +52,12 @@ class HostServiceStub:
         self.RemoveHost = channel.unary_unary(
                 '/controlplane.v1.HostService/RemoveHost',
                 request_serializer=controlplane_dot_v1_dot_host__pb2.RemoveHostRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_host__pb2.Host.FromString,
+                response_deserializer=controlplane_dot_v1_dot_host__pb2.RemoveHostResponse.FromString,
                 _registered_method=True)
         self.ReconnectHost = channel.unary_unary(
                 '/controlplane.v1.HostService/ReconnectHost',
-                request_serializer=controlplane_dot_v1_dot_host__pb2.HostRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_host__pb2.Host.FromString,
+                request_serializer=controlplane_dot_v1_dot_host__pb2.ReconnectHostRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_host__pb2.ReconnectHostResponse.FromString,
                 _registered_method=True)
 
 
@@ -105,12 +105,12 @@ def add_HostServiceServicer_to_server(servicer, server):
             'AddHost': grpc.unary_unary_rpc_method_handler(
                     servicer.AddHost,
                     request_deserializer=controlplane_dot_v1_dot_host__pb2.AddHostRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_host__pb2.Host.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_host__pb2.AddHostResponse.SerializeToString,
             ),
             'GetHost': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHost,
-                    request_deserializer=controlplane_dot_v1_dot_host__pb2.HostRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_host__pb2.Host.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_host__pb2.GetHostRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_host__pb2.GetHostResponse.SerializeToString,
             ),
             'ListHosts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListHosts,
@@ -120,12 +120,12 @@ def add_HostServiceServicer_to_server(servicer, server):
             'RemoveHost': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveHost,
                     request_deserializer=controlplane_dot_v1_dot_host__pb2.RemoveHostRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_host__pb2.Host.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_host__pb2.RemoveHostResponse.SerializeToString,
             ),
             'ReconnectHost': grpc.unary_unary_rpc_method_handler(
                     servicer.ReconnectHost,
-                    request_deserializer=controlplane_dot_v1_dot_host__pb2.HostRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_host__pb2.Host.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_host__pb2.ReconnectHostRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_host__pb2.ReconnectHostResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -154,7 +154,7 @@ class HostService:
             target,
             '/controlplane.v1.HostService/AddHost',
             controlplane_dot_v1_dot_host__pb2.AddHostRequest.SerializeToString,
-            controlplane_dot_v1_dot_host__pb2.Host.FromString,
+            controlplane_dot_v1_dot_host__pb2.AddHostResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -180,8 +180,8 @@ class HostService:
             request,
             target,
             '/controlplane.v1.HostService/GetHost',
-            controlplane_dot_v1_dot_host__pb2.HostRef.SerializeToString,
-            controlplane_dot_v1_dot_host__pb2.Host.FromString,
+            controlplane_dot_v1_dot_host__pb2.GetHostRequest.SerializeToString,
+            controlplane_dot_v1_dot_host__pb2.GetHostResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -235,7 +235,7 @@ class HostService:
             target,
             '/controlplane.v1.HostService/RemoveHost',
             controlplane_dot_v1_dot_host__pb2.RemoveHostRequest.SerializeToString,
-            controlplane_dot_v1_dot_host__pb2.Host.FromString,
+            controlplane_dot_v1_dot_host__pb2.RemoveHostResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,8 +261,8 @@ class HostService:
             request,
             target,
             '/controlplane.v1.HostService/ReconnectHost',
-            controlplane_dot_v1_dot_host__pb2.HostRef.SerializeToString,
-            controlplane_dot_v1_dot_host__pb2.Host.FromString,
+            controlplane_dot_v1_dot_host__pb2.ReconnectHostRequest.SerializeToString,
+            controlplane_dot_v1_dot_host__pb2.ReconnectHostResponse.FromString,
             options,
             channel_credentials,
             insecure,

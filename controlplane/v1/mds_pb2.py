@@ -22,47 +22,102 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from controlplane.v1.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63ontrolplane/v1/mds.proto\x12\x0f\x63ontrolplane.v1\"5\n\x0fMdsVolumeClient\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"F\n\tMdsVolume\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\"/\n\x1aMdsGetVolumeClientsRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\"c\n\x1bMdsGetVolumeClientsResponse\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x31\n\x07\x63lients\x18\x02 \x03(\x0b\x32 .controlplane.v1.MdsVolumeClient\"(\n\x13MdsGetVolumeRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\"?\n\x16MdsCreateVolumeRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"+\n\x16MdsDeleteVolumeRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\",\n\x17MdsDeleteVolumeResponse\x12\x11\n\tvolume_id\x18\x01 \x01(\t\"\x83\x01\n\x0bSimMdsFault\x12\x0e\n\x06method\x18\x01 \x01(\t\x12.\n\x04mode\x18\x02 \x01(\x0e\x32 .controlplane.v1.SimMdsFaultMode\x12\x15\n\rdelay_seconds\x18\x03 \x01(\x01\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\t\"[\n\x13SimMdsVolumeClients\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x31\n\x07\x63lients\x18\x02 \x03(\x0b\x32 .controlplane.v1.MdsVolumeClient\"%\n\x12SimMdsResetRequest\x12\x0f\n\x07volumes\x18\x01 \x01(\x08\"\xb5\x01\n\x0bSimMdsState\x12,\n\x06\x66\x61ults\x18\x01 \x03(\x0b\x32\x1c.controlplane.v1.SimMdsFault\x12\x36\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32\'.controlplane.v1.SimMdsState.CallsEntry\x12\x12\n\nvolume_ids\x18\x03 \x03(\t\x1a,\n\nCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*\x8f\x01\n\x0fSimMdsFaultMode\x12\"\n\x1eSIM_MDS_FAULT_MODE_UNSPECIFIED\x10\x00\x12\x0e\n\nSIM_MDS_OK\x10\x01\x12\x10\n\x0cSIM_MDS_SLOW\x10\x02\x12\x10\n\x0cSIM_MDS_HANG\x10\x03\x12\x12\n\x0eSIM_MDS_REFUSE\x10\x04\x12\x10\n\x0cSIM_MDS_FAIL\x10\x05\x32\x82\x03\n\nStorageMds\x12m\n\x10GetVolumeClients\x12+.controlplane.v1.MdsGetVolumeClientsRequest\x1a,.controlplane.v1.MdsGetVolumeClientsResponse\x12M\n\tGetVolume\x12$.controlplane.v1.MdsGetVolumeRequest\x1a\x1a.controlplane.v1.MdsVolume\x12S\n\x0c\x43reateVolume\x12\'.controlplane.v1.MdsCreateVolumeRequest\x1a\x1a.controlplane.v1.MdsVolume\x12\x61\n\x0c\x44\x65leteVolume\x12\'.controlplane.v1.MdsDeleteVolumeRequest\x1a(.controlplane.v1.MdsDeleteVolumeResponse2\xca\x02\n\rSimMdsControl\x12\x46\n\x08SetFault\x12\x1c.controlplane.v1.SimMdsFault\x1a\x1c.controlplane.v1.SimMdsState\x12V\n\x10SetVolumeClients\x12$.controlplane.v1.SimMdsVolumeClients\x1a\x1c.controlplane.v1.SimMdsState\x12M\n\x08GetState\x12#.controlplane.v1.SimMdsResetRequest\x1a\x1c.controlplane.v1.SimMdsState\x12J\n\x05Reset\x12#.controlplane.v1.SimMdsResetRequest\x1a\x1c.controlplane.v1.SimMdsStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63ontrolplane/v1/mds.proto\x12\x0f\x63ontrolplane.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/duration.proto\"r\n\x0fMdsVolumeClient\x12?\n\tclient_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12\x1e\n\x07\x61\x64\x64ress\x18\x02 \x01(\tB\r\xbaH\nr\x05\x10\x03\x18\xff\x01\xd8\x01\x01\"b\n\tMdsVolume\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n(StorageMdsServiceGetVolumeClientsRequest\x12?\n\tvolume_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"S\n\x10GetVolumeRequest\x12?\n\tvolume_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"s\n\x13\x43reateVolumeRequest\x12?\n\tvolume_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12\x1b\n\nsize_bytes\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"V\n\x13\x44\x65leteVolumeRequest\x12?\n\tvolume_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\")\n\x14\x44\x65leteVolumeResponse\x12\x11\n\tvolume_id\x18\x01 \x01(\t\"\x9e\x01\n\x0bSimMdsFault\x12\x0e\n\x06method\x18\x01 \x01(\t\x12.\n\x04mode\x18\x02 \x01(\x0e\x32 .controlplane.v1.SimMdsFaultMode\x12\x30\n\rdelay_seconds\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\t\"\x98\x01\n\x17SetVolumeClientsRequest\x12?\n\tvolume_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12<\n\x07\x63lients\x18\x02 \x03(\x0b\x32 .controlplane.v1.MdsVolumeClientB\t\xbaH\x06\x92\x01\x03\x10\xe8\x07\"q\n)StorageMdsServiceGetVolumeClientsResponse\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x31\n\x07\x63lients\x18\x02 \x03(\x0b\x32 .controlplane.v1.MdsVolumeClient\"?\n\x11GetVolumeResponse\x12*\n\x06volume\x18\x01 \x01(\x0b\x32\x1a.controlplane.v1.MdsVolume\"B\n\x14\x43reateVolumeResponse\x12*\n\x06volume\x18\x01 \x01(\x0b\x32\x1a.controlplane.v1.MdsVolume\"\xd1\x01\n\x0fSetFaultRequest\x12\x1b\n\x06method\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\x18\x80\x08\xd8\x01\x01\x12\x38\n\x04mode\x18\x02 \x01(\x0e\x32 .controlplane.v1.SimMdsFaultModeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x30\n\rdelay_seconds\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x04\x63ode\x18\x04 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x10(\x00\x12\x1c\n\x07\x64\x65tails\x18\x05 \x01(\tB\x0b\xbaH\x08r\x03\x18\x80\x08\xd8\x01\x01\"\xbf\x01\n\x10SetFaultResponse\x12,\n\x06\x66\x61ults\x18\x01 \x03(\x0b\x32\x1c.controlplane.v1.SimMdsFault\x12;\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32,.controlplane.v1.SetFaultResponse.CallsEntry\x12\x12\n\nvolume_ids\x18\x03 \x03(\t\x1a,\n\nCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xcf\x01\n\x18SetVolumeClientsResponse\x12,\n\x06\x66\x61ults\x18\x01 \x03(\x0b\x32\x1c.controlplane.v1.SimMdsFault\x12\x43\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32\x34.controlplane.v1.SetVolumeClientsResponse.CallsEntry\x12\x12\n\nvolume_ids\x18\x03 \x03(\t\x1a,\n\nCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\"\n\x0fGetStateRequest\x12\x0f\n\x07volumes\x18\x01 \x01(\x08\"\xbf\x01\n\x10GetStateResponse\x12,\n\x06\x66\x61ults\x18\x01 \x03(\x0b\x32\x1c.controlplane.v1.SimMdsFault\x12;\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32,.controlplane.v1.GetStateResponse.CallsEntry\x12\x12\n\nvolume_ids\x18\x03 \x03(\t\x1a,\n\nCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x1f\n\x0cResetRequest\x12\x0f\n\x07volumes\x18\x01 \x01(\x08\"\xb9\x01\n\rResetResponse\x12,\n\x06\x66\x61ults\x18\x01 \x03(\x0b\x32\x1c.controlplane.v1.SimMdsFault\x12\x38\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32).controlplane.v1.ResetResponse.CallsEntry\x12\x12\n\nvolume_ids\x18\x03 \x03(\t\x1a,\n\nCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*\xc6\x01\n\x0fSimMdsFaultMode\x12\"\n\x1eSIM_MDS_FAULT_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15SIM_MDS_FAULT_MODE_OK\x10\x01\x12\x1b\n\x17SIM_MDS_FAULT_MODE_SLOW\x10\x02\x12\x1b\n\x17SIM_MDS_FAULT_MODE_HANG\x10\x03\x12\x1d\n\x19SIM_MDS_FAULT_MODE_REFUSE\x10\x04\x12\x1b\n\x17SIM_MDS_FAULT_MODE_FAIL\x10\x05\x32\xad\x03\n\x11StorageMdsService\x12\x89\x01\n\x10GetVolumeClients\x12\x39.controlplane.v1.StorageMdsServiceGetVolumeClientsRequest\x1a:.controlplane.v1.StorageMdsServiceGetVolumeClientsResponse\x12R\n\tGetVolume\x12!.controlplane.v1.GetVolumeRequest\x1a\".controlplane.v1.GetVolumeResponse\x12[\n\x0c\x43reateVolume\x12$.controlplane.v1.CreateVolumeRequest\x1a%.controlplane.v1.CreateVolumeResponse\x12[\n\x0c\x44\x65leteVolume\x12$.controlplane.v1.DeleteVolumeRequest\x1a%.controlplane.v1.DeleteVolumeResponse2\xe9\x02\n\x14SimMdsControlService\x12O\n\x08SetFault\x12 .controlplane.v1.SetFaultRequest\x1a!.controlplane.v1.SetFaultResponse\x12g\n\x10SetVolumeClients\x12(.controlplane.v1.SetVolumeClientsRequest\x1a).controlplane.v1.SetVolumeClientsResponse\x12O\n\x08GetState\x12 .controlplane.v1.GetStateRequest\x1a!.controlplane.v1.GetStateResponse\x12\x46\n\x05Reset\x12\x1d.controlplane.v1.ResetRequest\x1a\x1e.controlplane.v1.ResetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.mds_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIMMDSSTATE_CALLSENTRY']._loaded_options = None
-  _globals['_SIMMDSSTATE_CALLSENTRY']._serialized_options = b'8\001'
-  _globals['_SIMMDSFAULTMODE']._serialized_start=972
-  _globals['_SIMMDSFAULTMODE']._serialized_end=1115
-  _globals['_MDSVOLUMECLIENT']._serialized_start=46
-  _globals['_MDSVOLUMECLIENT']._serialized_end=99
-  _globals['_MDSVOLUME']._serialized_start=101
-  _globals['_MDSVOLUME']._serialized_end=171
-  _globals['_MDSGETVOLUMECLIENTSREQUEST']._serialized_start=173
-  _globals['_MDSGETVOLUMECLIENTSREQUEST']._serialized_end=220
-  _globals['_MDSGETVOLUMECLIENTSRESPONSE']._serialized_start=222
-  _globals['_MDSGETVOLUMECLIENTSRESPONSE']._serialized_end=321
-  _globals['_MDSGETVOLUMEREQUEST']._serialized_start=323
-  _globals['_MDSGETVOLUMEREQUEST']._serialized_end=363
-  _globals['_MDSCREATEVOLUMEREQUEST']._serialized_start=365
-  _globals['_MDSCREATEVOLUMEREQUEST']._serialized_end=428
-  _globals['_MDSDELETEVOLUMEREQUEST']._serialized_start=430
-  _globals['_MDSDELETEVOLUMEREQUEST']._serialized_end=473
-  _globals['_MDSDELETEVOLUMERESPONSE']._serialized_start=475
-  _globals['_MDSDELETEVOLUMERESPONSE']._serialized_end=519
-  _globals['_SIMMDSFAULT']._serialized_start=522
-  _globals['_SIMMDSFAULT']._serialized_end=653
-  _globals['_SIMMDSVOLUMECLIENTS']._serialized_start=655
-  _globals['_SIMMDSVOLUMECLIENTS']._serialized_end=746
-  _globals['_SIMMDSRESETREQUEST']._serialized_start=748
-  _globals['_SIMMDSRESETREQUEST']._serialized_end=785
-  _globals['_SIMMDSSTATE']._serialized_start=788
-  _globals['_SIMMDSSTATE']._serialized_end=969
-  _globals['_SIMMDSSTATE_CALLSENTRY']._serialized_start=925
-  _globals['_SIMMDSSTATE_CALLSENTRY']._serialized_end=969
-  _globals['_STORAGEMDS']._serialized_start=1118
-  _globals['_STORAGEMDS']._serialized_end=1504
-  _globals['_SIMMDSCONTROL']._serialized_start=1507
-  _globals['_SIMMDSCONTROL']._serialized_end=1837
+  _globals['_MDSVOLUMECLIENT'].fields_by_name['client_id']._loaded_options = None
+  _globals['_MDSVOLUMECLIENT'].fields_by_name['client_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_MDSVOLUMECLIENT'].fields_by_name['address']._loaded_options = None
+  _globals['_MDSVOLUMECLIENT'].fields_by_name['address']._serialized_options = b'\272H\nr\005\020\003\030\377\001\330\001\001'
+  _globals['_STORAGEMDSSERVICEGETVOLUMECLIENTSREQUEST'].fields_by_name['volume_id']._loaded_options = None
+  _globals['_STORAGEMDSSERVICEGETVOLUMECLIENTSREQUEST'].fields_by_name['volume_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_GETVOLUMEREQUEST'].fields_by_name['volume_id']._loaded_options = None
+  _globals['_GETVOLUMEREQUEST'].fields_by_name['volume_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_CREATEVOLUMEREQUEST'].fields_by_name['volume_id']._loaded_options = None
+  _globals['_CREATEVOLUMEREQUEST'].fields_by_name['volume_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_CREATEVOLUMEREQUEST'].fields_by_name['size_bytes']._loaded_options = None
+  _globals['_CREATEVOLUMEREQUEST'].fields_by_name['size_bytes']._serialized_options = b'\272H\004\"\002(\000'
+  _globals['_DELETEVOLUMEREQUEST'].fields_by_name['volume_id']._loaded_options = None
+  _globals['_DELETEVOLUMEREQUEST'].fields_by_name['volume_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_SETVOLUMECLIENTSREQUEST'].fields_by_name['volume_id']._loaded_options = None
+  _globals['_SETVOLUMECLIENTSREQUEST'].fields_by_name['volume_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_SETVOLUMECLIENTSREQUEST'].fields_by_name['clients']._loaded_options = None
+  _globals['_SETVOLUMECLIENTSREQUEST'].fields_by_name['clients']._serialized_options = b'\272H\006\222\001\003\020\350\007'
+  _globals['_SETFAULTREQUEST'].fields_by_name['method']._loaded_options = None
+  _globals['_SETFAULTREQUEST'].fields_by_name['method']._serialized_options = b'\272H\010r\003\030\200\010\330\001\001'
+  _globals['_SETFAULTREQUEST'].fields_by_name['mode']._loaded_options = None
+  _globals['_SETFAULTREQUEST'].fields_by_name['mode']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_SETFAULTREQUEST'].fields_by_name['code']._loaded_options = None
+  _globals['_SETFAULTREQUEST'].fields_by_name['code']._serialized_options = b'\272H\006\032\004\030\020(\000'
+  _globals['_SETFAULTREQUEST'].fields_by_name['details']._loaded_options = None
+  _globals['_SETFAULTREQUEST'].fields_by_name['details']._serialized_options = b'\272H\010r\003\030\200\010\330\001\001'
+  _globals['_SETFAULTRESPONSE_CALLSENTRY']._loaded_options = None
+  _globals['_SETFAULTRESPONSE_CALLSENTRY']._serialized_options = b'8\001'
+  _globals['_SETVOLUMECLIENTSRESPONSE_CALLSENTRY']._loaded_options = None
+  _globals['_SETVOLUMECLIENTSRESPONSE_CALLSENTRY']._serialized_options = b'8\001'
+  _globals['_GETSTATERESPONSE_CALLSENTRY']._loaded_options = None
+  _globals['_GETSTATERESPONSE_CALLSENTRY']._serialized_options = b'8\001'
+  _globals['_RESETRESPONSE_CALLSENTRY']._loaded_options = None
+  _globals['_RESETRESPONSE_CALLSENTRY']._serialized_options = b'8\001'
+  _globals['_SIMMDSFAULTMODE']._serialized_start=2430
+  _globals['_SIMMDSFAULTMODE']._serialized_end=2628
+  _globals['_MDSVOLUMECLIENT']._serialized_start=140
+  _globals['_MDSVOLUMECLIENT']._serialized_end=254
+  _globals['_MDSVOLUME']._serialized_start=256
+  _globals['_MDSVOLUME']._serialized_end=354
+  _globals['_STORAGEMDSSERVICEGETVOLUMECLIENTSREQUEST']._serialized_start=356
+  _globals['_STORAGEMDSSERVICEGETVOLUMECLIENTSREQUEST']._serialized_end=463
+  _globals['_GETVOLUMEREQUEST']._serialized_start=465
+  _globals['_GETVOLUMEREQUEST']._serialized_end=548
+  _globals['_CREATEVOLUMEREQUEST']._serialized_start=550
+  _globals['_CREATEVOLUMEREQUEST']._serialized_end=665
+  _globals['_DELETEVOLUMEREQUEST']._serialized_start=667
+  _globals['_DELETEVOLUMEREQUEST']._serialized_end=753
+  _globals['_DELETEVOLUMERESPONSE']._serialized_start=755
+  _globals['_DELETEVOLUMERESPONSE']._serialized_end=796
+  _globals['_SIMMDSFAULT']._serialized_start=799
+  _globals['_SIMMDSFAULT']._serialized_end=957
+  _globals['_SETVOLUMECLIENTSREQUEST']._serialized_start=960
+  _globals['_SETVOLUMECLIENTSREQUEST']._serialized_end=1112
+  _globals['_STORAGEMDSSERVICEGETVOLUMECLIENTSRESPONSE']._serialized_start=1114
+  _globals['_STORAGEMDSSERVICEGETVOLUMECLIENTSRESPONSE']._serialized_end=1227
+  _globals['_GETVOLUMERESPONSE']._serialized_start=1229
+  _globals['_GETVOLUMERESPONSE']._serialized_end=1292
+  _globals['_CREATEVOLUMERESPONSE']._serialized_start=1294
+  _globals['_CREATEVOLUMERESPONSE']._serialized_end=1360
+  _globals['_SETFAULTREQUEST']._serialized_start=1363
+  _globals['_SETFAULTREQUEST']._serialized_end=1572
+  _globals['_SETFAULTRESPONSE']._serialized_start=1575
+  _globals['_SETFAULTRESPONSE']._serialized_end=1766
+  _globals['_SETFAULTRESPONSE_CALLSENTRY']._serialized_start=1722
+  _globals['_SETFAULTRESPONSE_CALLSENTRY']._serialized_end=1766
+  _globals['_SETVOLUMECLIENTSRESPONSE']._serialized_start=1769
+  _globals['_SETVOLUMECLIENTSRESPONSE']._serialized_end=1976
+  _globals['_SETVOLUMECLIENTSRESPONSE_CALLSENTRY']._serialized_start=1722
+  _globals['_SETVOLUMECLIENTSRESPONSE_CALLSENTRY']._serialized_end=1766
+  _globals['_GETSTATEREQUEST']._serialized_start=1978
+  _globals['_GETSTATEREQUEST']._serialized_end=2012
+  _globals['_GETSTATERESPONSE']._serialized_start=2015
+  _globals['_GETSTATERESPONSE']._serialized_end=2206
+  _globals['_GETSTATERESPONSE_CALLSENTRY']._serialized_start=1722
+  _globals['_GETSTATERESPONSE_CALLSENTRY']._serialized_end=1766
+  _globals['_RESETREQUEST']._serialized_start=2208
+  _globals['_RESETREQUEST']._serialized_end=2239
+  _globals['_RESETRESPONSE']._serialized_start=2242
+  _globals['_RESETRESPONSE']._serialized_end=2427
+  _globals['_RESETRESPONSE_CALLSENTRY']._serialized_start=1722
+  _globals['_RESETRESPONSE_CALLSENTRY']._serialized_end=1766
+  _globals['_STORAGEMDSSERVICE']._serialized_start=2631
+  _globals['_STORAGEMDSSERVICE']._serialized_end=3060
+  _globals['_SIMMDSCONTROLSERVICE']._serialized_start=3063
+  _globals['_SIMMDSCONTROLSERVICE']._serialized_end=3424
 # @@protoc_insertion_point(module_scope)

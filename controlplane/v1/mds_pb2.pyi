@@ -1,3 +1,8 @@
+import datetime
+
+from controlplane.v1.buf.validate import validate_pb2 as _validate_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -10,17 +15,17 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class SimMdsFaultMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SIM_MDS_FAULT_MODE_UNSPECIFIED: _ClassVar[SimMdsFaultMode]
-    SIM_MDS_OK: _ClassVar[SimMdsFaultMode]
-    SIM_MDS_SLOW: _ClassVar[SimMdsFaultMode]
-    SIM_MDS_HANG: _ClassVar[SimMdsFaultMode]
-    SIM_MDS_REFUSE: _ClassVar[SimMdsFaultMode]
-    SIM_MDS_FAIL: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_FAULT_MODE_OK: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_FAULT_MODE_SLOW: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_FAULT_MODE_HANG: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_FAULT_MODE_REFUSE: _ClassVar[SimMdsFaultMode]
+    SIM_MDS_FAULT_MODE_FAIL: _ClassVar[SimMdsFaultMode]
 SIM_MDS_FAULT_MODE_UNSPECIFIED: SimMdsFaultMode
-SIM_MDS_OK: SimMdsFaultMode
-SIM_MDS_SLOW: SimMdsFaultMode
-SIM_MDS_HANG: SimMdsFaultMode
-SIM_MDS_REFUSE: SimMdsFaultMode
-SIM_MDS_FAIL: SimMdsFaultMode
+SIM_MDS_FAULT_MODE_OK: SimMdsFaultMode
+SIM_MDS_FAULT_MODE_SLOW: SimMdsFaultMode
+SIM_MDS_FAULT_MODE_HANG: SimMdsFaultMode
+SIM_MDS_FAULT_MODE_REFUSE: SimMdsFaultMode
+SIM_MDS_FAULT_MODE_FAIL: SimMdsFaultMode
 
 class MdsVolumeClient(_message.Message):
     __slots__ = ("client_id", "address")
@@ -37,30 +42,22 @@ class MdsVolume(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     volume_id: str
     size_bytes: int
-    created_at: float
-    def __init__(self, volume_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, volume_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
-class MdsGetVolumeClientsRequest(_message.Message):
+class StorageMdsServiceGetVolumeClientsRequest(_message.Message):
     __slots__ = ("volume_id",)
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     volume_id: str
     def __init__(self, volume_id: _Optional[str] = ...) -> None: ...
 
-class MdsGetVolumeClientsResponse(_message.Message):
-    __slots__ = ("volume_id", "clients")
-    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
-    CLIENTS_FIELD_NUMBER: _ClassVar[int]
-    volume_id: str
-    clients: _containers.RepeatedCompositeFieldContainer[MdsVolumeClient]
-    def __init__(self, volume_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[MdsVolumeClient, _Mapping]]] = ...) -> None: ...
-
-class MdsGetVolumeRequest(_message.Message):
+class GetVolumeRequest(_message.Message):
     __slots__ = ("volume_id",)
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     volume_id: str
     def __init__(self, volume_id: _Optional[str] = ...) -> None: ...
 
-class MdsCreateVolumeRequest(_message.Message):
+class CreateVolumeRequest(_message.Message):
     __slots__ = ("volume_id", "size_bytes")
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -68,13 +65,13 @@ class MdsCreateVolumeRequest(_message.Message):
     size_bytes: int
     def __init__(self, volume_id: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
-class MdsDeleteVolumeRequest(_message.Message):
+class DeleteVolumeRequest(_message.Message):
     __slots__ = ("volume_id",)
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     volume_id: str
     def __init__(self, volume_id: _Optional[str] = ...) -> None: ...
 
-class MdsDeleteVolumeResponse(_message.Message):
+class DeleteVolumeResponse(_message.Message):
     __slots__ = ("volume_id",)
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     volume_id: str
@@ -89,12 +86,12 @@ class SimMdsFault(_message.Message):
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     method: str
     mode: SimMdsFaultMode
-    delay_seconds: float
+    delay_seconds: _duration_pb2.Duration
     code: int
     details: str
-    def __init__(self, method: _Optional[str] = ..., mode: _Optional[_Union[SimMdsFaultMode, str]] = ..., delay_seconds: _Optional[float] = ..., code: _Optional[int] = ..., details: _Optional[str] = ...) -> None: ...
+    def __init__(self, method: _Optional[str] = ..., mode: _Optional[_Union[SimMdsFaultMode, str]] = ..., delay_seconds: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., code: _Optional[int] = ..., details: _Optional[str] = ...) -> None: ...
 
-class SimMdsVolumeClients(_message.Message):
+class SetVolumeClientsRequest(_message.Message):
     __slots__ = ("volume_id", "clients")
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
@@ -102,13 +99,104 @@ class SimMdsVolumeClients(_message.Message):
     clients: _containers.RepeatedCompositeFieldContainer[MdsVolumeClient]
     def __init__(self, volume_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[MdsVolumeClient, _Mapping]]] = ...) -> None: ...
 
-class SimMdsResetRequest(_message.Message):
+class StorageMdsServiceGetVolumeClientsResponse(_message.Message):
+    __slots__ = ("volume_id", "clients")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    clients: _containers.RepeatedCompositeFieldContainer[MdsVolumeClient]
+    def __init__(self, volume_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[MdsVolumeClient, _Mapping]]] = ...) -> None: ...
+
+class GetVolumeResponse(_message.Message):
+    __slots__ = ("volume",)
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    volume: MdsVolume
+    def __init__(self, volume: _Optional[_Union[MdsVolume, _Mapping]] = ...) -> None: ...
+
+class CreateVolumeResponse(_message.Message):
+    __slots__ = ("volume",)
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    volume: MdsVolume
+    def __init__(self, volume: _Optional[_Union[MdsVolume, _Mapping]] = ...) -> None: ...
+
+class SetFaultRequest(_message.Message):
+    __slots__ = ("method", "mode", "delay_seconds", "code", "details")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    mode: SimMdsFaultMode
+    delay_seconds: _duration_pb2.Duration
+    code: int
+    details: str
+    def __init__(self, method: _Optional[str] = ..., mode: _Optional[_Union[SimMdsFaultMode, str]] = ..., delay_seconds: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., code: _Optional[int] = ..., details: _Optional[str] = ...) -> None: ...
+
+class SetFaultResponse(_message.Message):
+    __slots__ = ("faults", "calls", "volume_ids")
+    class CallsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_IDS_FIELD_NUMBER: _ClassVar[int]
+    faults: _containers.RepeatedCompositeFieldContainer[SimMdsFault]
+    calls: _containers.ScalarMap[str, int]
+    volume_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, faults: _Optional[_Iterable[_Union[SimMdsFault, _Mapping]]] = ..., calls: _Optional[_Mapping[str, int]] = ..., volume_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetVolumeClientsResponse(_message.Message):
+    __slots__ = ("faults", "calls", "volume_ids")
+    class CallsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_IDS_FIELD_NUMBER: _ClassVar[int]
+    faults: _containers.RepeatedCompositeFieldContainer[SimMdsFault]
+    calls: _containers.ScalarMap[str, int]
+    volume_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, faults: _Optional[_Iterable[_Union[SimMdsFault, _Mapping]]] = ..., calls: _Optional[_Mapping[str, int]] = ..., volume_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetStateRequest(_message.Message):
     __slots__ = ("volumes",)
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
     volumes: bool
     def __init__(self, volumes: _Optional[bool] = ...) -> None: ...
 
-class SimMdsState(_message.Message):
+class GetStateResponse(_message.Message):
+    __slots__ = ("faults", "calls", "volume_ids")
+    class CallsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_IDS_FIELD_NUMBER: _ClassVar[int]
+    faults: _containers.RepeatedCompositeFieldContainer[SimMdsFault]
+    calls: _containers.ScalarMap[str, int]
+    volume_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, faults: _Optional[_Iterable[_Union[SimMdsFault, _Mapping]]] = ..., calls: _Optional[_Mapping[str, int]] = ..., volume_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ResetRequest(_message.Message):
+    __slots__ = ("volumes",)
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    volumes: bool
+    def __init__(self, volumes: _Optional[bool] = ...) -> None: ...
+
+class ResetResponse(_message.Message):
     __slots__ = ("faults", "calls", "volume_ids")
     class CallsEntry(_message.Message):
         __slots__ = ("key", "value")

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class StorageMdsStub:
+class StorageMdsServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,28 +35,28 @@ class StorageMdsStub:
             channel: A grpc.Channel.
         """
         self.GetVolumeClients = channel.unary_unary(
-                '/controlplane.v1.StorageMds/GetVolumeClients',
-                request_serializer=controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeClientsRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeClientsResponse.FromString,
+                '/controlplane.v1.StorageMdsService/GetVolumeClients',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.StorageMdsServiceGetVolumeClientsRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.StorageMdsServiceGetVolumeClientsResponse.FromString,
                 _registered_method=True)
         self.GetVolume = channel.unary_unary(
-                '/controlplane.v1.StorageMds/GetVolume',
-                request_serializer=controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_mds__pb2.MdsVolume.FromString,
+                '/controlplane.v1.StorageMdsService/GetVolume',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.GetVolumeRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.GetVolumeResponse.FromString,
                 _registered_method=True)
         self.CreateVolume = channel.unary_unary(
-                '/controlplane.v1.StorageMds/CreateVolume',
-                request_serializer=controlplane_dot_v1_dot_mds__pb2.MdsCreateVolumeRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_mds__pb2.MdsVolume.FromString,
+                '/controlplane.v1.StorageMdsService/CreateVolume',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.CreateVolumeRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.CreateVolumeResponse.FromString,
                 _registered_method=True)
         self.DeleteVolume = channel.unary_unary(
-                '/controlplane.v1.StorageMds/DeleteVolume',
-                request_serializer=controlplane_dot_v1_dot_mds__pb2.MdsDeleteVolumeRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_mds__pb2.MdsDeleteVolumeResponse.FromString,
+                '/controlplane.v1.StorageMdsService/DeleteVolume',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.DeleteVolumeRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.DeleteVolumeResponse.FromString,
                 _registered_method=True)
 
 
-class StorageMdsServicer:
+class StorageMdsServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetVolumeClients(self, request, context):
@@ -92,37 +92,37 @@ class StorageMdsServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_StorageMdsServicer_to_server(servicer, server):
+def add_StorageMdsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetVolumeClients': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVolumeClients,
-                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeClientsRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeClientsResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.StorageMdsServiceGetVolumeClientsRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.StorageMdsServiceGetVolumeClientsResponse.SerializeToString,
             ),
             'GetVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVolume,
-                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_mds__pb2.MdsVolume.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.GetVolumeRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.GetVolumeResponse.SerializeToString,
             ),
             'CreateVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVolume,
-                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.MdsCreateVolumeRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_mds__pb2.MdsVolume.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.CreateVolumeRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.CreateVolumeResponse.SerializeToString,
             ),
             'DeleteVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteVolume,
-                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.MdsDeleteVolumeRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_mds__pb2.MdsDeleteVolumeResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.DeleteVolumeRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.DeleteVolumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'controlplane.v1.StorageMds', rpc_method_handlers)
+            'controlplane.v1.StorageMdsService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('controlplane.v1.StorageMds', rpc_method_handlers)
+    server.add_registered_method_handlers('controlplane.v1.StorageMdsService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class StorageMds:
+class StorageMdsService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -139,9 +139,9 @@ class StorageMds:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.StorageMds/GetVolumeClients',
-            controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeClientsRequest.SerializeToString,
-            controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeClientsResponse.FromString,
+            '/controlplane.v1.StorageMdsService/GetVolumeClients',
+            controlplane_dot_v1_dot_mds__pb2.StorageMdsServiceGetVolumeClientsRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.StorageMdsServiceGetVolumeClientsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -166,9 +166,9 @@ class StorageMds:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.StorageMds/GetVolume',
-            controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeRequest.SerializeToString,
-            controlplane_dot_v1_dot_mds__pb2.MdsVolume.FromString,
+            '/controlplane.v1.StorageMdsService/GetVolume',
+            controlplane_dot_v1_dot_mds__pb2.GetVolumeRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.GetVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -193,9 +193,9 @@ class StorageMds:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.StorageMds/CreateVolume',
-            controlplane_dot_v1_dot_mds__pb2.MdsCreateVolumeRequest.SerializeToString,
-            controlplane_dot_v1_dot_mds__pb2.MdsVolume.FromString,
+            '/controlplane.v1.StorageMdsService/CreateVolume',
+            controlplane_dot_v1_dot_mds__pb2.CreateVolumeRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.CreateVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -220,9 +220,9 @@ class StorageMds:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.StorageMds/DeleteVolume',
-            controlplane_dot_v1_dot_mds__pb2.MdsDeleteVolumeRequest.SerializeToString,
-            controlplane_dot_v1_dot_mds__pb2.MdsDeleteVolumeResponse.FromString,
+            '/controlplane.v1.StorageMdsService/DeleteVolume',
+            controlplane_dot_v1_dot_mds__pb2.DeleteVolumeRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.DeleteVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,7 +234,7 @@ class StorageMds:
             _registered_method=True)
 
 
-class SimMdsControlStub:
+class SimMdsControlServiceStub:
     """Fault injection, served only by the simulated MDS. Never faulted itself.
     """
 
@@ -245,28 +245,28 @@ class SimMdsControlStub:
             channel: A grpc.Channel.
         """
         self.SetFault = channel.unary_unary(
-                '/controlplane.v1.SimMdsControl/SetFault',
-                request_serializer=controlplane_dot_v1_dot_mds__pb2.SimMdsFault.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_mds__pb2.SimMdsState.FromString,
+                '/controlplane.v1.SimMdsControlService/SetFault',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.SetFaultRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.SetFaultResponse.FromString,
                 _registered_method=True)
         self.SetVolumeClients = channel.unary_unary(
-                '/controlplane.v1.SimMdsControl/SetVolumeClients',
-                request_serializer=controlplane_dot_v1_dot_mds__pb2.SimMdsVolumeClients.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_mds__pb2.SimMdsState.FromString,
+                '/controlplane.v1.SimMdsControlService/SetVolumeClients',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.SetVolumeClientsRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.SetVolumeClientsResponse.FromString,
                 _registered_method=True)
         self.GetState = channel.unary_unary(
-                '/controlplane.v1.SimMdsControl/GetState',
-                request_serializer=controlplane_dot_v1_dot_mds__pb2.SimMdsResetRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_mds__pb2.SimMdsState.FromString,
+                '/controlplane.v1.SimMdsControlService/GetState',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.GetStateRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.GetStateResponse.FromString,
                 _registered_method=True)
         self.Reset = channel.unary_unary(
-                '/controlplane.v1.SimMdsControl/Reset',
-                request_serializer=controlplane_dot_v1_dot_mds__pb2.SimMdsResetRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_mds__pb2.SimMdsState.FromString,
+                '/controlplane.v1.SimMdsControlService/Reset',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.ResetRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.ResetResponse.FromString,
                 _registered_method=True)
 
 
-class SimMdsControlServicer:
+class SimMdsControlServiceServicer:
     """Fault injection, served only by the simulated MDS. Never faulted itself.
     """
 
@@ -300,37 +300,37 @@ class SimMdsControlServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SimMdsControlServicer_to_server(servicer, server):
+def add_SimMdsControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SetFault': grpc.unary_unary_rpc_method_handler(
                     servicer.SetFault,
-                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.SimMdsFault.FromString,
-                    response_serializer=controlplane_dot_v1_dot_mds__pb2.SimMdsState.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.SetFaultRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.SetFaultResponse.SerializeToString,
             ),
             'SetVolumeClients': grpc.unary_unary_rpc_method_handler(
                     servicer.SetVolumeClients,
-                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.SimMdsVolumeClients.FromString,
-                    response_serializer=controlplane_dot_v1_dot_mds__pb2.SimMdsState.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.SetVolumeClientsRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.SetVolumeClientsResponse.SerializeToString,
             ),
             'GetState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetState,
-                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.SimMdsResetRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_mds__pb2.SimMdsState.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.GetStateRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.GetStateResponse.SerializeToString,
             ),
             'Reset': grpc.unary_unary_rpc_method_handler(
                     servicer.Reset,
-                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.SimMdsResetRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_mds__pb2.SimMdsState.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.ResetRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.ResetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'controlplane.v1.SimMdsControl', rpc_method_handlers)
+            'controlplane.v1.SimMdsControlService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('controlplane.v1.SimMdsControl', rpc_method_handlers)
+    server.add_registered_method_handlers('controlplane.v1.SimMdsControlService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class SimMdsControl:
+class SimMdsControlService:
     """Fault injection, served only by the simulated MDS. Never faulted itself.
     """
 
@@ -348,9 +348,9 @@ class SimMdsControl:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.SimMdsControl/SetFault',
-            controlplane_dot_v1_dot_mds__pb2.SimMdsFault.SerializeToString,
-            controlplane_dot_v1_dot_mds__pb2.SimMdsState.FromString,
+            '/controlplane.v1.SimMdsControlService/SetFault',
+            controlplane_dot_v1_dot_mds__pb2.SetFaultRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.SetFaultResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -375,9 +375,9 @@ class SimMdsControl:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.SimMdsControl/SetVolumeClients',
-            controlplane_dot_v1_dot_mds__pb2.SimMdsVolumeClients.SerializeToString,
-            controlplane_dot_v1_dot_mds__pb2.SimMdsState.FromString,
+            '/controlplane.v1.SimMdsControlService/SetVolumeClients',
+            controlplane_dot_v1_dot_mds__pb2.SetVolumeClientsRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.SetVolumeClientsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -402,9 +402,9 @@ class SimMdsControl:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.SimMdsControl/GetState',
-            controlplane_dot_v1_dot_mds__pb2.SimMdsResetRequest.SerializeToString,
-            controlplane_dot_v1_dot_mds__pb2.SimMdsState.FromString,
+            '/controlplane.v1.SimMdsControlService/GetState',
+            controlplane_dot_v1_dot_mds__pb2.GetStateRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.GetStateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -429,9 +429,9 @@ class SimMdsControl:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/controlplane.v1.SimMdsControl/Reset',
-            controlplane_dot_v1_dot_mds__pb2.SimMdsResetRequest.SerializeToString,
-            controlplane_dot_v1_dot_mds__pb2.SimMdsState.FromString,
+            '/controlplane.v1.SimMdsControlService/Reset',
+            controlplane_dot_v1_dot_mds__pb2.ResetRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.ResetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from controlplane.v1 import mds_pb2 as controlplane_dot_v1_dot_mds__pb2
 from controlplane.v1 import storage_pb2 as controlplane_dot_v1_dot_storage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -38,12 +37,12 @@ class StorageServiceStub:
         self.AddPrimaryStorage = channel.unary_unary(
                 '/controlplane.v1.StorageService/AddPrimaryStorage',
                 request_serializer=controlplane_dot_v1_dot_storage__pb2.AddPrimaryStorageRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.FromString,
+                response_deserializer=controlplane_dot_v1_dot_storage__pb2.AddPrimaryStorageResponse.FromString,
                 _registered_method=True)
         self.GetPrimaryStorage = channel.unary_unary(
                 '/controlplane.v1.StorageService/GetPrimaryStorage',
-                request_serializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorageRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.FromString,
+                request_serializer=controlplane_dot_v1_dot_storage__pb2.GetPrimaryStorageRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_storage__pb2.GetPrimaryStorageResponse.FromString,
                 _registered_method=True)
         self.ListPrimaryStorages = channel.unary_unary(
                 '/controlplane.v1.StorageService/ListPrimaryStorages',
@@ -52,18 +51,18 @@ class StorageServiceStub:
                 _registered_method=True)
         self.RemovePrimaryStorage = channel.unary_unary(
                 '/controlplane.v1.StorageService/RemovePrimaryStorage',
-                request_serializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorageRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.FromString,
+                request_serializer=controlplane_dot_v1_dot_storage__pb2.RemovePrimaryStorageRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_storage__pb2.RemovePrimaryStorageResponse.FromString,
                 _registered_method=True)
         self.CheckPrimaryStorage = channel.unary_unary(
                 '/controlplane.v1.StorageService/CheckPrimaryStorage',
-                request_serializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorageRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.FromString,
+                request_serializer=controlplane_dot_v1_dot_storage__pb2.CheckPrimaryStorageRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_storage__pb2.CheckPrimaryStorageResponse.FromString,
                 _registered_method=True)
         self.GetVolumeClients = channel.unary_unary(
                 '/controlplane.v1.StorageService/GetVolumeClients',
-                request_serializer=controlplane_dot_v1_dot_storage__pb2.StorageVolumeRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeClientsResponse.FromString,
+                request_serializer=controlplane_dot_v1_dot_storage__pb2.GetVolumeClientsRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_storage__pb2.GetVolumeClientsResponse.FromString,
                 _registered_method=True)
 
 
@@ -119,12 +118,12 @@ def add_StorageServiceServicer_to_server(servicer, server):
             'AddPrimaryStorage': grpc.unary_unary_rpc_method_handler(
                     servicer.AddPrimaryStorage,
                     request_deserializer=controlplane_dot_v1_dot_storage__pb2.AddPrimaryStorageRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_storage__pb2.AddPrimaryStorageResponse.SerializeToString,
             ),
             'GetPrimaryStorage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPrimaryStorage,
-                    request_deserializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorageRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_storage__pb2.GetPrimaryStorageRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_storage__pb2.GetPrimaryStorageResponse.SerializeToString,
             ),
             'ListPrimaryStorages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPrimaryStorages,
@@ -133,18 +132,18 @@ def add_StorageServiceServicer_to_server(servicer, server):
             ),
             'RemovePrimaryStorage': grpc.unary_unary_rpc_method_handler(
                     servicer.RemovePrimaryStorage,
-                    request_deserializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorageRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_storage__pb2.RemovePrimaryStorageRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_storage__pb2.RemovePrimaryStorageResponse.SerializeToString,
             ),
             'CheckPrimaryStorage': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckPrimaryStorage,
-                    request_deserializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorageRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_storage__pb2.CheckPrimaryStorageRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_storage__pb2.CheckPrimaryStorageResponse.SerializeToString,
             ),
             'GetVolumeClients': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVolumeClients,
-                    request_deserializer=controlplane_dot_v1_dot_storage__pb2.StorageVolumeRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeClientsResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_storage__pb2.GetVolumeClientsRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_storage__pb2.GetVolumeClientsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,7 +172,7 @@ class StorageService:
             target,
             '/controlplane.v1.StorageService/AddPrimaryStorage',
             controlplane_dot_v1_dot_storage__pb2.AddPrimaryStorageRequest.SerializeToString,
-            controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.FromString,
+            controlplane_dot_v1_dot_storage__pb2.AddPrimaryStorageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -199,8 +198,8 @@ class StorageService:
             request,
             target,
             '/controlplane.v1.StorageService/GetPrimaryStorage',
-            controlplane_dot_v1_dot_storage__pb2.PrimaryStorageRef.SerializeToString,
-            controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.FromString,
+            controlplane_dot_v1_dot_storage__pb2.GetPrimaryStorageRequest.SerializeToString,
+            controlplane_dot_v1_dot_storage__pb2.GetPrimaryStorageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -253,8 +252,8 @@ class StorageService:
             request,
             target,
             '/controlplane.v1.StorageService/RemovePrimaryStorage',
-            controlplane_dot_v1_dot_storage__pb2.PrimaryStorageRef.SerializeToString,
-            controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.FromString,
+            controlplane_dot_v1_dot_storage__pb2.RemovePrimaryStorageRequest.SerializeToString,
+            controlplane_dot_v1_dot_storage__pb2.RemovePrimaryStorageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -280,8 +279,8 @@ class StorageService:
             request,
             target,
             '/controlplane.v1.StorageService/CheckPrimaryStorage',
-            controlplane_dot_v1_dot_storage__pb2.PrimaryStorageRef.SerializeToString,
-            controlplane_dot_v1_dot_storage__pb2.PrimaryStorage.FromString,
+            controlplane_dot_v1_dot_storage__pb2.CheckPrimaryStorageRequest.SerializeToString,
+            controlplane_dot_v1_dot_storage__pb2.CheckPrimaryStorageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -307,8 +306,8 @@ class StorageService:
             request,
             target,
             '/controlplane.v1.StorageService/GetVolumeClients',
-            controlplane_dot_v1_dot_storage__pb2.StorageVolumeRef.SerializeToString,
-            controlplane_dot_v1_dot_mds__pb2.MdsGetVolumeClientsResponse.FromString,
+            controlplane_dot_v1_dot_storage__pb2.GetVolumeClientsRequest.SerializeToString,
+            controlplane_dot_v1_dot_storage__pb2.GetVolumeClientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,3 +1,7 @@
+import datetime
+
+from controlplane.v1.buf.validate import validate_pb2 as _validate_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from controlplane.v1 import agent_pb2 as _agent_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -10,10 +14,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 class HaLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    HA_NONE: _ClassVar[HaLevel]
-    NEVER_STOP: _ClassVar[HaLevel]
-HA_NONE: HaLevel
-NEVER_STOP: HaLevel
+    HA_LEVEL_UNSPECIFIED: _ClassVar[HaLevel]
+    HA_LEVEL_NEVER_STOP: _ClassVar[HaLevel]
+HA_LEVEL_UNSPECIFIED: HaLevel
+HA_LEVEL_NEVER_STOP: HaLevel
 
 class ImageInfo(_message.Message):
     __slots__ = ("image_id", "virtual_size", "actual_size")
@@ -37,9 +41,9 @@ class LastOp(_message.Message):
     kind: str
     outcome: str
     node_id: str
-    finished_at: float
+    finished_at: _timestamp_pb2.Timestamp
     detail: str
-    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., outcome: _Optional[str] = ..., node_id: _Optional[str] = ..., finished_at: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
+    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., outcome: _Optional[str] = ..., node_id: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Vm(_message.Message):
     __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op")
@@ -73,11 +77,11 @@ class Vm(_message.Message):
     root_disk_offering_size: int
     root_disk_size: int
     devices: _agent_pb2.DeviceInfo
-    created_at: float
-    state_changed_at: float
+    created_at: _timestamp_pb2.Timestamp
+    state_changed_at: _timestamp_pb2.Timestamp
     last_op: LastOp
     op: Op
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[float] = ..., state_changed_at: _Optional[float] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ...) -> None: ...
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("op_id", "vm_id", "kind", "node_id", "incarnation", "started_at", "deadline", "host_id", "generation", "orphaned_at")
@@ -96,12 +100,12 @@ class Op(_message.Message):
     kind: str
     node_id: str
     incarnation: int
-    started_at: float
-    deadline: float
+    started_at: _timestamp_pb2.Timestamp
+    deadline: _timestamp_pb2.Timestamp
     host_id: str
     generation: int
-    orphaned_at: float
-    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., started_at: _Optional[float] = ..., deadline: _Optional[float] = ..., host_id: _Optional[str] = ..., generation: _Optional[int] = ..., orphaned_at: _Optional[float] = ...) -> None: ...
+    orphaned_at: _timestamp_pb2.Timestamp
+    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host_id: _Optional[str] = ..., generation: _Optional[int] = ..., orphaned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class HaAudit(_message.Message):
     __slots__ = ("vm_id", "decided_at", "node_id", "action", "from_host", "to_host", "generation", "reason", "evidence", "op_id")
@@ -116,7 +120,7 @@ class HaAudit(_message.Message):
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     OP_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
-    decided_at: float
+    decided_at: _timestamp_pb2.Timestamp
     node_id: str
     action: str
     from_host: str
@@ -125,7 +129,7 @@ class HaAudit(_message.Message):
     reason: str
     evidence: _containers.RepeatedScalarFieldContainer[str]
     op_id: str
-    def __init__(self, vm_id: _Optional[str] = ..., decided_at: _Optional[float] = ..., node_id: _Optional[str] = ..., action: _Optional[str] = ..., from_host: _Optional[str] = ..., to_host: _Optional[str] = ..., generation: _Optional[int] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Iterable[str]] = ..., op_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, vm_id: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., action: _Optional[str] = ..., from_host: _Optional[str] = ..., to_host: _Optional[str] = ..., generation: _Optional[int] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Iterable[str]] = ..., op_id: _Optional[str] = ...) -> None: ...
 
 class CreateVmRequest(_message.Message):
     __slots__ = ("vm_id", "name", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "host_id", "start", "wait")
@@ -151,39 +155,27 @@ class CreateVmRequest(_message.Message):
     wait: bool
     def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., host_id: _Optional[str] = ..., start: _Optional[bool] = ..., wait: _Optional[bool] = ...) -> None: ...
 
-class VmOpRequest(_message.Message):
-    __slots__ = ("vm_id", "wait", "force", "host_id")
-    VM_ID_FIELD_NUMBER: _ClassVar[int]
-    WAIT_FIELD_NUMBER: _ClassVar[int]
-    FORCE_FIELD_NUMBER: _ClassVar[int]
-    HOST_ID_FIELD_NUMBER: _ClassVar[int]
-    vm_id: str
-    wait: bool
-    force: bool
-    host_id: str
-    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., force: _Optional[bool] = ..., host_id: _Optional[str] = ...) -> None: ...
-
-class VmRef(_message.Message):
-    __slots__ = ("vm_id",)
-    VM_ID_FIELD_NUMBER: _ClassVar[int]
-    vm_id: str
-    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
-
 class ListVmsRequest(_message.Message):
-    __slots__ = ("host_id", "state")
+    __slots__ = ("host_id", "state", "page_size", "page_token")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     state: str
-    def __init__(self, host_id: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, host_id: _Optional[str] = ..., state: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
-class ListVmsReply(_message.Message):
-    __slots__ = ("vms", "revision")
+class ListVmsResponse(_message.Message):
+    __slots__ = ("vms", "revision", "next_page_token")
     VMS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     vms: _containers.RepeatedCompositeFieldContainer[Vm]
     revision: int
-    def __init__(self, vms: _Optional[_Iterable[_Union[Vm, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, vms: _Optional[_Iterable[_Union[Vm, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchVmsRequest(_message.Message):
     __slots__ = ("vm_id", "host_id", "initial")
@@ -195,28 +187,148 @@ class WatchVmsRequest(_message.Message):
     initial: bool
     def __init__(self, vm_id: _Optional[str] = ..., host_id: _Optional[str] = ..., initial: _Optional[bool] = ...) -> None: ...
 
-class VmEvent(_message.Message):
+class WatchVmsResponse(_message.Message):
     __slots__ = ("kind", "vm", "revision")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
-        KIND_UNSPECIFIED: _ClassVar[VmEvent.Kind]
-        PUT: _ClassVar[VmEvent.Kind]
-        DELETE: _ClassVar[VmEvent.Kind]
-        SYNCED: _ClassVar[VmEvent.Kind]
-    KIND_UNSPECIFIED: VmEvent.Kind
-    PUT: VmEvent.Kind
-    DELETE: VmEvent.Kind
-    SYNCED: VmEvent.Kind
+        KIND_UNSPECIFIED: _ClassVar[WatchVmsResponse.Kind]
+        KIND_PUT: _ClassVar[WatchVmsResponse.Kind]
+        KIND_DELETE: _ClassVar[WatchVmsResponse.Kind]
+        KIND_SYNCED: _ClassVar[WatchVmsResponse.Kind]
+    KIND_UNSPECIFIED: WatchVmsResponse.Kind
+    KIND_PUT: WatchVmsResponse.Kind
+    KIND_DELETE: WatchVmsResponse.Kind
+    KIND_SYNCED: WatchVmsResponse.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     VM_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
-    kind: VmEvent.Kind
+    kind: WatchVmsResponse.Kind
     vm: Vm
     revision: int
-    def __init__(self, kind: _Optional[_Union[VmEvent.Kind, str]] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[WatchVmsResponse.Kind, str]] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class ListHaAuditResponse(_message.Message):
-    __slots__ = ("records",)
+    __slots__ = ("records", "next_page_token")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[HaAudit]
-    def __init__(self, records: _Optional[_Iterable[_Union[HaAudit, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, records: _Optional[_Iterable[_Union[HaAudit, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CreateVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
+
+class StartVmRequest(_message.Message):
+    __slots__ = ("vm_id", "wait", "host_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    wait: bool
+    host_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., host_id: _Optional[str] = ...) -> None: ...
+
+class StartVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
+
+class StopVmRequest(_message.Message):
+    __slots__ = ("vm_id", "wait", "force")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    wait: bool
+    force: bool
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class StopVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
+
+class RebootVmRequest(_message.Message):
+    __slots__ = ("vm_id", "wait")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    wait: bool
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+
+class RebootVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
+
+class PauseVmRequest(_message.Message):
+    __slots__ = ("vm_id", "wait")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    wait: bool
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+
+class PauseVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
+
+class ResumeVmRequest(_message.Message):
+    __slots__ = ("vm_id", "wait")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    wait: bool
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+
+class ResumeVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
+
+class DestroyVmRequest(_message.Message):
+    __slots__ = ("vm_id", "wait", "force")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    wait: bool
+    force: bool
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DestroyVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
+
+class GetVmRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class GetVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
+
+class ListHaAuditRequest(_message.Message):
+    __slots__ = ("vm_id", "page_size", "page_token")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, vm_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...

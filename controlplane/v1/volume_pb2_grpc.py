@@ -37,12 +37,12 @@ class VolumeServiceStub:
         self.CreateImage = channel.unary_unary(
                 '/controlplane.v1.VolumeService/CreateImage',
                 request_serializer=controlplane_dot_v1_dot_volume__pb2.CreateImageRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.CreateImageResponse.FromString,
                 _registered_method=True)
         self.GetVolumeChain = channel.unary_unary(
                 '/controlplane.v1.VolumeService/GetVolumeChain',
-                request_serializer=controlplane_dot_v1_dot_volume__pb2.ImageRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+                request_serializer=controlplane_dot_v1_dot_volume__pb2.GetVolumeChainRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.GetVolumeChainResponse.FromString,
                 _registered_method=True)
         self.ListImages = channel.unary_unary(
                 '/controlplane.v1.VolumeService/ListImages',
@@ -52,37 +52,37 @@ class VolumeServiceStub:
         self.CreateSnapshot = channel.unary_unary(
                 '/controlplane.v1.VolumeService/CreateSnapshot',
                 request_serializer=controlplane_dot_v1_dot_volume__pb2.CreateSnapshotRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.CreateSnapshotResponse.FromString,
                 _registered_method=True)
         self.MergeSnapshots = channel.unary_unary(
                 '/controlplane.v1.VolumeService/MergeSnapshots',
                 request_serializer=controlplane_dot_v1_dot_volume__pb2.MergeSnapshotsRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.MergeSnapshotsResponse.FromString,
                 _registered_method=True)
         self.ReconcileVolumeChain = channel.unary_unary(
                 '/controlplane.v1.VolumeService/ReconcileVolumeChain',
                 request_serializer=controlplane_dot_v1_dot_volume__pb2.ReconcileVolumeChainRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.ReconcileVolumeChainResponse.FromString,
                 _registered_method=True)
         self.LiveSnapshot = channel.unary_unary(
                 '/controlplane.v1.VolumeService/LiveSnapshot',
                 request_serializer=controlplane_dot_v1_dot_volume__pb2.LiveSnapshotRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.LiveSnapshotResponse.FromString,
                 _registered_method=True)
         self.LiveMerge = channel.unary_unary(
                 '/controlplane.v1.VolumeService/LiveMerge',
                 request_serializer=controlplane_dot_v1_dot_volume__pb2.LiveMergeRequest.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.LiveMergeResponse.FromString,
                 _registered_method=True)
         self.GetBlockJob = channel.unary_unary(
                 '/controlplane.v1.VolumeService/GetBlockJob',
-                request_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+                request_serializer=controlplane_dot_v1_dot_volume__pb2.GetBlockJobRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.GetBlockJobResponse.FromString,
                 _registered_method=True)
         self.ResumeBlockJob = channel.unary_unary(
                 '/controlplane.v1.VolumeService/ResumeBlockJob',
-                request_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
-                response_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+                request_serializer=controlplane_dot_v1_dot_volume__pb2.ResumeBlockJobRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_volume__pb2.ResumeBlockJobResponse.FromString,
                 _registered_method=True)
 
 
@@ -174,12 +174,12 @@ def add_VolumeServiceServicer_to_server(servicer, server):
             'CreateImage': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateImage,
                     request_deserializer=controlplane_dot_v1_dot_volume__pb2.CreateImageRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.CreateImageResponse.SerializeToString,
             ),
             'GetVolumeChain': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVolumeChain,
-                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.ImageRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.GetVolumeChainRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.GetVolumeChainResponse.SerializeToString,
             ),
             'ListImages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListImages,
@@ -189,37 +189,37 @@ def add_VolumeServiceServicer_to_server(servicer, server):
             'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSnapshot,
                     request_deserializer=controlplane_dot_v1_dot_volume__pb2.CreateSnapshotRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.CreateSnapshotResponse.SerializeToString,
             ),
             'MergeSnapshots': grpc.unary_unary_rpc_method_handler(
                     servicer.MergeSnapshots,
                     request_deserializer=controlplane_dot_v1_dot_volume__pb2.MergeSnapshotsRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.MergeSnapshotsResponse.SerializeToString,
             ),
             'ReconcileVolumeChain': grpc.unary_unary_rpc_method_handler(
                     servicer.ReconcileVolumeChain,
                     request_deserializer=controlplane_dot_v1_dot_volume__pb2.ReconcileVolumeChainRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_volume__pb2.VolumeChain.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.ReconcileVolumeChainResponse.SerializeToString,
             ),
             'LiveSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.LiveSnapshot,
                     request_deserializer=controlplane_dot_v1_dot_volume__pb2.LiveSnapshotRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.LiveSnapshotResponse.SerializeToString,
             ),
             'LiveMerge': grpc.unary_unary_rpc_method_handler(
                     servicer.LiveMerge,
                     request_deserializer=controlplane_dot_v1_dot_volume__pb2.LiveMergeRequest.FromString,
-                    response_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.SerializeToString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.LiveMergeResponse.SerializeToString,
             ),
             'GetBlockJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBlockJob,
-                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.GetBlockJobRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.GetBlockJobResponse.SerializeToString,
             ),
             'ResumeBlockJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeBlockJob,
-                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.BlockJobRef.FromString,
-                    response_serializer=controlplane_dot_v1_dot_volume__pb2.BlockJob.SerializeToString,
+                    request_deserializer=controlplane_dot_v1_dot_volume__pb2.ResumeBlockJobRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_volume__pb2.ResumeBlockJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -248,7 +248,7 @@ class VolumeService:
             target,
             '/controlplane.v1.VolumeService/CreateImage',
             controlplane_dot_v1_dot_volume__pb2.CreateImageRequest.SerializeToString,
-            controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+            controlplane_dot_v1_dot_volume__pb2.CreateImageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -274,8 +274,8 @@ class VolumeService:
             request,
             target,
             '/controlplane.v1.VolumeService/GetVolumeChain',
-            controlplane_dot_v1_dot_volume__pb2.ImageRef.SerializeToString,
-            controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+            controlplane_dot_v1_dot_volume__pb2.GetVolumeChainRequest.SerializeToString,
+            controlplane_dot_v1_dot_volume__pb2.GetVolumeChainResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -329,7 +329,7 @@ class VolumeService:
             target,
             '/controlplane.v1.VolumeService/CreateSnapshot',
             controlplane_dot_v1_dot_volume__pb2.CreateSnapshotRequest.SerializeToString,
-            controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+            controlplane_dot_v1_dot_volume__pb2.CreateSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -356,7 +356,7 @@ class VolumeService:
             target,
             '/controlplane.v1.VolumeService/MergeSnapshots',
             controlplane_dot_v1_dot_volume__pb2.MergeSnapshotsRequest.SerializeToString,
-            controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+            controlplane_dot_v1_dot_volume__pb2.MergeSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -383,7 +383,7 @@ class VolumeService:
             target,
             '/controlplane.v1.VolumeService/ReconcileVolumeChain',
             controlplane_dot_v1_dot_volume__pb2.ReconcileVolumeChainRequest.SerializeToString,
-            controlplane_dot_v1_dot_volume__pb2.VolumeChain.FromString,
+            controlplane_dot_v1_dot_volume__pb2.ReconcileVolumeChainResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -410,7 +410,7 @@ class VolumeService:
             target,
             '/controlplane.v1.VolumeService/LiveSnapshot',
             controlplane_dot_v1_dot_volume__pb2.LiveSnapshotRequest.SerializeToString,
-            controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+            controlplane_dot_v1_dot_volume__pb2.LiveSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -437,7 +437,7 @@ class VolumeService:
             target,
             '/controlplane.v1.VolumeService/LiveMerge',
             controlplane_dot_v1_dot_volume__pb2.LiveMergeRequest.SerializeToString,
-            controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+            controlplane_dot_v1_dot_volume__pb2.LiveMergeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -463,8 +463,8 @@ class VolumeService:
             request,
             target,
             '/controlplane.v1.VolumeService/GetBlockJob',
-            controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
-            controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+            controlplane_dot_v1_dot_volume__pb2.GetBlockJobRequest.SerializeToString,
+            controlplane_dot_v1_dot_volume__pb2.GetBlockJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -490,8 +490,8 @@ class VolumeService:
             request,
             target,
             '/controlplane.v1.VolumeService/ResumeBlockJob',
-            controlplane_dot_v1_dot_volume__pb2.BlockJobRef.SerializeToString,
-            controlplane_dot_v1_dot_volume__pb2.BlockJob.FromString,
+            controlplane_dot_v1_dot_volume__pb2.ResumeBlockJobRequest.SerializeToString,
+            controlplane_dot_v1_dot_volume__pb2.ResumeBlockJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,7 +20,10 @@ def test_generated_code_matches_proto(tmp_path: pathlib.Path) -> None:
     fresh = protogen.generate(tmp_path)
     committed_dir = protogen.ROOT / "controlplane" / "v1"
     suffixes = ("_pb2.py", "_pb2.pyi", "_grpc.py")
-    committed = sorted(p.name for p in committed_dir.iterdir() if p.name.endswith(suffixes))
-    assert [p.name for p in fresh] == committed
-    stale = [p.name for p in fresh if p.read_text() != (committed_dir / p.name).read_text()]
+    fresh_dir = tmp_path / "controlplane" / "v1"
+    committed = sorted(str(p.relative_to(committed_dir)) for p in committed_dir.rglob("*")
+                       if p.name.endswith(suffixes))
+    names = [str(p.relative_to(fresh_dir)) for p in fresh]
+    assert names == committed
+    stale = [n for n in names if (fresh_dir / n).read_text() != (committed_dir / n).read_text()]
     assert not stale, f"regenerate with `python -m controlplane.devtools.protogen`: {stale} differ"
