@@ -16,9 +16,9 @@ class AgentClients:
     def stub(self, address: str) -> agent_pb2_grpc.AgentServiceStub:
         return self._pool.stub(agent_pb2_grpc.AgentServiceStub, address)
 
-    def block_jobs(self, address: str) -> blockjob_pb2_grpc.AgentBlockJobsStub:
+    def block_jobs(self, address: str) -> blockjob_pb2_grpc.AgentBlockJobsServiceStub:
         """The agent's block-job service, on the same channel."""
-        return self._pool.stub(blockjob_pb2_grpc.AgentBlockJobsStub, address)
+        return self._pool.stub(blockjob_pb2_grpc.AgentBlockJobsServiceStub, address)
 
     def close(self) -> None:
         self._pool.close()

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import tenacity
@@ -72,10 +72,12 @@ from controlplane.v1 import (
     volume_pb2_grpc,
 )
 
-__all__ = ["DEFAULT_ENDPOINT", "Client", "ClientRing", "endpoints_from_env", "parse_endpoints",
+__all__ = ["DEFAULT_ENDPOINT", "Client", "ClientRing", "endpoints_from_env", "list_all",
+           "parse_endpoints",
            "resource_field"]
 
 log = logging.getLogger(__name__)
+M = TypeVar("M")
 
 DEFAULT_ENDPOINT = "127.0.0.1:7070"
 ENV_ENDPOINT = "CONTROLPLANE_ENDPOINT"
@@ -122,6 +124,30 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
     if not seen:
         raise ValueError("no endpoint given (expected HOST:PORT[,HOST:PORT...])")
     return list(seen)
+
+
+def list_all(call: Callable[..., M], request: Any, field: str, **kwargs: Any) -> M:
+    """Every page of a paginated List call (AIP-158: page_token, next_page_token) as one
+    answer: the last page's message with the `field` items of all pages, in order.
+
+    `call` is a client method (`client.vms.ListVms`); `kwargs` go to each page's call (a
+    `timeout` is per page). Pages come from one node's cache each, so a listing that runs
+    while things change can show an item as it was on an earlier page.
+    """
+    page_request = type(request)()
+    page_request.CopyFrom(request)
+    items: list[Any] = []
+    while True:
+        answer = call(page_request, **kwargs)
+        items.extend(getattr(answer, field))
+        if not answer.next_page_token:
+            break
+        page_request.page_token = answer.next_page_token
+    merged = type(answer)()
+    merged.CopyFrom(answer)
+    merged.ClearField(field)
+    getattr(merged, field).extend(items)
+    return merged
 
 
 def resource_field(service: ServiceDescriptor, method: MethodDescriptor) -> str | None:

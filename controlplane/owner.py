@@ -92,6 +92,7 @@ class OwnerContext:
         out = {}
         for entry in self.hosts.entries():
             host = entry.value
-            if host.status == host_pb2.CONNECTED and not host.unreachable_since:
+            if (host.status == host_pb2.HOST_STATUS_CONNECTED
+                    and not host.HasField("unreachable_since")):
                 out[host.host_id] = self.vms.count(host.host_id)
         return out

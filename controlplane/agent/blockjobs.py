@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -29,9 +29,11 @@ from controlplane.storage.blockjobs import BlockJobDriver, BlockJobError
 from controlplane.v1 import blockjob_pb2 as pb
 from controlplane.v1 import blockjob_pb2_grpc as pb_grpc
 
-__all__ = ["BLOCK_BACKENDS", "AgentBlockJobsServicer"]
+__all__ = ["BLOCK_BACKENDS", "AgentBlockJobsServiceServicer"]
 
 log = logging.getLogger(__name__)
+C = TypeVar("C")
+J = TypeVar("J")
 
 BLOCK_BACKENDS = ("qemu", "sim", "none")
 DISK = "disk0"
@@ -62,7 +64,7 @@ def _sim_disk(path: str) -> _Disk:
     return _Disk(SimDriver(disks={DISK: chain}), DISK, lambda: None)
 
 
-class AgentBlockJobsServicer(pb_grpc.AgentBlockJobsServicer):
+class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
     def __init__(self, backend: str) -> None:
         if backend not in BLOCK_BACKENDS:
             raise ValueError(f"block backend: one of {BLOCK_BACKENDS}")
@@ -105,16 +107,18 @@ class AgentBlockJobsServicer(pb_grpc.AgentBlockJobsServicer):
         except BlockJobError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {exc}")
 
-    def _chain(self, vm_id: str, disk: _Disk, context: grpc.ServicerContext) -> pb.DiskChain:
+    def _chain(self, answer: type[C], vm_id: str, disk: _Disk,
+               context: grpc.ServicerContext) -> C:
+        """The disk's chain, in the answer type of the calling method (all of one shape)."""
         paths = self._do(context, "chain", lambda: disk.driver.chain(disk.node))
-        return pb.DiskChain(vm_id=vm_id, paths=paths)
+        return answer(vm_id=vm_id, paths=paths)
 
-    def _job(self, request: pb.JobRef, disk: _Disk, context: grpc.ServicerContext,
-             active: bool = False) -> pb.AgentJob:
-        status = self._do(context, "status", lambda: disk.driver.status(request.job_id))
-        events = self._do(context, "events", lambda: disk.driver.events(request.job_id))
-        job = pb.AgentJob(vm_id=request.vm_id, job_id=request.job_id,
-                          listed=status is not None, active=active)
+    def _job(self, answer: type[J], vm_id: str, job_id: str, disk: _Disk,
+             context: grpc.ServicerContext, active: bool = False) -> J:
+        """The job's status and events, in the answer type of the calling method."""
+        status = self._do(context, "status", lambda: disk.driver.status(job_id))
+        events = self._do(context, "events", lambda: disk.driver.events(job_id))
+        job = answer(vm_id=vm_id, job_id=job_id, listed=status is not None, active=active)
         if status is not None:
             job.status.CopyFrom(pb.AgentJobStatus(type=status.type, status=status.status,
                                                   offset=status.offset, length=status.length,
@@ -126,7 +130,7 @@ class AgentBlockJobsServicer(pb_grpc.AgentBlockJobsServicer):
     # -- disks ------------------------------------------------------------------------
 
     def OpenDisk(self, request: pb.OpenDiskRequest, context: grpc.ServicerContext
-                 ) -> pb.DiskChain:
+                 ) -> pb.OpenDiskResponse:
         self._enabled(context)
         if not request.vm_id or not request.path.startswith("/"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "vm_id and an absolute path needed")
@@ -146,68 +150,68 @@ class AgentBlockJobsServicer(pb_grpc.AgentBlockJobsServicer):
                     self._disks[request.vm_id] = disk
                     log.info("VM %s: disk %s open (%s)", request.vm_id, request.path,
                              self.backend)
-        return self._chain(request.vm_id, disk, context)
+        return self._chain(pb.OpenDiskResponse, request.vm_id, disk, context)
 
-    def CloseDisk(self, request: pb.DiskRef, context: grpc.ServicerContext) -> pb.DiskChain:
+    def CloseDisk(self, request: pb.CloseDiskRequest, context: grpc.ServicerContext) -> pb.CloseDiskResponse:
         disk = self._disk(request.vm_id, context)
-        answer = self._chain(request.vm_id, disk, context)
+        answer = self._chain(pb.CloseDiskResponse, request.vm_id, disk, context)
         with self._lock:
             self._disks.pop(request.vm_id, None)
         disk.close()
         return answer
 
-    def GetDiskChain(self, request: pb.DiskRef, context: grpc.ServicerContext
-                     ) -> pb.DiskChain:
-        return self._chain(request.vm_id, self._disk(request.vm_id, context), context)
+    def GetDiskChain(self, request: pb.GetDiskChainRequest, context: grpc.ServicerContext
+                     ) -> pb.GetDiskChainResponse:
+        return self._chain(pb.GetDiskChainResponse, request.vm_id, self._disk(request.vm_id, context), context)
 
     # -- jobs -------------------------------------------------------------------------
 
     def StartMirror(self, request: pb.StartMirrorRequest, context: grpc.ServicerContext
-                    ) -> pb.AgentJob:
+                    ) -> pb.StartMirrorResponse:
         disk = self._disk(request.vm_id, context)
         if request.sync not in ("top", "full"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sync: top or full")
         self._do(context, "mirror", lambda: disk.driver.start_mirror(
             request.job_id, disk.node, request.target_path, request.sync))  # type: ignore[arg-type]
-        return self._job(pb.JobRef(vm_id=request.vm_id, job_id=request.job_id), disk, context)
+        return self._job(pb.StartMirrorResponse, request.vm_id, request.job_id, disk, context)
 
     def StartCommit(self, request: pb.StartCommitRequest, context: grpc.ServicerContext
-                    ) -> pb.AgentJob:
+                    ) -> pb.StartCommitResponse:
         disk = self._disk(request.vm_id, context)
         active = self._do(context, "commit", lambda: disk.driver.start_commit(
             request.job_id, disk.node, request.top, request.base))
-        return self._job(pb.JobRef(vm_id=request.vm_id, job_id=request.job_id), disk, context,
+        return self._job(pb.StartCommitResponse, request.vm_id, request.job_id, disk, context,
                          active=bool(active))
 
-    def GetJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.AgentJob:
-        return self._job(request, self._disk(request.vm_id, context), context)
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.GetJobResponse:
+        return self._job(pb.GetJobResponse, request.vm_id, request.job_id, self._disk(request.vm_id, context), context)
 
-    def CompleteJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.AgentJob:
+    def CompleteJob(self, request: pb.CompleteJobRequest, context: grpc.ServicerContext) -> pb.CompleteJobResponse:
         disk = self._disk(request.vm_id, context)
         self._do(context, "complete", lambda: disk.driver.complete(request.job_id))
-        return self._job(request, disk, context)
+        return self._job(pb.CompleteJobResponse, request.vm_id, request.job_id, disk, context)
 
-    def CancelJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.AgentJob:
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.CancelJobResponse:
         disk = self._disk(request.vm_id, context)
         self._do(context, "cancel", lambda: disk.driver.cancel(request.job_id))
-        return self._job(request, disk, context)
+        return self._job(pb.CancelJobResponse, request.vm_id, request.job_id, disk, context)
 
-    def ReleaseJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.AgentJob:
+    def ReleaseJob(self, request: pb.ReleaseJobRequest, context: grpc.ServicerContext) -> pb.ReleaseJobResponse:
         disk = self._disk(request.vm_id, context)
         self._do(context, "release", lambda: disk.driver.release(request.job_id))
-        return self._job(request, disk, context)
+        return self._job(pb.ReleaseJobResponse, request.vm_id, request.job_id, disk, context)
 
     def GuestWrite(self, request: pb.GuestWriteRequest, context: grpc.ServicerContext
-                   ) -> pb.DiskChain:
+                   ) -> pb.GuestWriteResponse:
         disk = self._disk(request.vm_id, context)
         if request.length <= 0 or request.offset < 0 or not 0 <= request.pattern <= 255:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "offset >= 0, length > 0, pattern 0..255")
         self._do(context, "write", lambda: disk.driver.write(
             disk.node, request.offset, request.length, request.pattern))
-        return self._chain(request.vm_id, disk, context)
+        return self._chain(pb.GuestWriteResponse, request.vm_id, disk, context)
 
-    def Flush(self, request: pb.DiskRef, context: grpc.ServicerContext) -> pb.DiskChain:
+    def Flush(self, request: pb.FlushRequest, context: grpc.ServicerContext) -> pb.FlushResponse:
         disk = self._disk(request.vm_id, context)
         self._do(context, "flush", lambda: disk.driver.flush(disk.node))
-        return self._chain(request.vm_id, disk, context)
+        return self._chain(pb.FlushResponse, request.vm_id, disk, context)

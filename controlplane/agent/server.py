@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 
 import grpc
 
+from controlplane import wiretime
 from controlplane.agent.backend import (
     Backend,
     BackendError,
     VmInfo,
 )
-from controlplane.agent.blockjobs import AgentBlockJobsServicer
+from controlplane.agent.blockjobs import AgentBlockJobsServiceServicer
 from controlplane.agent.sim import SETTING_NAMES, SimBackend, SimSettings
 from controlplane.rpc import RpcServer, status_of
 from controlplane.v1 import agent_pb2, agent_pb2_grpc, blockjob_pb2, blockjob_pb2_grpc
@@ -32,7 +33,7 @@ __all__ = [
     "SIM_CONTROL",
     "AgentServer",
     "AgentServicer",
-    "SimControlServicer",
+    "SimControlServiceServicer",
     "build_backend",
     "serve_agent",
 ]
@@ -40,11 +41,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
-SIM_CONTROL = agent_pb2.DESCRIPTOR.services_by_name["SimControl"].full_name
-BLOCK_JOBS = blockjob_pb2.DESCRIPTOR.services_by_name["AgentBlockJobs"].full_name
+SIM_CONTROL = agent_pb2.DESCRIPTOR.services_by_name["SimControlService"].full_name
+BLOCK_JOBS = blockjob_pb2.DESCRIPTOR.services_by_name["AgentBlockJobsService"].full_name
 MAX_WORKERS = 256
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 
 def _mapped(quiet: bool = False) -> Callable[[F], F]:
@@ -72,8 +74,9 @@ def _vm(vm: VmInfo) -> agent_pb2.AgentVm:
     return agent_pb2.AgentVm(vm_id=vm.vm_id, state=int(vm.state), generation=vm.generation)
 
 
-def _vm_response(host_id: str, vm: VmInfo) -> agent_pb2.AgentVmResponse:
-    return agent_pb2.AgentVmResponse(host_id=host_id, vm=_vm(vm))
+def _vm_response(response: type[R], host_id: str, vm: VmInfo) -> R:
+    """The answer of a VM operation: every operation has its own type, all of this shape."""
+    return response(host_id=host_id, vm=_vm(vm))
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -83,13 +86,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.backend = backend
 
     @_mapped(quiet=True)
-    def ListHosts(self, request: agent_pb2.ListAgentHostsRequest,
-                  context: grpc.ServicerContext) -> agent_pb2.ListAgentHostsResponse:
-        return agent_pb2.ListAgentHostsResponse(host_ids=self.backend.host_ids(),
+    def ListHosts(self, request: agent_pb2.AgentServiceListHostsRequest,
+                  context: grpc.ServicerContext) -> agent_pb2.AgentServiceListHostsResponse:
+        return agent_pb2.AgentServiceListHostsResponse(host_ids=self.backend.host_ids(),
                                                 backend=self.backend.name)
 
     @_mapped(quiet=True)
-    def Ping(self, request: agent_pb2.AgentHostRequest,
+    def Ping(self, request: agent_pb2.PingRequest,
              context: grpc.ServicerContext) -> agent_pb2.PingResponse:
         info = self.backend.ping(request.host_id)
         return agent_pb2.PingResponse(host_id=request.host_id, cpus=info.cpus,
@@ -97,10 +100,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                                       backend=self.backend.name)
 
     @_mapped(quiet=True)
-    def ListVms(self, request: agent_pb2.AgentHostRequest,
-                context: grpc.ServicerContext) -> agent_pb2.ListVmsResponse:
+    def ListVms(self, request: agent_pb2.AgentServiceListVmsRequest,
+                context: grpc.ServicerContext) -> agent_pb2.AgentServiceListVmsResponse:
         listing = self.backend.list_vms(request.host_id)
-        resp = agent_pb2.ListVmsResponse(host_id=request.host_id,
+        resp = agent_pb2.AgentServiceListVmsResponse(host_id=request.host_id,
                                          reports_ops=listing.reports_ops)
         add_vm = resp.vms.add
         for vm_id, state, generation in listing.vms:
@@ -108,86 +111,94 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         add_op = resp.ops.add
         for op in listing.ops:
             add_op(op_id=op.op_id, vm_id=op.vm_id, kind=op.kind, generation=op.generation,
-                   started_at=op.started_at)
+                   started_at=wiretime.stamp(op.started_at))
         return resp
 
     @_mapped()
-    def StartVm(self, request: agent_pb2.AgentVmRequest,
-                context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+    def StartVm(self, request: agent_pb2.AgentServiceStartVmRequest,
+                context: grpc.ServicerContext
+    ) -> agent_pb2.AgentServiceStartVmResponse:
         vm = self.backend.start_vm(
             request.host_id, request.vm_id, generation=request.generation,
             op_id=request.op_id, cpus=request.cpus, memory_mb=request.memory_mb,
             caller_active=context.is_active)
-        return _vm_response(request.host_id, vm)
+        return _vm_response(agent_pb2.AgentServiceStartVmResponse, request.host_id, vm)
 
     @_mapped()
-    def StopVm(self, request: agent_pb2.AgentVmRequest,
-               context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+    def StopVm(self, request: agent_pb2.AgentServiceStopVmRequest,
+               context: grpc.ServicerContext
+    ) -> agent_pb2.AgentServiceStopVmResponse:
         vm = self.backend.stop_vm(request.host_id, request.vm_id, op_id=request.op_id,
                                   force=request.force)
-        return _vm_response(request.host_id, vm)
+        return _vm_response(agent_pb2.AgentServiceStopVmResponse, request.host_id, vm)
 
     @_mapped()
-    def DestroyVm(self, request: agent_pb2.AgentVmRequest,
-                  context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+    def DestroyVm(self, request: agent_pb2.AgentServiceDestroyVmRequest,
+                  context: grpc.ServicerContext
+    ) -> agent_pb2.AgentServiceDestroyVmResponse:
         vm = self.backend.destroy_vm(request.host_id, request.vm_id, op_id=request.op_id)
-        return _vm_response(request.host_id, vm)
+        return _vm_response(agent_pb2.AgentServiceDestroyVmResponse, request.host_id, vm)
 
     @_mapped()
-    def RebootVm(self, request: agent_pb2.AgentVmRequest,
-                 context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+    def RebootVm(self, request: agent_pb2.AgentServiceRebootVmRequest,
+                 context: grpc.ServicerContext
+    ) -> agent_pb2.AgentServiceRebootVmResponse:
         vm = self.backend.reboot_vm(request.host_id, request.vm_id, op_id=request.op_id)
-        return _vm_response(request.host_id, vm)
+        return _vm_response(agent_pb2.AgentServiceRebootVmResponse, request.host_id, vm)
 
     @_mapped()
-    def PauseVm(self, request: agent_pb2.AgentVmRequest,
-                context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+    def PauseVm(self, request: agent_pb2.AgentServicePauseVmRequest,
+                context: grpc.ServicerContext
+    ) -> agent_pb2.AgentServicePauseVmResponse:
         vm = self.backend.pause_vm(request.host_id, request.vm_id, op_id=request.op_id)
-        return _vm_response(request.host_id, vm)
+        return _vm_response(agent_pb2.AgentServicePauseVmResponse, request.host_id, vm)
 
     @_mapped()
-    def ResumeVm(self, request: agent_pb2.AgentVmRequest,
-                 context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
+    def ResumeVm(self, request: agent_pb2.AgentServiceResumeVmRequest,
+                 context: grpc.ServicerContext
+    ) -> agent_pb2.AgentServiceResumeVmResponse:
         vm = self.backend.resume_vm(request.host_id, request.vm_id, op_id=request.op_id)
-        return _vm_response(request.host_id, vm)
+        return _vm_response(agent_pb2.AgentServiceResumeVmResponse, request.host_id, vm)
 
     @_mapped(quiet=True)
-    def SyncVmDeviceInfo(self, request: agent_pb2.AgentVmRequest,
-                         context: grpc.ServicerContext) -> agent_pb2.DeviceInfo:
+    def SyncVmDeviceInfo(self, request: agent_pb2.SyncVmDeviceInfoRequest,
+                         context: grpc.ServicerContext) -> agent_pb2.SyncVmDeviceInfoResponse:
         devices = self.backend.device_info(request.host_id, request.vm_id)
-        return agent_pb2.DeviceInfo(devices=[
+        return agent_pb2.SyncVmDeviceInfoResponse(devices=[
             agent_pb2.Device(name=d.name, address=d.address, mac=d.mac) for d in devices])
 
     @_mapped()
-    def Fence(self, request: agent_pb2.AgentHostRequest,
+    def Fence(self, request: agent_pb2.FenceRequest,
               context: grpc.ServicerContext) -> agent_pb2.FenceResponse:
         killed = self.backend.fence(request.host_id)
         return agent_pb2.FenceResponse(host_id=request.host_id, vms_killed=killed)
 
 
-class SimControlServicer(agent_pb2_grpc.SimControlServicer):
+class SimControlServiceServicer(agent_pb2_grpc.SimControlServiceServicer):
     """Fault injection on a SimBackend (served only when the backend is the sim)."""
 
     def __init__(self, sim: SimBackend) -> None:
         self.sim = sim
 
     @_mapped()
-    def Configure(self, request: agent_pb2.SimConfig,
-                  context: grpc.ServicerContext) -> agent_pb2.SimConfig:
-        changes = {name: getattr(request, name) for name in SETTING_NAMES
+    def Configure(self, request: agent_pb2.ConfigureRequest,
+                  context: grpc.ServicerContext) -> agent_pb2.ConfigureResponse:
+        changes = {name: _setting(request, name) for name in SETTING_NAMES
                    if request.HasField(name)}
         return settings_to_proto(self.sim.configure(**changes))
 
     @_mapped()
-    def SetHostCondition(self, request: agent_pb2.SimHostCondition,
-                         context: grpc.ServicerContext) -> agent_pb2.SimHostCondition:
+    def SetHostCondition(self, request: agent_pb2.SetHostConditionRequest,
+                         context: grpc.ServicerContext) -> agent_pb2.SetHostConditionResponse:
         condition = self.sim.set_condition(request.host_id, request.condition)
-        return agent_pb2.SimHostCondition(host_id=request.host_id, condition=int(condition))
+        return agent_pb2.SetHostConditionResponse(host_id=request.host_id,
+                                                  condition=int(condition))
 
     @_mapped()
-    def CrashVm(self, request: agent_pb2.AgentVmRequest,
-                context: grpc.ServicerContext) -> agent_pb2.AgentVmResponse:
-        return _vm_response(request.host_id, self.sim.crash_vm(request.host_id, request.vm_id))
+    def CrashVm(self, request: agent_pb2.CrashVmRequest,
+                context: grpc.ServicerContext) -> agent_pb2.CrashVmResponse:
+        return _vm_response(agent_pb2.CrashVmResponse, request.host_id,
+                            self.sim.crash_vm(request.host_id, request.vm_id))
 
     @_mapped()
     def SeedVms(self, request: agent_pb2.SeedVmsRequest,
@@ -197,8 +208,16 @@ class SimControlServicer(agent_pb2_grpc.SimControlServicer):
         return agent_pb2.SeedVmsResponse(seeded=seeded)
 
 
-def settings_to_proto(settings: SimSettings) -> agent_pb2.SimConfig:
-    return agent_pb2.SimConfig(**dataclasses.asdict(settings))
+def _setting(request: agent_pb2.ConfigureRequest, name: str) -> object:
+    value = getattr(request, name)
+    return wiretime.span(value) if name.endswith("_delay") else value
+
+
+def settings_to_proto(settings: SimSettings) -> agent_pb2.ConfigureResponse:
+    """The sim's settings as the API shows them (delays as Durations)."""
+    return agent_pb2.ConfigureResponse(**{
+        name: wiretime.duration(value) if name.endswith("_delay") else value
+        for name, value in dataclasses.asdict(settings).items()})
 
 
 class AgentServer:
@@ -209,7 +228,7 @@ class AgentServer:
                  block_backend: str = "sim") -> None:
         self.backend = backend
         self.listen = listen
-        self.block_jobs = AgentBlockJobsServicer(block_backend)
+        self.block_jobs = AgentBlockJobsServiceServicer(block_backend)
         self.rpc = RpcServer(listen, max_workers=max_workers)
         self.port = 0
         self._stopped = False
@@ -218,11 +237,11 @@ class AgentServer:
         """Bind and serve; raises RuntimeError when the address cannot be bound."""
         self.rpc.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
                      AgentServicer(self.backend), AGENT_SERVICE)
-        self.rpc.add(blockjob_pb2_grpc.add_AgentBlockJobsServicer_to_server, self.block_jobs,
+        self.rpc.add(blockjob_pb2_grpc.add_AgentBlockJobsServiceServicer_to_server, self.block_jobs,
                      BLOCK_JOBS)
         if isinstance(self.backend, SimBackend):
-            self.rpc.add(agent_pb2_grpc.add_SimControlServicer_to_server,
-                         SimControlServicer(self.backend), SIM_CONTROL)
+            self.rpc.add(agent_pb2_grpc.add_SimControlServiceServicer_to_server,
+                         SimControlServiceServicer(self.backend), SIM_CONTROL)
         self.port = self.rpc.start()
         hosts = self.backend.host_ids()
         log.info("agent (%s backend) listening on %s (port %d), serving %d hosts: %s",

@@ -45,7 +45,13 @@ from google.protobuf.message import Message
 
 from controlplane.channels import LARGE_MESSAGE_OPTIONS
 from controlplane.cli import argtypes
-from controlplane.client import DEFAULT_ENDPOINT, ENV_ENDPOINT, Client, endpoints_from_env
+from controlplane.client import (
+    DEFAULT_ENDPOINT,
+    ENV_ENDPOINT,
+    Client,
+    endpoints_from_env,
+    list_all,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -133,24 +139,33 @@ def call_timeout(args: argparse.Namespace) -> float | None:
 
 
 def call(args: argparse.Namespace, service: str, method: str, request: Message,
-         show: Callable[[Any], int | None]) -> int:
+         show: Callable[[Any], int | None], *, unwrap: str = "", pages: str = "") -> int:
     """One unary call through the Client (`service` names its attribute: "vms", "hosts",
-    ...); `show` prints the answer and may return an exit code."""
-    return call_at(args, service, method, request, lambda answer, _endpoint: show(answer))
+    ...); `show` prints the answer and may return an exit code.
+
+    `unwrap` names the answer's field `show` gets (StopVmResponse.vm: the VM); `pages`
+    names the item field of a paginated List, which is then called page by page and shown
+    as one answer."""
+    return call_at(args, service, method, request, lambda answer, _endpoint: show(answer),
+                   unwrap=unwrap, pages=pages)
 
 
 def call_at(args: argparse.Namespace, service: str, method: str, request: Message,
-            show: Callable[[Any, str], int | None]) -> int:
+            show: Callable[[Any, str], int | None], *, unwrap: str = "",
+            pages: str = "") -> int:
     """`call`, whose `show` also gets the endpoint that answered (for a report of its own
     through `report_error`, e.g. an operation waited for that did not complete)."""
     with make_client(args) as client:
+        rpc = getattr(getattr(client, service), method)
         try:
-            answer = getattr(getattr(client, service), method)(
-                request, timeout=call_timeout(args))
+            if pages:
+                answer = list_all(rpc, request, pages, timeout=call_timeout(args))
+            else:
+                answer = rpc(request, timeout=call_timeout(args))
         except grpc.RpcError as exc:
             return rpc_error(args, exc, client.endpoint)
         endpoint = client.endpoint
-    return show(answer, endpoint) or EXIT_OK
+    return show(getattr(answer, unwrap) if unwrap else answer, endpoint) or EXIT_OK
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -188,8 +203,8 @@ def print_json(doc: object) -> None:
 
 # Cells that name a state get a colour on a terminal (nowhere else: rich prints no colour
 # to a pipe). Anything not listed stays plain.
-_GOOD = {"CONNECTED", "HEALTHY", "Running", "LEGAL", "COMPLETED", "leaf", "(default)"}
-_BAD = {"DISCONNECTED", "FENCED", "UNHEALTHY", "ILLEGAL", "FAILED", "Error", "Crashed",
+_GOOD = {"HOST_STATUS_CONNECTED", "HEALTHY", "Running", "VOLUME_LEGALITY_LEGAL", "COMPLETED", "leaf", "(default)"}
+_BAD = {"HOST_STATUS_DISCONNECTED", "HOST_STATUS_FENCED", "UNHEALTHY", "VOLUME_LEGALITY_ILLEGAL", "FAILED", "Error", "Crashed",
         "outside-chain", "Unknown"}
 _BUSY = {"Starting", "Stopping", "Rebooting", "Pausing", "Resuming", "Migrating",
          "Destroying", "STARTING", "RUNNING", "READY", "FINISHING"}

@@ -47,10 +47,11 @@ def cmd_config_list(args: argparse.Namespace) -> int:
 
 
 def cmd_config_get(args: argparse.Namespace) -> int:
-    return common.call(args, "config", "GetConfig", config_pb2.ConfigKey(key=args.key),
-                       _one(args))
+    return common.call(args, "config", "GetConfig", config_pb2.GetConfigRequest(key=args.key),
+                       _one(args), unwrap="entry")
 
 
 def cmd_config_set(args: argparse.Namespace) -> int:
     return common.call(args, "config", "UpdateConfig",
-                       config_pb2.ConfigEntry(key=args.key, value=args.value), _one(args))
+                       config_pb2.UpdateConfigRequest(key=args.key, value=args.value), _one(args),
+                       unwrap="entry")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from controlplane import names
 from controlplane.cli import argtypes, common
 from controlplane.v1 import host_pb2
 
@@ -14,7 +15,7 @@ HEADER = ("HOST", "STATUS", "AGENT", "OWNER")
 
 def host_row(host: host_pb2.Host) -> list[str]:
     """id, status, agent address, owner."""
-    return [host.host_id, host_pb2.HostStatus.Name(host.status), host.address or "-",
+    return [host.host_id, names.short(host_pb2.HostStatus, host.status), host.address or "-",
             f"owner={host.owner or '-'}"]
 
 
@@ -51,7 +52,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_host_list(args: argparse.Namespace) -> int:
     return common.call(args, "hosts", "ListHosts", host_pb2.ListHostsRequest(),
-                       lambda reply: common.show(args, reply.hosts, host_row, HEADER))
+                       lambda reply: common.show(args, reply.hosts, host_row, HEADER),
+                       pages="hosts")
 
 
 def _one_host(args: argparse.Namespace) -> Callable[[host_pb2.Host], None]:
@@ -59,22 +61,23 @@ def _one_host(args: argparse.Namespace) -> Callable[[host_pb2.Host], None]:
 
 
 def cmd_host_get(args: argparse.Namespace) -> int:
-    return common.call(args, "hosts", "GetHost", host_pb2.HostRef(host_id=args.host_id),
-                       _one_host(args))
+    return common.call(args, "hosts", "GetHost", host_pb2.GetHostRequest(host_id=args.host_id),
+                       _one_host(args), unwrap="host")
 
 
 def cmd_host_add(args: argparse.Namespace) -> int:
     return common.call(args, "hosts", "AddHost",
                        host_pb2.AddHostRequest(host_id=args.host_id, address=args.address),
-                       _one_host(args))
+                       _one_host(args), unwrap="host")
 
 
 def cmd_host_remove(args: argparse.Namespace) -> int:
     return common.call(args, "hosts", "RemoveHost",
                        host_pb2.RemoveHostRequest(host_id=args.host_id, force=args.force),
-                       _one_host(args))
+                       _one_host(args), unwrap="host")
 
 
 def cmd_host_reconnect(args: argparse.Namespace) -> int:
-    return common.call(args, "hosts", "ReconnectHost", host_pb2.HostRef(host_id=args.host_id),
-                       _one_host(args))
+    return common.call(args, "hosts", "ReconnectHost",
+                       host_pb2.ReconnectHostRequest(host_id=args.host_id),
+                       _one_host(args), unwrap="host")

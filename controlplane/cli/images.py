@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from controlplane import names
 from controlplane.cli import argtypes, common
 from controlplane.v1 import volume_pb2
 
@@ -59,11 +60,11 @@ def volume_row(image_id: str, volume: volume_pb2.Volume, role: str) -> list[str]
     """image, volume, parent, legality, virtual size, role (leaf, in-chain, outside-chain)
     and the file path (last: a path may hold blanks)."""
     return [image_id, volume.volume_id, f"parent={volume.parent_id or '-'}",
-            volume_pb2.VolumeLegality.Name(volume.legality),
+            names.short(volume_pb2.VolumeLegality, volume.legality),
             f"virtual={human_size(volume.virtual_size)}", role, volume.path]
 
 
-def chain_rows(chain: volume_pb2.VolumeChain) -> list[list[str]]:
+def chain_rows(chain: volume_pb2.GetVolumeChainResponse) -> list[list[str]]:
     """The chain base first, then the volumes outside it (ILLEGAL leftovers of a merge or
     reconcile, waiting for cleanup) so nothing of the image is hidden."""
     rows = [volume_row(chain.image_id, v, "leaf" if v.volume_id == chain.leaf_id
@@ -192,10 +193,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _show_chain(args: argparse.Namespace, always_changes: bool = False
-                ) -> Callable[[volume_pb2.VolumeChain], None]:
+                ) -> Callable[[volume_pb2.GetVolumeChainResponse], None]:
     """The changes the call made (`change: ...`; `no change` when always_changes and there
     were none: a reconcile that found the metadata right says so), then the chain."""
-    def show(chain: volume_pb2.VolumeChain) -> None:
+    def show(chain: volume_pb2.GetVolumeChainResponse) -> None:
         if args.json:
             common.print_json(common.to_dict(chain))
             return
@@ -216,12 +217,13 @@ def cmd_image_create(args: argparse.Namespace) -> int:
 
 def cmd_image_chain(args: argparse.Namespace) -> int:
     return common.call(args, "volumes", "GetVolumeChain",
-                       volume_pb2.ImageRef(image_id=args.image_id), _show_chain(args))
+                       volume_pb2.GetVolumeChainRequest(image_id=args.image_id), _show_chain(args))
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
     return common.call(args, "volumes", "ListImages", volume_pb2.ListImagesRequest(),
-                       lambda reply: common.show(args, reply.images, image_row, IMAGE_HEADER))
+                       lambda reply: common.show(args, reply.images, image_row, IMAGE_HEADER),
+                       pages="images")
 
 
 def cmd_image_snapshot(args: argparse.Namespace) -> int:
@@ -264,20 +266,22 @@ def _show_job(args: argparse.Namespace) -> Callable[[volume_pb2.BlockJob], int]:
 def cmd_image_live_snapshot(args: argparse.Namespace) -> int:
     request = volume_pb2.LiveSnapshotRequest(image_id=args.image_id, job_id=args.job or "",
                                              output_path=args.output or "")
-    return common.call(args, "volumes", "LiveSnapshot", request, _show_job(args))
+    return common.call(args, "volumes", "LiveSnapshot", request, _show_job(args), unwrap="job")
 
 
 def cmd_image_live_merge(args: argparse.Namespace) -> int:
     request = volume_pb2.LiveMergeRequest(image_id=args.image_id, volume_id=args.volume_id,
                                           job_id=args.job or "")
-    return common.call(args, "volumes", "LiveMerge", request, _show_job(args))
+    return common.call(args, "volumes", "LiveMerge", request, _show_job(args), unwrap="job")
 
 
 def cmd_image_job(args: argparse.Namespace) -> int:
     return common.call(args, "volumes", "GetBlockJob",
-                       volume_pb2.BlockJobRef(job_id=args.job_id), _show_job(args))
+                       volume_pb2.GetBlockJobRequest(job_id=args.job_id), _show_job(args),
+                       unwrap="job")
 
 
 def cmd_image_resume_job(args: argparse.Namespace) -> int:
     return common.call(args, "volumes", "ResumeBlockJob",
-                       volume_pb2.BlockJobRef(job_id=args.job_id), _show_job(args))
+                       volume_pb2.ResumeBlockJobRequest(job_id=args.job_id), _show_job(args),
+                       unwrap="job")

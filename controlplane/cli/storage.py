@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from controlplane import names
 from controlplane.cli import argtypes, common
-from controlplane.v1 import mds_pb2, storage_pb2
+from controlplane.v1 import storage_pb2
 
 # Storage calls that reach the MDS (add and check probe every MDS, clients tries them in
 # turn) last up to the live storage.mdsAttemptTimeout (default 30 s) per attempt: a hung MDS
@@ -24,7 +25,7 @@ def mds_rows(storage: storage_pb2.PrimaryStorage) -> list[list[str]]:
     """One row per MDS of a primary storage: storage id, address, health, failed checks in
     a row, owner node, and what the last failed check saw (last: it holds blanks)."""
     return [[storage.storage_id, m.address,
-             storage_pb2.MdsHealth.Name(m.health).removeprefix("MDS_"),
+             names.short(storage_pb2.MdsHealth, m.health),
              f"failures={m.failures}", f"owner={storage.owner or '-'}",
              f"error={m.last_error or '-'}"] for m in storage.mds]
 
@@ -81,38 +82,42 @@ def _one(args: argparse.Namespace) -> Callable[[storage_pb2.PrimaryStorage], Non
     return lambda storage: common.show_rows(args, [storage], mds_rows, HEADER, one=True)
 
 
-def _ref(args: argparse.Namespace) -> storage_pb2.PrimaryStorageRef:
-    return storage_pb2.PrimaryStorageRef(storage_id=args.storage_id)
+def _by_id(args: argparse.Namespace, method: str) -> int:
+    """Get, Remove or Check: a request of the storage id alone, the storage as the answer."""
+    request = getattr(storage_pb2, f"{method}Request")(storage_id=args.storage_id)
+    return common.call(args, "storage", method, request, _one(args), unwrap="storage")
 
 
 def cmd_storage_add(args: argparse.Namespace) -> int:
     request = storage_pb2.AddPrimaryStorageRequest(storage_id=args.storage_id,
                                                    mds_addresses=args.mds)
-    return common.call(args, "storage", "AddPrimaryStorage", request, _one(args))
+    return common.call(args, "storage", "AddPrimaryStorage", request, _one(args),
+                       unwrap="storage")
 
 
 def cmd_storage_get(args: argparse.Namespace) -> int:
-    return common.call(args, "storage", "GetPrimaryStorage", _ref(args), _one(args))
+    return _by_id(args, "GetPrimaryStorage")
 
 
 def cmd_storage_list(args: argparse.Namespace) -> int:
     return common.call(args, "storage", "ListPrimaryStorages",
                        storage_pb2.ListPrimaryStoragesRequest(),
-                       lambda reply: common.show_rows(args, reply.storages, mds_rows, HEADER))
+                       lambda reply: common.show_rows(args, reply.storages, mds_rows, HEADER),
+                       pages="storages")
 
 
 def cmd_storage_remove(args: argparse.Namespace) -> int:
-    return common.call(args, "storage", "RemovePrimaryStorage", _ref(args), _one(args))
+    return _by_id(args, "RemovePrimaryStorage")
 
 
 def cmd_storage_check(args: argparse.Namespace) -> int:
-    return common.call(args, "storage", "CheckPrimaryStorage", _ref(args), _one(args))
+    return _by_id(args, "CheckPrimaryStorage")
 
 
 def cmd_storage_clients(args: argparse.Namespace) -> int:
     """Who has a volume open. The answer is one message (the volume and its clients), so
     --json prints it whole; text is one line per client, none when nobody has it open."""
-    def show(reply: mds_pb2.MdsGetVolumeClientsResponse) -> None:
+    def show(reply: storage_pb2.GetVolumeClientsResponse) -> None:
         if args.json:
             common.print_json(common.to_dict(reply))
             return
@@ -120,6 +125,6 @@ def cmd_storage_clients(args: argparse.Namespace) -> int:
                              client.client_id, f"address={client.address or '-'}"]
                             for client in reply.clients], CLIENTS_HEADER)
 
-    request = storage_pb2.StorageVolumeRef(storage_id=args.storage_id,
+    request = storage_pb2.GetVolumeClientsRequest(storage_id=args.storage_id,
                                            volume_id=args.volume_id)
     return common.call(args, "storage", "GetVolumeClients", request, show)

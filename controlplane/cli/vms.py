@@ -23,10 +23,11 @@ from collections.abc import Callable
 
 import grpc
 
+from controlplane import names, wiretime
 from controlplane.cli import argtypes, common
 from controlplane.v1 import vm_pb2
 
-HA_LEVELS = {"none": vm_pb2.HA_NONE, "never-stop": vm_pb2.NEVER_STOP}
+HA_LEVELS = {"none": vm_pb2.HA_LEVEL_UNSPECIFIED, "never-stop": vm_pb2.HA_LEVEL_NEVER_STOP}
 _HA_NAMES = {value: name for name, value in HA_LEVELS.items()}
 HEADER = ("VM", "STATE", "HOST", "GENERATION", "HA", "OPERATION")
 
@@ -50,7 +51,7 @@ def vm_row(vm: vm_pb2.Vm) -> list[str]:
 
 
 def audit_row(record: vm_pb2.HaAudit) -> list[str]:
-    decided = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.decided_at))
+    decided = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wiretime.seconds(record.decided_at)))
     return [decided, record.action, f"{record.from_host or '-'} -> {record.to_host or '-'}",
             f"gen={record.generation}", f"node={record.node_id or '-'}", record.reason,
             "evidence: " + ("; ".join(record.evidence) or "-")]
@@ -59,11 +60,11 @@ def audit_row(record: vm_pb2.HaAudit) -> list[str]:
 AUDIT_HEADER = ("DECIDED", "ACTION", "MOVE", "GENERATION", "NODE", "REASON", "EVIDENCE")
 
 
-def event_line(event: vm_pb2.VmEvent) -> str:
+def event_line(event: vm_pb2.WatchVmsResponse) -> str:
     """A watch line. Lines are printed as events come, so they cannot be aligned on each
     other: the kind and the state get fixed widths instead (the longest of each)."""
-    kind = vm_pb2.VmEvent.Kind.Name(event.kind).ljust(6)
-    if event.kind == vm_pb2.VmEvent.SYNCED:
+    kind = names.short(vm_pb2.WatchVmsResponse.Kind, event.kind).ljust(6)
+    if event.kind == vm_pb2.WatchVmsResponse.KIND_SYNCED:
         return f"{kind}  rev={event.revision}"
     vm_id, state, *rest = vm_row(event.vm)
     return "  ".join([kind, vm_id, state.ljust(16), *rest, f"rev={event.revision}"])
@@ -191,12 +192,12 @@ def _show_vm(args: argparse.Namespace, waited: bool) -> Callable[[vm_pb2.Vm, str
 def cmd_vm_list(args: argparse.Namespace) -> int:
     request = vm_pb2.ListVmsRequest(host_id=args.host or "", state=args.state or "")
     return common.call(args, "vms", "ListVms", request,
-                       lambda reply: common.show(args, reply.vms, vm_row, HEADER))
+                       lambda reply: common.show(args, reply.vms, vm_row, HEADER), pages="vms")
 
 
 def cmd_vm_get(args: argparse.Namespace) -> int:
-    return common.call_at(args, "vms", "GetVm", vm_pb2.VmRef(vm_id=args.vm_id),
-                          _show_vm(args, waited=False))
+    return common.call_at(args, "vms", "GetVm", vm_pb2.GetVmRequest(vm_id=args.vm_id),
+                          _show_vm(args, waited=False), unwrap="vm")
 
 
 def cmd_vm_create(args: argparse.Namespace) -> int:
@@ -217,22 +218,24 @@ def cmd_vm_create(args: argparse.Namespace) -> int:
         root_disk_offering_size=args.root_disk_offering_size, host_id=args.host or "",
         start=args.start, wait=args.wait)
     return common.call_at(args, "vms", "CreateVm", request,
-                          _show_vm(args, waited=args.start and args.wait))
+                          _show_vm(args, waited=args.start and args.wait), unwrap="vm")
 
 
 def cmd_vm_op(args: argparse.Namespace) -> int:
     """start, stop, reboot, pause, resume, destroy: `args.method` names the RPC."""
-    request = vm_pb2.VmOpRequest(vm_id=args.vm_id, wait=args.wait,
-                                 force=getattr(args, "force", False),
-                                 host_id=getattr(args, "host", None) or "")
+    request = getattr(vm_pb2, f"{args.method}Request")(vm_id=args.vm_id, wait=args.wait)
+    if hasattr(args, "force"):
+        request.force = args.force
+    if getattr(args, "host", None):
+        request.host_id = args.host
     return common.call_at(args, "vms", args.method, request,
-                          _show_vm(args, waited=args.wait))
+                          _show_vm(args, waited=args.wait), unwrap="vm")
 
 
 def cmd_vm_audit(args: argparse.Namespace) -> int:
-    return common.call(args, "vms", "ListHaAudit", vm_pb2.VmRef(vm_id=args.vm_id),
+    return common.call(args, "vms", "ListHaAudit", vm_pb2.ListHaAuditRequest(vm_id=args.vm_id),
                        lambda reply: common.show(args, reply.records, audit_row,
-                                                 AUDIT_HEADER))
+                                                 AUDIT_HEADER), pages="records")
 
 
 def cmd_vm_watch(args: argparse.Namespace) -> int:

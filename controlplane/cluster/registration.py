@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import tenacity
 
-from controlplane import __version__
+from controlplane import __version__, wiretime
 from controlplane.store import Fence, KeepAlive, Keys, Store, StoreError
 from controlplane.store import txn as t
 from controlplane.v1 import records_pb2
@@ -199,7 +199,7 @@ class Registration:
         record = records_pb2.MemberRecord(
             node_id=self.node_id,
             address=self.address,
-            started_at=time.time(),
+            started_at=wiretime.now(),
             version=__version__,
             lease_ttl=granted,
         ).SerializeToString()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from controlplane import errors
+from controlplane import errors, wiretime
 from controlplane.cluster.registration import Registration
 from controlplane.cluster.ring import Ring
 from controlplane.cluster.routing import RouteError, Router
@@ -17,7 +17,7 @@ from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 
 def member_pb(info: MemberInfo) -> pb.Member:
     return pb.Member(node_id=info.node_id, address=info.address, incarnation=info.incarnation,
-                     started_at=info.started_at, version=info.version)
+                     started_at=wiretime.stamp(info.started_at), version=info.version)
 
 
 class ClusterServicer(pb_grpc.ClusterServiceServicer):

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from controlplane import metrics
+from controlplane import metrics, wiretime
 from controlplane.cluster.ring import DEFAULT_VNODES, Ring
 from controlplane.cluster.table import Change, MemberInfo, MemberTable
 from controlplane.store import KV, Keys, PrefixWatch, Store, StoreError, WatchEvent
@@ -50,7 +50,7 @@ def member_info(keys: Keys, kv: KV) -> MemberInfo | None:
         address=record.address,
         incarnation=kv.create_revision,
         mod_revision=kv.mod_revision,
-        started_at=record.started_at,
+        started_at=wiretime.seconds(record.started_at),
         version=record.version,
     )
 

@@ -40,16 +40,17 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
         except UnknownSetting as exc:
             raise errors.Invalid(str(exc)) from None
 
-    def GetConfig(self, request: pb.ConfigKey, context: grpc.ServicerContext) -> pb.ConfigEntry:
-        return self._entry(request.key, context)
+    def GetConfig(self, request: pb.GetConfigRequest, context: grpc.ServicerContext
+                  ) -> pb.GetConfigResponse:
+        return pb.GetConfigResponse(entry=self._entry(request.key, context))
 
     def ListConfig(self, request: pb.ListConfigRequest, context: grpc.ServicerContext
                    ) -> pb.ListConfigResponse:
         return pb.ListConfigResponse(
             entries=[pb.ConfigEntry(**e._asdict()) for e in self.config.entries()])
 
-    def UpdateConfig(self, request: pb.ConfigEntry, context: grpc.ServicerContext
-                     ) -> pb.ConfigEntry:
+    def UpdateConfig(self, request: pb.UpdateConfigRequest, context: grpc.ServicerContext
+                     ) -> pb.UpdateConfigResponse:
         try:
             text = normalize(request.key, request.value)
         except UnknownSetting as exc:
@@ -61,4 +62,4 @@ class ConfigServicer(pb_grpc.ConfigServiceServicer):
         except StoreError as exc:
             raise errors.Unreachable(f"cannot write the setting: {exc}") from exc
         self.cache.wait_for_revision(revision, 2.0)  # answer what this node now uses
-        return self._entry(request.key, context)
+        return pb.UpdateConfigResponse(entry=self._entry(request.key, context))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
 
-from controlplane import errors
+from controlplane import errors, paging, wiretime
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import OwnerContext
 from controlplane.rpc import check_address, check_id
@@ -36,14 +34,14 @@ class HostServicer(pb_grpc.HostServiceServicer):
         return host_pb2.Host.FromString(kv.value), kv.mod_revision
 
     def AddHost(self, request: host_pb2.AddHostRequest, context: grpc.ServicerContext
-                ) -> host_pb2.Host:
+                ) -> host_pb2.AddHostResponse:
         check_id(request.host_id, "host_id")
         check_address(request.address, "agent address")
 
-        def local() -> host_pb2.Host:
+        def local() -> host_pb2.AddHostResponse:
             try:
                 ping = self.ctx.agents.stub(request.address).Ping(
-                    agent_pb2.AgentHostRequest(host_id=request.host_id),
+                    agent_pb2.PingRequest(host_id=request.host_id),
                     timeout=min(self.ctx.config.get("host.pingTimeout"),
                                 context.time_remaining() or 10.0))
             except grpc.RpcError as err:
@@ -53,33 +51,36 @@ class HostServicer(pb_grpc.HostServiceServicer):
                 raise errors.Unreachable(
                     f"agent at {request.address} unreachable: {err.details()}") from err
             host = host_pb2.Host(host_id=request.host_id, address=request.address,
-                                 status=host_pb2.CONNECTED, added_at=time.time(),
+                                 status=host_pb2.HOST_STATUS_CONNECTED, added_at=wiretime.now(),
                                  cpus=ping.cpus, memory_mb=ping.memory_mb)
             key = self.ctx.keys.host(request.host_id)
             result = self.ctx.write(
                 [t.absent(key)], [t.put(key, host.SerializeToString())],
                 errors.Exists(f"host {request.host_id!r} already exists"))
             self.ctx.hosts.wait_for_revision(result.revision, 2.0)
-            return self._answer(host)
+            return host_pb2.AddHostResponse(host=self._answer(host))
 
         return route_unary(self.router, pb_grpc.HostServiceStub, "AddHost", request.host_id,
                            request, context, local)
 
-    def GetHost(self, request: host_pb2.HostRef, context: grpc.ServicerContext
-                ) -> host_pb2.Host:
+    def GetHost(self, request: host_pb2.GetHostRequest, context: grpc.ServicerContext
+                ) -> host_pb2.GetHostResponse:
         check_id(request.host_id, "host_id")
-        return self._answer(self._read(request.host_id, context)[0])
+        return host_pb2.GetHostResponse(host=self._answer(self._read(request.host_id, context)[0]))
 
     def ListHosts(self, request: host_pb2.ListHostsRequest, context: grpc.ServicerContext
                   ) -> host_pb2.ListHostsResponse:
         hosts = sorted((e.value for e in self.ctx.hosts.entries()), key=lambda h: h.host_id)
-        return host_pb2.ListHostsResponse(hosts=[self._answer(h) for h in hosts])
+        chunk, token = paging.page(hosts, lambda h: h.host_id, request.page_size,
+                                   request.page_token)
+        return host_pb2.ListHostsResponse(hosts=[self._answer(h) for h in chunk],
+                                          next_page_token=token)
 
     def RemoveHost(self, request: host_pb2.RemoveHostRequest, context: grpc.ServicerContext
-                   ) -> host_pb2.Host:
+                   ) -> host_pb2.RemoveHostResponse:
         check_id(request.host_id, "host_id")
 
-        def local() -> host_pb2.Host:
+        def local() -> host_pb2.RemoveHostResponse:
             host, revision = self._read(request.host_id, context)
             placed = [e.value.vm_id for e in self.ctx.vms.by_index(request.host_id)
                       if e.value.state not in UNTRACKED]
@@ -91,20 +92,20 @@ class HostServicer(pb_grpc.HostServiceServicer):
                 [t.mod_revision_is(key, revision)], [t.delete(key)],
                 errors.Busy("host changed meanwhile; retry"))
             self.ctx.hosts.wait_for_revision(result.revision, 2.0)
-            return self._answer(host)
+            return host_pb2.RemoveHostResponse(host=self._answer(host))
 
         return route_unary(self.router, pb_grpc.HostServiceStub, "RemoveHost", request.host_id,
                            request, context, local)
 
-    def ReconnectHost(self, request: host_pb2.HostRef, context: grpc.ServicerContext
-                      ) -> host_pb2.Host:
+    def ReconnectHost(self, request: host_pb2.ReconnectHostRequest, context: grpc.ServicerContext
+                      ) -> host_pb2.ReconnectHostResponse:
         check_id(request.host_id, "host_id")
 
-        def local() -> host_pb2.Host:
+        def local() -> host_pb2.ReconnectHostResponse:
             host, revision = self._read(request.host_id, context)
-            if host.status == host_pb2.FENCED:
+            if host.status == host_pb2.HOST_STATUS_FENCED:
                 # An operator brought a fenced host back: ping it like a new one.
-                host.status = host_pb2.DISCONNECTED
+                host.status = host_pb2.HOST_STATUS_DISCONNECTED
                 key = self.ctx.keys.host(request.host_id)
                 result = self.ctx.write(
                     [t.mod_revision_is(key, revision)],
@@ -115,7 +116,7 @@ class HostServicer(pb_grpc.HostServiceServicer):
             if outcome is not None and not outcome.reachable:
                 raise errors.Unreachable(
                     f"host {request.host_id} at {host.address} is still unreachable")
-            return self._answer(self._read(request.host_id, context)[0])
+            return host_pb2.ReconnectHostResponse(host=self._answer(self._read(request.host_id, context)[0]))
 
         return route_unary(self.router, pb_grpc.HostServiceStub, "ReconnectHost",
                            request.host_id, request, context, local)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import TypeVar
 
 import grpc
 
+from controlplane import names, wiretime
 from controlplane.rpc import RpcServer
 from controlplane.v1 import mds_pb2, mds_pb2_grpc
 
@@ -38,23 +38,24 @@ __all__ = [
     "Fault",
     "MdsServer",
     "SimMds",
-    "SimMdsControlServicer",
-    "StorageMdsServicer",
+    "SimMdsControlServiceServicer",
+    "StorageMdsServiceServicer",
 ]
 
 log = logging.getLogger(__name__)
+S = TypeVar("S")
 
-STORAGE_MDS = mds_pb2.DESCRIPTOR.services_by_name["StorageMds"].full_name
-SIM_MDS_CONTROL = mds_pb2.DESCRIPTOR.services_by_name["SimMdsControl"].full_name
-METHODS = tuple(m.name for m in mds_pb2.DESCRIPTOR.services_by_name["StorageMds"].methods)
+STORAGE_MDS = mds_pb2.DESCRIPTOR.services_by_name["StorageMdsService"].full_name
+SIM_MDS_CONTROL = mds_pb2.DESCRIPTOR.services_by_name["SimMdsControlService"].full_name
+METHODS = tuple(m.name for m in mds_pb2.DESCRIPTOR.services_by_name["StorageMdsService"].methods)
 MAX_WORKERS = 64
 _HANG_POLL = 0.05  # how often a hanging handler checks whether its caller is still there
 
-OK = mds_pb2.SIM_MDS_OK
-SLOW = mds_pb2.SIM_MDS_SLOW
-HANG = mds_pb2.SIM_MDS_HANG
-REFUSE = mds_pb2.SIM_MDS_REFUSE
-FAIL = mds_pb2.SIM_MDS_FAIL
+OK = mds_pb2.SIM_MDS_FAULT_MODE_OK
+SLOW = mds_pb2.SIM_MDS_FAULT_MODE_SLOW
+HANG = mds_pb2.SIM_MDS_FAULT_MODE_HANG
+REFUSE = mds_pb2.SIM_MDS_FAULT_MODE_REFUSE
+FAIL = mds_pb2.SIM_MDS_FAULT_MODE_FAIL
 
 T = TypeVar("T")
 
@@ -69,21 +70,23 @@ class Fault:
     details: str = ""
 
     @classmethod
-    def from_proto(cls, msg: mds_pb2.SimMdsFault) -> Fault:
+    def from_proto(cls, msg: mds_pb2.SimMdsFault | mds_pb2.SetFaultRequest) -> Fault:
         if msg.mode not in (OK, SLOW, HANG, REFUSE, FAIL, mds_pb2.SIM_MDS_FAULT_MODE_UNSPECIFIED):
             raise ValueError(f"unknown fault mode {msg.mode}")
-        if not msg.delay_seconds >= 0:
-            raise ValueError(f"delay_seconds must be >= 0, got {msg.delay_seconds}")
+        delay = wiretime.span(msg.delay_seconds)
+        if not delay >= 0:
+            raise ValueError(f"delay_seconds must be >= 0, got {delay}")
         code = grpc.StatusCode.INTERNAL
         if msg.code:
             by_value = {c.value[0]: c for c in grpc.StatusCode}
             if msg.code not in by_value or msg.code == grpc.StatusCode.OK.value[0]:
                 raise ValueError(f"code {msg.code} is not a gRPC error code")
             code = by_value[msg.code]
-        return cls(msg.mode or OK, msg.delay_seconds, code, msg.details)
+        return cls(msg.mode or OK, delay, code, msg.details)
 
     def to_proto(self, method: str) -> mds_pb2.SimMdsFault:
-        return mds_pb2.SimMdsFault(method=method, mode=self.mode, delay_seconds=self.delay,
+        return mds_pb2.SimMdsFault(method=method, mode=self.mode,
+                                   delay_seconds=wiretime.duration(self.delay),
                                    code=self.code.value[0], details=self.details)
 
 
@@ -124,9 +127,11 @@ class SimMds:
                 self._volumes.clear()
                 self._clients.clear()
 
-    def state(self) -> mds_pb2.SimMdsState:
+    def state(self, answer: type[S]) -> S:
+        """Faults, call counts and volume ids, as `answer` (every control call answers them,
+        each in its own type)."""
         with self._lock:
-            return mds_pb2.SimMdsState(
+            return answer(
                 faults=[f.to_proto(m) for m, f in sorted(self._faults.items())],
                 calls=dict(self._calls), volume_ids=sorted(self._volumes))
 
@@ -144,7 +149,7 @@ class SimMds:
         if size_bytes <= 0:
             raise ValueError(f"size_bytes must be > 0, got {size_bytes}")
         volume = mds_pb2.MdsVolume(volume_id=volume_id, size_bytes=size_bytes,
-                                   created_at=time.time())
+                                   created_at=wiretime.now())
         with self._lock:
             if volume_id in self._volumes:
                 raise FileExistsError(volume_id)
@@ -195,65 +200,69 @@ def _faulted(method: str, sim: SimMds, context: grpc.ServicerContext,
     raise AssertionError("unreachable: context.abort raises")
 
 
-class StorageMdsServicer(mds_pb2_grpc.StorageMdsServicer):
+class StorageMdsServiceServicer(mds_pb2_grpc.StorageMdsServiceServicer):
     """StorageMds over a SimMds, every call through its fault."""
 
     def __init__(self, sim: SimMds) -> None:
         self.sim = sim
 
-    def GetVolumeClients(self, request: mds_pb2.MdsGetVolumeClientsRequest,
-                         context: grpc.ServicerContext) -> mds_pb2.MdsGetVolumeClientsResponse:
+    def GetVolumeClients(self, request: mds_pb2.StorageMdsServiceGetVolumeClientsRequest,
+                         context: grpc.ServicerContext
+                         ) -> mds_pb2.StorageMdsServiceGetVolumeClientsResponse:
         clients = _faulted("GetVolumeClients", self.sim, context,
                            lambda: self.sim.clients(request.volume_id))
-        return mds_pb2.MdsGetVolumeClientsResponse(volume_id=request.volume_id, clients=clients)
+        return mds_pb2.StorageMdsServiceGetVolumeClientsResponse(volume_id=request.volume_id,
+                                                                 clients=clients)
 
-    def GetVolume(self, request: mds_pb2.MdsGetVolumeRequest,
-                  context: grpc.ServicerContext) -> mds_pb2.MdsVolume:
-        return _faulted("GetVolume", self.sim, context, lambda: self.sim.get(request.volume_id))
+    def GetVolume(self, request: mds_pb2.GetVolumeRequest,
+                  context: grpc.ServicerContext) -> mds_pb2.GetVolumeResponse:
+        return mds_pb2.GetVolumeResponse(volume=_faulted(
+            "GetVolume", self.sim, context, lambda: self.sim.get(request.volume_id)))
 
-    def CreateVolume(self, request: mds_pb2.MdsCreateVolumeRequest,
-                     context: grpc.ServicerContext) -> mds_pb2.MdsVolume:
-        return _faulted("CreateVolume", self.sim, context,
-                        lambda: self.sim.create(request.volume_id, request.size_bytes))
+    def CreateVolume(self, request: mds_pb2.CreateVolumeRequest,
+                     context: grpc.ServicerContext) -> mds_pb2.CreateVolumeResponse:
+        return mds_pb2.CreateVolumeResponse(volume=_faulted(
+            "CreateVolume", self.sim, context,
+            lambda: self.sim.create(request.volume_id, request.size_bytes)))
 
-    def DeleteVolume(self, request: mds_pb2.MdsDeleteVolumeRequest,
-                     context: grpc.ServicerContext) -> mds_pb2.MdsDeleteVolumeResponse:
+    def DeleteVolume(self, request: mds_pb2.DeleteVolumeRequest,
+                     context: grpc.ServicerContext) -> mds_pb2.DeleteVolumeResponse:
         _faulted("DeleteVolume", self.sim, context, lambda: self.sim.delete(request.volume_id))
-        return mds_pb2.MdsDeleteVolumeResponse(volume_id=request.volume_id)
+        return mds_pb2.DeleteVolumeResponse(volume_id=request.volume_id)
 
 
-class SimMdsControlServicer(mds_pb2_grpc.SimMdsControlServicer):
+class SimMdsControlServiceServicer(mds_pb2_grpc.SimMdsControlServiceServicer):
     """Fault injection and inspection (never faulted itself)."""
 
     def __init__(self, sim: SimMds) -> None:
         self.sim = sim
 
-    def SetFault(self, request: mds_pb2.SimMdsFault,
-                 context: grpc.ServicerContext) -> mds_pb2.SimMdsState:
+    def SetFault(self, request: mds_pb2.SetFaultRequest,
+                 context: grpc.ServicerContext) -> mds_pb2.SetFaultResponse:
         try:
             self.sim.set_fault(request.method, Fault.from_proto(request))
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         log.info("fault of %s: %s", request.method or "every method",
-                 mds_pb2.SimMdsFaultMode.Name(request.mode))
-        return self.sim.state()
+                 names.short(mds_pb2.SimMdsFaultMode, request.mode))
+        return self.sim.state(mds_pb2.SetFaultResponse)
 
-    def SetVolumeClients(self, request: mds_pb2.SimMdsVolumeClients,
-                         context: grpc.ServicerContext) -> mds_pb2.SimMdsState:
+    def SetVolumeClients(self, request: mds_pb2.SetVolumeClientsRequest,
+                         context: grpc.ServicerContext) -> mds_pb2.SetVolumeClientsResponse:
         try:
             self.sim.set_clients(request.volume_id, request.clients)
         except KeyError:
             context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id!r} not found")
-        return self.sim.state()
+        return self.sim.state(mds_pb2.SetVolumeClientsResponse)
 
-    def GetState(self, request: mds_pb2.SimMdsResetRequest,
-                 context: grpc.ServicerContext) -> mds_pb2.SimMdsState:
-        return self.sim.state()
+    def GetState(self, request: mds_pb2.GetStateRequest,
+                 context: grpc.ServicerContext) -> mds_pb2.GetStateResponse:
+        return self.sim.state(mds_pb2.GetStateResponse)
 
-    def Reset(self, request: mds_pb2.SimMdsResetRequest,
-              context: grpc.ServicerContext) -> mds_pb2.SimMdsState:
+    def Reset(self, request: mds_pb2.ResetRequest,
+              context: grpc.ServicerContext) -> mds_pb2.ResetResponse:
         self.sim.reset(volumes=request.volumes)
-        return self.sim.state()
+        return self.sim.state(mds_pb2.ResetResponse)
 
 
 class MdsServer:
@@ -269,10 +278,10 @@ class MdsServer:
 
     def start(self) -> MdsServer:
         """Bind and serve; raises RuntimeError when the address cannot be bound."""
-        self.rpc.add(mds_pb2_grpc.add_StorageMdsServicer_to_server,
-                     StorageMdsServicer(self.sim), STORAGE_MDS)
-        self.rpc.add(mds_pb2_grpc.add_SimMdsControlServicer_to_server,
-                     SimMdsControlServicer(self.sim), SIM_MDS_CONTROL)
+        self.rpc.add(mds_pb2_grpc.add_StorageMdsServiceServicer_to_server,
+                     StorageMdsServiceServicer(self.sim), STORAGE_MDS)
+        self.rpc.add(mds_pb2_grpc.add_SimMdsControlServiceServicer_to_server,
+                     SimMdsControlServiceServicer(self.sim), SIM_MDS_CONTROL)
         self.port = self.rpc.start()
         log.info("sim MDS listening on %s (port %d)", self.listen, self.port)
         return self

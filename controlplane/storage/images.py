@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from controlplane import errors
+from controlplane import errors, wiretime
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.rpc import check_range
 from controlplane.storage import chain as ch
@@ -40,6 +40,7 @@ from controlplane.v1 import vm_pb2, volume_pb2
 __all__ = ["ImageManager", "Locked", "OFFLINE_STATES", "chain_answer"]
 
 log = logging.getLogger(__name__)
+A = TypeVar("A")
 
 # VM states in which nothing runs on the image's files.
 OFFLINE_STATES = frozenset({"Stopped", "Created", "Destroyed"})
@@ -68,7 +69,7 @@ class Result:
 
 
 def _legality(v: volume_pb2.Volume) -> ch.Legality:
-    return ch.Legality.ILLEGAL if v.legality == volume_pb2.ILLEGAL else ch.Legality.LEGAL
+    return ch.Legality.ILLEGAL if v.legality == volume_pb2.VOLUME_LEGALITY_ILLEGAL else ch.Legality.LEGAL
 
 
 def vols(image: volume_pb2.Image) -> dict[str, ch.Vol]:
@@ -88,11 +89,12 @@ def describe(change: ch.Change) -> str:
     return f"{change.volume_id}: parent {change.new_parent_id or '(none)'}"
 
 
-def chain_answer(image: volume_pb2.Image, changes: Sequence[str] = ()) -> volume_pb2.VolumeChain:
-    """The VolumeChain answer: the chain from the image's leaf, base first."""
+def chain_answer(answer: type[A], image: volume_pb2.Image, changes: Sequence[str] = ()) -> A:
+    """The answer of every chain call (each call has its own type, all of this shape): the
+    chain from the image's leaf, base first."""
     ids = [v.volume_id for v in ch.chain_of(vols(image), image.leaf_id)]
     by_id = {v.volume_id: v for v in image.volumes}
-    return volume_pb2.VolumeChain(
+    return answer(
         image_id=image.image_id, leaf_id=image.leaf_id, chain=[by_id[i] for i in ids],
         changes=list(changes), outside=[v for v in image.volumes if v.volume_id not in ids],
         image=image)
@@ -202,8 +204,8 @@ class ImageManager:
         layer = self._qemu("inspect", qemuimg.chain_info, path)[-1]
         return volume_pb2.Volume(
             volume_id=volume_id, parent_id=parent.volume_id if parent else "", format="qcow2",
-            path=layer.path, legality=volume_pb2.LEGAL, virtual_size=layer.virtual_size,
-            actual_size=layer.actual_size, created_at=time.time())
+            path=layer.path, legality=volume_pb2.VOLUME_LEGALITY_LEGAL, virtual_size=layer.virtual_size,
+            actual_size=layer.actual_size, created_at=wiretime.now())
 
     # -- operations -------------------------------------------------------------------
 
@@ -217,7 +219,7 @@ class ImageManager:
             base = self._new_volume(image_id, volume_id, None, size)
             image = volume_pb2.Image(image_id=image_id, vm_id=vm_id, leaf_id=volume_id,
                                      volumes=[base], directory=os.path.dirname(base.path),
-                                     created_at=time.time())
+                                     created_at=wiretime.now())
             try:
                 written = self.ctx.owner_txn(
                     [t.absent(key), t.create_revision_is(lock.key, lock.revision)],
@@ -237,7 +239,7 @@ class ImageManager:
                 raise errors.Exists(f"image {image_id} already has a volume {volume_id!r}")
             leaf = volume(image, image.leaf_id)
             assert leaf is not None
-            if leaf.legality == volume_pb2.ILLEGAL:
+            if leaf.legality == volume_pb2.VOLUME_LEGALITY_ILLEGAL:
                 raise errors.Refused(f"leaf {leaf.volume_id} is ILLEGAL: run ReconcileVolumeChain")
             new = self._new_volume(image_id, volume_id, leaf, leaf.virtual_size)
             image.volumes.append(new)
@@ -267,7 +269,7 @@ class ImageManager:
                 raise errors.Refused(f"volume {volume_id} is not in the chain of image {image_id}")
             if not top.parent_id:
                 raise errors.Refused(f"volume {volume_id} is the base: nothing to merge it into")
-            if any(volume(image, i).legality == volume_pb2.ILLEGAL for i in in_chain):
+            if any(volume(image, i).legality == volume_pb2.VOLUME_LEGALITY_ILLEGAL for i in in_chain):
                 raise errors.Refused(f"image {image_id} has an ILLEGAL volume in its chain: "
                                  "run ReconcileVolumeChain")
             parent = volume(image, top.parent_id)
@@ -277,7 +279,7 @@ class ImageManager:
             if stop_after == "commit":
                 return Result(image)
             if is_leaf:
-                top.legality = volume_pb2.ILLEGAL
+                top.legality = volume_pb2.VOLUME_LEGALITY_ILLEGAL
                 revision = self._write(image, revision, lock)
                 if stop_after == "illegal":
                     return Result(image, revision=revision)
@@ -333,8 +335,8 @@ class ImageManager:
             for v in image.volumes:
                 new = applied[v.volume_id]
                 v.parent_id = new.parent_id
-                v.legality = (volume_pb2.ILLEGAL if new.legality is ch.Legality.ILLEGAL
-                              else volume_pb2.LEGAL)
+                v.legality = (volume_pb2.VOLUME_LEGALITY_ILLEGAL if new.legality is ch.Legality.ILLEGAL
+                              else volume_pb2.VOLUME_LEGALITY_LEGAL)
             if image.leaf_id != plan.leaf_id:
                 changes.append(f"leaf: {plan.leaf_id} (was {image.leaf_id})")
                 image.leaf_id = plan.leaf_id

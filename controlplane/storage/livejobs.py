@@ -20,13 +20,12 @@ import contextlib
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import grpc
 
-from controlplane import errors
+from controlplane import errors, wiretime
 from controlplane.owner import Conflict, Fenced
 from controlplane.rpc import check_id
 from controlplane.storage import blockjobs as bj
@@ -45,14 +44,14 @@ class RemoteDriver:
     AgentBlockJobs service, for one VM's disk (the ``node`` arguments are ignored: the disk
     is the VM's). Every gRPC failure becomes a BlockJobError."""
 
-    def __init__(self, stub: blockjob_pb2_grpc.AgentBlockJobsStub, vm_id: str,
+    def __init__(self, stub: blockjob_pb2_grpc.AgentBlockJobsServiceStub, vm_id: str,
                  timeout: float = 30.0) -> None:
         self.stub = stub
         self.vm_id = vm_id
         self.timeout = timeout
         # The runner polls status() then events(): one GetJob answers both, so status()
         # keeps its answer for the events() call that follows it.
-        self._answered: blockjob_pb2.AgentJob | None = None
+        self._answered: blockjob_pb2.GetJobResponse | None = None
 
     def _call(self, method: str, request: object) -> object:
         try:
@@ -62,8 +61,10 @@ class RemoteDriver:
             details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
             raise bj.BlockJobError(f"agent {method}: {code}: {details}") from exc
 
-    def _job(self, method: str, job_id: str) -> blockjob_pb2.AgentJob:
-        return self._call(method, blockjob_pb2.JobRef(vm_id=self.vm_id, job_id=job_id))  # type: ignore[return-value]
+    def _job(self, method: str, job_id: str) -> blockjob_pb2.GetJobResponse:
+        """GetJob, CompleteJob, CancelJob or ReleaseJob: one request shape, one answer shape."""
+        request = getattr(blockjob_pb2, f"{method}Request")(vm_id=self.vm_id, job_id=job_id)
+        return self._call(method, request)  # type: ignore[return-value]
 
     def open(self, path: str) -> list[str]:
         answer = self._call("OpenDisk", blockjob_pb2.OpenDiskRequest(vm_id=self.vm_id,
@@ -103,7 +104,7 @@ class RemoteDriver:
         self._job("ReleaseJob", job_id)
 
     def chain(self, node: str) -> list[str]:
-        answer = self._call("GetDiskChain", blockjob_pb2.DiskRef(vm_id=self.vm_id))
+        answer = self._call("GetDiskChain", blockjob_pb2.GetDiskChainRequest(vm_id=self.vm_id))
         return list(answer.paths)  # type: ignore[attr-defined]
 
     def write(self, node: str, offset: int, length: int, pattern: int) -> None:
@@ -111,7 +112,7 @@ class RemoteDriver:
             vm_id=self.vm_id, offset=offset, length=length, pattern=pattern))
 
     def flush(self, node: str) -> None:
-        self._call("Flush", blockjob_pb2.DiskRef(vm_id=self.vm_id))
+        self._call("Flush", blockjob_pb2.FlushRequest(vm_id=self.vm_id))
 
 
 def job_view(job: volume_pb2.BlockJob, rec: bj.JobRecord) -> volume_pb2.BlockJob:
@@ -123,7 +124,11 @@ def job_view(job: volume_pb2.BlockJob, rec: bj.JobRecord) -> volume_pb2.BlockJob
     out.target, out.output = rec.target or "", rec.output or ""
     out.offset, out.length, out.bytes_copied = rec.offset, rec.length, rec.bytes_copied
     out.error = rec.error or ""
-    out.started_at, out.finished_at = rec.started_at, rec.finished_at or 0.0
+    out.started_at.CopyFrom(wiretime.stamp(rec.started_at))
+    if rec.finished_at:
+        out.finished_at.CopyFrom(wiretime.stamp(rec.finished_at))
+    else:
+        out.ClearField("finished_at")
     return out
 
 
@@ -133,7 +138,8 @@ def record_of(job: volume_pb2.BlockJob) -> bj.JobRecord:
         top=job.top or None, base=job.base or None, target=job.target or None,
         output=job.output or None, phase=bj.Phase(job.phase), offset=job.offset,
         length=job.length, bytes_copied=job.bytes_copied, error=job.error or None,
-        started_at=job.started_at, finished_at=job.finished_at or None)
+        started_at=wiretime.seconds(job.started_at),
+        finished_at=wiretime.seconds(job.finished_at) or None)
 
 
 class LiveJobs:
@@ -143,7 +149,7 @@ class LiveJobs:
     ``runner_options``: passed to BlockJobRunner (tests shorten the poll interval)."""
 
     def __init__(self, manager: ImageManager,
-                 agent_stub: Callable[[str], blockjob_pb2_grpc.AgentBlockJobsStub],
+                 agent_stub: Callable[[str], blockjob_pb2_grpc.AgentBlockJobsServiceStub],
                  **runner_options: object) -> None:
         self.manager = manager
         self.ctx = manager.ctx
@@ -188,7 +194,7 @@ class LiveJobs:
             raise errors.Exists(f"block job {job_id} exists")
         return volume_pb2.BlockJob(job_id=job_id, kind=kind, image_id=image.image_id,
                                    vm_id=vm.vm_id, host_id=vm.host_id,
-                                   node_id=self.ctx.node_id, started_at=time.time())
+                                   node_id=self.ctx.node_id, started_at=wiretime.now())
 
     def _driver(self, host: host_pb2.Host, vm_id: str, path: str) -> RemoteDriver:
         driver = RemoteDriver(self.agent_stub(host.address), vm_id)
@@ -315,7 +321,7 @@ class LiveJobs:
                 # The leaf is ILLEGAL before the pivot goes out; its data is in the
                 # parent already (the job is READY).
                 new_image = _copy(state["image"])
-                volume(new_image, volume_id).legality = volume_pb2.ILLEGAL
+                volume(new_image, volume_id).legality = volume_pb2.VOLUME_LEGALITY_ILLEGAL
                 state["illegal"] = True
             elif rec.phase is bj.Phase.COMPLETED:
                 new_image = _copy(state["image"])
@@ -323,7 +329,7 @@ class LiveJobs:
             elif rec.phase is bj.Phase.FAILED and state["illegal"] \
                     and _in_chain(top.path, driver):
                 new_image = _copy(state["image"])  # no pivot: the VM still writes it
-                volume(new_image, volume_id).legality = volume_pb2.LEGAL
+                volume(new_image, volume_id).legality = volume_pb2.VOLUME_LEGALITY_LEGAL
             if new_image is None:
                 self._store(state["job"], lock)
                 return
@@ -357,7 +363,7 @@ class LiveJobs:
                 if top is None:  # the COMPLETED txn was written; only the record lags
                     raise errors.Refused(f"volume {job.volume_id} is no longer in image "
                                      f"{job.image_id}: run ReconcileVolumeChain")
-                state["illegal"] = top.legality == volume_pb2.ILLEGAL
+                state["illegal"] = top.legality == volume_pb2.VOLUME_LEGALITY_ILLEGAL
                 active = state["illegal"] or job.volume_id == image.leaf_id
                 persist = self._merge_persister(state, lock, driver, top, active)
             else:

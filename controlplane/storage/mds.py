@@ -61,7 +61,7 @@ DEFAULT_ATTEMPT_TIMEOUT = 30.0
 # out, and its DEADLINE_EXCEEDED would hide the real reason (the budget).
 MIN_ATTEMPT_SECONDS = 0.01
 
-_SERVICE = mds_pb2.DESCRIPTOR.services_by_name["StorageMds"]
+_SERVICE = mds_pb2.DESCRIPTOR.services_by_name["StorageMdsService"]
 _METHODS = {m.name: m for m in _SERVICE.methods}
 # The read-only StorageMds methods: what callers may mark idempotent without thinking.
 READ_ONLY_METHODS: frozenset[str] = frozenset({"GetVolumeClients", "GetVolume"})
@@ -190,11 +190,11 @@ class MdsClient:
         :meth:`close` (closing one would cancel a call in flight on it)."""
         self._endpoints = _checked(endpoints)
 
-    def _stub(self, address: str) -> mds_pb2_grpc.StorageMdsStub:
+    def _stub(self, address: str) -> mds_pb2_grpc.StorageMdsServiceStub:
         with self._lock:
             if self._closed:
                 raise RuntimeError("MdsClient is closed")
-        return self._channels.stub(mds_pb2_grpc.StorageMdsStub, address)
+        return self._channels.stub(mds_pb2_grpc.StorageMdsServiceStub, address)
 
     def _grpc_invoke(self, address: str, method: str, request: Message,
                      timeout: float) -> Message:
@@ -286,20 +286,21 @@ class MdsClient:
 
     # -- the StorageMds calls, marked as they should be ---------------------------------
 
-    def get_volume_clients(self, volume_id: str) -> mds_pb2.MdsGetVolumeClientsResponse:
-        req = mds_pb2.MdsGetVolumeClientsRequest(volume_id=volume_id)
+    def get_volume_clients(self, volume_id: str
+                           ) -> mds_pb2.StorageMdsServiceGetVolumeClientsResponse:
+        req = mds_pb2.StorageMdsServiceGetVolumeClientsRequest(volume_id=volume_id)
         return self.call("GetVolumeClients", req, idempotent=True).response
 
     def get_volume(self, volume_id: str) -> mds_pb2.MdsVolume:
-        req = mds_pb2.MdsGetVolumeRequest(volume_id=volume_id)
-        return self.call("GetVolume", req, idempotent=True).response
+        req = mds_pb2.GetVolumeRequest(volume_id=volume_id)
+        return self.call("GetVolume", req, idempotent=True).response.volume
 
     def create_volume(self, volume_id: str, size_bytes: int) -> mds_pb2.MdsVolume:
-        req = mds_pb2.MdsCreateVolumeRequest(volume_id=volume_id, size_bytes=size_bytes)
-        return self.call("CreateVolume", req, idempotent=False).response
+        req = mds_pb2.CreateVolumeRequest(volume_id=volume_id, size_bytes=size_bytes)
+        return self.call("CreateVolume", req, idempotent=False).response.volume
 
-    def delete_volume(self, volume_id: str) -> mds_pb2.MdsDeleteVolumeResponse:
-        req = mds_pb2.MdsDeleteVolumeRequest(volume_id=volume_id)
+    def delete_volume(self, volume_id: str) -> mds_pb2.DeleteVolumeResponse:
+        req = mds_pb2.DeleteVolumeRequest(volume_id=volume_id)
         return self.call("DeleteVolume", req, idempotent=False).response
 
 

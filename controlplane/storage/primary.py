@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import grpc
 
+from controlplane import names, wiretime
 from controlplane.channels import CHANNEL_OPTIONS, ChannelPool
 from controlplane.cluster.owned_loop import OwnedLoop
 from controlplane.owner import Conflict, Fenced, OwnerContext
@@ -46,13 +47,13 @@ MAX_MDS = 16
 
 def endpoints_of(storage: storage_pb2.PrimaryStorage) -> list[MdsEndpoint]:
     """The record's MDS as the client takes them (never-checked ones count as healthy)."""
-    return [MdsEndpoint(m.address, m.health != storage_pb2.MDS_UNHEALTHY) for m in storage.mds]
+    return [MdsEndpoint(m.address, m.health != storage_pb2.MDS_HEALTH_UNHEALTHY) for m in storage.mds]
 
 
-def probe_mds(stub: mds_pb2_grpc.StorageMdsStub, timeout: float) -> str:
+def probe_mds(stub: mds_pb2_grpc.StorageMdsServiceStub, timeout: float) -> str:
     """Ask one MDS for the probe volume; return "" when healthy, else what went wrong."""
     try:
-        stub.GetVolume(mds_pb2.MdsGetVolumeRequest(volume_id=PROBE_VOLUME), timeout=timeout)
+        stub.GetVolume(mds_pb2.GetVolumeRequest(volume_id=PROBE_VOLUME), timeout=timeout)
     except grpc.RpcError as exc:
         code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
         if code in HEALTHY_CODES:
@@ -145,16 +146,16 @@ class MdsHealthChecker:
             updated.CopyFrom(storage)
             changed = False
             for entry, error in zip(updated.mds, errors, strict=True):
-                health = storage_pb2.MDS_UNHEALTHY if error else storage_pb2.MDS_HEALTHY
+                health = storage_pb2.MDS_HEALTH_UNHEALTHY if error else storage_pb2.MDS_HEALTH_HEALTHY
                 failures = entry.failures + 1 if error else 0
-                if not entry.checked_at or (health, error, failures) != (
+                if not entry.HasField("checked_at") or (health, error, failures) != (
                         entry.health, entry.last_error, entry.failures):
                     if health != entry.health:
                         log.warning("storage %s: MDS %s is now %s%s", storage_id,
-                                    entry.address, storage_pb2.MdsHealth.Name(health),
+                                    entry.address, names.short(storage_pb2.MdsHealth, health),
                                     f" ({error})" if error else "")
                     entry.health, entry.last_error, entry.failures = health, error, failures
-                    entry.checked_at = now
+                    entry.checked_at.CopyFrom(wiretime.stamp(now))
                     changed = True
             if not changed:
                 return storage
@@ -174,7 +175,7 @@ class MdsHealthChecker:
         results = [""] * len(addresses)
 
         def probe(i: int, address: str) -> None:
-            stub = self._channels.stub(mds_pb2_grpc.StorageMdsStub, address)
+            stub = self._channels.stub(mds_pb2_grpc.StorageMdsServiceStub, address)
             results[i] = probe_mds(stub, timeout)
 
         threads = [threading.Thread(target=probe, args=(i, a), daemon=True,

@@ -4,11 +4,9 @@ Request fields are checked here before anything is routed or written."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 
-from controlplane import errors
+from controlplane import errors, paging, wiretime
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import Fenced, OwnerContext
 from controlplane.rpc import check_address, check_id
@@ -17,7 +15,7 @@ from controlplane.storage.primary import MAX_MDS, MdsHealthChecker
 from controlplane.store import StoreError
 from controlplane.store import txn as t
 from controlplane.store.cache import PrefixCache
-from controlplane.v1 import mds_pb2, storage_pb2
+from controlplane.v1 import storage_pb2
 from controlplane.v1 import storage_pb2_grpc as pb_grpc
 
 __all__ = ["StorageServicer"]
@@ -48,7 +46,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
         return storage_pb2.PrimaryStorage.FromString(kv.value), kv.mod_revision
 
     def AddPrimaryStorage(self, request: storage_pb2.AddPrimaryStorageRequest,
-                          context: grpc.ServicerContext) -> storage_pb2.PrimaryStorage:
+                          context: grpc.ServicerContext) -> storage_pb2.AddPrimaryStorageResponse:
         check_id(request.storage_id, "storage_id")
         if not request.mds_addresses:
             raise errors.Invalid("mds_addresses is empty")
@@ -59,10 +57,10 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
         for address in request.mds_addresses:
             check_address(address, "MDS address")
 
-        def local() -> storage_pb2.PrimaryStorage:
+        def local() -> storage_pb2.AddPrimaryStorageResponse:
             storage = storage_pb2.PrimaryStorage(
-                storage_id=request.storage_id, added_at=time.time(),
-                mds=[storage_pb2.MdsEndpointStatus(address=a, health=storage_pb2.MDS_HEALTHY)
+                storage_id=request.storage_id, added_at=wiretime.now(),
+                mds=[storage_pb2.MdsEndpointStatus(address=a, health=storage_pb2.MDS_HEALTH_HEALTHY)
                      for a in request.mds_addresses])
             key = self.ctx.keys.storage(request.storage_id)
             result = self.ctx.write(
@@ -70,29 +68,31 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
                 errors.Exists(f"primary storage {request.storage_id!r} already exists"))
             self.storages.wait_for_revision(result.revision, 2.0)
             checked = self.checker.check(request.storage_id)
-            return self._answer(checked if checked is not None else storage)
+            return storage_pb2.AddPrimaryStorageResponse(storage=self._answer(checked if checked is not None else storage))
 
         return route_unary(self.router, pb_grpc.StorageServiceStub, "AddPrimaryStorage",
                            request.storage_id, request, context, local)
 
-    def GetPrimaryStorage(self, request: storage_pb2.PrimaryStorageRef,
-                          context: grpc.ServicerContext) -> storage_pb2.PrimaryStorage:
+    def GetPrimaryStorage(self, request: storage_pb2.GetPrimaryStorageRequest,
+                          context: grpc.ServicerContext) -> storage_pb2.GetPrimaryStorageResponse:
         check_id(request.storage_id, "storage_id")
-        return self._answer(self._read(request.storage_id, context)[0])
+        return storage_pb2.GetPrimaryStorageResponse(storage=self._answer(self._read(request.storage_id, context)[0]))
 
     def ListPrimaryStorages(self, request: storage_pb2.ListPrimaryStoragesRequest,
                             context: grpc.ServicerContext
                             ) -> storage_pb2.ListPrimaryStoragesResponse:
         storages = sorted((e.value for e in self.storages.entries()),
                           key=lambda s: s.storage_id)
+        chunk, token = paging.page(storages, lambda s: s.storage_id, request.page_size,
+                                   request.page_token)
         return storage_pb2.ListPrimaryStoragesResponse(
-            storages=[self._answer(s) for s in storages])
+            storages=[self._answer(s) for s in chunk], next_page_token=token)
 
-    def RemovePrimaryStorage(self, request: storage_pb2.PrimaryStorageRef,
-                             context: grpc.ServicerContext) -> storage_pb2.PrimaryStorage:
+    def RemovePrimaryStorage(self, request: storage_pb2.RemovePrimaryStorageRequest,
+                             context: grpc.ServicerContext) -> storage_pb2.RemovePrimaryStorageResponse:
         check_id(request.storage_id, "storage_id")
 
-        def local() -> storage_pb2.PrimaryStorage:
+        def local() -> storage_pb2.RemovePrimaryStorageResponse:
             storage, revision = self._read(request.storage_id, context)
             key = self.ctx.keys.storage(request.storage_id)
             result = self.ctx.write(
@@ -100,29 +100,29 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
                 errors.Busy("primary storage changed meanwhile; retry"))
             self.storages.wait_for_revision(result.revision, 2.0)
             self.checker.forget(request.storage_id)
-            return self._answer(storage)
+            return storage_pb2.RemovePrimaryStorageResponse(storage=self._answer(storage))
 
         return route_unary(self.router, pb_grpc.StorageServiceStub, "RemovePrimaryStorage",
                            request.storage_id, request, context, local)
 
-    def CheckPrimaryStorage(self, request: storage_pb2.PrimaryStorageRef,
-                            context: grpc.ServicerContext) -> storage_pb2.PrimaryStorage:
+    def CheckPrimaryStorage(self, request: storage_pb2.CheckPrimaryStorageRequest,
+                            context: grpc.ServicerContext) -> storage_pb2.CheckPrimaryStorageResponse:
         check_id(request.storage_id, "storage_id")
 
-        def local() -> storage_pb2.PrimaryStorage:
+        def local() -> storage_pb2.CheckPrimaryStorageResponse:
             try:
                 checked = self.checker.check(request.storage_id)
             except (Fenced, StoreError) as exc:
                 raise errors.Unreachable(f"check not stored: {exc}") from exc
             if checked is None:
                 raise errors.NotFound(f"no primary storage {request.storage_id!r}")
-            return self._answer(checked)
+            return storage_pb2.CheckPrimaryStorageResponse(storage=self._answer(checked))
 
         return route_unary(self.router, pb_grpc.StorageServiceStub, "CheckPrimaryStorage",
                            request.storage_id, request, context, local)
 
-    def GetVolumeClients(self, request: storage_pb2.StorageVolumeRef,
-                         context: grpc.ServicerContext) -> mds_pb2.MdsGetVolumeClientsResponse:
+    def GetVolumeClients(self, request: storage_pb2.GetVolumeClientsRequest,
+                         context: grpc.ServicerContext) -> storage_pb2.GetVolumeClientsResponse:
         # Served by any node: a read-only call to the store needs no owner.
         check_id(request.storage_id, "storage_id")
         check_id(request.volume_id, "volume_id")
@@ -130,7 +130,9 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
         storage = entry.value if entry is not None else self._read(request.storage_id,
                                                                     context)[0]
         try:
-            return self.checker.client(storage).get_volume_clients(request.volume_id)
+            answer = self.checker.client(storage).get_volume_clients(request.volume_id)
+            return storage_pb2.GetVolumeClientsResponse(volume_id=answer.volume_id,
+                                                        clients=answer.clients)
         except MdsError as exc:
             codes = set(exc.codes)
             if codes == {"NOT_FOUND"}:

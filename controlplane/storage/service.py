@@ -4,8 +4,11 @@ Request fields are checked here before anything is routed or written."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import grpc
 
+from controlplane import paging
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.rpc import check_id
 from controlplane.storage.images import ImageManager, chain_answer
@@ -15,6 +18,8 @@ from controlplane.v1 import volume_pb2
 from controlplane.v1 import volume_pb2_grpc as pb_grpc
 
 __all__ = ["VolumeServicer"]
+
+A = TypeVar("A")
 
 
 class VolumeServicer(pb_grpc.VolumeServiceServicer):
@@ -34,17 +39,17 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
                            context, work)
 
     def _run(self, method: str, image_id: str, request: object,
-             context: grpc.ServicerContext, work) -> volume_pb2.VolumeChain:  # type: ignore[no-untyped-def]
-        def answer() -> volume_pb2.VolumeChain:
+             context: grpc.ServicerContext, work, answer_type: type[A]) -> A:  # type: ignore[no-untyped-def]
+        def answer() -> A:
             result = work()
             if result.revision:  # so a list on this node right after shows the change
                 self.images.wait_for_revision(result.revision, 2.0)
-            return chain_answer(result.image, result.changes)
+            return chain_answer(answer_type, result.image, result.changes)
 
         return self._on_owner(method, image_id, request, context, answer)
 
     def CreateImage(self, request: volume_pb2.CreateImageRequest,
-                    context: grpc.ServicerContext) -> volume_pb2.VolumeChain:
+                    context: grpc.ServicerContext) -> volume_pb2.CreateImageResponse:
         check_id(request.image_id, "image_id")
         volume_id = request.volume_id or "base"
         check_id(volume_id, "volume_id")
@@ -52,71 +57,77 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
             check_id(request.vm_id, "vm_id")
         return self._run("CreateImage", request.image_id, request, context,
                          lambda: self.manager.create_image(request.image_id, request.size_bytes,
-                                                           request.vm_id, volume_id))
+                                                           request.vm_id, volume_id),
+                         volume_pb2.CreateImageResponse)
 
-    def GetVolumeChain(self, request: volume_pb2.ImageRef, context: grpc.ServicerContext
-                       ) -> volume_pb2.VolumeChain:
+    def GetVolumeChain(self, request: volume_pb2.GetVolumeChainRequest, context: grpc.ServicerContext
+                       ) -> volume_pb2.GetVolumeChainResponse:
         check_id(request.image_id, "image_id")
         image, _ = self.manager.read(request.image_id)
-        return chain_answer(image)
+        return chain_answer(volume_pb2.GetVolumeChainResponse, image)
 
     def ListImages(self, request: volume_pb2.ListImagesRequest, context: grpc.ServicerContext
                    ) -> volume_pb2.ListImagesResponse:
         images = sorted((e.value for e in self.images.entries()), key=lambda i: i.image_id)
-        return volume_pb2.ListImagesResponse(images=images)
+        chunk, token = paging.page(images, lambda i: i.image_id, request.page_size,
+                                   request.page_token)
+        return volume_pb2.ListImagesResponse(images=chunk, next_page_token=token)
 
     def CreateSnapshot(self, request: volume_pb2.CreateSnapshotRequest,
-                       context: grpc.ServicerContext) -> volume_pb2.VolumeChain:
+                       context: grpc.ServicerContext) -> volume_pb2.CreateSnapshotResponse:
         check_id(request.image_id, "image_id")
         check_id(request.volume_id, "volume_id")
         return self._run("CreateSnapshot", request.image_id, request, context,
                          lambda: self.manager.create_snapshot(request.image_id,
-                                                              request.volume_id))
+                                                              request.volume_id),
+                         volume_pb2.CreateSnapshotResponse)
 
     def MergeSnapshots(self, request: volume_pb2.MergeSnapshotsRequest,
-                       context: grpc.ServicerContext) -> volume_pb2.VolumeChain:
+                       context: grpc.ServicerContext) -> volume_pb2.MergeSnapshotsResponse:
         check_id(request.image_id, "image_id")
         check_id(request.volume_id, "volume_id")
         return self._run("MergeSnapshots", request.image_id, request, context,
-                         lambda: self.manager.merge(request.image_id, request.volume_id))
+                         lambda: self.manager.merge(request.image_id, request.volume_id),
+                         volume_pb2.MergeSnapshotsResponse)
 
     def ReconcileVolumeChain(self, request: volume_pb2.ReconcileVolumeChainRequest,
-                             context: grpc.ServicerContext) -> volume_pb2.VolumeChain:
+                             context: grpc.ServicerContext) -> volume_pb2.ReconcileVolumeChainResponse:
         check_id(request.image_id, "image_id")
         if request.leaf_id:
             check_id(request.leaf_id, "leaf_id")
         return self._run("ReconcileVolumeChain", request.image_id, request, context,
-                         lambda: self.manager.reconcile(request.image_id, request.leaf_id))
+                         lambda: self.manager.reconcile(request.image_id, request.leaf_id),
+                         volume_pb2.ReconcileVolumeChainResponse)
 
     # -- live operations (the VM runs; block jobs on its agent) ---------------------------
 
     def LiveSnapshot(self, request: volume_pb2.LiveSnapshotRequest,
-                     context: grpc.ServicerContext) -> volume_pb2.BlockJob:
+                     context: grpc.ServicerContext) -> volume_pb2.LiveSnapshotResponse:
         check_id(request.image_id, "image_id")
         if request.job_id:
             check_id(request.job_id, "job_id")
         return self._on_owner("LiveSnapshot", request.image_id, request, context,
-                          lambda: self.live.live_snapshot(
-                              request.image_id, request.job_id, request.output_path))
+                          lambda: volume_pb2.LiveSnapshotResponse(job=self.live.live_snapshot(
+                              request.image_id, request.job_id, request.output_path)))
 
     def LiveMerge(self, request: volume_pb2.LiveMergeRequest,
-                  context: grpc.ServicerContext) -> volume_pb2.BlockJob:
+                  context: grpc.ServicerContext) -> volume_pb2.LiveMergeResponse:
         check_id(request.image_id, "image_id")
         check_id(request.volume_id, "volume_id")
         if request.job_id:
             check_id(request.job_id, "job_id")
         return self._on_owner("LiveMerge", request.image_id, request, context,
-                          lambda: self.live.live_merge(
-                              request.image_id, request.volume_id, request.job_id))
+                          lambda: volume_pb2.LiveMergeResponse(job=self.live.live_merge(
+                              request.image_id, request.volume_id, request.job_id)))
 
-    def ResumeBlockJob(self, request: volume_pb2.BlockJobRef,
-                       context: grpc.ServicerContext) -> volume_pb2.BlockJob:
+    def ResumeBlockJob(self, request: volume_pb2.ResumeBlockJobRequest,
+                       context: grpc.ServicerContext) -> volume_pb2.ResumeBlockJobResponse:
         check_id(request.job_id, "job_id")
         image_id = self.live.get(request.job_id).image_id
         return self._on_owner("ResumeBlockJob", image_id, request, context,
-                          lambda: self.live.resume(request.job_id))
+                          lambda: volume_pb2.ResumeBlockJobResponse(job=self.live.resume(request.job_id)))
 
-    def GetBlockJob(self, request: volume_pb2.BlockJobRef,
-                    context: grpc.ServicerContext) -> volume_pb2.BlockJob:
+    def GetBlockJob(self, request: volume_pb2.GetBlockJobRequest,
+                    context: grpc.ServicerContext) -> volume_pb2.GetBlockJobResponse:
         check_id(request.job_id, "job_id")
-        return self.live.get(request.job_id)
+        return volume_pb2.GetBlockJobResponse(job=self.live.get(request.job_id))

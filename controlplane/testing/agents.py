@@ -95,8 +95,8 @@ class AgentProcess(ServingProcess):
     def stub(self) -> agent_pb2_grpc.AgentServiceStub:
         return agent_pb2_grpc.AgentServiceStub(self.channel())
 
-    def sim(self) -> agent_pb2_grpc.SimControlStub:
-        return agent_pb2_grpc.SimControlStub(self.channel())
+    def sim(self) -> agent_pb2_grpc.SimControlServiceStub:
+        return agent_pb2_grpc.SimControlServiceStub(self.channel())
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else f"exited({self.returncode})"
@@ -111,8 +111,8 @@ def vm_copies(agents: Sequence[AgentProcess], running_only: bool = False
     out: dict[str, list[tuple[str, int]]] = {}
     for agent in agents:
         for host_id in agent.host_ids:
-            reply = agent.stub().ListVms(agent_pb2.AgentHostRequest(host_id=host_id), timeout=2)
+            reply = agent.stub().ListVms(agent_pb2.AgentServiceListVmsRequest(host_id=host_id), timeout=2)
             for vm in reply.vms:
-                if not running_only or vm.state == agent_pb2.AGENT_VM_RUNNING:
+                if not running_only or vm.state == agent_pb2.AGENT_VM_STATE_RUNNING:
                     out.setdefault(vm.vm_id, []).append((host_id, vm.generation))
     return out

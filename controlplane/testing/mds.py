@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
+from controlplane import wiretime
 from controlplane.serving import ServingProcess
 from controlplane.storage.mds import CHANNEL_OPTIONS
 from controlplane.v1 import mds_pb2, mds_pb2_grpc
@@ -58,35 +59,37 @@ class MdsProcess(ServingProcess):
             *self.extra_args,
         ]  # fmt: skip
 
-    def stub(self) -> mds_pb2_grpc.StorageMdsStub:
+    def stub(self) -> mds_pb2_grpc.StorageMdsServiceStub:
         """StorageMds on this MDS alone (no try-next): for seeding and checking."""
-        return mds_pb2_grpc.StorageMdsStub(self.channel())
+        return mds_pb2_grpc.StorageMdsServiceStub(self.channel())
 
-    def sim(self) -> mds_pb2_grpc.SimMdsControlStub:
-        return mds_pb2_grpc.SimMdsControlStub(self.channel())
+    def sim(self) -> mds_pb2_grpc.SimMdsControlServiceStub:
+        return mds_pb2_grpc.SimMdsControlServiceStub(self.channel())
 
 
     # -- fault injection shortcuts ----------------------------------------------------
 
     def set_fault(self, mode: int, method: str = "", *, delay: float = 0.0,
-                  code: grpc.StatusCode | None = None, details: str = "") -> mds_pb2.SimMdsState:
-        """Fault ``mode`` (``mds_pb2.SIM_MDS_HANG``...) on ``method`` ("" = every method)."""
-        fault = mds_pb2.SimMdsFault(method=method, mode=mode, delay_seconds=delay,
+                  code: grpc.StatusCode | None = None, details: str = ""
+                  ) -> mds_pb2.SetFaultResponse:
+        """Fault ``mode`` (``mds_pb2.SIM_MDS_FAULT_MODE_HANG``...) on ``method`` ("" = every method)."""
+        fault = mds_pb2.SetFaultRequest(method=method, mode=mode,
+                                        delay_seconds=wiretime.duration(delay),
                                     code=code.value[0] if code is not None else 0,
                                     details=details)
         return self.sim().SetFault(fault, timeout=5)
 
-    def reset(self, volumes: bool = True) -> mds_pb2.SimMdsState:
+    def reset(self, volumes: bool = True) -> mds_pb2.ResetResponse:
         """No faults, no call counts (and, by default, no volumes)."""
-        return self.sim().Reset(mds_pb2.SimMdsResetRequest(volumes=volumes), timeout=5)
+        return self.sim().Reset(mds_pb2.ResetRequest(volumes=volumes), timeout=5)
 
     def calls(self) -> dict[str, int]:
         """StorageMds calls received per method since start or the last reset."""
-        state = self.sim().GetState(mds_pb2.SimMdsResetRequest(), timeout=5)
+        state = self.sim().GetState(mds_pb2.GetStateRequest(), timeout=5)
         return dict(state.calls)
 
     def volume_ids(self) -> list[str]:
-        state = self.sim().GetState(mds_pb2.SimMdsResetRequest(), timeout=5)
+        state = self.sim().GetState(mds_pb2.GetStateRequest(), timeout=5)
         return list(state.volume_ids)
 
     def __repr__(self) -> str:

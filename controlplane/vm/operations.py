@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import grpc
 import tenacity
 
-from controlplane import errors, metrics
+from controlplane import errors, metrics, names, wiretime
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2, vm_pb2
 from controlplane.vm import ha, states
-from controlplane.vm.sync import OpView, Restart, op_status
+from controlplane.vm.records import op_view
+from controlplane.vm.sync import Restart, op_status
 
 log = logging.getLogger(__name__)
 
@@ -165,23 +166,22 @@ class Operations:
         elif not vm.host_id:
             raise errors.Refused(f"VM {vm.vm_id} is {vm.state} and placed on no host")
         new.state = states.next_state(vm.state, event)
-        new.state_changed_at = now
+        new.state_changed_at.CopyFrom(wiretime.stamp(now))
         return new, self.new_op(vm.vm_id, kind, new.host_id, new.generation, now)
 
     def new_op(self, vm_id: str, kind: str, host_id: str, generation: int,
                now: float) -> vm_pb2.Op:
         return vm_pb2.Op(
             op_id=new_op_id(), vm_id=vm_id, kind=kind, node_id=self.ctx.node_id,
-            incarnation=self.ctx.registration.incarnation, started_at=now,
-            deadline=now + self.ctx.config.get("vm.opTimeout"), host_id=host_id,
+            incarnation=self.ctx.registration.incarnation, started_at=wiretime.stamp(now),
+            deadline=wiretime.stamp(now + self.ctx.config.get("vm.opTimeout")), host_id=host_id,
             generation=generation)
 
     def _check_op_free(self, vm: vm_pb2.Vm, op: vm_pb2.Op | None, op_rev: int,
                        kind: str) -> None:
         if op is None:
             return
-        view = OpView(op.vm_id, op.op_id, op.kind, op.node_id, op.incarnation,
-                      op.orphaned_at, op_rev)
+        view = op_view(op, op_rev)
         status = op_status(view, self.ctx.members(), time.time(),
                            self.ctx.config.get("vm.orphanedSkipTimeout"))
         if status != "expired":
@@ -194,8 +194,8 @@ class Operations:
             host = self.ctx.host_record(wanted)
             if host is None:
                 raise errors.NotFound(f"no host {wanted!r}")
-            if host.status != host_pb2.CONNECTED:
-                raise errors.Refused(f"host {wanted} is {host_pb2.HostStatus.Name(host.status)}")
+            if host.status != host_pb2.HOST_STATUS_CONNECTED:
+                raise errors.Refused(f"host {wanted} is {names.short(host_pb2.HostStatus, host.status)}")
             return wanted
         connected = self.ctx.connected_hosts()
         if vm.host_id and vm.host_id in connected:
@@ -220,11 +220,12 @@ class Operations:
         if host is None:
             detail = f"host {vm.host_id} is gone"
         else:
-            request = agent_pb2.AgentVmRequest(
+            method = AGENT_CALLS[op.kind]
+            request = getattr(agent_pb2, f"AgentService{method}Request")(
                 host_id=vm.host_id, vm_id=vm.vm_id, op_id=op.op_id, generation=vm.generation,
                 cpus=vm.cpus, memory_mb=vm.memory_mb, force=force)
             try:
-                self._call_agent(host.address, AGENT_CALLS[op.kind], request, op.deadline)
+                self._call_agent(host.address, method, request, wiretime.seconds(op.deadline))
                 event, outcome = operation.success, "completed"
                 if op.kind in DEVICE_INFO_AFTER:
                     # The VM runs: its device addresses go into the txn that records it.
@@ -276,12 +277,12 @@ class Operations:
             new.CopyFrom(current)
             if event and states.allowed(current.state, event):
                 new.state = states.next_state(current.state, event)
-                new.state_changed_at = time.time()
+                new.state_changed_at.CopyFrom(wiretime.now())
             if devices is not None and current.generation == begun.vm.generation:
                 new.devices.CopyFrom(devices)
             new.last_op.CopyFrom(vm_pb2.LastOp(
                 op_id=op.op_id, kind=op.kind, outcome=outcome, node_id=self.ctx.node_id,
-                finished_at=time.time(), detail=detail))
+                finished_at=wiretime.now(), detail=detail))
             try:
                 self.ctx.owner_txn(
                     [t.mod_revision_is(keys.vm(vm_id), vm_rev),
@@ -309,8 +310,8 @@ class Operations:
                           attempts: int = 5) -> agent_pb2.DeviceInfo | None:
         """The VM's device addresses from its agent, retried with backoff; None (logged)
         when every attempt failed."""
-        request = agent_pb2.AgentVmRequest(host_id=vm.host_id, vm_id=vm.vm_id,
-                                           generation=vm.generation)
+        request = agent_pb2.SyncVmDeviceInfoRequest(host_id=vm.host_id, vm_id=vm.vm_id,
+                                                    generation=vm.generation)
         timeout = self.ctx.config.get("host.pingTimeout")
         try:
             for trial in tenacity.Retrying(
@@ -322,8 +323,9 @@ class Operations:
                 with trial:
                     if self._stopping.is_set():
                         return None
-                    return self.ctx.agents.stub(address).SyncVmDeviceInfo(request,
-                                                                         timeout=timeout)
+                    answer = self.ctx.agents.stub(address).SyncVmDeviceInfo(request,
+                                                                           timeout=timeout)
+                    return agent_pb2.DeviceInfo(devices=answer.devices)
         except grpc.RpcError as err:
             metrics.DEVICE_INFO.labels("failed").inc()
             log.warning("vm %s: device info sync failed (%d attempts): %s; retried later",
@@ -402,13 +404,15 @@ class Operations:
         now = time.time()
         new = vm_pb2.Vm()
         new.CopyFrom(vm)
-        new.state, new.state_changed_at = state, now
+        new.state = state
+        new.state_changed_at.CopyFrom(wiretime.stamp(now))
         new.last_host_id, new.host_id = vm.host_id, target
         new.generation = vm.generation + 1
         new.ClearField("devices")
         op = self.new_op(vm.vm_id, "start", target, new.generation, now)
         audit = vm_pb2.HaAudit(
-            vm_id=vm.vm_id, decided_at=now, node_id=self.ctx.node_id, action="restart",
+            vm_id=vm.vm_id, decided_at=wiretime.stamp(now), node_id=self.ctx.node_id,
+            action="restart",
             from_host=action.from_host, to_host=target, generation=new.generation,
             reason="host does not run the VM", evidence=list(action.evidence), op_id=op.op_id)
         audit_key = f"{keys.audit(vm.vm_id)}{now:017.6f}-{op.op_id}"
@@ -437,8 +441,8 @@ class Operations:
         host = self.ctx.host_record(host_id)
         if host is None:
             return False
-        request = agent_pb2.AgentVmRequest(host_id=host_id, vm_id=vm_id, generation=generation,
-                                           force=True, op_id=new_op_id())
+        request = agent_pb2.AgentServiceStopVmRequest(
+            host_id=host_id, vm_id=vm_id, generation=generation, force=True, op_id=new_op_id())
         try:
             self.ctx.agents.stub(host.address).StopVm(
                 request, timeout=self.ctx.config.get("host.pingTimeout"))
@@ -447,7 +451,7 @@ class Operations:
                         extra={"vm_id": vm_id, "host_id": host_id, "op_id": request.op_id})
             return False
         now = time.time()
-        audit = vm_pb2.HaAudit(vm_id=vm_id, decided_at=now, node_id=self.ctx.node_id,
+        audit = vm_pb2.HaAudit(vm_id=vm_id, decided_at=wiretime.stamp(now), node_id=self.ctx.node_id,
                                action="stop-stray", from_host=host_id, generation=generation,
                                reason=reason, evidence=[f"host {host_id} runs generation "
                                                         f"{generation}: {reason}"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from controlplane import wiretime
 from controlplane.v1 import vm_pb2
 from controlplane.vm.sync import OpView, VmRecordView
 
@@ -10,12 +11,12 @@ AGENT_STATE_NAMES = {1: "running", 2: "paused", 3: "crashed", 4: "stopped"}
 
 def vm_view(vm: vm_pb2.Vm, mod_revision: int) -> VmRecordView:
     return VmRecordView(vm.vm_id, vm.state, vm.host_id, vm.generation,
-                        vm.ha == vm_pb2.NEVER_STOP, mod_revision)
+                        vm.ha == vm_pb2.HA_LEVEL_NEVER_STOP, mod_revision)
 
 
 def op_view(op: vm_pb2.Op, mod_revision: int) -> OpView:
-    return OpView(op.vm_id, op.op_id, op.kind, op.node_id, op.incarnation, op.orphaned_at,
-                  mod_revision)
+    return OpView(op.vm_id, op.op_id, op.kind, op.node_id, op.incarnation,
+                  wiretime.seconds(op.orphaned_at), mod_revision)
 
 
 def root_disk_size(offering_size: int, virtual_size: int | None,

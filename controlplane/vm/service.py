@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import queue
-import time
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import grpc
 
-from controlplane import errors
+from controlplane import errors, names, paging, wiretime
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import OwnerContext
 from controlplane.rpc import check_id, check_range
@@ -29,6 +29,11 @@ from controlplane.vm.operations import Operations
 from controlplane.vm.records import root_disk_size
 
 log = logging.getLogger(__name__)
+
+A = TypeVar("A")
+# Every VM operation's request has these two fields (and Start a host_id, Stop/Destroy force).
+OpRequest = (vm_pb2.StartVmRequest | vm_pb2.StopVmRequest | vm_pb2.RebootVmRequest
+             | vm_pb2.PauseVmRequest | vm_pb2.ResumeVmRequest | vm_pb2.DestroyVmRequest)
 
 MAX_CPUS = 1024
 MAX_MEMORY_MB = 64 * 1024 * 1024
@@ -47,7 +52,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
     # -- create ---------------------------------------------------------------------
 
     def CreateVm(self, request: vm_pb2.CreateVmRequest, context: grpc.ServicerContext
-                 ) -> vm_pb2.Vm:
+                 ) -> vm_pb2.CreateVmResponse:
         if not request.vm_id:
             request.vm_id = f"vm-{uuid.uuid4().hex[:12]}"
         check_id(request.vm_id, "vm_id")
@@ -66,11 +71,11 @@ class VmServicer(pb_grpc.VmServiceServicer):
         except ValueError as exc:
             raise errors.Invalid(str(exc)) from None
 
-        def local() -> vm_pb2.Vm:
+        def local() -> vm_pb2.CreateVmResponse:
             if request.start:
                 # Refuse before writing: a create that fails to start must leave nothing.
                 self.operations.placement(vm_pb2.Vm(vm_id=request.vm_id), request.host_id)
-            now = time.time()
+            now = wiretime.now()
             vm = vm_pb2.Vm(vm_id=request.vm_id, name=request.name or request.vm_id,
                            state="Created", ha=request.ha, cpus=request.cpus or 1,
                            memory_mb=request.memory_mb or 512, image=request.image,
@@ -81,11 +86,11 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 [t.absent(key)], [t.put(key, vm.SerializeToString())],
                 errors.Exists(f"VM {request.vm_id!r} already exists"))
             log.info("vm %s created (root disk %d bytes, ha %s)", vm.vm_id, disk,
-                     vm_pb2.HaLevel.Name(vm.ha), extra={"vm_id": vm.vm_id})
+                     names.short(vm_pb2.HaLevel, vm.ha), extra={"vm_id": vm.vm_id})
             if request.start:
-                return self._operate(vm.vm_id, "start", context, request.wait,
-                                     host_id=request.host_id)
-            return vm
+                vm = self._operate(vm.vm_id, "start", context, request.wait,
+                                   host_id=request.host_id)
+            return vm_pb2.CreateVmResponse(vm=vm)
 
         return route_unary(self.router, pb_grpc.VmServiceStub, "CreateVm", request.vm_id,
                            request, context, local)
@@ -110,52 +115,58 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 pass  # the op goes on; the caller sees it in flight
         return answer
 
-    def _routed_op(self, kind: str, method: str, request: vm_pb2.VmOpRequest,
-                   context: grpc.ServicerContext) -> vm_pb2.Vm:
+    def _routed_op(self, kind: str, method: str, request: OpRequest,
+                   context: grpc.ServicerContext, answer: type[A], host_id: str = "",
+                   force: bool = False) -> A:
         check_id(request.vm_id, "vm_id")
-        if request.host_id:
-            check_id(request.host_id, "host_id")
-            if kind != "start":
-                raise errors.Invalid(f"host_id is only for start, not {kind}")
+        if host_id:
+            check_id(host_id, "host_id")
         return route_unary(
             self.router, pb_grpc.VmServiceStub, method, request.vm_id, request, context,
-            lambda: self._operate(request.vm_id, kind, context, request.wait,
-                                  host_id=request.host_id, force=request.force))
+            lambda: answer(vm=self._operate(request.vm_id, kind, context, request.wait,
+                                            host_id=host_id, force=force)))
 
-    def StartVm(self, request: vm_pb2.VmOpRequest, context: grpc.ServicerContext) -> vm_pb2.Vm:
-        return self._routed_op("start", "StartVm", request, context)
+    def StartVm(self, request: vm_pb2.StartVmRequest, context: grpc.ServicerContext
+                ) -> vm_pb2.StartVmResponse:
+        return self._routed_op("start", "StartVm", request, context, vm_pb2.StartVmResponse,
+                               host_id=request.host_id)
 
-    def StopVm(self, request: vm_pb2.VmOpRequest, context: grpc.ServicerContext) -> vm_pb2.Vm:
-        return self._routed_op("stop", "StopVm", request, context)
+    def StopVm(self, request: vm_pb2.StopVmRequest, context: grpc.ServicerContext
+               ) -> vm_pb2.StopVmResponse:
+        return self._routed_op("stop", "StopVm", request, context, vm_pb2.StopVmResponse,
+                               force=request.force)
 
-    def RebootVm(self, request: vm_pb2.VmOpRequest, context: grpc.ServicerContext
-                 ) -> vm_pb2.Vm:
-        return self._routed_op("reboot", "RebootVm", request, context)
+    def RebootVm(self, request: vm_pb2.RebootVmRequest, context: grpc.ServicerContext
+                 ) -> vm_pb2.RebootVmResponse:
+        return self._routed_op("reboot", "RebootVm", request, context, vm_pb2.RebootVmResponse)
 
-    def PauseVm(self, request: vm_pb2.VmOpRequest, context: grpc.ServicerContext) -> vm_pb2.Vm:
-        return self._routed_op("pause", "PauseVm", request, context)
+    def PauseVm(self, request: vm_pb2.PauseVmRequest, context: grpc.ServicerContext
+                ) -> vm_pb2.PauseVmResponse:
+        return self._routed_op("pause", "PauseVm", request, context, vm_pb2.PauseVmResponse)
 
-    def ResumeVm(self, request: vm_pb2.VmOpRequest, context: grpc.ServicerContext
-                 ) -> vm_pb2.Vm:
-        return self._routed_op("resume", "ResumeVm", request, context)
+    def ResumeVm(self, request: vm_pb2.ResumeVmRequest, context: grpc.ServicerContext
+                 ) -> vm_pb2.ResumeVmResponse:
+        return self._routed_op("resume", "ResumeVm", request, context, vm_pb2.ResumeVmResponse)
 
-    def DestroyVm(self, request: vm_pb2.VmOpRequest, context: grpc.ServicerContext
-                  ) -> vm_pb2.Vm:
-        return self._routed_op("destroy", "DestroyVm", request, context)
+    def DestroyVm(self, request: vm_pb2.DestroyVmRequest, context: grpc.ServicerContext
+                  ) -> vm_pb2.DestroyVmResponse:
+        return self._routed_op("destroy", "DestroyVm", request, context,
+                               vm_pb2.DestroyVmResponse, force=request.force)
 
     # -- reads ----------------------------------------------------------------------
 
-    def GetVm(self, request: vm_pb2.VmRef, context: grpc.ServicerContext) -> vm_pb2.Vm:
+    def GetVm(self, request: vm_pb2.GetVmRequest, context: grpc.ServicerContext
+              ) -> vm_pb2.GetVmResponse:
         check_id(request.vm_id, "vm_id")
         vm, _, op, _ = self.operations.read(request.vm_id)
         if vm is None:
             raise errors.NotFound(f"no VM {request.vm_id!r}")
         if op is not None:
             vm.op.CopyFrom(op)
-        return vm
+        return vm_pb2.GetVmResponse(vm=vm)
 
     def ListVms(self, request: vm_pb2.ListVmsRequest, context: grpc.ServicerContext
-                ) -> vm_pb2.ListVmsReply:
+                ) -> vm_pb2.ListVmsResponse:
         if request.state and request.state not in states.STATES:
             raise errors.Invalid(f"unknown state {request.state!r}; states: "
                                  f"{', '.join(sorted(states.STATES))}")
@@ -166,17 +177,20 @@ class VmServicer(pb_grpc.VmServiceServicer):
         vms = sorted((e.value for e in entries
                       if not request.state or e.value.state == request.state),
                      key=lambda v: v.vm_id)
-        return vm_pb2.ListVmsReply(vms=vms, revision=revision)
+        return vm_pb2.ListVmsResponse(vms=vms, revision=revision)
 
-    def ListHaAudit(self, request: vm_pb2.VmRef, context: grpc.ServicerContext
+    def ListHaAudit(self, request: vm_pb2.ListHaAuditRequest, context: grpc.ServicerContext
                     ) -> vm_pb2.ListHaAuditResponse:
         check_id(request.vm_id, "vm_id")
         kvs, _ = self.ctx.store.list_prefix(self.ctx.keys.audit(request.vm_id))
+        chunk, token = paging.page(kvs, lambda kv: kv.key, request.page_size,
+                                   request.page_token)
         return vm_pb2.ListHaAuditResponse(
-            records=[vm_pb2.HaAudit.FromString(kv.value) for kv in kvs])
+            records=[vm_pb2.HaAudit.FromString(kv.value) for kv in chunk],
+            next_page_token=token)
 
     def WatchVms(self, request: vm_pb2.WatchVmsRequest, context: grpc.ServicerContext
-                 ) -> Iterator[vm_pb2.VmEvent]:
+                 ) -> Iterator[vm_pb2.WatchVmsResponse]:
         if request.vm_id:
             check_id(request.vm_id, "vm_id")
 
@@ -202,9 +216,9 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 entries, revision = self.ctx.vms.snapshot()
                 for entry in sorted(entries, key=lambda e: e.key):
                     if wanted(entry.value):
-                        yield vm_pb2.VmEvent(kind=vm_pb2.VmEvent.PUT, vm=entry.value,
+                        yield vm_pb2.WatchVmsResponse(kind=vm_pb2.WatchVmsResponse.KIND_PUT, vm=entry.value,
                                              revision=entry.mod_revision)
-                yield vm_pb2.VmEvent(kind=vm_pb2.VmEvent.SYNCED, revision=revision)
+                yield vm_pb2.WatchVmsResponse(kind=vm_pb2.WatchVmsResponse.KIND_SYNCED, revision=revision)
             while context.is_active() and not self._stopping:
                 try:
                     item = events.get(timeout=0.25)
@@ -213,8 +227,8 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 if item is None:
                     raise errors.Exhausted("watcher too slow: more than 100000 events queued")
                 kind, vm, revision = item
-                yield vm_pb2.VmEvent(
-                    kind=vm_pb2.VmEvent.PUT if kind == "put" else vm_pb2.VmEvent.DELETE,
+                yield vm_pb2.WatchVmsResponse(
+                    kind=vm_pb2.WatchVmsResponse.KIND_PUT if kind == "put" else vm_pb2.WatchVmsResponse.KIND_DELETE,
                     vm=vm, revision=revision)
         finally:
             self.ctx.vms.remove_listener(on_events)

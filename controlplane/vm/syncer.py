@@ -8,11 +8,10 @@ guard): nothing here re-reads a VM. Writes happen only for changes.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from controlplane import metrics
+from controlplane import metrics, wiretime
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
 from controlplane.v1 import vm_pb2
@@ -60,7 +59,7 @@ class Syncer:
                 return
             op = vm_pb2.Op()
             op.CopyFrom(entry.value)
-            op.orphaned_at = time.time()
+            op.orphaned_at.CopyFrom(wiretime.now())
             self.ctx.owner_txn([t.mod_revision_is(keys.op(op.vm_id), entry.mod_revision)],
                                [t.put(keys.op(op.vm_id), op.SerializeToString())])
             log.warning("vm %s: op %s (%s) of %s incarnation %d is an orphan: skipped for up "
@@ -92,7 +91,7 @@ class Syncer:
         success = []
         if action.state != vm.state:
             vm.state = action.state
-            vm.state_changed_at = time.time()
+            vm.state_changed_at.CopyFrom(wiretime.now())
         if action.op is not None:
             op_entry = self.ctx.ops.get(keys.op(vm_id))
             compares.append(t.mod_revision_is(keys.op(vm_id), action.op.mod_revision))
@@ -100,9 +99,10 @@ class Syncer:
             op = op_entry.value if op_entry else None
             vm.last_op.CopyFrom(vm_pb2.LastOp(
                 op_id=action.op.op_id, kind=action.op.kind, outcome=action.op_outcome,
-                node_id=self.ctx.node_id, finished_at=time.time(),
+                node_id=self.ctx.node_id, finished_at=wiretime.now(),
                 detail=f"op of {action.op.node_id} incarnation {action.op.incarnation}"
-                + (f", orphaned at {op.orphaned_at:.3f}" if op and op.orphaned_at else "")))
+                + (f", orphaned at {wiretime.seconds(op.orphaned_at):.3f}"
+                   if op and op.HasField("orphaned_at") else "")))
             log.warning("vm %s: orphan op %s (%s) removed: %s", vm_id, action.op.op_id,
                         action.op.kind, action.op_outcome,
                         extra={"vm_id": vm_id, "host_id": action.vm.host_id,

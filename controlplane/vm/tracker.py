@@ -26,8 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from controlplane import metrics
+from controlplane import metrics, wiretime
 from controlplane.cluster.owned_loop import OwnedLoop
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
@@ -116,7 +117,8 @@ class HostTracker:
             if now - self._breaker[0] < max_age:
                 return self._breaker[1]
         hosts = [e.value for e in self.ctx.hosts.entries()]
-        stamps = [h.unreachable_since for h in hosts if h.unreachable_since]
+        stamps = [wiretime.seconds(h.unreachable_since) for h in hosts
+                  if h.HasField("unreachable_since")]
         # Hosts that fail together are *seen* failing up to one interval apart (each is
         # pulled at its own phase of the interval, later on a loaded node), so a burst
         # "within one interval" is looked for in a window of two.
@@ -138,13 +140,13 @@ class HostTracker:
         host = self.ctx.host_record(host_id)
         if host is None:
             return SyncResult(host_id, False, 0.0, Applied())
-        if host.status == host_pb2.FENCED:
+        if host.status == host_pb2.HOST_STATUS_FENCED:
             return SyncResult(host_id, False, 0.0, Applied())
         # Records as they are before the pull: every write compares these revisions.
         records = [vm_view(e.value, e.mod_revision) for e in self.ctx.vms.by_index(host_id)]
         try:
             reply = self.ctx.agents.stub(host.address).ListVms(
-                agent_pb2.AgentHostRequest(host_id=host_id),
+                agent_pb2.AgentServiceListVmsRequest(host_id=host_id),
                 timeout=self.ctx.config.get("host.pingTimeout"))
         except grpc.RpcError as err:
             applied = self._unreachable(host, state, records, err)
@@ -152,8 +154,9 @@ class HostTracker:
         state.failures = 0
         state.evidence = True
         state.rounds += 1
-        if host.status != host_pb2.CONNECTED or host.unreachable_since:
-            self._write_host(host_id, status=host_pb2.CONNECTED, unreachable_since=0.0)
+        if host.status != host_pb2.HOST_STATUS_CONNECTED or host.HasField("unreachable_since"):
+            self._write_host(host_id, status=host_pb2.HOST_STATUS_CONNECTED,
+                             unreachable_since=None)
         report = Report(
             host_id,
             {v.vm_id: ReportedVm(v.vm_id, AGENT_STATE_NAMES.get(v.state, "stopped"),
@@ -208,16 +211,16 @@ class HostTracker:
         log.warning("host %s unreachable (%d/%d): %s", host.host_id, state.failures, threshold,
                     err.details() if hasattr(err, "details") else err,
                     extra={"host_id": host.host_id})
-        if not host.unreachable_since:
-            self._write_host(host.host_id, unreachable_since=time.time())
+        if not host.HasField("unreachable_since"):
+            self._write_host(host.host_id, unreachable_since=wiretime.now())
         if state.failures < threshold:
             return Applied()
         state.evidence = True
         applied = Applied()
         ops = {e.value.vm_id: op_view(e.value, e.mod_revision)
                for e in self.ctx.ops.by_index(host.host_id)}
-        if host.status == host_pb2.CONNECTED:
-            self._write_host(host.host_id, status=host_pb2.DISCONNECTED)
+        if host.status == host_pb2.HOST_STATUS_CONNECTED:
+            self._write_host(host.host_id, status=host_pb2.HOST_STATUS_DISCONNECTED)
             log.warning("host %s disconnected after %d failed pings", host.host_id,
                         state.failures, extra={"host_id": host.host_id})
             applied = self.syncer.apply(plan_unreachable(host.host_id, records, ops))
@@ -231,7 +234,7 @@ class HostTracker:
         # (With the default 3 ping failures this adds no delay.) Decide on a fresh verdict.
         # A residual race remains on a node so loaded that it pulls a host more than two
         # intervals late: the breaker is a heuristic, fencing is what makes HA safe.
-        since = host.unreachable_since or time.time()
+        since = wiretime.seconds(host.unreachable_since) or time.time()
         if time.time() - since < 2 * self.ctx.config.get("vm.syncInterval") \
                 or not self.ha_allowed(host.host_id, state, fresh=True):
             return applied
@@ -240,7 +243,7 @@ class HostTracker:
     def _fence_and_restart(self, host: host_pb2.Host, state: HostState) -> Applied:
         try:
             reply = self.ctx.agents.stub(host.address).Fence(
-                agent_pb2.AgentHostRequest(host_id=host.host_id),
+                agent_pb2.FenceRequest(host_id=host.host_id),
                 timeout=self.ctx.config.get("host.pingTimeout"))
         except grpc.RpcError as err:
             log.warning("host %s: fence failed (%s): no HA restart without proof",
@@ -249,12 +252,13 @@ class HostTracker:
             return Applied()
         log.warning("host %s fenced (powered off out of band); VMs killed: %s", host.host_id,
                     ", ".join(reply.vms_killed) or "none", extra={"host_id": host.host_id})
-        self._write_host(host.host_id, status=host_pb2.FENCED, fenced_at=time.time())
+        self._write_host(host.host_id, status=host_pb2.HOST_STATUS_FENCED, fenced_at=wiretime.now())
         records = [vm_view(e.value, e.mod_revision) for e in self.ctx.vms.by_index(host.host_id)]
         return self._plan_and_apply(Report(host.host_id, {}, {}, True, fenced=True), records,
                                     state)
 
     def _write_host(self, host_id: str, **fields: object) -> None:
+        """Set fields of the host record by CAS (None clears one: a Timestamp's "never")."""
         for _ in range(3):
             entry = self.ctx.hosts.get(self.ctx.keys.host(host_id))
             if entry is None:
@@ -262,7 +266,12 @@ class HostTracker:
             host = host_pb2.Host()
             host.CopyFrom(entry.value)
             for name, value in fields.items():
-                setattr(host, name, value)
+                if value is None:
+                    host.ClearField(name)
+                elif isinstance(value, Timestamp):
+                    getattr(host, name).CopyFrom(value)
+                else:
+                    setattr(host, name, value)
             try:
                 result = self.ctx.owner_txn(
                     [t.mod_revision_is(self.ctx.keys.host(host_id), entry.mod_revision)],

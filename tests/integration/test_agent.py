@@ -21,7 +21,7 @@ from controlplane.testing.waiting import wait_until
 from controlplane.v1 import agent_pb2 as pb
 from controlplane.v1 import agent_pb2_grpc
 
-RUNNING = pb.AGENT_VM_RUNNING
+RUNNING = pb.AGENT_VM_STATE_RUNNING
 
 
 def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:
@@ -56,7 +56,7 @@ def test_start_list_stop_round_trip(agents: AgentFactory) -> None:
     h = agent.host_ids[1]
     assert agent.host_ids == ["a-host-0", "a-host-1", "a-host-2"]
     stub = agent.stub()
-    listed = stub.ListHosts(pb.ListAgentHostsRequest(), timeout=5)
+    listed = stub.ListHosts(pb.AgentServiceListHostsRequest(), timeout=5)
     assert list(listed.host_ids) == agent.host_ids and listed.backend == "sim"
     started = stub.StartVm(start_req(h, "vm-1", 1, "op-1"), timeout=5)
     assert (started.host_id, started.vm.vm_id, started.vm.state, started.vm.generation) == \
@@ -66,10 +66,10 @@ def test_start_list_stop_round_trip(agents: AgentFactory) -> None:
     ping = stub.Ping(pb.AgentHostRequest(host_id=h), timeout=5)
     assert (ping.cpus, ping.memory_mb, ping.vm_count, ping.backend) == (8, 4096, 1, "sim")
     stopped = stub.StopVm(pb.AgentVmRequest(host_id=h, vm_id="vm-1", op_id="op-2"), timeout=5)
-    assert stopped.vm.state == pb.AGENT_VM_STOPPED and stopped.vm.generation == 1
+    assert stopped.vm.state == pb.AGENT_VM_STATE_STOPPED and stopped.vm.generation == 1
     assert vms(agent, h) == {}
     again = stub.StopVm(pb.AgentVmRequest(host_id=h, vm_id="vm-1"), timeout=5)
-    assert again.vm.state == pb.AGENT_VM_STOPPED  # idempotent
+    assert again.vm.state == pb.AGENT_VM_STATE_STOPPED  # idempotent
     assert "start begun" in agent.log_text() and "op-1" in agent.log_text()
 
 
@@ -155,7 +155,7 @@ def test_fence_during_a_start_aborts_it(agents: AgentFactory) -> None:
     fenced = agent.stub().Fence(pb.AgentHostRequest(host_id=h), timeout=5)
     assert list(fenced.vms_killed) == ["vm-old"]
     assert future.exception(timeout=5).code() == grpc.StatusCode.ABORTED
-    set_condition(agent, h, pb.HOST_UP)
+    set_condition(agent, h, pb.HOST_CONDITION_UP)
     # past the moment the start would have completed, the VM is still not there
     time.sleep(max(0.0, begun + delay + 0.3 - time.monotonic()))
     assert vms(agent, h) == {} and ops(agent, h) == []
@@ -168,10 +168,10 @@ def test_partitioned_host(agents: AgentFactory) -> None:
     stub = agent.stub()
     agent.sim().SeedVms(pb.SeedVmsRequest(host_id=h, vms=[
         pb.AgentVm(vm_id="vm-a", generation=1),
-        pb.AgentVm(vm_id="vm-b", state=pb.AGENT_VM_PAUSED, generation=2)]), timeout=5)
+        pb.AgentVm(vm_id="vm-b", state=pb.AGENT_VM_STATE_PAUSED, generation=2)]), timeout=5)
     future = stub.StartVm.future(start_req(h, "vm-c", 3), timeout=10)
     wait_until(lambda: ops(agent, h), 5)
-    set_condition(agent, h, pb.HOST_PARTITIONED)
+    set_condition(agent, h, pb.HOST_CONDITION_PARTITIONED)
     for call in (lambda: stub.ListVms(pb.AgentHostRequest(host_id=h), timeout=5),
                  lambda: stub.Ping(pb.AgentHostRequest(host_id=h), timeout=5),
                  lambda: stub.StopVm(pb.AgentVmRequest(host_id=h, vm_id="vm-a"), timeout=5)):
@@ -179,12 +179,12 @@ def test_partitioned_host(agents: AgentFactory) -> None:
         assert err.code() == grpc.StatusCode.UNAVAILABLE and "PARTITIONED" in err.details()
     # the start finishes on the host, but its answer is lost in the partition
     assert future.exception(timeout=5).code() == grpc.StatusCode.UNAVAILABLE
-    assert stub.ListHosts(pb.ListAgentHostsRequest(), timeout=5).host_ids  # agent is fine
+    assert stub.ListHosts(pb.AgentServiceListHostsRequest(), timeout=5).host_ids  # agent is fine
     assert vms(agent, other) == {}  # other hosts are unaffected
-    set_condition(agent, h, pb.HOST_UP)  # healed: VMs intact, the start done
-    assert vms(agent, h) == {"vm-a": (RUNNING, 1), "vm-b": (pb.AGENT_VM_PAUSED, 2),
+    set_condition(agent, h, pb.HOST_CONDITION_UP)  # healed: VMs intact, the start done
+    assert vms(agent, h) == {"vm-a": (RUNNING, 1), "vm-b": (pb.AGENT_VM_STATE_PAUSED, 2),
                              "vm-c": (RUNNING, 3)}
-    set_condition(agent, h, pb.HOST_PARTITIONED)
+    set_condition(agent, h, pb.HOST_CONDITION_PARTITIONED)
     fenced = stub.Fence(pb.AgentHostRequest(host_id=h), timeout=5)
     assert sorted(fenced.vms_killed) == ["vm-a", "vm-b", "vm-c"]
     err = rpc_error(lambda: stub.ListVms(pb.AgentHostRequest(host_id=h), timeout=5))
@@ -195,11 +195,11 @@ def test_down_and_back_up_is_empty(agents: AgentFactory) -> None:
     agent = agents.start("a")
     h = agent.host_ids[0]
     agent.stub().StartVm(start_req(h, "vm-1", 1), timeout=5)
-    set_condition(agent, h, pb.HOST_DOWN)
+    set_condition(agent, h, pb.HOST_CONDITION_DOWN)
     err = rpc_error(lambda: agent.stub().StartVm(start_req(h, "vm-2", 1), timeout=5))
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "DOWN" in err.details()
     assert list(agent.stub().Fence(pb.AgentHostRequest(host_id=h), timeout=5).vms_killed) == []
-    set_condition(agent, h, pb.HOST_UP)
+    set_condition(agent, h, pb.HOST_CONDITION_UP)
     assert vms(agent, h) == {}
     assert "UP -> DOWN" in agent.log_text() and "DOWN -> UP" in agent.log_text()
 
@@ -218,7 +218,7 @@ def test_no_report_ops_hides_ops(agents: AgentFactory) -> None:
     stop = agent.stub().StopVm.future(pb.AgentVmRequest(host_id=h, vm_id="vm-1",
                                                         op_id="op-2"), timeout=10)
     wait_until(lambda: ops(agent, h) == [("op-2", "vm-1", "stop", 1)], 5)
-    assert stop.result().vm.state == pb.AGENT_VM_STOPPED
+    assert stop.result().vm.state == pb.AGENT_VM_STATE_STOPPED
     err = rpc_error(lambda: agent.sim().Configure(pb.SimConfig(start_delay=-1), timeout=5))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -230,7 +230,7 @@ def test_unknown_host_and_bad_ids(agents: AgentFactory) -> None:
                  lambda: stub.Fence(pb.AgentHostRequest(host_id="nope"), timeout=5),
                  lambda: stub.StartVm(start_req("nope", "vm-1", 1), timeout=5),
                  lambda: agent.sim().SetHostCondition(
-                     pb.SimHostCondition(host_id="nope", condition=pb.HOST_DOWN), timeout=5)):
+                     pb.SimHostCondition(host_id="nope", condition=pb.HOST_CONDITION_DOWN), timeout=5)):
         assert rpc_error(call).code() == grpc.StatusCode.NOT_FOUND
     h = agent.host_ids[0]
     for vm_id in ("", "a/b"):
@@ -264,14 +264,14 @@ def test_crash_reboot_pause_resume(agents: AgentFactory) -> None:
     stub, sim = agent.stub(), agent.sim()
     stub.StartVm(start_req(h, "vm-1", 1), timeout=5)
     req = pb.AgentVmRequest(host_id=h, vm_id="vm-1")
-    assert stub.PauseVm(req, timeout=5).vm.state == pb.AGENT_VM_PAUSED
+    assert stub.PauseVm(req, timeout=5).vm.state == pb.AGENT_VM_STATE_PAUSED
     assert stub.ResumeVm(req, timeout=5).vm.state == RUNNING
     assert stub.RebootVm(req, timeout=5).vm.state == RUNNING
-    assert sim.CrashVm(req, timeout=5).vm.state == pb.AGENT_VM_CRASHED
-    assert vms(agent, h) == {"vm-1": (pb.AGENT_VM_CRASHED, 1)}
+    assert sim.CrashVm(req, timeout=5).vm.state == pb.AGENT_VM_STATE_CRASHED
+    assert vms(agent, h) == {"vm-1": (pb.AGENT_VM_STATE_CRASHED, 1)}
     err = rpc_error(lambda: stub.RebootVm(req, timeout=5))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "CRASHED" in err.details()
-    assert stub.StopVm(req, timeout=5).vm.state == pb.AGENT_VM_STOPPED
+    assert stub.StopVm(req, timeout=5).vm.state == pb.AGENT_VM_STATE_STOPPED
     assert rpc_error(lambda: sim.CrashVm(req, timeout=5)).code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -283,7 +283,7 @@ def test_health_reflection_and_sigterm_during_a_start(agents: AgentFactory) -> N
     answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
         list_services="")]), timeout=5)
     names = {s.name for a in answers for s in a.list_services_response.service}
-    assert {"controlplane.v1.AgentService", "controlplane.v1.SimControl"} <= names
+    assert {"controlplane.v1.AgentService", "controlplane.v1.SimControlService"} <= names
     h = agent.host_ids[0]
     future = agent.stub().StartVm.future(start_req(h, "vm-1", 1), timeout=60)
     wait_until(lambda: ops(agent, h), 5)

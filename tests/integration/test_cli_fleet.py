@@ -63,20 +63,20 @@ def test_config_and_hosts(fleet) -> None:
 
     h0, h1 = agent.host_ids
     added = cp("host", "add", h0, "--address", agent.address, *ep).stdout
-    assert added.split() == [h0, "CONNECTED", agent.address, "owner=mn-0"]
+    assert added.split() == [h0, "HOST_STATUS_CONNECTED", agent.address, "owner=mn-0"]
     doc = cpj("host", "add", h1, "--address", agent.address, *ep)
     assert (doc["host_id"], doc["status"], doc["address"], doc["owner"]) \
-        == (h1, "CONNECTED", agent.address, "mn-0")
+        == (h1, "HOST_STATUS_CONNECTED", agent.address, "mn-0")
     assert doc["cpus"] == 16 and doc["memory_mb"] == "65536"  # int64 is a JSON string
 
     lines = cp("host", "list", *ep).stdout.splitlines()
-    assert [line.split()[:2] for line in lines] == [[h0, "CONNECTED"], [h1, "CONNECTED"]]
-    assert len({line.index("CONNECTED") for line in lines}) == 1  # aligned columns
+    assert [line.split()[:2] for line in lines] == [[h0, "HOST_STATUS_CONNECTED"], [h1, "HOST_STATUS_CONNECTED"]]
+    assert len({line.index("HOST_STATUS_CONNECTED") for line in lines}) == 1  # aligned columns
     hosts = cpj("host", "list", *ep)
     assert [h["host_id"] for h in hosts] == [h0, h1]
     assert cpj("host", "get", h1, *ep)["address"] == agent.address
-    assert cp("host", "get", h0, *ep).stdout.split()[:2] == [h0, "CONNECTED"]
-    assert cp("host", "reconnect", h0, *ep).stdout.split()[:2] == [h0, "CONNECTED"]
+    assert cp("host", "get", h0, *ep).stdout.split()[:2] == [h0, "HOST_STATUS_CONNECTED"]
+    assert cp("host", "reconnect", h0, *ep).stdout.split()[:2] == [h0, "HOST_STATUS_CONNECTED"]
 
     dup = cp("host", "add", h0, "--address", agent.address, *ep, check=False)
     assert dup.returncode == 1  # the server refused: exit 1 (2 is a usage error)
@@ -113,14 +113,14 @@ def test_vm_lifecycle_and_watch(fleet) -> None:
     try:
         assert watcher.stdout is not None
         first = json.loads(watcher.stdout.readline())
-        assert first["kind"] == "PUT" and first["vm"]["state"] == "Created"
-        assert json.loads(watcher.stdout.readline())["kind"] == "SYNCED"
+        assert first["kind"] == "KIND_PUT" and first["vm"]["state"] == "Created"
+        assert json.loads(watcher.stdout.readline())["kind"] == "KIND_SYNCED"
 
         started = cp("vm", "start", "web-1", "--host", h1, "--wait", *ep).stdout
         assert started.split() == ["web-1", "Running", f"host={h1}", "gen=1", "ha=none"]
 
         third = json.loads(watcher.stdout.readline())
-        assert third["kind"] == "PUT" and third["vm"]["state"] in ("Starting", "Running")
+        assert third["kind"] == "KIND_PUT" and third["vm"]["state"] in ("Starting", "Running")
         assert watcher.wait(timeout=30) == 0, watcher.stderr.read() if watcher.stderr else ""
     finally:
         if watcher.poll() is None:
@@ -151,7 +151,7 @@ def test_vm_lifecycle_and_watch(fleet) -> None:
         assert out.split()[:2] == ["web-1", state], (op, out)
 
     # --wait that runs out of time: the answer shows the op in flight and the exit code is 1
-    agent.sim().Configure(agent_pb2.SimConfig(reboot_delay=3.0), timeout=5)
+    agent.sim().Configure(agent_pb2.ConfigureRequest(reboot_delay=3.0), timeout=5)
     slow = cp("vm", "reboot", "web-1", "--wait", "--timeout", "1.5", *ep, check=False)
     assert slow.returncode == 1, slow.stderr
     assert "still in flight" in slow.stderr
@@ -183,9 +183,9 @@ def test_vm_lifecycle_and_watch(fleet) -> None:
     try:
         assert watcher.stdout is not None
         text = [watcher.stdout.readline().split() for _ in range(3)]
-        assert [t[:3] for t in text[:2]] == [["PUT", "db-1", "Stopped"],
-                                             ["PUT", "web-1", "Destroyed"]]
-        assert text[2][0] == "SYNCED" and text[2][1].startswith("rev=")
+        assert [t[:3] for t in text[:2]] == [["KIND_PUT", "db-1", "Stopped"],
+                                             ["KIND_PUT", "web-1", "Destroyed"]]
+        assert text[2][0] == "KIND_SYNCED" and text[2][1].startswith("rev=")
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(timeout=10) == 0
         assert watcher.stderr is not None and "Traceback" not in watcher.stderr.read()

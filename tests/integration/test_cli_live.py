@@ -65,7 +65,7 @@ def test_live_snapshot_merge_job(etcd, nodes, agents) -> None:  # type: ignore[n
     assert refused(done, node.address, "FAILED_PRECONDITION") and "Running" in done.stderr
     assert refused(cp("image", "job", "m-0", *ep, check=False), node.address, "NOT_FOUND")
 
-    c.vms(node).StartVm(vm_pb2.VmOpRequest(vm_id="vm-1", wait=True), timeout=30)
+    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
     snap = cp("image", "live-snapshot", "img", "--job", "s-1", *ep).stdout.splitlines()
     first = snap[0].split()
     assert first[:6] == ["s-1", "live-snapshot", "COMPLETED", "image=img", "vm=vm-1",

@@ -56,13 +56,13 @@ def test_live_snapshot_then_active_merge(live) -> None:  # type: ignore[no-untyp
     # Offline, live operations are refused.
     assert code_of(lambda: v.LiveSnapshot(volume_pb2.LiveSnapshotRequest(image_id="img"),
                                           timeout=30)) == grpc.StatusCode.FAILED_PRECONDITION
-    c.vms(node).StartVm(vm_pb2.VmOpRequest(vm_id="vm-1", wait=True), timeout=30)
+    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
     # ...and, running, the offline ones are.
     assert code_of(lambda: v.MergeSnapshots(volume_pb2.MergeSnapshotsRequest(
         image_id="img", volume_id="s1"), timeout=30)) == grpc.StatusCode.FAILED_PRECONDITION
 
     # A guest write through the VM's QEMU, then a live snapshot.
-    disk = blockjob_pb2_grpc.AgentBlockJobsStub(agent.channel())
+    disk = blockjob_pb2_grpc.AgentBlockJobsServiceStub(agent.channel())
     disk.OpenDisk(blockjob_pb2.OpenDiskRequest(vm_id="vm-1", path=s1), timeout=30)
     disk.GuestWrite(blockjob_pb2.GuestWriteRequest(vm_id="vm-1", offset=3 * MiB,
                                                    length=MiB, pattern=0x33), timeout=30)
@@ -72,7 +72,7 @@ def test_live_snapshot_then_active_merge(live) -> None:  # type: ignore[no-untyp
     assert job.bytes_copied > 0 and os.path.exists(job.output)
     for off, length, pattern in ((0, MiB, 0x11), (MiB, MiB, 0x22), (3 * MiB, MiB, 0x33)):
         assert pattern_matches(job.output, off, length, pattern)
-    stored = v.GetBlockJob(volume_pb2.BlockJobRef(job_id="snap-1"), timeout=5)
+    stored = v.GetBlockJob(volume_pb2.GetBlockJobRequest(job_id="snap-1"), timeout=5)
     assert (stored.phase, stored.output, stored.node_id) == ("COMPLETED", job.output, "mn-0")
     assert code_of(lambda: v.LiveSnapshot(volume_pb2.LiveSnapshotRequest(
         image_id="img", job_id="snap-1"), timeout=30)) == grpc.StatusCode.ALREADY_EXISTS
@@ -81,19 +81,19 @@ def test_live_snapshot_then_active_merge(live) -> None:  # type: ignore[no-untyp
     job = v.LiveMerge(volume_pb2.LiveMergeRequest(image_id="img", volume_id="s1",
                                                   job_id="merge-1"), timeout=120)
     assert job.phase == "COMPLETED", job.error
-    chain = v.GetVolumeChain(volume_pb2.ImageRef(image_id="img"), timeout=5)
+    chain = v.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="img"), timeout=5)
     assert [x.volume_id for x in chain.chain] == ["base"] and chain.leaf_id == "base"
     assert not chain.outside and not os.path.exists(s1)
-    assert list(disk.GetDiskChain(blockjob_pb2.DiskRef(vm_id="vm-1"), timeout=10).paths) \
+    assert list(disk.GetDiskChain(blockjob_pb2.GetDiskChainRequest(vm_id="vm-1"), timeout=10).paths) \
         == [os.path.realpath(base)]
     # Writes after the pivot land in base; a clean QEMU exit flushes, then every byte reads.
     disk.GuestWrite(blockjob_pb2.GuestWriteRequest(vm_id="vm-1", offset=5 * MiB,
                                                    length=MiB, pattern=0x55), timeout=30)
-    disk.CloseDisk(blockjob_pb2.DiskRef(vm_id="vm-1"), timeout=30)
+    disk.CloseDisk(blockjob_pb2.CloseDiskRequest(vm_id="vm-1"), timeout=30)
     for off, length, pattern in ((0, MiB, 0x11), (MiB, MiB, 0x22), (3 * MiB, MiB, 0x33),
                                  (5 * MiB, MiB, 0x55)):
         assert pattern_matches(base, off, length, pattern)
-    wait_until(lambda: v.GetBlockJob(volume_pb2.BlockJobRef(job_id="merge-1"),
+    wait_until(lambda: v.GetBlockJob(volume_pb2.GetBlockJobRequest(job_id="merge-1"),
                                      timeout=5).phase == "COMPLETED", 5)
 
 
@@ -109,13 +109,13 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
                              timeout=30)
     base, s1 = (x.path for x in chain.chain)
     write_pattern(s1, 0, MiB, 0x44)
-    c.vms(node).StartVm(vm_pb2.VmOpRequest(vm_id="vm-1", wait=True), timeout=30)
-    disk = blockjob_pb2_grpc.AgentBlockJobsStub(agent.channel())
+    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
+    disk = blockjob_pb2_grpc.AgentBlockJobsServiceStub(agent.channel())
     disk.OpenDisk(blockjob_pb2.OpenDiskRequest(vm_id="vm-1", path=s1), timeout=30)
     started = disk.StartCommit(blockjob_pb2.StartCommitRequest(
         vm_id="vm-1", job_id="m-dead", top=s1, base=base), timeout=30)
     assert started.active
-    wait_until(lambda: disk.GetJob(blockjob_pb2.JobRef(vm_id="vm-1", job_id="m-dead"),
+    wait_until(lambda: disk.GetJob(blockjob_pb2.GetJobRequest(vm_id="vm-1", job_id="m-dead"),
                                    timeout=5).status.ready, 30, message="commit READY")
 
     # What the dead node had written: FINISHING, and s1 ILLEGAL in the same txn.
@@ -123,7 +123,7 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
     store = Store(etcd.endpoints)
     try:
         image = volume_pb2.Image.FromString(store.get(keys.image("img")).value)
-        next(x for x in image.volumes if x.volume_id == "s1").legality = volume_pb2.ILLEGAL
+        next(x for x in image.volumes if x.volume_id == "s1").legality = volume_pb2.VOLUME_LEGALITY_ILLEGAL
         store.put(keys.image("img"), image.SerializeToString())
         store.put(keys.job("m-dead"), volume_pb2.BlockJob(
             job_id="m-dead", kind="live-merge", image_id="img", vm_id="vm-1",
@@ -132,16 +132,16 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
     finally:
         store.close()
 
-    job = v.ResumeBlockJob(volume_pb2.BlockJobRef(job_id="m-dead"), timeout=60)
+    job = v.ResumeBlockJob(volume_pb2.ResumeBlockJobRequest(job_id="m-dead"), timeout=60)
     assert (job.phase, job.node_id) == ("COMPLETED", "mn-0"), job.error
-    chain = v.GetVolumeChain(volume_pb2.ImageRef(image_id="img"), timeout=5)
+    chain = v.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="img"), timeout=5)
     assert [x.volume_id for x in chain.chain] == ["base"]
-    assert list(disk.GetDiskChain(blockjob_pb2.DiskRef(vm_id="vm-1"), timeout=10).paths) \
+    assert list(disk.GetDiskChain(blockjob_pb2.GetDiskChainRequest(vm_id="vm-1"), timeout=10).paths) \
         == [os.path.realpath(base)]
-    disk.CloseDisk(blockjob_pb2.DiskRef(vm_id="vm-1"), timeout=30)
+    disk.CloseDisk(blockjob_pb2.CloseDiskRequest(vm_id="vm-1"), timeout=30)
     assert pattern_matches(base, 0, MiB, 0x44)
     # A finished job resumes to itself.
-    assert v.ResumeBlockJob(volume_pb2.BlockJobRef(job_id="m-dead"), timeout=10).phase \
+    assert v.ResumeBlockJob(volume_pb2.ResumeBlockJobRequest(job_id="m-dead"), timeout=10).phase \
         == "COMPLETED"
 
 
@@ -157,12 +157,12 @@ def test_a_vm_does_not_start_while_an_offline_image_operation_holds_the_lock(liv
     try:
         store.put(keys.image_lock("img"), b"mn-other")  # an offline operation in progress
         with pytest.raises(grpc.RpcError) as info:
-            c.vms(node).StartVm(vm_pb2.VmOpRequest(vm_id="vm-1", wait=True), timeout=30)
+            c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "image img is locked by mn-other" in info.value.details()
-        assert c.vms(node).GetVm(vm_pb2.VmRef(vm_id="vm-1"), timeout=5).state == "Created"
+        assert c.vms(node).GetVm(vm_pb2.GetVmRequest(vm_id="vm-1"), timeout=5).state == "Created"
         store.delete(keys.image_lock("img"))
     finally:
         store.close()
-    started = c.vms(node).StartVm(vm_pb2.VmOpRequest(vm_id="vm-1", wait=True), timeout=30)
+    started = c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
     assert started.state == "Running"

@@ -29,7 +29,7 @@ from controlplane.v1 import mds_pb2 as pb
 ATTEMPT = 0.5  # the per-attempt deadline of these tests (30 s in production)
 SEED = 7
 VOLUME = "vol-1"
-HANG, REFUSE, FAIL, SLOW = pb.SIM_MDS_HANG, pb.SIM_MDS_REFUSE, pb.SIM_MDS_FAIL, pb.SIM_MDS_SLOW
+HANG, REFUSE, FAIL, SLOW = pb.SIM_MDS_FAULT_MODE_HANG, pb.SIM_MDS_FAULT_MODE_REFUSE, pb.SIM_MDS_FAULT_MODE_FAIL, pb.SIM_MDS_FAULT_MODE_SLOW
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,9 @@ def clean(trio: list[MdsProcess]) -> None:
         if not p.is_running():  # a test killed it: bring it back
             p.restart().wait_ready()
         p.reset(volumes=True)
-        p.stub().CreateVolume(pb.MdsCreateVolumeRequest(volume_id=VOLUME, size_bytes=1 << 30),
+        p.stub().CreateVolume(pb.CreateVolumeRequest(volume_id=VOLUME, size_bytes=1 << 30),
                               timeout=5)
-        p.sim().SetVolumeClients(pb.SimMdsVolumeClients(
+        p.sim().SetVolumeClients(pb.SetVolumeClientsRequest(
             volume_id=VOLUME, clients=[pb.MdsVolumeClient(client_id="host-0",
                                                           address="10.0.0.5")]), timeout=5)
         p.reset(volumes=False)  # the seeding calls are not the test's
@@ -99,7 +99,7 @@ def calls(procs: list[MdsProcess], method: str) -> list[int]:
     return [p.calls().get(method, 0) for p in procs]
 
 
-GET_CLIENTS = pb.MdsGetVolumeClientsRequest(volume_id=VOLUME)
+GET_CLIENTS = pb.StorageMdsServiceGetVolumeClientsRequest(volume_id=VOLUME)
 
 
 def test_idempotent_call_goes_past_a_hanging_and_a_refusing_mds(trio: list[MdsProcess]) -> None:
@@ -124,7 +124,7 @@ def test_non_idempotent_call_stops_after_the_first_timeout(trio: list[MdsProcess
     refusing.set_fault(REFUSE)
     with client(trio) as c:
         error, _ = timed("hang, refuse, ok (create)", lambda: c.call(
-            "CreateVolume", pb.MdsCreateVolumeRequest(volume_id="vol-2", size_bytes=10),
+            "CreateVolume", pb.CreateVolumeRequest(volume_id="vol-2", size_bytes=10),
             idempotent=False))
     assert isinstance(error, MdsError)
     assert tried(error) == [(hanging.address, Outcome.TIMEOUT)]
@@ -150,7 +150,7 @@ def test_non_idempotent_call_goes_on_after_a_transport_error(trio: list[MdsProce
     refusing, answering, _ = in_call_order(trio)
     refusing.set_fault(REFUSE, "CreateVolume")
     with client(trio) as c:
-        result = c.call("CreateVolume", pb.MdsCreateVolumeRequest(volume_id="vol-2",
+        result = c.call("CreateVolume", pb.CreateVolumeRequest(volume_id="vol-2",
                                                                   size_bytes=10),
                         idempotent=False)
     assert tried(result) == [(refusing.address, Outcome.TRANSPORT),
@@ -186,7 +186,7 @@ def test_connection_refused_by_a_dead_address_goes_on(trio: list[MdsProcess]) ->
     seed = next(s for s in range(100)
                 if attempt_order(eps, random.Random(s))[0].address == dead)
     with client(eps, rng=random.Random(seed)) as c:
-        result = c.call("CreateVolume", pb.MdsCreateVolumeRequest(volume_id="vol-3",
+        result = c.call("CreateVolume", pb.CreateVolumeRequest(volume_id="vol-3",
                                                                   size_bytes=1),
                         idempotent=False)
     assert tried(result) == [(dead, Outcome.TRANSPORT), (trio[0].address, Outcome.OK)]
@@ -199,7 +199,7 @@ def test_unhealthy_mds_are_not_tried(trio: list[MdsProcess]) -> None:
     eps = [MdsEndpoint(trio[0].address, healthy=False), MdsEndpoint(trio[1].address),
            MdsEndpoint(trio[2].address, healthy=False)]
     with client(eps) as c:
-        result = c.call("GetVolume", pb.MdsGetVolumeRequest(volume_id=VOLUME), idempotent=True)
+        result = c.call("GetVolume", pb.GetVolumeRequest(volume_id=VOLUME), idempotent=True)
     assert tried(result) == [(trio[1].address, Outcome.OK)]
     assert calls(trio, "GetVolume") == [0, 1, 0]
 
@@ -232,7 +232,7 @@ def test_slow_mds_within_the_deadline_answers(trio: list[MdsProcess]) -> None:
     slow, _, _ = in_call_order(trio)
     slow.set_fault(SLOW, "GetVolume", delay=0.1)
     with client(trio) as c:
-        result = c.call("GetVolume", pb.MdsGetVolumeRequest(volume_id=VOLUME), idempotent=True)
+        result = c.call("GetVolume", pb.GetVolumeRequest(volume_id=VOLUME), idempotent=True)
     assert tried(result) == [(slow.address, Outcome.OK)]
 
 
@@ -259,7 +259,7 @@ def test_a_killed_mds_is_reached_again_soon_after_its_restart(trio: list[MdsProc
             c.get_volume(VOLUME)
         assert info.value.codes == ("UNAVAILABLE",)
         victim.restart().wait_ready()
-        victim.stub().CreateVolume(pb.MdsCreateVolumeRequest(volume_id=VOLUME, size_bytes=1),
+        victim.stub().CreateVolume(pb.CreateVolumeRequest(volume_id=VOLUME, size_bytes=1),
                                    timeout=5)
         started = time.monotonic()
         wait_until(lambda: c.get_volume(VOLUME), 3, interval=0.05,
@@ -269,15 +269,15 @@ def test_a_killed_mds_is_reached_again_soon_after_its_restart(trio: list[MdsProc
 
 def test_sim_answers_and_refusals(trio: list[MdsProcess]) -> None:
     stub = trio[0].stub()
-    vol = stub.CreateVolume(pb.MdsCreateVolumeRequest(volume_id="v9", size_bytes=5), timeout=5)
+    vol = stub.CreateVolume(pb.CreateVolumeRequest(volume_id="v9", size_bytes=5), timeout=5)
     assert (vol.volume_id, vol.size_bytes) == ("v9", 5) and vol.created_at > 0
-    assert stub.GetVolume(pb.MdsGetVolumeRequest(volume_id="v9"), timeout=5) == vol
-    assert list(stub.GetVolumeClients(pb.MdsGetVolumeClientsRequest(volume_id="v9"),
+    assert stub.GetVolume(pb.GetVolumeRequest(volume_id="v9"), timeout=5) == vol
+    assert list(stub.GetVolumeClients(pb.StorageMdsServiceGetVolumeClientsRequest(volume_id="v9"),
                                       timeout=5).clients) == []
     for fn, code in [
-        (lambda: stub.CreateVolume(pb.MdsCreateVolumeRequest(volume_id="v9", size_bytes=5),
+        (lambda: stub.CreateVolume(pb.CreateVolumeRequest(volume_id="v9", size_bytes=5),
                                    timeout=5), grpc.StatusCode.ALREADY_EXISTS),
-        (lambda: stub.CreateVolume(pb.MdsCreateVolumeRequest(volume_id="v0", size_bytes=0),
+        (lambda: stub.CreateVolume(pb.CreateVolumeRequest(volume_id="v0", size_bytes=0),
                                    timeout=5), grpc.StatusCode.INVALID_ARGUMENT),
         (lambda: trio[0].set_fault(HANG, "Nope"), grpc.StatusCode.INVALID_ARGUMENT),
         (lambda: trio[0].sim().SetFault(pb.SimMdsFault(mode=FAIL, code=99), timeout=5),
@@ -288,18 +288,18 @@ def test_sim_answers_and_refusals(trio: list[MdsProcess]) -> None:
         with pytest.raises(grpc.RpcError) as info:
             fn()
         assert info.value.code() == code  # type: ignore[attr-defined]
-    assert stub.DeleteVolume(pb.MdsDeleteVolumeRequest(volume_id="v9"), timeout=5).volume_id \
+    assert stub.DeleteVolume(pb.DeleteVolumeRequest(volume_id="v9"), timeout=5).volume_id \
         == "v9"
     with pytest.raises(grpc.RpcError) as info:
-        stub.DeleteVolume(pb.MdsDeleteVolumeRequest(volume_id="v9"), timeout=5)
+        stub.DeleteVolume(pb.DeleteVolumeRequest(volume_id="v9"), timeout=5)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     state = trio[0].set_fault(FAIL, "GetVolume", code=grpc.StatusCode.DATA_LOSS)
     assert [(f.method, f.mode, f.code) for f in state.faults] == \
         [("GetVolume", FAIL, grpc.StatusCode.DATA_LOSS.value[0])]
     with pytest.raises(grpc.RpcError) as info:
-        stub.GetVolume(pb.MdsGetVolumeRequest(volume_id=VOLUME), timeout=5)
+        stub.GetVolume(pb.GetVolumeRequest(volume_id=VOLUME), timeout=5)
     assert info.value.code() == grpc.StatusCode.DATA_LOSS  # type: ignore[attr-defined]
-    assert not trio[0].set_fault(pb.SIM_MDS_OK, "GetVolume").faults
+    assert not trio[0].set_fault(pb.SIM_MDS_FAULT_MODE_OK, "GetVolume").faults
 
 
 def test_mds_main_flags_and_a_clean_sigterm(tmp_path: Path) -> None:
@@ -310,7 +310,7 @@ def test_mds_main_flags_and_a_clean_sigterm(tmp_path: Path) -> None:
     try:
         proc.wait_ready()
         proc.set_fault(HANG)
-        hung = proc.stub().GetVolume.future(pb.MdsGetVolumeRequest(volume_id="x"), timeout=30)
+        hung = proc.stub().GetVolume.future(pb.GetVolumeRequest(volume_id="x"), timeout=30)
         wait_until(lambda: proc.calls().get("GetVolume") == 1, 5)
         assert proc.terminate() == 0  # a hanging call does not hold the shutdown
         with pytest.raises(grpc.RpcError):

@@ -32,9 +32,9 @@ def trio(tmp_path: Path) -> Iterator[list[MdsProcess]]:
             p.start()
         for p in procs:
             p.wait_ready()
-            p.stub().CreateVolume(mpb.MdsCreateVolumeRequest(volume_id=VOLUME,
+            p.stub().CreateVolume(mpb.CreateVolumeRequest(volume_id=VOLUME,
                                                              size_bytes=1 << 30), timeout=5)
-            p.sim().SetVolumeClients(mpb.SimMdsVolumeClients(
+            p.sim().SetVolumeClients(mpb.SetVolumeClientsRequest(
                 volume_id=VOLUME, clients=[mpb.MdsVolumeClient(client_id="host-0")]), timeout=5)
         yield procs
     finally:
@@ -50,14 +50,14 @@ def code_of(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
 
 
 def health(node: object, storage_id: str = "ps-1") -> dict[str, int]:
-    record = c.storage(node).GetPrimaryStorage(storage_pb2.PrimaryStorageRef(
+    record = c.storage(node).GetPrimaryStorage(storage_pb2.GetPrimaryStorageRequest(
         storage_id=storage_id), timeout=5)
     return {m.address: m.health for m in record.mds}
 
 
 def set_config(node: object, **values: str) -> None:
     for key, value in values.items():
-        c.config(node).UpdateConfig(config_pb2.ConfigEntry(
+        c.config(node).UpdateConfig(config_pb2.UpdateConfigRequest(
             key=key.replace("_", "."), value=value), timeout=5)
 
 
@@ -74,12 +74,12 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
     assert code_of(lambda: stub.AddPrimaryStorage(storage_pb2.AddPrimaryStorageRequest(
         storage_id="ps-1", mds_addresses=["nohost"]), timeout=5)) \
         == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(lambda: stub.GetPrimaryStorage(storage_pb2.PrimaryStorageRef(
+    assert code_of(lambda: stub.GetPrimaryStorage(storage_pb2.GetPrimaryStorageRequest(
         storage_id="ps-1"), timeout=5)) == grpc.StatusCode.NOT_FOUND
 
     added = stub.AddPrimaryStorage(storage_pb2.AddPrimaryStorageRequest(
         storage_id="ps-1", mds_addresses=addresses), timeout=10)
-    assert [m.health for m in added.mds] == [storage_pb2.MDS_HEALTHY] * 3
+    assert [m.health for m in added.mds] == [storage_pb2.MDS_HEALTH_HEALTHY] * 3
     assert all(m.checked_at > 0 for m in added.mds)  # checked before answering
     assert added.owner in ("a", "b")
     assert code_of(lambda: c.storage(b).AddPrimaryStorage(storage_pb2.AddPrimaryStorageRequest(
@@ -93,10 +93,10 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
     dead, hung, good = trio
     dead.kill()
     hung.set_fault(mpb.SIM_MDS_HANG)
-    unhealthy = {dead.address: storage_pb2.MDS_UNHEALTHY, hung.address: storage_pb2.MDS_UNHEALTHY,
-                 good.address: storage_pb2.MDS_HEALTHY}
+    unhealthy = {dead.address: storage_pb2.MDS_HEALTH_UNHEALTHY, hung.address: storage_pb2.MDS_HEALTH_UNHEALTHY,
+                 good.address: storage_pb2.MDS_HEALTH_HEALTHY}
     wait_until(lambda: health(b) == unhealthy, 10, message="checker marks dead+hung MDS")
-    record = c.storage(b).GetPrimaryStorage(storage_pb2.PrimaryStorageRef(storage_id="ps-1"),
+    record = c.storage(b).GetPrimaryStorage(storage_pb2.GetPrimaryStorageRequest(storage_id="ps-1"),
                                             timeout=5)
     errors = {m.address: m.last_error for m in record.mds}
     assert errors[hung.address].startswith("DEADLINE_EXCEEDED")
@@ -106,24 +106,24 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
     hung.reset(volumes=False)  # count calls from here on; the hang stays (reset clears it)
     hung.set_fault(mpb.SIM_MDS_HANG)
     for node in (a, b):
-        answer = c.storage(node).GetVolumeClients(storage_pb2.StorageVolumeRef(
+        answer = c.storage(node).GetVolumeClients(storage_pb2.GetVolumeClientsRequest(
             storage_id="ps-1", volume_id=VOLUME), timeout=5)
         assert [x.client_id for x in answer.clients] == ["host-0"]
     assert hung.calls().get("GetVolumeClients", 0) == 0
 
     # Healed: both healthy again after a check.
     dead.restart().wait_ready()
-    dead.stub().CreateVolume(mpb.MdsCreateVolumeRequest(volume_id=VOLUME, size_bytes=1),
+    dead.stub().CreateVolume(mpb.CreateVolumeRequest(volume_id=VOLUME, size_bytes=1),
                              timeout=5)
     hung.set_fault(mpb.SIM_MDS_OK)
-    wait_until(lambda: set(health(a).values()) == {storage_pb2.MDS_HEALTHY}, 10,
+    wait_until(lambda: set(health(a).values()) == {storage_pb2.MDS_HEALTH_HEALTHY}, 10,
                message="checker marks healed MDS healthy")
 
     # Every MDS down: UNAVAILABLE, and the message names every MDS.
     for p in trio:
         p.set_fault(mpb.SIM_MDS_REFUSE)
     with pytest.raises(grpc.RpcError) as info:
-        c.storage(a).GetVolumeClients(storage_pb2.StorageVolumeRef(
+        c.storage(a).GetVolumeClients(storage_pb2.GetVolumeClientsRequest(
             storage_id="ps-1", volume_id=VOLUME), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     # Either every MDS was tried (the call came before the check), or the check had already
@@ -134,12 +134,12 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
     # NOT_FOUND from the store is the store's answer, not an outage.
     for p in trio:
         p.set_fault(mpb.SIM_MDS_OK)
-    wait_until(lambda: set(health(a).values()) == {storage_pb2.MDS_HEALTHY}, 10)
-    assert code_of(lambda: c.storage(a).GetVolumeClients(storage_pb2.StorageVolumeRef(
+    wait_until(lambda: set(health(a).values()) == {storage_pb2.MDS_HEALTH_HEALTHY}, 10)
+    assert code_of(lambda: c.storage(a).GetVolumeClients(storage_pb2.GetVolumeClientsRequest(
         storage_id="ps-1", volume_id="no-such-volume"), timeout=5)) == grpc.StatusCode.NOT_FOUND
 
-    removed = c.storage(b).RemovePrimaryStorage(storage_pb2.PrimaryStorageRef(
+    removed = c.storage(b).RemovePrimaryStorage(storage_pb2.RemovePrimaryStorageRequest(
         storage_id="ps-1"), timeout=5)
     assert removed.storage_id == "ps-1"
-    assert code_of(lambda: c.storage(a).GetPrimaryStorage(storage_pb2.PrimaryStorageRef(
+    assert code_of(lambda: c.storage(a).GetPrimaryStorage(storage_pb2.GetPrimaryStorageRequest(
         storage_id="ps-1"), timeout=5)) == grpc.StatusCode.NOT_FOUND

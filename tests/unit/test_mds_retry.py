@@ -134,7 +134,7 @@ class FakeMds:
 
 answer_codes = st.sampled_from([None, SC.UNAVAILABLE, SC.DEADLINE_EXCEEDED, SC.INTERNAL,
                                 SC.FAILED_PRECONDITION, SC.NOT_FOUND])
-REQUEST = mds_pb2.MdsGetVolumeClientsRequest(volume_id="vol-1")
+REQUEST = mds_pb2.StorageMdsServiceGetVolumeClientsRequest(volume_id="vol-1")
 
 
 @given(endpoint_lists(), st.data(), st.booleans(), st.integers(0, 2**32))
@@ -220,11 +220,11 @@ def test_no_healthy_mds_is_an_error_naming_them() -> None:
     fake = FakeMds({})
     client = MdsClient([MdsEndpoint("a:1", False), MdsEndpoint("b:1", False)], invoke=fake)
     with pytest.raises(MdsError, match=r"no healthy MDS \(a:1, b:1\)") as info:
-        client.call("GetVolume", mds_pb2.MdsGetVolumeRequest(volume_id="v"), idempotent=True)
+        client.call("GetVolume", mds_pb2.GetVolumeRequest(volume_id="v"), idempotent=True)
     assert info.value.attempts == () and fake.calls == []
     client.update_endpoints([MdsEndpoint("a:1", True)])
     fake.answers["a:1"] = None
-    assert client.call("GetVolume", mds_pb2.MdsGetVolumeRequest(volume_id="v"),
+    assert client.call("GetVolume", mds_pb2.GetVolumeRequest(volume_id="v"),
                        idempotent=True).address == "a:1"
 
 

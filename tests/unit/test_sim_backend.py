@@ -345,6 +345,6 @@ def test_seed_and_list_at_fleet_scale() -> None:
         t = time.perf_counter()
         resp = servicer.ListVms(request, None)  # type: ignore[arg-type]
         timings.append(time.perf_counter() - t)
-    assert len(resp.vms) == 100 and resp.vms[0].state == agent_pb2.AGENT_VM_RUNNING
+    assert len(resp.vms) == 100 and resp.vms[0].state == agent_pb2.AGENT_VM_STATE_RUNNING
     timings.sort()
     assert timings[len(timings) // 2] < 0.005, timings  # ~0.1 ms here

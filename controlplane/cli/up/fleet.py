@@ -14,13 +14,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent import futures
 from typing import TypeVar
 
 import grpc
 
+from controlplane import paging
 from controlplane.cli.up.retry import retry_call, wait_for
 from controlplane.cli.up.screen import Reporter
-from controlplane.client import Client
+from controlplane.client import Client, list_all
 from controlplane.v1 import host_pb2, host_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 __all__ = ["FleetBuilder", "FleetSummary", "fleet_line", "vm_name"]
@@ -47,10 +49,10 @@ def vm_name(index: int, total: int) -> str:
     return f"vm-{index:0{max(4, len(str(total - 1)))}d}"
 
 
-def fleet_line(hosts: host_pb2.ListHostsResponse, vms: vm_pb2.ListVmsReply) -> str:
+def fleet_line(hosts: host_pb2.ListHostsResponse, vms: vm_pb2.ListVmsResponse) -> str:
     """`hosts 2/3 connected, 10 VMs: Running 9, Starting 1` (states sorted by name, so the
     line only changes when the fleet does)."""
-    connected = sum(1 for h in hosts.hosts if h.status == host_pb2.CONNECTED)
+    connected = sum(1 for h in hosts.hosts if h.status == host_pb2.HOST_STATUS_CONNECTED)
     states = Counter(v.state for v in vms.vms)
     per_state = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
     return (f"hosts {connected}/{len(hosts.hosts)} connected, {len(vms.vms)} VMs"
@@ -192,7 +194,7 @@ class FleetBuilder:
         vm_id = vm_name(index, self.vms)
         host_id = self.host_ids[index % len(self.host_ids)]
         request = vm_pb2.CreateVmRequest(
-            vm_id=vm_id, ha=vm_pb2.NEVER_STOP if index % 2 == 0 else vm_pb2.HA_NONE,
+            vm_id=vm_id, ha=vm_pb2.HA_LEVEL_NEVER_STOP if index % 2 == 0 else vm_pb2.HA_LEVEL_UNSPECIFIED,
             image=VM_IMAGE, host_id=host_id, start=True, wait=False)
         try:
             self._retried(lambda client: client.vms.CreateVm(request), _RETRYABLE)
@@ -200,11 +202,11 @@ class FleetBuilder:
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-        vm = self._retried(lambda client: client.vms.GetVm(vm_pb2.VmRef(vm_id=vm_id)),
-            frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}))
+        vm = self._retried(lambda client: client.vms.GetVm(vm_pb2.GetVmRequest(vm_id=vm_id)),
+            frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})).vm
         if vm.state == "Created" and not vm.op.op_id:
             self._retried(lambda client: client.vms.StartVm(
-                vm_pb2.VmOpRequest(vm_id=vm_id, host_id=host_id)), _RETRYABLE)
+                vm_pb2.StartVmRequest(vm_id=vm_id, host_id=host_id)), _RETRYABLE)
 
 
 class FleetSummary:
@@ -215,33 +217,40 @@ class FleetSummary:
     def __init__(self, min_pause: float) -> None:
         self.min_pause = min_pause
         self.line: str | None = None  # fleet_line() of the last summary answered
-        self._asked: tuple[grpc.Future, grpc.Future, float] | None = None
+        self._asked: tuple[futures.Future, float] | None = None
         self._next = 0.0
+        # The listings are paginated: one thread pages through both, off the poll loop.
+        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="fleet-summary")
 
     def ask(self, channel: grpc.Channel | None) -> None:
         """Start the two listings on `channel` (a ready node's) when due and none is in
         flight."""
         if channel is None or self._asked is not None or time.monotonic() < self._next:
             return
-        hosts = host_pb2_grpc.HostServiceStub(channel).ListHosts.future(
-            host_pb2.ListHostsRequest(), timeout=SUMMARY_TIMEOUT)
-        vms = vm_pb2_grpc.VmServiceStub(channel).ListVms.future(
-            vm_pb2.ListVmsRequest(), timeout=SUMMARY_TIMEOUT)
-        self._asked = (hosts, vms, time.monotonic())
+        def both() -> tuple[host_pb2.ListHostsResponse, vm_pb2.ListVmsResponse]:
+            hosts = list_all(host_pb2_grpc.HostServiceStub(channel).ListHosts,
+                             host_pb2.ListHostsRequest(page_size=paging.MAX_PAGE_SIZE), "hosts",
+                             timeout=SUMMARY_TIMEOUT)
+            vms = list_all(vm_pb2_grpc.VmServiceStub(channel).ListVms,
+                           vm_pb2.ListVmsRequest(page_size=paging.MAX_PAGE_SIZE), "vms",
+                           timeout=SUMMARY_TIMEOUT)
+            return hosts, vms
+
+        self._asked = (self._pool.submit(both), time.monotonic())
 
     def read(self) -> str | None:
         """Take the answers if they are in; the last line answered (kept when a listing
         fails: the next poll asks again, maybe another node)."""
         if self._asked is None:
             return self.line
-        hosts, vms, asked_at = self._asked
-        if not (hosts.done() and vms.done()):
+        listing, asked_at = self._asked
+        if not listing.done():
             return self.line
         self._asked = None
         cost = time.monotonic() - asked_at
         self._next = time.monotonic() + max(self.min_pause - cost, SUMMARY_COST_FACTOR * cost)
         try:
-            self.line = fleet_line(hosts.result(), vms.result())
-        except (grpc.RpcError, grpc.FutureCancelledError):
+            self.line = fleet_line(*listing.result())
+        except grpc.RpcError:
             pass
         return self.line

@@ -161,7 +161,7 @@ def cluster_client(stack: contextlib.ExitStack, nodes: Sequence[NodeProcess],
 
 def set_config(client: Client, settings: dict[str, str]) -> None:
     for key, value in settings.items():
-        client.config.UpdateConfig(config_pb2.ConfigEntry(key=key, value=value))
+        client.config.UpdateConfig(config_pb2.UpdateConfigRequest(key=key, value=value))
 
 
 def add_hosts(client: Client, agent: AgentProcess) -> list[str]:

@@ -56,17 +56,17 @@ def ha_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
         for run in range(args.ha_runs):
             vm_id = f"ha-{run}"
             vm = vms.CreateVm(vm_pb2.CreateVmRequest(
-                vm_id=vm_id, image=image(), ha=vm_pb2.NEVER_STOP, host_id=h0, start=True,
-                wait=True))
+                vm_id=vm_id, image=image(), ha=vm_pb2.HA_LEVEL_NEVER_STOP, host_id=h0, start=True,
+                wait=True)).vm
             if vm.state != "Running" or vm.host_id != h0:
                 raise BenchError(f"{vm_id} is {vm.state} on {vm.host_id!r}, wanted Running "
                                  f"on {h0}")
-            sim.SetHostCondition(agent_pb2.SimHostCondition(
-                host_id=h0, condition=agent_pb2.HOST_DOWN), timeout=5)
+            sim.SetHostCondition(agent_pb2.SetHostConditionRequest(
+                host_id=h0, condition=agent_pb2.HOST_CONDITION_DOWN), timeout=5)
             started = time.monotonic()
             while True:
                 try:
-                    vm = vms.GetVm(vm_pb2.VmRef(vm_id=vm_id), timeout=2)
+                    vm = vms.GetVm(vm_pb2.GetVmRequest(vm_id=vm_id), timeout=2).vm
                     if vm.state == "Running" and vm.host_id == h1:
                         break
                 except grpc.RpcError:
@@ -79,13 +79,14 @@ def ha_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
             runs.append(time.monotonic() - started)
             progress(f"ha: run {run + 1}/{args.ha_runs}: {runs[-1]:.2f}s")
             # Power the host back on and bring it back (FENCED -> pinged -> CONNECTED).
-            sim.SetHostCondition(agent_pb2.SimHostCondition(
-                host_id=h0, condition=agent_pb2.HOST_UP), timeout=5)
-            hosts.ReconnectHost(host_pb2.HostRef(host_id=h0))
+            sim.SetHostCondition(agent_pb2.SetHostConditionRequest(
+                host_id=h0, condition=agent_pb2.HOST_CONDITION_UP), timeout=5)
+            hosts.ReconnectHost(host_pb2.ReconnectHostRequest(host_id=h0))
             started = time.monotonic()
             while True:
-                host = hosts.GetHost(host_pb2.HostRef(host_id=h0), timeout=5)
-                if host.status == host_pb2.CONNECTED and not host.unreachable_since:
+                host = hosts.GetHost(host_pb2.GetHostRequest(host_id=h0), timeout=5).host
+                if (host.status == host_pb2.HOST_STATUS_CONNECTED
+                        and not host.HasField("unreachable_since")):
                     break
                 if time.monotonic() - started > 30:
                     raise BenchError(f"host {h0} not CONNECTED again after reconnect")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
+from controlplane import wiretime
 from controlplane.config.live import SETTINGS
 from controlplane.config.settings import Settings
 from controlplane.devtools.bench.fleet.common import (
@@ -60,7 +61,7 @@ def seed_agent(agent: AgentProcess, host_ids: list[str], per_host: int) -> None:
     sim = agent.sim()
 
     def seed(host_id: str) -> None:
-        vms = [agent_pb2.AgentVm(vm_id=v, state=agent_pb2.AGENT_VM_RUNNING, generation=1)
+        vms = [agent_pb2.AgentVm(vm_id=v, state=agent_pb2.AGENT_VM_STATE_RUNNING, generation=1)
                for v in _vm_ids(host_id, per_host)]
         sim.SeedVms(agent_pb2.SeedVmsRequest(host_id=host_id, vms=vms), timeout=30)
 
@@ -74,7 +75,7 @@ def seed_records(store: Store, keys: Keys, agent: AgentProcess, host_ids: list[s
     without device info and last_op (so about half the size of real ones: 95 bytes a VM
     record instead of about 220), written in txns of PUTS_PER_TXN puts from a few threads;
     returns the records written."""
-    now = time.time()
+    now = wiretime.now()
     batches: list[list[Any]] = []
     batch: list[Any] = []
 
@@ -86,7 +87,7 @@ def seed_records(store: Store, keys: Keys, agent: AgentProcess, host_ids: list[s
             batch = []
 
     for host_id in host_ids:
-        host = host_pb2.Host(host_id=host_id, address=agent.address, status=host_pb2.CONNECTED,
+        host = host_pb2.Host(host_id=host_id, address=agent.address, status=host_pb2.HOST_STATUS_CONNECTED,
                              added_at=now, cpus=16, memory_mb=65536)
         add(keys.host(host_id), host.SerializeToString())
     vm_devices = devices()

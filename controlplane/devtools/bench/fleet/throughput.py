@@ -111,9 +111,11 @@ def _client_thread(pick: Picker, index: int, vm_id: str, owner_address: str, fir
         client = pick(index, k)
         kind = "start" if k % 2 == 0 else "stop"
         call = client.vms.StartVm if kind == "start" else client.vms.StopVm
+        request = (vm_pb2.StartVmRequest if kind == "start" else vm_pb2.StopVmRequest)(
+            vm_id=vm_id, wait=True)
         began = time.perf_counter()
         try:
-            vm = call(vm_pb2.VmOpRequest(vm_id=vm_id, wait=True), timeout=60)
+            vm = call(request, timeout=60).vm
         except grpc.RpcError as err:
             errors.append(f"{vm_id} {kind} via {client.endpoint}: {err.code().name}: "
                           f"{err.details()}")

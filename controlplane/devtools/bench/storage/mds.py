@@ -27,11 +27,11 @@ def mds_figures(calls: int, attempt_timeout: float) -> dict[str, object]:
                 p.start()
             for p in procs:
                 p.wait_ready()
-                p.stub().CreateVolume(mds_pb2.MdsCreateVolumeRequest(volume_id="v",
+                p.stub().CreateVolume(mds_pb2.CreateVolumeRequest(volume_id="v",
                                                                      size_bytes=1), timeout=5)
             hung = procs[0]
-            hung.set_fault(mds_pb2.SIM_MDS_HANG)
-            request = mds_pb2.MdsGetVolumeClientsRequest(volume_id="v")
+            hung.set_fault(mds_pb2.SIM_MDS_FAULT_MODE_HANG)
+            request = mds_pb2.StorageMdsServiceGetVolumeClientsRequest(volume_id="v")
             failover: list[float] = []
             direct: list[float] = []
             with MdsClient([MdsEndpoint(p.address) for p in procs], attempt_timeout,

@@ -52,7 +52,7 @@ def reconcile_figures(depth: int, runs: int) -> dict[str, object]:
             info = timed(lambda: qemuimg.chain_info(leaf))
             grpc_call = timed(lambda: volumes.ReconcileVolumeChain(
                 volume_pb2.ReconcileVolumeChainRequest(image_id="deep")))
-            final = volumes.GetVolumeChain(volume_pb2.ImageRef(image_id="deep"))
+            final = volumes.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="deep"))
         finally:
             client.close()
             node.stop()
