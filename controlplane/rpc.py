@@ -10,6 +10,9 @@ need exactly one place to attach credentials and interceptors.
 - grpc.health.v1 with the services `liveness` and `readiness` (and "" and every added
   service, which follow readiness), so Kubernetes probes and `grpc_health_probe` work;
 - server reflection of every added service (grpcurl needs nothing else);
+- the request check: every request is held against the limits its .proto declares
+  (buf.validate annotations, enforced by protovalidate) before its handler runs, so a
+  client reads the constraints in the schema and nothing is written past them;
 - the domain-error interceptor: a handler that raises a `controlplane.errors` kind (or a
   StoreError) answers with the status code `STATUS` gives it, never UNKNOWN;
 - a clean RuntimeError naming the address when the port cannot be bound.
@@ -26,6 +29,7 @@ from concurrent import futures
 from typing import Any, Protocol
 
 import grpc
+import protovalidate
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -34,7 +38,7 @@ from controlplane.metadata import UNREACHABLE
 from controlplane.store.errors import StoreError
 
 __all__ = ["MAX_ID", "STATUS", "MetricsInterceptor", "RpcServer", "abort", "check_address",
-           "check_id", "check_range", "serve_metrics", "serve_until_signal", "status_of",
+           "check_id", "check_range", "check_request", "serve_metrics", "serve_until_signal", "status_of",
            "valid_address"]
 
 log = logging.getLogger(__name__)
@@ -120,12 +124,44 @@ def check_address(address: str, field: str) -> str:
     return address
 
 
+MAX_VIOLATIONS_SHOWN = 5
+
+
+def check_request(request: Any) -> None:
+    """The request against the limits its .proto declares (buf.validate rules: id patterns,
+    string lengths, repeated sizes, ranges, defined enum values), before any handler runs:
+    Invalid naming every broken field, its rule and the limit, never the value itself (a
+    1 MiB string is not echoed into trailing metadata). Messages without rules pass."""
+    violations = protovalidate.collect_violations(request)
+    if not violations:
+        return
+    shown = [f"{_field_path(v.proto.field)}: {v.proto.message} ({v.proto.rule_id})"
+             for v in violations[:MAX_VIOLATIONS_SHOWN]]
+    more = len(violations) - len(shown)
+    raise errors.Invalid("; ".join(shown) + (f"; and {more} more" if more > 0 else ""))
+
+
+def _field_path(path: Any) -> str:
+    """image.image_id, mds_addresses[3]: the field a violation is about."""
+    out = []
+    for element in path.elements:
+        name = element.field_name
+        subscript = getattr(element, "subscript", None)  # a oneof: index or a map key
+        if subscript is not None and getattr(subscript, "field", "") == "index":
+            name += f"[{subscript.value}]"
+        out.append(name)
+    return ".".join(out) or "(message)"
+
+
 # -- the server ----------------------------------------------------------------------------
 
-def _wrap(behaviour: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+def _wrap(behaviour: Callable[..., Any], streaming: bool, request_streaming: bool
+          ) -> Callable[..., Any]:
     if streaming:
         def stream(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
             try:
+                if not request_streaming:
+                    check_request(request_or_iterator)
                 yield from behaviour(request_or_iterator, context)
             except (errors.DomainError, StoreError) as exc:
                 abort(context, exc)
@@ -133,6 +169,8 @@ def _wrap(behaviour: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
 
     def unary(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
         try:
+            if not request_streaming:
+                check_request(request_or_iterator)
             return behaviour(request_or_iterator, context)
         except (errors.DomainError, StoreError) as exc:
             abort(context, exc)
@@ -175,7 +213,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
 
 class DomainErrors(grpc.ServerInterceptor):
-    """Turns a domain error raised by any handler into its status (the `STATUS` table)."""
+    """Checks every request against its declared limits (`check_request`) and turns a
+    domain error raised by any handler into its status (the `STATUS` table)."""
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
@@ -188,13 +227,13 @@ class DomainErrors(grpc.ServerInterceptor):
             # would turn it into a blocking stream that holds a worker per watcher.
             return handler
         if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap(handler.unary_unary, False))
+            return handler._replace(unary_unary=_wrap(handler.unary_unary, False, False))
         if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap(handler.unary_stream, True))
+            return handler._replace(unary_stream=_wrap(handler.unary_stream, True, False))
         if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap(handler.stream_unary, False))
+            return handler._replace(stream_unary=_wrap(handler.stream_unary, False, True))
         if handler.stream_stream:
-            return handler._replace(stream_stream=_wrap(handler.stream_stream, True))
+            return handler._replace(stream_stream=_wrap(handler.stream_stream, True, True))
         return handler
 
 
