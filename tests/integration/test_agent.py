@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from controlplane import wiretime
 from controlplane.testing.agents import AgentProcess
 from controlplane.testing.pytest_plugin import AgentFactory
 from controlplane.testing.waiting import wait_until
@@ -31,22 +32,23 @@ def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:
 
 
 def vms(agent: AgentProcess, host: str) -> dict[str, tuple[int, int]]:
-    resp = agent.stub().ListVms(pb.AgentHostRequest(host_id=host), timeout=5)
+    resp = agent.stub().ListVms(pb.AgentServiceListVmsRequest(host_id=host), timeout=5)
     return {v.vm_id: (v.state, v.generation) for v in resp.vms}
 
 
 def ops(agent: AgentProcess, host: str) -> list[tuple[str, str, str, int]]:
-    resp = agent.stub().ListVms(pb.AgentHostRequest(host_id=host), timeout=5)
+    resp = agent.stub().ListVms(pb.AgentServiceListVmsRequest(host_id=host), timeout=5)
     return [(o.op_id, o.vm_id, o.kind, o.generation) for o in resp.ops]
 
 
-def start_req(host: str, vm: str, generation: int, op_id: str = "") -> pb.AgentVmRequest:
-    return pb.AgentVmRequest(host_id=host, vm_id=vm, generation=generation, op_id=op_id,
-                             cpus=2, memory_mb=2048)
+def start_req(host: str, vm: str, generation: int, op_id: str = ""
+              ) -> pb.AgentServiceStartVmRequest:
+    return pb.AgentServiceStartVmRequest(host_id=host, vm_id=vm, generation=generation,
+                                         op_id=op_id, cpus=2, memory_mb=2048)
 
 
 def set_condition(agent: AgentProcess, host: str, condition: int) -> None:
-    resp = agent.sim().SetHostCondition(pb.SimHostCondition(host_id=host, condition=condition),
+    resp = agent.sim().SetHostCondition(pb.SetHostConditionRequest(host_id=host, condition=condition),
                                         timeout=5)
     assert resp.condition == condition
 
@@ -63,12 +65,12 @@ def test_start_list_stop_round_trip(agents: AgentFactory) -> None:
         (h, "vm-1", RUNNING, 1)
     assert vms(agent, h) == {"vm-1": (RUNNING, 1)}
     assert vms(agent, agent.host_ids[0]) == {}
-    ping = stub.Ping(pb.AgentHostRequest(host_id=h), timeout=5)
+    ping = stub.Ping(pb.PingRequest(host_id=h), timeout=5)
     assert (ping.cpus, ping.memory_mb, ping.vm_count, ping.backend) == (8, 4096, 1, "sim")
-    stopped = stub.StopVm(pb.AgentVmRequest(host_id=h, vm_id="vm-1", op_id="op-2"), timeout=5)
+    stopped = stub.StopVm(pb.AgentServiceStopVmRequest(host_id=h, vm_id="vm-1", op_id="op-2"), timeout=5)
     assert stopped.vm.state == pb.AGENT_VM_STATE_STOPPED and stopped.vm.generation == 1
     assert vms(agent, h) == {}
-    again = stub.StopVm(pb.AgentVmRequest(host_id=h, vm_id="vm-1"), timeout=5)
+    again = stub.StopVm(pb.AgentServiceStopVmRequest(host_id=h, vm_id="vm-1"), timeout=5)
     assert again.vm.state == pb.AGENT_VM_STATE_STOPPED  # idempotent
     assert "start begun" in agent.log_text() and "op-1" in agent.log_text()
 
@@ -78,7 +80,7 @@ def test_slow_start_shows_its_op_and_the_vm_only_after(agents: AgentFactory) -> 
     h = agent.host_ids[0]
     future = agent.stub().StartVm.future(start_req(h, "vm-1", 4, "op-slow"), timeout=10)
     wait_until(lambda: ops(agent, h), 5, message="start op never listed")
-    resp = agent.stub().ListVms(pb.AgentHostRequest(host_id=h), timeout=5)
+    resp = agent.stub().ListVms(pb.AgentServiceListVmsRequest(host_id=h), timeout=5)
     assert [(o.op_id, o.vm_id, o.kind, o.generation) for o in resp.ops] == \
         [("op-slow", "vm-1", "start", 4)]
     assert resp.ops[0].started_at > 0 and resp.reports_ops
@@ -92,7 +94,7 @@ _CALLER = """
 import sys, grpc
 from controlplane.v1 import agent_pb2 as pb, agent_pb2_grpc
 stub = agent_pb2_grpc.AgentServiceStub(grpc.insecure_channel(sys.argv[1]))
-stub.StartVm(pb.AgentVmRequest(host_id=sys.argv[2], vm_id="vm-killed", generation=1,
+stub.StartVm(pb.AgentServiceStartVmRequest(host_id=sys.argv[2], vm_id="vm-killed", generation=1,
                                op_id="op-killed"), timeout=60)
 """
 
@@ -137,7 +139,7 @@ def test_generations_stale_refused_same_idempotent(agents: AgentFactory) -> None
     assert "6" in err.details() and "7" in err.details() and "stale" in err.details()
     err = rpc_error(lambda: stub.StartVm(start_req(h, "vm-1", 8), timeout=5))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # another generation runs
-    stub.DestroyVm(pb.AgentVmRequest(host_id=h, vm_id="vm-1"), timeout=5)
+    stub.DestroyVm(pb.AgentServiceDestroyVmRequest(host_id=h, vm_id="vm-1"), timeout=5)
     err = rpc_error(lambda: stub.StartVm(start_req(h, "vm-1", 6), timeout=5))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # still stale after the stop
     assert vms(agent, h) == {}
@@ -152,7 +154,7 @@ def test_fence_during_a_start_aborts_it(agents: AgentFactory) -> None:
     begun = time.monotonic()
     future = agent.stub().StartVm.future(start_req(h, "vm-1", 1, "op-f"), timeout=10)
     wait_until(lambda: ops(agent, h), 5)
-    fenced = agent.stub().Fence(pb.AgentHostRequest(host_id=h), timeout=5)
+    fenced = agent.stub().Fence(pb.FenceRequest(host_id=h), timeout=5)
     assert list(fenced.vms_killed) == ["vm-old"]
     assert future.exception(timeout=5).code() == grpc.StatusCode.ABORTED
     set_condition(agent, h, pb.HOST_CONDITION_UP)
@@ -172,9 +174,9 @@ def test_partitioned_host(agents: AgentFactory) -> None:
     future = stub.StartVm.future(start_req(h, "vm-c", 3), timeout=10)
     wait_until(lambda: ops(agent, h), 5)
     set_condition(agent, h, pb.HOST_CONDITION_PARTITIONED)
-    for call in (lambda: stub.ListVms(pb.AgentHostRequest(host_id=h), timeout=5),
-                 lambda: stub.Ping(pb.AgentHostRequest(host_id=h), timeout=5),
-                 lambda: stub.StopVm(pb.AgentVmRequest(host_id=h, vm_id="vm-a"), timeout=5)):
+    for call in (lambda: stub.ListVms(pb.AgentServiceListVmsRequest(host_id=h), timeout=5),
+                 lambda: stub.Ping(pb.PingRequest(host_id=h), timeout=5),
+                 lambda: stub.StopVm(pb.AgentServiceStopVmRequest(host_id=h, vm_id="vm-a"), timeout=5)):
         err = rpc_error(call)
         assert err.code() == grpc.StatusCode.UNAVAILABLE and "PARTITIONED" in err.details()
     # the start finishes on the host, but its answer is lost in the partition
@@ -185,9 +187,9 @@ def test_partitioned_host(agents: AgentFactory) -> None:
     assert vms(agent, h) == {"vm-a": (RUNNING, 1), "vm-b": (pb.AGENT_VM_STATE_PAUSED, 2),
                              "vm-c": (RUNNING, 3)}
     set_condition(agent, h, pb.HOST_CONDITION_PARTITIONED)
-    fenced = stub.Fence(pb.AgentHostRequest(host_id=h), timeout=5)
+    fenced = stub.Fence(pb.FenceRequest(host_id=h), timeout=5)
     assert sorted(fenced.vms_killed) == ["vm-a", "vm-b", "vm-c"]
-    err = rpc_error(lambda: stub.ListVms(pb.AgentHostRequest(host_id=h), timeout=5))
+    err = rpc_error(lambda: stub.ListVms(pb.AgentServiceListVmsRequest(host_id=h), timeout=5))
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "DOWN" in err.details()
 
 
@@ -198,7 +200,7 @@ def test_down_and_back_up_is_empty(agents: AgentFactory) -> None:
     set_condition(agent, h, pb.HOST_CONDITION_DOWN)
     err = rpc_error(lambda: agent.stub().StartVm(start_req(h, "vm-2", 1), timeout=5))
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "DOWN" in err.details()
-    assert list(agent.stub().Fence(pb.AgentHostRequest(host_id=h), timeout=5).vms_killed) == []
+    assert list(agent.stub().Fence(pb.FenceRequest(host_id=h), timeout=5).vms_killed) == []
     set_condition(agent, h, pb.HOST_CONDITION_UP)
     assert vms(agent, h) == {}
     assert "UP -> DOWN" in agent.log_text() and "DOWN -> UP" in agent.log_text()
@@ -209,28 +211,30 @@ def test_no_report_ops_hides_ops(agents: AgentFactory) -> None:
     h = agent.host_ids[0]
     future = agent.stub().StartVm.future(start_req(h, "vm-1", 1, "op-1"), timeout=10)
     wait_until(lambda: "start begun" in agent.log_text(), 5)
-    resp = agent.stub().ListVms(pb.AgentHostRequest(host_id=h), timeout=5)
+    resp = agent.stub().ListVms(pb.AgentServiceListVmsRequest(host_id=h), timeout=5)
     assert not resp.ops and not resp.reports_ops and not resp.vms
     assert future.result().vm.state == RUNNING
     # Configure turns reporting back on at run time and answers the whole config
-    config = agent.sim().Configure(pb.SimConfig(report_ops=True, stop_delay=0.5), timeout=5)
-    assert config.report_ops and config.stop_delay == 0.5 and config.start_delay == 0.5
-    stop = agent.stub().StopVm.future(pb.AgentVmRequest(host_id=h, vm_id="vm-1",
+    config = agent.sim().Configure(pb.ConfigureRequest(
+        report_ops=True, stop_delay=wiretime.duration(0.5)), timeout=5)
+    assert config.report_ops and wiretime.span(config.stop_delay) == 0.5 \
+        and wiretime.span(config.start_delay) == 0.5
+    stop = agent.stub().StopVm.future(pb.AgentServiceStopVmRequest(host_id=h, vm_id="vm-1",
                                                         op_id="op-2"), timeout=10)
     wait_until(lambda: ops(agent, h) == [("op-2", "vm-1", "stop", 1)], 5)
     assert stop.result().vm.state == pb.AGENT_VM_STATE_STOPPED
-    err = rpc_error(lambda: agent.sim().Configure(pb.SimConfig(start_delay=-1), timeout=5))
+    err = rpc_error(lambda: agent.sim().Configure(pb.ConfigureRequest(start_delay=wiretime.duration(-1)), timeout=5))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_unknown_host_and_bad_ids(agents: AgentFactory) -> None:
     agent = agents.start("a")
     stub = agent.stub()
-    for call in (lambda: stub.ListVms(pb.AgentHostRequest(host_id="nope"), timeout=5),
-                 lambda: stub.Fence(pb.AgentHostRequest(host_id="nope"), timeout=5),
+    for call in (lambda: stub.ListVms(pb.AgentServiceListVmsRequest(host_id="nope"), timeout=5),
+                 lambda: stub.Fence(pb.FenceRequest(host_id="nope"), timeout=5),
                  lambda: stub.StartVm(start_req("nope", "vm-1", 1), timeout=5),
                  lambda: agent.sim().SetHostCondition(
-                     pb.SimHostCondition(host_id="nope", condition=pb.HOST_CONDITION_DOWN), timeout=5)):
+                     pb.SetHostConditionRequest(host_id="nope", condition=pb.HOST_CONDITION_DOWN), timeout=5)):
         assert rpc_error(call).code() == grpc.StatusCode.NOT_FOUND
     h = agent.host_ids[0]
     for vm_id in ("", "a/b"):
@@ -242,7 +246,7 @@ def test_device_info_and_injected_failure(agents: AgentFactory) -> None:
     agent = agents.start("a", seed=1)
     h = agent.host_ids[0]
     stub = agent.stub()
-    req = pb.AgentVmRequest(host_id=h, vm_id="vm-1")
+    req = pb.SyncVmDeviceInfoRequest(host_id=h, vm_id="vm-1")
     assert rpc_error(lambda: stub.SyncVmDeviceInfo(req, timeout=5)).code() == \
         grpc.StatusCode.NOT_FOUND
     stub.StartVm(start_req(h, "vm-1", 1), timeout=5)
@@ -251,10 +255,10 @@ def test_device_info_and_injected_failure(agents: AgentFactory) -> None:
     assert devices["disk0"][0] == "0000:00:04.0"
     assert devices["nic0"][0] == "0000:00:03.0" and devices["nic0"][1].startswith("52:54:00:")
     assert stub.SyncVmDeviceInfo(req, timeout=5) == info  # stable
-    agent.sim().Configure(pb.SimConfig(device_info_failure_rate=1.0), timeout=5)
+    agent.sim().Configure(pb.ConfigureRequest(device_info_failure_rate=1.0), timeout=5)
     err = rpc_error(lambda: stub.SyncVmDeviceInfo(req, timeout=5))
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "injected failure" in err.details()
-    agent.sim().Configure(pb.SimConfig(device_info_failure_rate=0.0), timeout=5)
+    agent.sim().Configure(pb.ConfigureRequest(device_info_failure_rate=0.0), timeout=5)
     assert stub.SyncVmDeviceInfo(req, timeout=5) == info
 
 
@@ -263,7 +267,7 @@ def test_crash_reboot_pause_resume(agents: AgentFactory) -> None:
     h = agent.host_ids[0]
     stub, sim = agent.stub(), agent.sim()
     stub.StartVm(start_req(h, "vm-1", 1), timeout=5)
-    req = pb.AgentVmRequest(host_id=h, vm_id="vm-1")
+    req = pb.AgentServicePauseVmRequest(host_id=h, vm_id="vm-1")
     assert stub.PauseVm(req, timeout=5).vm.state == pb.AGENT_VM_STATE_PAUSED
     assert stub.ResumeVm(req, timeout=5).vm.state == RUNNING
     assert stub.RebootVm(req, timeout=5).vm.state == RUNNING

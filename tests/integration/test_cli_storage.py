@@ -55,7 +55,7 @@ def mds(tmp_path: Path) -> Iterator[MdsProcess]:
         proc.start()
         proc.wait_ready()
         proc.stub().CreateVolume(mpb.CreateVolumeRequest(volume_id="vol-1",
-                                                            size_bytes=1 << 30), timeout=5)
+                                                            size_bytes=1 << 30), timeout=5).volume
         proc.sim().SetVolumeClients(mpb.SetVolumeClientsRequest(
             volume_id="vol-1", clients=[mpb.MdsVolumeClient(client_id="host-0")]), timeout=5)
         yield proc
@@ -143,13 +143,13 @@ def test_storage_add_get_list_check_clients_remove(etcd, nodes, mds) -> None:  #
                    "NOT_FOUND")
 
     # The MDS refuses every call: a check marks it, and the store has no MDS left to ask.
-    mds.set_fault(mpb.SIM_MDS_REFUSE)
+    mds.set_fault(mpb.SIM_MDS_FAULT_MODE_REFUSE)
     sick = lines(cp("storage", "check", "ps-1", *ep))
     assert [row[:4] for row in sick] == [["ps-1", mds.address, "UNHEALTHY", "failures=1"]]
     assert sick[0][5].startswith("error=") and sick[0][5] != "error=-"
     assert refused(cp("storage", "clients", "ps-1", "vol-1", *ep, check=False), node.address,
                    "UNAVAILABLE")
-    mds.set_fault(mpb.SIM_MDS_OK)
+    mds.set_fault(mpb.SIM_MDS_FAULT_MODE_OK)
     assert lines(cp("storage", "check", "ps-1", *ep)) == [healthy]
 
     assert lines(cp("storage", "remove", "ps-1", *ep)) == [healthy]

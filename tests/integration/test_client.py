@@ -34,16 +34,16 @@ def test_unary_calls_stream_and_errors(etcd, nodes) -> None:
         ring = client.cluster.GetRing(cluster_pb2.GetRingRequest())
         assert [m.node_id for m in ring.members] == ["mn-0"]
         assert client.endpoint == node.address
-        entry = client.config.GetConfig(config_pb2.GetConfigRequest(key="vm.syncInterval"))
+        entry = client.config.GetConfig(config_pb2.GetConfigRequest(key="vm.syncInterval")).entry
         assert entry.key == "vm.syncInterval"
         health = client.health.Check(health_pb2.HealthCheckRequest(service="readiness"))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as info:
-            client.vms.GetVm(vm_pb2.GetVmRequest(vm_id="nope"))
+            client.vms.GetVm(vm_pb2.GetVmRequest(vm_id="nope")).vm
         assert info.value.code() is grpc.StatusCode.NOT_FOUND
         assert client.retries == 0  # NOT_FOUND is an answer, not a reason to retry
         client.vms.CreateVm(vm_pb2.CreateVmRequest(
-            vm_id="vm-1", image=vm_pb2.ImageInfo(virtual_size=1 << 30, actual_size=1 << 28)))
+            vm_id="vm-1", image=vm_pb2.ImageInfo(virtual_size=1 << 30, actual_size=1 << 28))).vm
         events = client.vms.WatchVms(vm_pb2.WatchVmsRequest(vm_id="vm-1", initial=True),
                                      timeout=5)
         first = next(iter(events))

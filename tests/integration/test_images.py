@@ -69,7 +69,7 @@ def stub(node: ManagementNode):  # type: ignore[no-untyped-def]
     return c.volumes(node.settings.listen)
 
 
-def ids(chain: volume_pb2.VolumeChain) -> list[str]:
+def ids(chain: volume_pb2.GetVolumeChainResponse) -> list[str]:
     return [v.volume_id for v in chain.chain]
 
 

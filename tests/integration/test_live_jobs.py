@@ -28,10 +28,10 @@ def live(etcd, nodes, agents):  # type: ignore[no-untyped-def]
     node = nodes.start("mn-0", etcd.endpoints)
     agent = agents.start("ag", hosts=1, extra_args=["--block-backend", "qemu"])
     c.hosts(node).AddHost(host_pb2.AddHostRequest(host_id=agent.host_ids[0],
-                                                  address=agent.address), timeout=10)
+                                                  address=agent.address), timeout=10).host
     c.vms(node).CreateVm(vm_pb2.CreateVmRequest(
         vm_id="vm-1", image=vm_pb2.ImageInfo(image_id="img", virtual_size=64 * MiB,
-                                             actual_size=MiB)), timeout=5)
+                                             actual_size=MiB)), timeout=5).vm
     return node, agent
 
 
@@ -55,8 +55,8 @@ def test_live_snapshot_then_active_merge(live) -> None:  # type: ignore[no-untyp
 
     # Offline, live operations are refused.
     assert code_of(lambda: v.LiveSnapshot(volume_pb2.LiveSnapshotRequest(image_id="img"),
-                                          timeout=30)) == grpc.StatusCode.FAILED_PRECONDITION
-    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
+                                          timeout=30).job) == grpc.StatusCode.FAILED_PRECONDITION
+    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30).vm
     # ...and, running, the offline ones are.
     assert code_of(lambda: v.MergeSnapshots(volume_pb2.MergeSnapshotsRequest(
         image_id="img", volume_id="s1"), timeout=30)) == grpc.StatusCode.FAILED_PRECONDITION
@@ -67,19 +67,19 @@ def test_live_snapshot_then_active_merge(live) -> None:  # type: ignore[no-untyp
     disk.GuestWrite(blockjob_pb2.GuestWriteRequest(vm_id="vm-1", offset=3 * MiB,
                                                    length=MiB, pattern=0x33), timeout=30)
     job = v.LiveSnapshot(volume_pb2.LiveSnapshotRequest(image_id="img", job_id="snap-1"),
-                         timeout=120)
+                         timeout=120).job
     assert job.phase == "COMPLETED", job.error
     assert job.bytes_copied > 0 and os.path.exists(job.output)
     for off, length, pattern in ((0, MiB, 0x11), (MiB, MiB, 0x22), (3 * MiB, MiB, 0x33)):
         assert pattern_matches(job.output, off, length, pattern)
-    stored = v.GetBlockJob(volume_pb2.GetBlockJobRequest(job_id="snap-1"), timeout=5)
+    stored = v.GetBlockJob(volume_pb2.GetBlockJobRequest(job_id="snap-1"), timeout=5).job
     assert (stored.phase, stored.output, stored.node_id) == ("COMPLETED", job.output, "mn-0")
     assert code_of(lambda: v.LiveSnapshot(volume_pb2.LiveSnapshotRequest(
-        image_id="img", job_id="snap-1"), timeout=30)) == grpc.StatusCode.ALREADY_EXISTS
+        image_id="img", job_id="snap-1"), timeout=30).job) == grpc.StatusCode.ALREADY_EXISTS
 
     # Live merge of the active leaf: READY, FINISHING persisted with s1 ILLEGAL, pivot, done.
     job = v.LiveMerge(volume_pb2.LiveMergeRequest(image_id="img", volume_id="s1",
-                                                  job_id="merge-1"), timeout=120)
+                                                  job_id="merge-1"), timeout=120).job
     assert job.phase == "COMPLETED", job.error
     chain = v.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="img"), timeout=5)
     assert [x.volume_id for x in chain.chain] == ["base"] and chain.leaf_id == "base"
@@ -94,7 +94,7 @@ def test_live_snapshot_then_active_merge(live) -> None:  # type: ignore[no-untyp
                                  (5 * MiB, MiB, 0x55)):
         assert pattern_matches(base, off, length, pattern)
     wait_until(lambda: v.GetBlockJob(volume_pb2.GetBlockJobRequest(job_id="merge-1"),
-                                     timeout=5).phase == "COMPLETED", 5)
+                                     timeout=5).job.phase == "COMPLETED", 5)
 
 
 def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> None:  # type: ignore[no-untyped-def]
@@ -109,7 +109,7 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
                              timeout=30)
     base, s1 = (x.path for x in chain.chain)
     write_pattern(s1, 0, MiB, 0x44)
-    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
+    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30).vm
     disk = blockjob_pb2_grpc.AgentBlockJobsServiceStub(agent.channel())
     disk.OpenDisk(blockjob_pb2.OpenDiskRequest(vm_id="vm-1", path=s1), timeout=30)
     started = disk.StartCommit(blockjob_pb2.StartCommitRequest(
@@ -132,7 +132,7 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
     finally:
         store.close()
 
-    job = v.ResumeBlockJob(volume_pb2.ResumeBlockJobRequest(job_id="m-dead"), timeout=60)
+    job = v.ResumeBlockJob(volume_pb2.ResumeBlockJobRequest(job_id="m-dead"), timeout=60).job
     assert (job.phase, job.node_id) == ("COMPLETED", "mn-0"), job.error
     chain = v.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="img"), timeout=5)
     assert [x.volume_id for x in chain.chain] == ["base"]
@@ -141,7 +141,7 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
     disk.CloseDisk(blockjob_pb2.CloseDiskRequest(vm_id="vm-1"), timeout=30)
     assert pattern_matches(base, 0, MiB, 0x44)
     # A finished job resumes to itself.
-    assert v.ResumeBlockJob(volume_pb2.ResumeBlockJobRequest(job_id="m-dead"), timeout=10).phase \
+    assert v.ResumeBlockJob(volume_pb2.ResumeBlockJobRequest(job_id="m-dead"), timeout=10).job.phase \
         == "COMPLETED"
 
 
@@ -157,12 +157,12 @@ def test_a_vm_does_not_start_while_an_offline_image_operation_holds_the_lock(liv
     try:
         store.put(keys.image_lock("img"), b"mn-other")  # an offline operation in progress
         with pytest.raises(grpc.RpcError) as info:
-            c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
+            c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30).vm
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "image img is locked by mn-other" in info.value.details()
-        assert c.vms(node).GetVm(vm_pb2.GetVmRequest(vm_id="vm-1"), timeout=5).state == "Created"
+        assert c.vms(node).GetVm(vm_pb2.GetVmRequest(vm_id="vm-1"), timeout=5).vm.state == "Created"
         store.delete(keys.image_lock("img"))
     finally:
         store.close()
-    started = c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
+    started = c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30).vm
     assert started.state == "Running"

@@ -56,7 +56,7 @@ def clean(trio: list[MdsProcess]) -> None:
             p.restart().wait_ready()
         p.reset(volumes=True)
         p.stub().CreateVolume(pb.CreateVolumeRequest(volume_id=VOLUME, size_bytes=1 << 30),
-                              timeout=5)
+                              timeout=5).volume
         p.sim().SetVolumeClients(pb.SetVolumeClientsRequest(
             volume_id=VOLUME, clients=[pb.MdsVolumeClient(client_id="host-0",
                                                           address="10.0.0.5")]), timeout=5)
@@ -260,7 +260,7 @@ def test_a_killed_mds_is_reached_again_soon_after_its_restart(trio: list[MdsProc
         assert info.value.codes == ("UNAVAILABLE",)
         victim.restart().wait_ready()
         victim.stub().CreateVolume(pb.CreateVolumeRequest(volume_id=VOLUME, size_bytes=1),
-                                   timeout=5)
+                                   timeout=5).volume
         started = time.monotonic()
         wait_until(lambda: c.get_volume(VOLUME), 3, interval=0.05,
                    message="the client never reached the restarted MDS")
@@ -269,20 +269,20 @@ def test_a_killed_mds_is_reached_again_soon_after_its_restart(trio: list[MdsProc
 
 def test_sim_answers_and_refusals(trio: list[MdsProcess]) -> None:
     stub = trio[0].stub()
-    vol = stub.CreateVolume(pb.CreateVolumeRequest(volume_id="v9", size_bytes=5), timeout=5)
+    vol = stub.CreateVolume(pb.CreateVolumeRequest(volume_id="v9", size_bytes=5), timeout=5).volume
     assert (vol.volume_id, vol.size_bytes) == ("v9", 5) and vol.created_at > 0
-    assert stub.GetVolume(pb.GetVolumeRequest(volume_id="v9"), timeout=5) == vol
+    assert stub.GetVolume(pb.GetVolumeRequest(volume_id="v9"), timeout=5).volume == vol
     assert list(stub.GetVolumeClients(pb.StorageMdsServiceGetVolumeClientsRequest(volume_id="v9"),
                                       timeout=5).clients) == []
     for fn, code in [
         (lambda: stub.CreateVolume(pb.CreateVolumeRequest(volume_id="v9", size_bytes=5),
-                                   timeout=5), grpc.StatusCode.ALREADY_EXISTS),
+                                   timeout=5).volume, grpc.StatusCode.ALREADY_EXISTS),
         (lambda: stub.CreateVolume(pb.CreateVolumeRequest(volume_id="v0", size_bytes=0),
-                                   timeout=5), grpc.StatusCode.INVALID_ARGUMENT),
+                                   timeout=5).volume, grpc.StatusCode.INVALID_ARGUMENT),
         (lambda: trio[0].set_fault(HANG, "Nope"), grpc.StatusCode.INVALID_ARGUMENT),
-        (lambda: trio[0].sim().SetFault(pb.SimMdsFault(mode=FAIL, code=99), timeout=5),
+        (lambda: trio[0].sim().SetFault(pb.SetFaultRequest(mode=FAIL, code=99), timeout=5),
          grpc.StatusCode.INVALID_ARGUMENT),
-        (lambda: trio[0].sim().SetFault(pb.SimMdsFault(mode=SLOW, delay_seconds=-1), timeout=5),
+        (lambda: trio[0].sim().SetFault(pb.SetFaultRequest(mode=SLOW, delay_seconds=-1), timeout=5),
          grpc.StatusCode.INVALID_ARGUMENT),
     ]:
         with pytest.raises(grpc.RpcError) as info:
@@ -297,7 +297,7 @@ def test_sim_answers_and_refusals(trio: list[MdsProcess]) -> None:
     assert [(f.method, f.mode, f.code) for f in state.faults] == \
         [("GetVolume", FAIL, grpc.StatusCode.DATA_LOSS.value[0])]
     with pytest.raises(grpc.RpcError) as info:
-        stub.GetVolume(pb.GetVolumeRequest(volume_id=VOLUME), timeout=5)
+        stub.GetVolume(pb.GetVolumeRequest(volume_id=VOLUME), timeout=5).volume
     assert info.value.code() == grpc.StatusCode.DATA_LOSS  # type: ignore[attr-defined]
     assert not trio[0].set_fault(pb.SIM_MDS_FAULT_MODE_OK, "GetVolume").faults
 

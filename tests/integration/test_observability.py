@@ -62,11 +62,11 @@ def test_json_log_lines_of_a_vm_operation_carry_its_ids(etcd: EtcdCluster, nodes
     agent = agents.start("ag")
     (host_id,) = agent.host_ids
     c.hosts(node).AddHost(host_pb2.AddHostRequest(host_id=host_id, address=agent.address),
-                          timeout=10)
+                          timeout=10).host
     vm = c.vms(node).CreateVm(vm_pb2.CreateVmRequest(
         vm_id="log-1", image=vm_pb2.ImageInfo(image_id="img", virtual_size=1 << 30,
                                               actual_size=1 << 28),
-        start=True, wait=True, host_id=host_id), timeout=20)
+        start=True, wait=True, host_id=host_id), timeout=20).vm
     assert vm.state == "Running"
     op_id = vm.last_op.op_id
 

@@ -33,7 +33,7 @@ def trio(tmp_path: Path) -> Iterator[list[MdsProcess]]:
         for p in procs:
             p.wait_ready()
             p.stub().CreateVolume(mpb.CreateVolumeRequest(volume_id=VOLUME,
-                                                             size_bytes=1 << 30), timeout=5)
+                                                             size_bytes=1 << 30), timeout=5).volume
             p.sim().SetVolumeClients(mpb.SetVolumeClientsRequest(
                 volume_id=VOLUME, clients=[mpb.MdsVolumeClient(client_id="host-0")]), timeout=5)
         yield procs
@@ -51,14 +51,14 @@ def code_of(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
 
 def health(node: object, storage_id: str = "ps-1") -> dict[str, int]:
     record = c.storage(node).GetPrimaryStorage(storage_pb2.GetPrimaryStorageRequest(
-        storage_id=storage_id), timeout=5)
+        storage_id=storage_id), timeout=5).storage
     return {m.address: m.health for m in record.mds}
 
 
 def set_config(node: object, **values: str) -> None:
     for key, value in values.items():
         c.config(node).UpdateConfig(config_pb2.UpdateConfigRequest(
-            key=key.replace("_", "."), value=value), timeout=5)
+            key=key.replace("_", "."), value=value), timeout=5).entry
 
 
 def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> None:  # type: ignore[no-untyped-def]
@@ -70,20 +70,20 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
 
     # Bad input is refused before anything is written.
     assert code_of(lambda: stub.AddPrimaryStorage(storage_pb2.AddPrimaryStorageRequest(
-        storage_id="ps-1"), timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+        storage_id="ps-1"), timeout=5).storage) == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(lambda: stub.AddPrimaryStorage(storage_pb2.AddPrimaryStorageRequest(
-        storage_id="ps-1", mds_addresses=["nohost"]), timeout=5)) \
+        storage_id="ps-1", mds_addresses=["nohost"]), timeout=5).storage) \
         == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(lambda: stub.GetPrimaryStorage(storage_pb2.GetPrimaryStorageRequest(
-        storage_id="ps-1"), timeout=5)) == grpc.StatusCode.NOT_FOUND
+        storage_id="ps-1"), timeout=5).storage) == grpc.StatusCode.NOT_FOUND
 
     added = stub.AddPrimaryStorage(storage_pb2.AddPrimaryStorageRequest(
-        storage_id="ps-1", mds_addresses=addresses), timeout=10)
+        storage_id="ps-1", mds_addresses=addresses), timeout=10).storage
     assert [m.health for m in added.mds] == [storage_pb2.MDS_HEALTH_HEALTHY] * 3
     assert all(m.checked_at > 0 for m in added.mds)  # checked before answering
     assert added.owner in ("a", "b")
     assert code_of(lambda: c.storage(b).AddPrimaryStorage(storage_pb2.AddPrimaryStorageRequest(
-        storage_id="ps-1", mds_addresses=addresses), timeout=5)) \
+        storage_id="ps-1", mds_addresses=addresses), timeout=5).storage) \
         == grpc.StatusCode.ALREADY_EXISTS
     listed = c.storage(b).ListPrimaryStorages(storage_pb2.ListPrimaryStoragesRequest(),
                                               timeout=5)
@@ -92,19 +92,19 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
     # One MDS dies, one hangs: the owner's checker marks both unhealthy...
     dead, hung, good = trio
     dead.kill()
-    hung.set_fault(mpb.SIM_MDS_HANG)
+    hung.set_fault(mpb.SIM_MDS_FAULT_MODE_HANG)
     unhealthy = {dead.address: storage_pb2.MDS_HEALTH_UNHEALTHY, hung.address: storage_pb2.MDS_HEALTH_UNHEALTHY,
                  good.address: storage_pb2.MDS_HEALTH_HEALTHY}
     wait_until(lambda: health(b) == unhealthy, 10, message="checker marks dead+hung MDS")
     record = c.storage(b).GetPrimaryStorage(storage_pb2.GetPrimaryStorageRequest(storage_id="ps-1"),
-                                            timeout=5)
+                                            timeout=5).storage
     errors = {m.address: m.last_error for m in record.mds}
     assert errors[hung.address].startswith("DEADLINE_EXCEEDED")
     assert errors[dead.address].startswith("UNAVAILABLE")
 
     # ...and calls through either node go to the healthy one only, at once.
     hung.reset(volumes=False)  # count calls from here on; the hang stays (reset clears it)
-    hung.set_fault(mpb.SIM_MDS_HANG)
+    hung.set_fault(mpb.SIM_MDS_FAULT_MODE_HANG)
     for node in (a, b):
         answer = c.storage(node).GetVolumeClients(storage_pb2.GetVolumeClientsRequest(
             storage_id="ps-1", volume_id=VOLUME), timeout=5)
@@ -114,14 +114,14 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
     # Healed: both healthy again after a check.
     dead.restart().wait_ready()
     dead.stub().CreateVolume(mpb.CreateVolumeRequest(volume_id=VOLUME, size_bytes=1),
-                             timeout=5)
-    hung.set_fault(mpb.SIM_MDS_OK)
+                             timeout=5).volume
+    hung.set_fault(mpb.SIM_MDS_FAULT_MODE_OK)
     wait_until(lambda: set(health(a).values()) == {storage_pb2.MDS_HEALTH_HEALTHY}, 10,
                message="checker marks healed MDS healthy")
 
     # Every MDS down: UNAVAILABLE, and the message names every MDS.
     for p in trio:
-        p.set_fault(mpb.SIM_MDS_REFUSE)
+        p.set_fault(mpb.SIM_MDS_FAULT_MODE_REFUSE)
     with pytest.raises(grpc.RpcError) as info:
         c.storage(a).GetVolumeClients(storage_pb2.GetVolumeClientsRequest(
             storage_id="ps-1", volume_id=VOLUME), timeout=10)
@@ -133,13 +133,13 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
 
     # NOT_FOUND from the store is the store's answer, not an outage.
     for p in trio:
-        p.set_fault(mpb.SIM_MDS_OK)
+        p.set_fault(mpb.SIM_MDS_FAULT_MODE_OK)
     wait_until(lambda: set(health(a).values()) == {storage_pb2.MDS_HEALTH_HEALTHY}, 10)
     assert code_of(lambda: c.storage(a).GetVolumeClients(storage_pb2.GetVolumeClientsRequest(
         storage_id="ps-1", volume_id="no-such-volume"), timeout=5)) == grpc.StatusCode.NOT_FOUND
 
     removed = c.storage(b).RemovePrimaryStorage(storage_pb2.RemovePrimaryStorageRequest(
-        storage_id="ps-1"), timeout=5)
+        storage_id="ps-1"), timeout=5).storage
     assert removed.storage_id == "ps-1"
     assert code_of(lambda: c.storage(a).GetPrimaryStorage(storage_pb2.GetPrimaryStorageRequest(
-        storage_id="ps-1"), timeout=5)) == grpc.StatusCode.NOT_FOUND
+        storage_id="ps-1"), timeout=5).storage) == grpc.StatusCode.NOT_FOUND

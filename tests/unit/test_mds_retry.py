@@ -129,7 +129,7 @@ class FakeMds:
         code = self.answers[address]
         if code is not None:
             raise FakeRpcError(code, f"fake error from {address}")
-        return mds_pb2.MdsGetVolumeClientsResponse(volume_id=address)
+        return mds_pb2.StorageMdsServiceGetVolumeClientsResponse(volume_id=address)
 
 
 answer_codes = st.sampled_from([None, SC.UNAVAILABLE, SC.DEADLINE_EXCEEDED, SC.INTERNAL,
