@@ -203,8 +203,8 @@ def print_json(doc: object) -> None:
 
 # Cells that name a state get a colour on a terminal (nowhere else: rich prints no colour
 # to a pipe). Anything not listed stays plain.
-_GOOD = {"HOST_STATUS_CONNECTED", "HEALTHY", "Running", "VOLUME_LEGALITY_LEGAL", "COMPLETED", "leaf", "(default)"}
-_BAD = {"HOST_STATUS_DISCONNECTED", "HOST_STATUS_FENCED", "UNHEALTHY", "VOLUME_LEGALITY_ILLEGAL", "FAILED", "Error", "Crashed",
+_GOOD = {"CONNECTED", "HEALTHY", "Running", "LEGAL", "COMPLETED", "leaf", "(default)"}
+_BAD = {"DISCONNECTED", "FENCED", "UNHEALTHY", "ILLEGAL", "FAILED", "Error", "Crashed",
         "outside-chain", "Unknown"}
 _BUSY = {"Starting", "Stopping", "Rebooting", "Pausing", "Resuming", "Migrating",
          "Destroying", "STARTING", "RUNNING", "READY", "FINISHING"}

@@ -45,8 +45,8 @@ class Legality(enum.Enum):
     a chain": a leaf whose data was mirrored into its parent just before pivot, or a leaf whose
     file is gone."""
 
-    LEGAL = "VOLUME_LEGALITY_LEGAL"
-    ILLEGAL = "VOLUME_LEGALITY_ILLEGAL"
+    LEGAL = "LEGAL"
+    ILLEGAL = "ILLEGAL"
 
 
 @dataclass(frozen=True)

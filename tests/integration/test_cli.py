@@ -171,8 +171,8 @@ def test_completion_scripts() -> None:
 def test_tables_on_a_terminal_and_elsewhere() -> None:
     """On a terminal a rich table with a header; elsewhere the same layout without it (and
     without trailing blanks), the lines the other CLI tests read."""
-    rows = [["h-0", "HOST_STATUS_CONNECTED", "127.0.0.1:1", "owner=mn-0"],
-            ["host-10", "HOST_STATUS_DISCONNECTED", "[::1]:7070", "owner=-"]]
+    rows = [["h-0", "CONNECTED", "127.0.0.1:1", "owner=mn-0"],
+            ["host-10", "DISCONNECTED", "[::1]:7070", "owner=-"]]
     header = ["HOST", "STATUS", "AGENT", "OWNER"]
     plain = common.aligned(rows)
     assert plain == ["h-0      CONNECTED     127.0.0.1:1  owner=mn-0",

@@ -63,20 +63,20 @@ def test_config_and_hosts(fleet) -> None:
 
     h0, h1 = agent.host_ids
     added = cp("host", "add", h0, "--address", agent.address, *ep).stdout
-    assert added.split() == [h0, "HOST_STATUS_CONNECTED", agent.address, "owner=mn-0"]
+    assert added.split() == [h0, "CONNECTED", agent.address, "owner=mn-0"]
     doc = cpj("host", "add", h1, "--address", agent.address, *ep)
     assert (doc["host_id"], doc["status"], doc["address"], doc["owner"]) \
-        == (h1, "HOST_STATUS_CONNECTED", agent.address, "mn-0")
+        == (h1, "CONNECTED", agent.address, "mn-0")
     assert doc["cpus"] == 16 and doc["memory_mb"] == "65536"  # int64 is a JSON string
 
     lines = cp("host", "list", *ep).stdout.splitlines()
-    assert [line.split()[:2] for line in lines] == [[h0, "HOST_STATUS_CONNECTED"], [h1, "HOST_STATUS_CONNECTED"]]
-    assert len({line.index("HOST_STATUS_CONNECTED") for line in lines}) == 1  # aligned columns
+    assert [line.split()[:2] for line in lines] == [[h0, "CONNECTED"], [h1, "CONNECTED"]]
+    assert len({line.index("CONNECTED") for line in lines}) == 1  # aligned columns
     hosts = cpj("host", "list", *ep)
     assert [h["host_id"] for h in hosts] == [h0, h1]
     assert cpj("host", "get", h1, *ep)["address"] == agent.address
-    assert cp("host", "get", h0, *ep).stdout.split()[:2] == [h0, "HOST_STATUS_CONNECTED"]
-    assert cp("host", "reconnect", h0, *ep).stdout.split()[:2] == [h0, "HOST_STATUS_CONNECTED"]
+    assert cp("host", "get", h0, *ep).stdout.split()[:2] == [h0, "CONNECTED"]
+    assert cp("host", "reconnect", h0, *ep).stdout.split()[:2] == [h0, "CONNECTED"]
 
     dup = cp("host", "add", h0, "--address", agent.address, *ep, check=False)
     assert dup.returncode == 1  # the server refused: exit 1 (2 is a usage error)
@@ -183,9 +183,9 @@ def test_vm_lifecycle_and_watch(fleet) -> None:
     try:
         assert watcher.stdout is not None
         text = [watcher.stdout.readline().split() for _ in range(3)]
-        assert [t[:3] for t in text[:2]] == [["KIND_PUT", "db-1", "Stopped"],
-                                             ["KIND_PUT", "web-1", "Destroyed"]]
-        assert text[2][0] == "KIND_SYNCED" and text[2][1].startswith("rev=")
+        assert [t[:3] for t in text[:2]] == [["PUT", "db-1", "Stopped"],
+                                             ["PUT", "web-1", "Destroyed"]]
+        assert text[2][0] == "SYNCED" and text[2][1].startswith("rev=")
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(timeout=10) == 0
         assert watcher.stderr is not None and "Traceback" not in watcher.stderr.read()

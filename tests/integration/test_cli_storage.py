@@ -70,14 +70,14 @@ def test_image_create_snapshot_merge_reconcile(etcd, nodes) -> None:  # type: ig
     assert refused(cp("image", "chain", "img", *ep, check=False), node.address, "NOT_FOUND")
 
     created = lines(cp("image", "create", "img", "--size", "64M", "--vm", "vm-1", *ep))
-    assert [row[:6] for row in created] == [["img", "base", "parent=-", "VOLUME_LEGALITY_LEGAL",
+    assert [row[:6] for row in created] == [["img", "base", "parent=-", "LEGAL",
                                              "virtual=64M", "leaf"]]
     base_path = created[0][6]
     assert base_path.endswith("/img/base.qcow2") and os.path.exists(base_path)
     snap = lines(cp("image", "snapshot", "img", "s1", *ep))
-    assert [row[1:6] for row in snap] == [["base", "parent=-", "VOLUME_LEGALITY_LEGAL", "virtual=64M",
+    assert [row[1:6] for row in snap] == [["base", "parent=-", "LEGAL", "virtual=64M",
                                            "in-chain"],
-                                          ["s1", "parent=base", "VOLUME_LEGALITY_LEGAL", "virtual=64M", "leaf"]]
+                                          ["s1", "parent=base", "LEGAL", "virtual=64M", "leaf"]]
     doc = cpj("image", "snapshot", "img", "s2", *ep)
     assert [v["volume_id"] for v in doc["chain"]] == ["base", "s1", "s2"]
     assert doc["leaf_id"] == "s2" and doc["image"]["vm_id"] == "vm-1"
@@ -87,7 +87,7 @@ def test_image_create_snapshot_merge_reconcile(etcd, nodes) -> None:  # type: ig
 
     chain = cp("image", "chain", "img", *ep).stdout.splitlines()
     assert [line.split()[1] for line in chain] == ["base", "s1", "s2"]
-    assert len({line.index("VOLUME_LEGALITY_LEGAL") for line in chain}) == 1  # aligned columns
+    assert len({line.index("LEGAL") for line in chain}) == 1  # aligned columns
     assert cpj("image", "chain", "img", *ep)["chain"] == doc["chain"]
     listed = lines(cp("image", "list", *ep))
     assert [row[:4] for row in listed] == [["img", "vm=vm-1", "leaf=s2", "volumes=3"]]
@@ -112,8 +112,8 @@ def test_image_create_snapshot_merge_reconcile(etcd, nodes) -> None:  # type: ig
     assert "change: s2: ILLEGAL" in fixed
     table = [line.split() for line in fixed if not line.startswith("change: ")]
     assert [row[1:6] for row in table] == [
-        ["base", "parent=-", "VOLUME_LEGALITY_LEGAL", "virtual=64M", "leaf"],
-        ["s2", "parent=base", "VOLUME_LEGALITY_ILLEGAL", "virtual=64M", "outside-chain"]]
+        ["base", "parent=-", "LEGAL", "virtual=64M", "leaf"],
+        ["s2", "parent=base", "ILLEGAL", "virtual=64M", "outside-chain"]]
     after = cpj("image", "reconcile", "img", *ep)
     assert "changes" not in after and after["leaf_id"] == "base"
     assert [(v["volume_id"], v["legality"]) for v in after["outside"]] == [("s2", "VOLUME_LEGALITY_ILLEGAL")]

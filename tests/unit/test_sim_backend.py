@@ -77,9 +77,9 @@ def vms_of(backend: SimBackend, host: str = H) -> dict[str, tuple[VmState, int]]
 
 def test_enums_match_the_proto() -> None:
     for state in VmState:
-        assert agent_pb2.AgentVmState.Value(f"AGENT_VM_{state.name}") == state
+        assert agent_pb2.AgentVmState.Value(f"AGENT_VM_STATE_{state.name}") == state
     for cond in HostCondition:
-        assert agent_pb2.HostCondition.Value(f"HOST_{cond.name}") == cond
+        assert agent_pb2.HostCondition.Value(f"HOST_CONDITION_{cond.name}") == cond
     assert isinstance(sim(), Backend)
 
 

@@ -70,10 +70,10 @@ def test_the_screen_fits_80_columns_with_the_title_on_its_first_line() -> None:
     # the counters share the title line: it does not wrap
     assert "4 nodes" in lines[0] and "23:59:59" in lines[0], "\n".join(lines)
     rows = {line.split()[0]: line for line in lines if line.startswith("node-")}
-    assert "HOST_STATUS_FENCED" in rows["node-1"] and "not ready" in rows["node-1"], "\n".join(lines)
+    assert "FENCED" in rows["node-1"] and "not ready" in rows["node-1"], "\n".join(lines)
     assert "SIGKILL" in rows["node-2"], "\n".join(lines)
     assert "no answer" in rows["node-3"], "\n".join(lines)
-    assert "ready" in rows["node-0"] and "HOST_STATUS_FENCED" not in rows["node-0"]
+    assert "ready" in rows["node-0"] and "FENCED" not in rows["node-0"]
     text = "\n".join(lines)
     assert "nodes DISAGREE" in text  # epochs 1234570 and 1234569
     assert "Ctrl-C to stop" in text
@@ -109,7 +109,7 @@ def test_colours_mark_fenced_exited_and_not_ready() -> None:
         assert found, f"{word!r} not drawn with a style: {rows[node]!r}"
         return set(found.group(1).split(";"))
 
-    assert "31" in colour_of("node-1", "HOST_STATUS_FENCED")
+    assert "31" in colour_of("node-1", "FENCED")
     assert "33" in colour_of("node-1", "not ready")
     assert "31" in colour_of("node-2", "SIGKILL")
     assert "32" in colour_of("node-0", "ready")

@@ -181,7 +181,7 @@ def _node_table(s: ScreenState) -> Table:
     table.add_column("EPOCH", justify="right", no_wrap=True)
     table.add_column("MEMB", justify="right", no_wrap=True)
     table.add_column("SHARE", justify="right", no_wrap=True)
-    table.add_column("HOST_STATUS_FENCED", no_wrap=True, min_width=6)
+    table.add_column("FENCED", no_wrap=True, min_width=6)
     for n in s.nodes:
         pid = str(n.pid) if n.pid else "-"
         if n.exit_code is not None:
@@ -196,7 +196,7 @@ def _node_table(s: ScreenState) -> Table:
         r = n.ring
         state = Text("ready", style=_GREEN) if n.ready else Text("not ready", style=_YELLOW)
         share = shares.get(n.node_id)
-        fenced = Text("HOST_STATUS_FENCED", style=_RED) if r.fenced else Text("no")
+        fenced = Text("FENCED", style=_RED) if r.fenced else Text("no")
         table.add_row(n.node_id, n.address, pid, state, str(r.incarnation),
                       str(r.epoch), str(len(r.members)),
                       f"{share:.1%}" if share is not None else "-", fenced)
