@@ -20,7 +20,7 @@ def short(enum: Any, value: int) -> str:
 
 
 def _prefix(descriptor: Any) -> str:
-    """HOST_STATUS_ for HostStatus: the upper snake case of the type name (buf ENUM_VALUE_PREFIX)."""
+    """HOST_STATUS_ for HostStatus: the type name in upper snake case (buf's ENUM_VALUE_PREFIX)."""
     out = []
     for i, ch in enumerate(descriptor.name):
         if ch.isupper() and i and not descriptor.name[i - 1].isupper():

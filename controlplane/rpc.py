@@ -38,7 +38,8 @@ from controlplane.metadata import UNREACHABLE
 from controlplane.store.errors import StoreError
 
 __all__ = ["MAX_ID", "STATUS", "MetricsInterceptor", "RpcServer", "abort", "check_address",
-           "check_id", "check_range", "check_request", "serve_metrics", "serve_until_signal", "status_of",
+           "check_id", "check_range", "check_request", "serve_metrics", "serve_until_signal",
+           "status_of",
            "valid_address"]
 
 log = logging.getLogger(__name__)

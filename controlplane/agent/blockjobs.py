@@ -152,7 +152,8 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
                              self.backend)
         return self._chain(pb.OpenDiskResponse, request.vm_id, disk, context)
 
-    def CloseDisk(self, request: pb.CloseDiskRequest, context: grpc.ServicerContext) -> pb.CloseDiskResponse:
+    def CloseDisk(self, request: pb.CloseDiskRequest,
+                  context: grpc.ServicerContext) -> pb.CloseDiskResponse:
         disk = self._disk(request.vm_id, context)
         answer = self._chain(pb.CloseDiskResponse, request.vm_id, disk, context)
         with self._lock:
@@ -162,7 +163,8 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
 
     def GetDiskChain(self, request: pb.GetDiskChainRequest, context: grpc.ServicerContext
                      ) -> pb.GetDiskChainResponse:
-        return self._chain(pb.GetDiskChainResponse, request.vm_id, self._disk(request.vm_id, context), context)
+        return self._chain(pb.GetDiskChainResponse, request.vm_id, self._disk(request.vm_id,
+                                                                              context), context)
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -184,19 +186,23 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
                          active=bool(active))
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.GetJobResponse:
-        return self._job(pb.GetJobResponse, request.vm_id, request.job_id, self._disk(request.vm_id, context), context)
+        return self._job(pb.GetJobResponse, request.vm_id, request.job_id,
+                         self._disk(request.vm_id, context), context)
 
-    def CompleteJob(self, request: pb.CompleteJobRequest, context: grpc.ServicerContext) -> pb.CompleteJobResponse:
+    def CompleteJob(self, request: pb.CompleteJobRequest,
+                    context: grpc.ServicerContext) -> pb.CompleteJobResponse:
         disk = self._disk(request.vm_id, context)
         self._do(context, "complete", lambda: disk.driver.complete(request.job_id))
         return self._job(pb.CompleteJobResponse, request.vm_id, request.job_id, disk, context)
 
-    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.CancelJobResponse:
+    def CancelJob(self, request: pb.CancelJobRequest,
+                  context: grpc.ServicerContext) -> pb.CancelJobResponse:
         disk = self._disk(request.vm_id, context)
         self._do(context, "cancel", lambda: disk.driver.cancel(request.job_id))
         return self._job(pb.CancelJobResponse, request.vm_id, request.job_id, disk, context)
 
-    def ReleaseJob(self, request: pb.ReleaseJobRequest, context: grpc.ServicerContext) -> pb.ReleaseJobResponse:
+    def ReleaseJob(self, request: pb.ReleaseJobRequest,
+                   context: grpc.ServicerContext) -> pb.ReleaseJobResponse:
         disk = self._disk(request.vm_id, context)
         self._do(context, "release", lambda: disk.driver.release(request.job_id))
         return self._job(pb.ReleaseJobResponse, request.vm_id, request.job_id, disk, context)

@@ -51,7 +51,8 @@ def vm_row(vm: vm_pb2.Vm) -> list[str]:
 
 
 def audit_row(record: vm_pb2.HaAudit) -> list[str]:
-    decided = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wiretime.seconds(record.decided_at)))
+    decided = time.strftime("%Y-%m-%d %H:%M:%S",
+                            time.localtime(wiretime.seconds(record.decided_at)))
     return [decided, record.action, f"{record.from_host or '-'} -> {record.to_host or '-'}",
             f"gen={record.generation}", f"node={record.node_id or '-'}", record.reason,
             "evidence: " + ("; ".join(record.evidence) or "-")]

@@ -116,7 +116,8 @@ class HostServicer(pb_grpc.HostServiceServicer):
             if outcome is not None and not outcome.reachable:
                 raise errors.Unreachable(
                     f"host {request.host_id} at {host.address} is still unreachable")
-            return host_pb2.ReconnectHostResponse(host=self._answer(self._read(request.host_id, context)[0]))
+            return host_pb2.ReconnectHostResponse(host=self._answer(self._read(request.host_id,
+                                                                               context)[0]))
 
         return route_unary(self.router, pb_grpc.HostServiceStub, "ReconnectHost",
                            request.host_id, request, context, local)

@@ -69,7 +69,8 @@ class Result:
 
 
 def _legality(v: volume_pb2.Volume) -> ch.Legality:
-    return ch.Legality.ILLEGAL if v.legality == volume_pb2.VOLUME_LEGALITY_ILLEGAL else ch.Legality.LEGAL
+    illegal = v.legality == volume_pb2.VOLUME_LEGALITY_ILLEGAL
+    return ch.Legality.ILLEGAL if illegal else ch.Legality.LEGAL
 
 
 def vols(image: volume_pb2.Image) -> dict[str, ch.Vol]:
@@ -204,7 +205,8 @@ class ImageManager:
         layer = self._qemu("inspect", qemuimg.chain_info, path)[-1]
         return volume_pb2.Volume(
             volume_id=volume_id, parent_id=parent.volume_id if parent else "", format="qcow2",
-            path=layer.path, legality=volume_pb2.VOLUME_LEGALITY_LEGAL, virtual_size=layer.virtual_size,
+            path=layer.path, legality=volume_pb2.VOLUME_LEGALITY_LEGAL,
+            virtual_size=layer.virtual_size,
             actual_size=layer.actual_size, created_at=wiretime.now())
 
     # -- operations -------------------------------------------------------------------
@@ -269,7 +271,8 @@ class ImageManager:
                 raise errors.Refused(f"volume {volume_id} is not in the chain of image {image_id}")
             if not top.parent_id:
                 raise errors.Refused(f"volume {volume_id} is the base: nothing to merge it into")
-            if any(volume(image, i).legality == volume_pb2.VOLUME_LEGALITY_ILLEGAL for i in in_chain):
+            if any(volume(image,
+                          i).legality == volume_pb2.VOLUME_LEGALITY_ILLEGAL for i in in_chain):
                 raise errors.Refused(f"image {image_id} has an ILLEGAL volume in its chain: "
                                  "run ReconcileVolumeChain")
             parent = volume(image, top.parent_id)
@@ -335,7 +338,8 @@ class ImageManager:
             for v in image.volumes:
                 new = applied[v.volume_id]
                 v.parent_id = new.parent_id
-                v.legality = (volume_pb2.VOLUME_LEGALITY_ILLEGAL if new.legality is ch.Legality.ILLEGAL
+                illegal = new.legality is ch.Legality.ILLEGAL
+                v.legality = (volume_pb2.VOLUME_LEGALITY_ILLEGAL if illegal
                               else volume_pb2.VOLUME_LEGALITY_LEGAL)
             if image.leaf_id != plan.leaf_id:
                 changes.append(f"leaf: {plan.leaf_id} (was {image.leaf_id})")

@@ -47,7 +47,8 @@ MAX_MDS = 16
 
 def endpoints_of(storage: storage_pb2.PrimaryStorage) -> list[MdsEndpoint]:
     """The record's MDS as the client takes them (never-checked ones count as healthy)."""
-    return [MdsEndpoint(m.address, m.health != storage_pb2.MDS_HEALTH_UNHEALTHY) for m in storage.mds]
+    return [MdsEndpoint(m.address,
+                        m.health != storage_pb2.MDS_HEALTH_UNHEALTHY) for m in storage.mds]
 
 
 def probe_mds(stub: mds_pb2_grpc.StorageMdsServiceStub, timeout: float) -> str:
@@ -146,7 +147,8 @@ class MdsHealthChecker:
             updated.CopyFrom(storage)
             changed = False
             for entry, error in zip(updated.mds, errors, strict=True):
-                health = storage_pb2.MDS_HEALTH_UNHEALTHY if error else storage_pb2.MDS_HEALTH_HEALTHY
+                health = (storage_pb2.MDS_HEALTH_UNHEALTHY if error
+                          else storage_pb2.MDS_HEALTH_HEALTHY)
                 failures = entry.failures + 1 if error else 0
                 if not entry.HasField("checked_at") or (health, error, failures) != (
                         entry.health, entry.last_error, entry.failures):

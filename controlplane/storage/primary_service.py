@@ -68,7 +68,8 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
                 errors.Exists(f"primary storage {request.storage_id!r} already exists"))
             self.storages.wait_for_revision(result.revision, 2.0)
             checked = self.checker.check(request.storage_id)
-            return storage_pb2.AddPrimaryStorageResponse(storage=self._answer(checked if checked is not None else storage))
+            return storage_pb2.AddPrimaryStorageResponse(
+                storage=self._answer(checked if checked is not None else storage))
 
         return route_unary(self.router, pb_grpc.StorageServiceStub, "AddPrimaryStorage",
                            request.storage_id, request, context, local)
@@ -76,7 +77,8 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
     def GetPrimaryStorage(self, request: storage_pb2.GetPrimaryStorageRequest,
                           context: grpc.ServicerContext) -> storage_pb2.GetPrimaryStorageResponse:
         check_id(request.storage_id, "storage_id")
-        return storage_pb2.GetPrimaryStorageResponse(storage=self._answer(self._read(request.storage_id, context)[0]))
+        storage, _ = self._read(request.storage_id, context)
+        return storage_pb2.GetPrimaryStorageResponse(storage=self._answer(storage))
 
     def ListPrimaryStorages(self, request: storage_pb2.ListPrimaryStoragesRequest,
                             context: grpc.ServicerContext
@@ -89,7 +91,8 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
             storages=[self._answer(s) for s in chunk], next_page_token=token)
 
     def RemovePrimaryStorage(self, request: storage_pb2.RemovePrimaryStorageRequest,
-                             context: grpc.ServicerContext) -> storage_pb2.RemovePrimaryStorageResponse:
+                             context: grpc.ServicerContext
+                             ) -> storage_pb2.RemovePrimaryStorageResponse:
         check_id(request.storage_id, "storage_id")
 
         def local() -> storage_pb2.RemovePrimaryStorageResponse:
@@ -106,7 +109,8 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
                            request.storage_id, request, context, local)
 
     def CheckPrimaryStorage(self, request: storage_pb2.CheckPrimaryStorageRequest,
-                            context: grpc.ServicerContext) -> storage_pb2.CheckPrimaryStorageResponse:
+                            context: grpc.ServicerContext
+                            ) -> storage_pb2.CheckPrimaryStorageResponse:
         check_id(request.storage_id, "storage_id")
 
         def local() -> storage_pb2.CheckPrimaryStorageResponse:

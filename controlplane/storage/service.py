@@ -60,7 +60,8 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
                                                            request.vm_id, volume_id),
                          volume_pb2.CreateImageResponse)
 
-    def GetVolumeChain(self, request: volume_pb2.GetVolumeChainRequest, context: grpc.ServicerContext
+    def GetVolumeChain(self, request: volume_pb2.GetVolumeChainRequest,
+                       context: grpc.ServicerContext
                        ) -> volume_pb2.GetVolumeChainResponse:
         check_id(request.image_id, "image_id")
         image, _ = self.manager.read(request.image_id)
@@ -91,7 +92,8 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
                          volume_pb2.MergeSnapshotsResponse)
 
     def ReconcileVolumeChain(self, request: volume_pb2.ReconcileVolumeChainRequest,
-                             context: grpc.ServicerContext) -> volume_pb2.ReconcileVolumeChainResponse:
+                             context: grpc.ServicerContext
+                             ) -> volume_pb2.ReconcileVolumeChainResponse:
         check_id(request.image_id, "image_id")
         if request.leaf_id:
             check_id(request.leaf_id, "leaf_id")
@@ -125,7 +127,8 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
         check_id(request.job_id, "job_id")
         image_id = self.live.get(request.job_id).image_id
         return self._on_owner("ResumeBlockJob", image_id, request, context,
-                          lambda: volume_pb2.ResumeBlockJobResponse(job=self.live.resume(request.job_id)))
+                          lambda: volume_pb2.ResumeBlockJobResponse(
+                              job=self.live.resume(request.job_id)))
 
     def GetBlockJob(self, request: volume_pb2.GetBlockJobRequest,
                     context: grpc.ServicerContext) -> volume_pb2.GetBlockJobResponse:

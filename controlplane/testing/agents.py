@@ -111,7 +111,8 @@ def vm_copies(agents: Sequence[AgentProcess], running_only: bool = False
     out: dict[str, list[tuple[str, int]]] = {}
     for agent in agents:
         for host_id in agent.host_ids:
-            reply = agent.stub().ListVms(agent_pb2.AgentServiceListVmsRequest(host_id=host_id), timeout=2)
+            reply = agent.stub().ListVms(agent_pb2.AgentServiceListVmsRequest(host_id=host_id),
+                                         timeout=2)
             for vm in reply.vms:
                 if not running_only or vm.state == agent_pb2.AGENT_VM_STATE_RUNNING:
                     out.setdefault(vm.vm_id, []).append((host_id, vm.generation))

@@ -72,7 +72,7 @@ class MdsProcess(ServingProcess):
     def set_fault(self, mode: int, method: str = "", *, delay: float = 0.0,
                   code: grpc.StatusCode | None = None, details: str = ""
                   ) -> mds_pb2.SetFaultResponse:
-        """Fault ``mode`` (``mds_pb2.SIM_MDS_FAULT_MODE_HANG``...) on ``method`` ("" = every method)."""
+        """Fault ``mode`` (``mds_pb2.SIM_MDS_FAULT_MODE_HANG``...) on ``method`` ("": all)."""
         fault = mds_pb2.SetFaultRequest(method=method, mode=mode,
                                         delay_seconds=wiretime.duration(delay),
                                     code=code.value[0] if code is not None else 0,

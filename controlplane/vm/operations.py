@@ -195,7 +195,8 @@ class Operations:
             if host is None:
                 raise errors.NotFound(f"no host {wanted!r}")
             if host.status != host_pb2.HOST_STATUS_CONNECTED:
-                raise errors.Refused(f"host {wanted} is {names.short(host_pb2.HostStatus, host.status)}")
+                status = names.short(host_pb2.HostStatus, host.status)
+                raise errors.Refused(f"host {wanted} is {status}")
             return wanted
         connected = self.ctx.connected_hosts()
         if vm.host_id and vm.host_id in connected:
@@ -451,7 +452,8 @@ class Operations:
                         extra={"vm_id": vm_id, "host_id": host_id, "op_id": request.op_id})
             return False
         now = time.time()
-        audit = vm_pb2.HaAudit(vm_id=vm_id, decided_at=wiretime.stamp(now), node_id=self.ctx.node_id,
+        audit = vm_pb2.HaAudit(vm_id=vm_id, decided_at=wiretime.stamp(now),
+                               node_id=self.ctx.node_id,
                                action="stop-stray", from_host=host_id, generation=generation,
                                reason=reason, evidence=[f"host {host_id} runs generation "
                                                         f"{generation}: {reason}"],

@@ -216,9 +216,11 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 entries, revision = self.ctx.vms.snapshot()
                 for entry in sorted(entries, key=lambda e: e.key):
                     if wanted(entry.value):
-                        yield vm_pb2.WatchVmsResponse(kind=vm_pb2.WatchVmsResponse.KIND_PUT, vm=entry.value,
+                        yield vm_pb2.WatchVmsResponse(kind=vm_pb2.WatchVmsResponse.KIND_PUT,
+                                                      vm=entry.value,
                                              revision=entry.mod_revision)
-                yield vm_pb2.WatchVmsResponse(kind=vm_pb2.WatchVmsResponse.KIND_SYNCED, revision=revision)
+                yield vm_pb2.WatchVmsResponse(kind=vm_pb2.WatchVmsResponse.KIND_SYNCED,
+                                              revision=revision)
             while context.is_active() and not self._stopping:
                 try:
                     item = events.get(timeout=0.25)
@@ -228,7 +230,8 @@ class VmServicer(pb_grpc.VmServiceServicer):
                     raise errors.Exhausted("watcher too slow: more than 100000 events queued")
                 kind, vm, revision = item
                 yield vm_pb2.WatchVmsResponse(
-                    kind=vm_pb2.WatchVmsResponse.KIND_PUT if kind == "put" else vm_pb2.WatchVmsResponse.KIND_DELETE,
+                    kind=(vm_pb2.WatchVmsResponse.KIND_PUT if kind == "put"
+                          else vm_pb2.WatchVmsResponse.KIND_DELETE),
                     vm=vm, revision=revision)
         finally:
             self.ctx.vms.remove_listener(on_events)

@@ -48,7 +48,8 @@ def start_req(host: str, vm: str, generation: int, op_id: str = ""
 
 
 def set_condition(agent: AgentProcess, host: str, condition: int) -> None:
-    resp = agent.sim().SetHostCondition(pb.SetHostConditionRequest(host_id=host, condition=condition),
+    resp = agent.sim().SetHostCondition(pb.SetHostConditionRequest(host_id=host,
+                                                                   condition=condition),
                                         timeout=5)
     assert resp.condition == condition
 
@@ -67,7 +68,8 @@ def test_start_list_stop_round_trip(agents: AgentFactory) -> None:
     assert vms(agent, agent.host_ids[0]) == {}
     ping = stub.Ping(pb.PingRequest(host_id=h), timeout=5)
     assert (ping.cpus, ping.memory_mb, ping.vm_count, ping.backend) == (8, 4096, 1, "sim")
-    stopped = stub.StopVm(pb.AgentServiceStopVmRequest(host_id=h, vm_id="vm-1", op_id="op-2"), timeout=5)
+    stopped = stub.StopVm(pb.AgentServiceStopVmRequest(host_id=h, vm_id="vm-1", op_id="op-2"),
+                          timeout=5)
     assert stopped.vm.state == pb.AGENT_VM_STATE_STOPPED and stopped.vm.generation == 1
     assert vms(agent, h) == {}
     again = stub.StopVm(pb.AgentServiceStopVmRequest(host_id=h, vm_id="vm-1"), timeout=5)
@@ -176,7 +178,8 @@ def test_partitioned_host(agents: AgentFactory) -> None:
     set_condition(agent, h, pb.HOST_CONDITION_PARTITIONED)
     for call in (lambda: stub.ListVms(pb.AgentServiceListVmsRequest(host_id=h), timeout=5),
                  lambda: stub.Ping(pb.PingRequest(host_id=h), timeout=5),
-                 lambda: stub.StopVm(pb.AgentServiceStopVmRequest(host_id=h, vm_id="vm-a"), timeout=5)):
+                 lambda: stub.StopVm(pb.AgentServiceStopVmRequest(host_id=h, vm_id="vm-a"),
+                                     timeout=5)):
         err = rpc_error(call)
         assert err.code() == grpc.StatusCode.UNAVAILABLE and "PARTITIONED" in err.details()
     # the start finishes on the host, but its answer is lost in the partition
@@ -223,7 +226,8 @@ def test_no_report_ops_hides_ops(agents: AgentFactory) -> None:
                                                         op_id="op-2"), timeout=10)
     wait_until(lambda: ops(agent, h) == [("op-2", "vm-1", "stop", 1)], 5)
     assert stop.result().vm.state == pb.AGENT_VM_STATE_STOPPED
-    err = rpc_error(lambda: agent.sim().Configure(pb.ConfigureRequest(start_delay=wiretime.duration(-1)), timeout=5))
+    err = rpc_error(lambda: agent.sim().Configure(
+        pb.ConfigureRequest(start_delay=wiretime.duration(-1)), timeout=5))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -234,7 +238,8 @@ def test_unknown_host_and_bad_ids(agents: AgentFactory) -> None:
                  lambda: stub.Fence(pb.FenceRequest(host_id="nope"), timeout=5),
                  lambda: stub.StartVm(start_req("nope", "vm-1", 1), timeout=5),
                  lambda: agent.sim().SetHostCondition(
-                     pb.SetHostConditionRequest(host_id="nope", condition=pb.HOST_CONDITION_DOWN), timeout=5)):
+                     pb.SetHostConditionRequest(host_id="nope",
+                                                condition=pb.HOST_CONDITION_DOWN), timeout=5)):
         assert rpc_error(call).code() == grpc.StatusCode.NOT_FOUND
     h = agent.host_ids[0]
     for vm_id in ("", "a/b"):

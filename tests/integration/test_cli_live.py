@@ -50,10 +50,10 @@ def test_live_snapshot_merge_job(etcd, nodes, agents) -> None:  # type: ignore[n
     node = nodes.start("mn-0", etcd.endpoints)
     agent = agents.start("ag", hosts=1, extra_args=["--block-backend", "qemu"])
     c.hosts(node).AddHost(host_pb2.AddHostRequest(host_id=agent.host_ids[0],
-                                                  address=agent.address), timeout=10).host
+                                                  address=agent.address), timeout=10)
     c.vms(node).CreateVm(vm_pb2.CreateVmRequest(
         vm_id="vm-1", image=vm_pb2.ImageInfo(image_id="img", virtual_size=64 * MiB,
-                                             actual_size=MiB)), timeout=5).vm
+                                             actual_size=MiB)), timeout=5)
     ep = ("--endpoint", node.address)
     cp("image", "create", "img", "--size", "64M", "--vm", "vm-1", *ep)
     base, s1 = (row[6] for row in lines(cp("image", "snapshot", "img", "s1", *ep)))
@@ -65,7 +65,7 @@ def test_live_snapshot_merge_job(etcd, nodes, agents) -> None:  # type: ignore[n
     assert refused(done, node.address, "FAILED_PRECONDITION") and "Running" in done.stderr
     assert refused(cp("image", "job", "m-0", *ep, check=False), node.address, "NOT_FOUND")
 
-    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30).vm
+    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
     snap = cp("image", "live-snapshot", "img", "--job", "s-1", *ep).stdout.splitlines()
     first = snap[0].split()
     assert first[:6] == ["s-1", "live-snapshot", "COMPLETED", "image=img", "vm=vm-1",

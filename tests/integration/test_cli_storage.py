@@ -55,7 +55,7 @@ def mds(tmp_path: Path) -> Iterator[MdsProcess]:
         proc.start()
         proc.wait_ready()
         proc.stub().CreateVolume(mpb.CreateVolumeRequest(volume_id="vol-1",
-                                                            size_bytes=1 << 30), timeout=5).volume
+                                                            size_bytes=1 << 30), timeout=5)
         proc.sim().SetVolumeClients(mpb.SetVolumeClientsRequest(
             volume_id="vol-1", clients=[mpb.MdsVolumeClient(client_id="host-0")]), timeout=5)
         yield proc
@@ -116,7 +116,8 @@ def test_image_create_snapshot_merge_reconcile(etcd, nodes) -> None:  # type: ig
         ["s2", "parent=base", "ILLEGAL", "virtual=64M", "outside-chain"]]
     after = cpj("image", "reconcile", "img", *ep)
     assert "changes" not in after and after["leaf_id"] == "base"
-    assert [(v["volume_id"], v["legality"]) for v in after["outside"]] == [("s2", "VOLUME_LEGALITY_ILLEGAL")]
+    assert [(v["volume_id"], v["legality"]) for v in after["outside"]] == [("s2",
+                                                                            "VOLUME_LEGALITY_ILLEGAL")]
 
 
 def test_storage_add_get_list_check_clients_remove(etcd, nodes, mds) -> None:  # type: ignore[no-untyped-def]
@@ -130,7 +131,8 @@ def test_storage_add_get_list_check_clients_remove(etcd, nodes, mds) -> None:  #
                    node.address, "ALREADY_EXISTS")
     doc = cpj("storage", "get", "ps-1", *ep)
     assert (doc["storage_id"], doc["owner"]) == ("ps-1", "mn-0")
-    assert [(m["address"], m["health"]) for m in doc["mds"]] == [(mds.address, "MDS_HEALTH_HEALTHY")]
+    assert [(m["address"], m["health"]) for m in doc["mds"]] == [(mds.address,
+                                                                  "MDS_HEALTH_HEALTHY")]
     assert doc["mds"][0]["checked_at"] > 0  # checked before the answer
     assert lines(cp("storage", "list", *ep)) == [healthy]
     assert [s["storage_id"] for s in cpj("storage", "list", *ep)] == ["ps-1"]

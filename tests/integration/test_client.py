@@ -39,11 +39,11 @@ def test_unary_calls_stream_and_errors(etcd, nodes) -> None:
         health = client.health.Check(health_pb2.HealthCheckRequest(service="readiness"))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as info:
-            client.vms.GetVm(vm_pb2.GetVmRequest(vm_id="nope")).vm
+            client.vms.GetVm(vm_pb2.GetVmRequest(vm_id="nope"))
         assert info.value.code() is grpc.StatusCode.NOT_FOUND
         assert client.retries == 0  # NOT_FOUND is an answer, not a reason to retry
         client.vms.CreateVm(vm_pb2.CreateVmRequest(
-            vm_id="vm-1", image=vm_pb2.ImageInfo(virtual_size=1 << 30, actual_size=1 << 28))).vm
+            vm_id="vm-1", image=vm_pb2.ImageInfo(virtual_size=1 << 30, actual_size=1 << 28)))
         events = client.vms.WatchVms(vm_pb2.WatchVmsRequest(vm_id="vm-1", initial=True),
                                      timeout=5)
         first = next(iter(events))

@@ -29,7 +29,7 @@ def test_the_readme_example_runs(etcd, nodes, agents) -> None:
     agent = agents.start("ag", hosts=1)
     with Client(started[0].address, timeout=10) as client:
         client.hosts.AddHost(host_pb2.AddHostRequest(host_id=agent.host_ids[0],
-                                                     address=agent.address)).host
+                                                     address=agent.address))
     code = example()
     assert code.count("\n") <= 12
     # The watch runs until Ctrl-C in the README; here it ends at a deadline.

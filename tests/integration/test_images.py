@@ -104,7 +104,8 @@ def test_create_snapshot_merge_and_errors(node: ManagementNode) -> None:
     s = stub(node)
     assert code_of(lambda: s.CreateImage(volume_pb2.CreateImageRequest(
         image_id="img", size_bytes=0), timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(lambda: s.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="img"), timeout=5)) \
+    assert code_of(lambda: s.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="img"),
+                                            timeout=5)) \
         == grpc.StatusCode.NOT_FOUND
     paths = build(node)
     assert code_of(lambda: s.CreateImage(volume_pb2.CreateImageRequest(
@@ -154,7 +155,8 @@ def test_reconcile_after_an_interrupted_merge(node: ManagementNode, volume_id: s
     assert readable(paths[true_chain[-1]])
     assert all(v.legality == volume_pb2.VOLUME_LEGALITY_LEGAL for v in chain.chain)
     if leaf_illegal:
-        assert [(v.volume_id, v.legality) for v in chain.outside] == [("s2", volume_pb2.VOLUME_LEGALITY_ILLEGAL)]
+        assert [(v.volume_id, v.legality) for v in chain.outside] == [("s2",
+                                                                       volume_pb2.VOLUME_LEGALITY_ILLEGAL)]
     # A second reconcile finds nothing to change (the metadata now says what the files say).
     again = stub(node).ReconcileVolumeChain(volume_pb2.ReconcileVolumeChainRequest(
         image_id="img"), timeout=30)

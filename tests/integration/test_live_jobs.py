@@ -28,10 +28,10 @@ def live(etcd, nodes, agents):  # type: ignore[no-untyped-def]
     node = nodes.start("mn-0", etcd.endpoints)
     agent = agents.start("ag", hosts=1, extra_args=["--block-backend", "qemu"])
     c.hosts(node).AddHost(host_pb2.AddHostRequest(host_id=agent.host_ids[0],
-                                                  address=agent.address), timeout=10).host
+                                                  address=agent.address), timeout=10)
     c.vms(node).CreateVm(vm_pb2.CreateVmRequest(
         vm_id="vm-1", image=vm_pb2.ImageInfo(image_id="img", virtual_size=64 * MiB,
-                                             actual_size=MiB)), timeout=5).vm
+                                             actual_size=MiB)), timeout=5)
     return node, agent
 
 
@@ -56,7 +56,7 @@ def test_live_snapshot_then_active_merge(live) -> None:  # type: ignore[no-untyp
     # Offline, live operations are refused.
     assert code_of(lambda: v.LiveSnapshot(volume_pb2.LiveSnapshotRequest(image_id="img"),
                                           timeout=30).job) == grpc.StatusCode.FAILED_PRECONDITION
-    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30).vm
+    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
     # ...and, running, the offline ones are.
     assert code_of(lambda: v.MergeSnapshots(volume_pb2.MergeSnapshotsRequest(
         image_id="img", volume_id="s1"), timeout=30)) == grpc.StatusCode.FAILED_PRECONDITION
@@ -84,7 +84,8 @@ def test_live_snapshot_then_active_merge(live) -> None:  # type: ignore[no-untyp
     chain = v.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="img"), timeout=5)
     assert [x.volume_id for x in chain.chain] == ["base"] and chain.leaf_id == "base"
     assert not chain.outside and not os.path.exists(s1)
-    assert list(disk.GetDiskChain(blockjob_pb2.GetDiskChainRequest(vm_id="vm-1"), timeout=10).paths) \
+    assert list(disk.GetDiskChain(blockjob_pb2.GetDiskChainRequest(vm_id="vm-1"),
+                                  timeout=10).paths) \
         == [os.path.realpath(base)]
     # Writes after the pivot land in base; a clean QEMU exit flushes, then every byte reads.
     disk.GuestWrite(blockjob_pb2.GuestWriteRequest(vm_id="vm-1", offset=5 * MiB,
@@ -109,7 +110,7 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
                              timeout=30)
     base, s1 = (x.path for x in chain.chain)
     write_pattern(s1, 0, MiB, 0x44)
-    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30).vm
+    c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
     disk = blockjob_pb2_grpc.AgentBlockJobsServiceStub(agent.channel())
     disk.OpenDisk(blockjob_pb2.OpenDiskRequest(vm_id="vm-1", path=s1), timeout=30)
     started = disk.StartCommit(blockjob_pb2.StartCommitRequest(
@@ -123,7 +124,8 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
     store = Store(etcd.endpoints)
     try:
         image = volume_pb2.Image.FromString(store.get(keys.image("img")).value)
-        next(x for x in image.volumes if x.volume_id == "s1").legality = volume_pb2.VOLUME_LEGALITY_ILLEGAL
+        s1 = next(x for x in image.volumes if x.volume_id == "s1")
+        s1.legality = volume_pb2.VOLUME_LEGALITY_ILLEGAL
         store.put(keys.image("img"), image.SerializeToString())
         store.put(keys.job("m-dead"), volume_pb2.BlockJob(
             job_id="m-dead", kind="live-merge", image_id="img", vm_id="vm-1",
@@ -136,12 +138,14 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
     assert (job.phase, job.node_id) == ("COMPLETED", "mn-0"), job.error
     chain = v.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="img"), timeout=5)
     assert [x.volume_id for x in chain.chain] == ["base"]
-    assert list(disk.GetDiskChain(blockjob_pb2.GetDiskChainRequest(vm_id="vm-1"), timeout=10).paths) \
+    assert list(disk.GetDiskChain(blockjob_pb2.GetDiskChainRequest(vm_id="vm-1"),
+                                  timeout=10).paths) \
         == [os.path.realpath(base)]
     disk.CloseDisk(blockjob_pb2.CloseDiskRequest(vm_id="vm-1"), timeout=30)
     assert pattern_matches(base, 0, MiB, 0x44)
     # A finished job resumes to itself.
-    assert v.ResumeBlockJob(volume_pb2.ResumeBlockJobRequest(job_id="m-dead"), timeout=10).job.phase \
+    assert v.ResumeBlockJob(volume_pb2.ResumeBlockJobRequest(job_id="m-dead"),
+                            timeout=10).job.phase \
         == "COMPLETED"
 
 
@@ -157,7 +161,7 @@ def test_a_vm_does_not_start_while_an_offline_image_operation_holds_the_lock(liv
     try:
         store.put(keys.image_lock("img"), b"mn-other")  # an offline operation in progress
         with pytest.raises(grpc.RpcError) as info:
-            c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30).vm
+            c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="vm-1", wait=True), timeout=30)
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "image img is locked by mn-other" in info.value.details()
         assert c.vms(node).GetVm(vm_pb2.GetVmRequest(vm_id="vm-1"), timeout=5).vm.state == "Created"

@@ -62,7 +62,7 @@ def test_json_log_lines_of_a_vm_operation_carry_its_ids(etcd: EtcdCluster, nodes
     agent = agents.start("ag")
     (host_id,) = agent.host_ids
     c.hosts(node).AddHost(host_pb2.AddHostRequest(host_id=host_id, address=agent.address),
-                          timeout=10).host
+                          timeout=10)
     vm = c.vms(node).CreateVm(vm_pb2.CreateVmRequest(
         vm_id="log-1", image=vm_pb2.ImageInfo(image_id="img", virtual_size=1 << 30,
                                               actual_size=1 << 28),

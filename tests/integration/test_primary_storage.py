@@ -33,7 +33,7 @@ def trio(tmp_path: Path) -> Iterator[list[MdsProcess]]:
         for p in procs:
             p.wait_ready()
             p.stub().CreateVolume(mpb.CreateVolumeRequest(volume_id=VOLUME,
-                                                             size_bytes=1 << 30), timeout=5).volume
+                                                             size_bytes=1 << 30), timeout=5)
             p.sim().SetVolumeClients(mpb.SetVolumeClientsRequest(
                 volume_id=VOLUME, clients=[mpb.MdsVolumeClient(client_id="host-0")]), timeout=5)
         yield procs
@@ -58,7 +58,7 @@ def health(node: object, storage_id: str = "ps-1") -> dict[str, int]:
 def set_config(node: object, **values: str) -> None:
     for key, value in values.items():
         c.config(node).UpdateConfig(config_pb2.UpdateConfigRequest(
-            key=key.replace("_", "."), value=value), timeout=5).entry
+            key=key.replace("_", "."), value=value), timeout=5)
 
 
 def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> None:  # type: ignore[no-untyped-def]
@@ -93,7 +93,8 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
     dead, hung, good = trio
     dead.kill()
     hung.set_fault(mpb.SIM_MDS_FAULT_MODE_HANG)
-    unhealthy = {dead.address: storage_pb2.MDS_HEALTH_UNHEALTHY, hung.address: storage_pb2.MDS_HEALTH_UNHEALTHY,
+    unhealthy = {dead.address: storage_pb2.MDS_HEALTH_UNHEALTHY,
+                 hung.address: storage_pb2.MDS_HEALTH_UNHEALTHY,
                  good.address: storage_pb2.MDS_HEALTH_HEALTHY}
     wait_until(lambda: health(b) == unhealthy, 10, message="checker marks dead+hung MDS")
     record = c.storage(b).GetPrimaryStorage(storage_pb2.GetPrimaryStorageRequest(storage_id="ps-1"),
@@ -114,7 +115,7 @@ def test_records_health_checks_and_try_next(etcd: EtcdCluster, nodes, trio) -> N
     # Healed: both healthy again after a check.
     dead.restart().wait_ready()
     dead.stub().CreateVolume(mpb.CreateVolumeRequest(volume_id=VOLUME, size_bytes=1),
-                             timeout=5).volume
+                             timeout=5)
     hung.set_fault(mpb.SIM_MDS_FAULT_MODE_OK)
     wait_until(lambda: set(health(a).values()) == {storage_pb2.MDS_HEALTH_HEALTHY}, 10,
                message="checker marks healed MDS healthy")

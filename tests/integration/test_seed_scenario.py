@@ -54,11 +54,12 @@ def test_node_killed_while_ha_vm_is_starting(case, etcd, nodes, agents) -> None:
     timeout = "600" if case == "long-orphan-timeout" else "1"
     for key, value in {"vm.syncInterval": "0.3", "host.pingTimeout": "1",
                        "vm.orphanedSkipTimeout": timeout}.items():
-        c.config(mns[0]).UpdateConfig(config_pb2.UpdateConfigRequest(key=key, value=value), timeout=5).entry
+        c.config(mns[0]).UpdateConfig(config_pb2.UpdateConfigRequest(key=key, value=value),
+                                      timeout=5)
     origin, other = slow.host_ids[0], spare.host_ids[0]
     for agent in (slow, spare):
         c.hosts(mns[0]).AddHost(host_pb2.AddHostRequest(host_id=agent.host_ids[0],
-                                                        address=agent.address), timeout=10).host
+                                                        address=agent.address), timeout=10)
     # The hardest case: the node handling the start also owns the VM's host, so both the
     # VM and the host's sync move to nodes that know nothing about the start.
     host_owner = owner(mns[0], origin)
@@ -81,7 +82,7 @@ def test_node_killed_while_ha_vm_is_starting(case, etcd, nodes, agents) -> None:
     image = vm_pb2.ImageInfo(image_id="img", virtual_size=1 << 30, actual_size=1 << 28)
     c.vms(victim).CreateVm(vm_pb2.CreateVmRequest(vm_id=vm_id, image=image,
                                                   ha=vm_pb2.HA_LEVEL_NEVER_STOP, host_id=origin,
-                                                  start=True), timeout=5).vm
+                                                  start=True), timeout=5)
     wait_until(lambda: any(op.vm_id == vm_id for op in slow.stub().ListVms(
         agent_pb2.AgentServiceListVmsRequest(host_id=origin), timeout=2).ops) or not report_ops, 5,
         message="the start reached the agent")
@@ -110,7 +111,8 @@ def test_node_killed_while_ha_vm_is_starting(case, etcd, nodes, agents) -> None:
         # start on the first host has finished and been stopped as a stray
         assert (final.host_id, final.generation) == (other, 2)
         audit = wait_until(lambda: len(a := c.vms(survivor).ListHaAudit(
-            vm_pb2.ListHaAuditRequest(vm_id=vm_id), timeout=5).records) == 2 and a, START_DELAY + 10,
+            vm_pb2.ListHaAuditRequest(vm_id=vm_id), timeout=5).records) == 2 and a,
+            START_DELAY + 10,
             message="the late copy on the first host is stopped as a stray")
         assert [a.action for a in audit] == ["restart", "stop-stray"]
         assert audit[1].from_host == origin and audit[1].generation == 1

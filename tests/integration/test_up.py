@@ -192,7 +192,8 @@ def test_up_builds_a_fleet_of_hosts_and_vms(tmp_path: Path) -> None:
                 host_pb2.ListHostsRequest(), timeout=1).hosts
             vms = vm_pb2_grpc.VmServiceStub(channel).ListVms(
                 vm_pb2.ListVmsRequest(), timeout=1).vms
-            done = (len(hosts) == 2 and all(h.status == host_pb2.HOST_STATUS_CONNECTED for h in hosts)
+            done = (len(hosts) == 2
+                    and all(h.status == host_pb2.HOST_STATUS_CONNECTED for h in hosts)
                     and len(vms) == 4 and all(v.state == "Running" for v in vms))
             return (hosts, vms) if done else ()
 
@@ -204,8 +205,10 @@ def test_up_builds_a_fleet_of_hosts_and_vms(tmp_path: Path) -> None:
         assert {h.address for h in hosts} == {f"127.0.0.1:{base + 200}"}
         # round-robin over the hosts, HA never-stop for every other VM, 1 GiB root disks
         assert [(v.vm_id, v.host_id, v.ha) for v in vms] == [
-            ("vm-0000", "host-0", vm_pb2.HA_LEVEL_NEVER_STOP), ("vm-0001", "host-1", vm_pb2.HA_LEVEL_UNSPECIFIED),
-            ("vm-0002", "host-0", vm_pb2.HA_LEVEL_NEVER_STOP), ("vm-0003", "host-1", vm_pb2.HA_LEVEL_UNSPECIFIED)]
+            ("vm-0000", "host-0", vm_pb2.HA_LEVEL_NEVER_STOP), ("vm-0001", "host-1",
+                                                                vm_pb2.HA_LEVEL_UNSPECIFIED),
+            ("vm-0002", "host-0", vm_pb2.HA_LEVEL_NEVER_STOP), ("vm-0003", "host-1",
+                                                                vm_pb2.HA_LEVEL_UNSPECIFIED)]
         assert {v.root_disk_size for v in vms} == {1 << 30}
         wait_until(lambda: any(line.endswith("created 4 VMs") for line in output), 10,
                    message="the progress lines")

@@ -15,13 +15,13 @@ FAST = {"vm.syncInterval": "0.3", "host.pingTimeout": "1", "host.pingFailures": 
 
 def configure(node, **settings: str) -> None:
     for key, value in {**FAST, **settings}.items():
-        c.config(node).UpdateConfig(config_pb2.UpdateConfigRequest(key=key, value=value), timeout=5).entry
+        c.config(node).UpdateConfig(config_pb2.UpdateConfigRequest(key=key, value=value), timeout=5)
 
 
 def add_hosts(node, agent) -> list[str]:
     for host_id in agent.host_ids:
         c.hosts(node).AddHost(host_pb2.AddHostRequest(host_id=host_id, address=agent.address),
-                              timeout=10).host
+                              timeout=10)
     return agent.host_ids
 
 
@@ -75,12 +75,13 @@ def test_lifecycle_start_stop_destroy_with_device_info(fleet) -> None:
     wait_until(lambda: get_vm(node, "web-1").devices.devices, 5, message="device info")
     # an operation not allowed in the state names the state
     with pytest.raises(grpc.RpcError) as info:
-        c.vms(node).ResumeVm(vm_pb2.ResumeVmRequest(vm_id="web-1"), timeout=5).vm
+        c.vms(node).ResumeVm(vm_pb2.ResumeVmRequest(vm_id="web-1"), timeout=5)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "Running" in info.value.details()
     stopped = c.vms(node).StopVm(vm_pb2.StopVmRequest(vm_id="web-1", wait=True), timeout=10).vm
     assert stopped.state == "Stopped" and "web-1" not in agent_vms(agent, h1)
-    destroyed = c.vms(node).DestroyVm(vm_pb2.DestroyVmRequest(vm_id="web-1", wait=True), timeout=10).vm
+    destroyed = c.vms(node).DestroyVm(vm_pb2.DestroyVmRequest(vm_id="web-1", wait=True),
+                                      timeout=10).vm
     assert destroyed.state == "Destroyed"
 
 
@@ -104,11 +105,13 @@ def test_bad_input_is_refused_and_writes_nothing(fleet) -> None:
         == grpc.StatusCode.NOT_FOUND  # nothing half-written
     # config: unknown key, out of range
     cfg = c.config(node)
-    assert code_of(lambda: cfg.UpdateConfig(config_pb2.UpdateConfigRequest(key="no.such", value="1"),
+    assert code_of(lambda: cfg.UpdateConfig(config_pb2.UpdateConfigRequest(key="no.such",
+                                                                           value="1"),
                                             timeout=5).entry) == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(lambda: cfg.UpdateConfig(config_pb2.UpdateConfigRequest(
-        key="vm.orphanedSkipTimeout", value="-1"), timeout=5).entry) == grpc.StatusCode.INVALID_ARGUMENT
-    assert cfg.GetConfig(config_pb2.GetConfigRequest(key="vm.orphanedSkipTimeout"), timeout=5).entry.value \
+        key="vm.orphanedSkipTimeout", value="-1"), timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert cfg.GetConfig(config_pb2.GetConfigRequest(key="vm.orphanedSkipTimeout"),
+                         timeout=5).entry.value \
         == "600"
     # hosts: duplicate, an agent that does not serve the id, unknown host for a start
     hosts = c.hosts(node)
@@ -118,7 +121,7 @@ def test_bad_input_is_refused_and_writes_nothing(fleet) -> None:
     assert code_of(lambda: hosts.AddHost(host_pb2.AddHostRequest(
         host_id="stranger", address=agent.address), timeout=5).host) \
         == grpc.StatusCode.FAILED_PRECONDITION
-    vms.CreateVm(vm_pb2.CreateVmRequest(vm_id="y", image=image()), timeout=5).vm
+    vms.CreateVm(vm_pb2.CreateVmRequest(vm_id="y", image=image()), timeout=5)
     assert code_of(lambda: vms.StartVm(vm_pb2.StartVmRequest(vm_id="y", host_id="nohost"),
                                        timeout=5).vm) == grpc.StatusCode.NOT_FOUND
     assert get_vm(node, "y").state == "Created"
@@ -135,9 +138,9 @@ def test_sync_picks_up_a_crash_and_ha_restarts_on_another_host(fleet) -> None:
     h0, h1 = agent.host_ids
     vms = c.vms(node)
     vms.CreateVm(vm_pb2.CreateVmRequest(vm_id="db", image=image(), ha=vm_pb2.HA_LEVEL_NEVER_STOP,
-                                        host_id=h0, start=True, wait=True), timeout=10).vm
+                                        host_id=h0, start=True, wait=True), timeout=10)
     vms.CreateVm(vm_pb2.CreateVmRequest(vm_id="plain", image=image(), host_id=h0, start=True,
-                                        wait=True), timeout=10).vm
+                                        wait=True), timeout=10)
     agent.sim().CrashVm(agent_pb2.CrashVmRequest(host_id=h0, vm_id="db"), timeout=2)
     agent.sim().CrashVm(agent_pb2.CrashVmRequest(host_id=h0, vm_id="plain"), timeout=2)
     moved = wait_until(lambda: (v := get_vm(node, "db")).state == "Running"
@@ -157,7 +160,7 @@ def test_watch_vms_streams_changes(fleet) -> None:
     first = next(stream)
     assert first.kind == vm_pb2.WatchVmsResponse.KIND_SYNCED
     c.vms(node).CreateVm(vm_pb2.CreateVmRequest(vm_id="w", image=image(), start=True,
-                                                wait=False), timeout=5).vm
+                                                wait=False), timeout=5)
     seen = []
     for event in stream:
         seen.append(event.vm.state)
@@ -171,8 +174,8 @@ def test_unreachable_host_goes_disconnected_then_fenced_and_ha_moves_the_vm(flee
     node, agent = fleet
     h0, h1 = agent.host_ids
     c.vms(node).CreateVm(vm_pb2.CreateVmRequest(vm_id="ha1", image=image(),
-                                                ha=vm_pb2.HA_LEVEL_NEVER_STOP, host_id=h0, start=True,
-                                                wait=True), timeout=10).vm
+                                                ha=vm_pb2.HA_LEVEL_NEVER_STOP, host_id=h0,
+                                                start=True, wait=True), timeout=10)
     agent.sim().SetHostCondition(agent_pb2.SetHostConditionRequest(
         host_id=h0, condition=agent_pb2.HOST_CONDITION_PARTITIONED), timeout=2)
     moved = wait_until(lambda: (v := get_vm(node, "ha1")).state == "Running"
@@ -195,8 +198,9 @@ def test_partition_breaker_freezes_ha_when_most_hosts_vanish_at_once(etcd, nodes
     configure(node)
     h0, h1, h2 = add_hosts(node, agent)
     c.vms(node).CreateVm(vm_pb2.CreateVmRequest(vm_id="ha", image=image(), host_id=h0,
-                                                ha=vm_pb2.HA_LEVEL_NEVER_STOP, start=True, wait=True),
-                         timeout=10).vm
+                                                ha=vm_pb2.HA_LEVEL_NEVER_STOP, start=True,
+                                                wait=True),
+                         timeout=10)
     for host_id in (h0, h1):  # 2 of 3 hosts cut off within one interval: a partition
         agent.sim().SetHostCondition(agent_pb2.SetHostConditionRequest(
             host_id=host_id, condition=agent_pb2.HOST_CONDITION_PARTITIONED), timeout=2)
@@ -233,7 +237,7 @@ def test_live_config_reaches_every_node(etcd, nodes) -> None:
     a = nodes.start("mn-0", etcd.endpoints)
     b = nodes.start("mn-1", etcd.endpoints)
     c.config(a).UpdateConfig(config_pb2.UpdateConfigRequest(key="vm.orphanedSkipTimeout",
-                                                    value="42.5"), timeout=5).entry
+                                                    value="42.5"), timeout=5)
     entry = wait_until(lambda: (e := c.config(b).GetConfig(config_pb2.GetConfigRequest(
         key="vm.orphanedSkipTimeout"), timeout=2).entry).value == "42.5" and e, 5)
     assert not entry.is_default and entry.default_value == "600"
@@ -247,9 +251,9 @@ def test_remove_and_reconnect_host(fleet) -> None:
     h0, h1 = agent.host_ids
     hosts = c.hosts(node)
     c.vms(node).CreateVm(vm_pb2.CreateVmRequest(vm_id="r1", image=image(), host_id=h0,
-                                                start=True, wait=True), timeout=10).vm
+                                                start=True, wait=True), timeout=10)
     with pytest.raises(grpc.RpcError) as info:
-        hosts.RemoveHost(host_pb2.RemoveHostRequest(host_id=h0), timeout=5).host
+        hosts.RemoveHost(host_pb2.RemoveHostRequest(host_id=h0), timeout=5)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "r1" in \
         info.value.details()
     # a fenced host stays FENCED until an operator reconnects it

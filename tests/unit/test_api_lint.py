@@ -73,6 +73,7 @@ def test_the_vendored_validate_proto_is_the_one_protovalidate_enforces() -> None
     rules (a rule the vendored copy declares that the validator does not know would be
     silently ignored)."""
     import protovalidate
+
     from controlplane.v1 import vm_pb2
 
     with pytest.raises(protovalidate.ValidationError):

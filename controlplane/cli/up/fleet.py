@@ -194,7 +194,8 @@ class FleetBuilder:
         vm_id = vm_name(index, self.vms)
         host_id = self.host_ids[index % len(self.host_ids)]
         request = vm_pb2.CreateVmRequest(
-            vm_id=vm_id, ha=vm_pb2.HA_LEVEL_NEVER_STOP if index % 2 == 0 else vm_pb2.HA_LEVEL_UNSPECIFIED,
+            vm_id=vm_id,
+            ha=vm_pb2.HA_LEVEL_NEVER_STOP if index % 2 == 0 else vm_pb2.HA_LEVEL_UNSPECIFIED,
             image=VM_IMAGE, host_id=host_id, start=True, wait=False)
         try:
             self._retried(lambda client: client.vms.CreateVm(request), _RETRYABLE)

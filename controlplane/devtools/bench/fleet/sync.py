@@ -87,7 +87,8 @@ def seed_records(store: Store, keys: Keys, agent: AgentProcess, host_ids: list[s
             batch = []
 
     for host_id in host_ids:
-        host = host_pb2.Host(host_id=host_id, address=agent.address, status=host_pb2.HOST_STATUS_CONNECTED,
+        host = host_pb2.Host(host_id=host_id, address=agent.address,
+                             status=host_pb2.HOST_STATUS_CONNECTED,
                              added_at=now, cpus=16, memory_mb=65536)
         add(keys.host(host_id), host.SerializeToString())
     vm_devices = devices()
