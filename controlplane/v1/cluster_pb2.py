@@ -26,7 +26,7 @@ from controlplane.v1.buf.validate import validate_pb2 as buf_dot_validate_dot_va
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/cluster.proto\x12\x0f\x63ontrolplane.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x03\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x05 \x01(\t\"\x14\n\x12ListMembersRequest\"Q\n\x13ListMembersResponse\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.controlplane.v1.Member\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x10\n\x0eGetRingRequest\"\xa2\x02\n\x0fGetRingResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12(\n\x07members\x18\x02 \x03(\x0b\x32\x17.controlplane.v1.Member\x12<\n\x06shares\x18\x03 \x03(\x0b\x32,.controlplane.v1.GetRingResponse.SharesEntry\x12\x0e\n\x06vnodes\x18\x04 \x01(\x05\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x13\n\x0bincarnation\x18\x06 \x01(\x03\x12\x11\n\tlease_ttl\x18\x07 \x01(\x03\x12\x0e\n\x06\x66\x65nced\x18\x08 \x01(\x08\x12\x10\n\x08suspects\x18\t \x03(\t\x1a-\n\x0bSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"S\n\x0eWhoOwnsRequest\x12\x41\n\x0bresource_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"l\n\x0fWhoOwnsResponse\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x15\n\rowner_address\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07node_id\x18\x05 \x01(\t\"R\n\rLocateRequest\x12\x41\n\x0bresource_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"k\n\x0eLocateResponse\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x11\n\tserved_by\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x11\n\tforwarded\x18\x04 \x01(\x08\x12\x0f\n\x07retries\x18\x05 \x01(\x05\x32\xd1\x02\n\x0e\x43lusterService\x12X\n\x0bListMembers\x12#.controlplane.v1.ListMembersRequest\x1a$.controlplane.v1.ListMembersResponse\x12L\n\x07GetRing\x12\x1f.controlplane.v1.GetRingRequest\x1a .controlplane.v1.GetRingResponse\x12L\n\x07WhoOwns\x12\x1f.controlplane.v1.WhoOwnsRequest\x1a .controlplane.v1.WhoOwnsResponse\x12I\n\x06Locate\x12\x1e.controlplane.v1.LocateRequest\x1a\x1f.controlplane.v1.LocateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/cluster.proto\x12\x0f\x63ontrolplane.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x03\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x05 \x01(\t\"\x14\n\x12ListMembersRequest\"Q\n\x13ListMembersResponse\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.controlplane.v1.Member\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x10\n\x0eGetRingRequest\"\xa2\x02\n\x0fGetRingResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12(\n\x07members\x18\x02 \x03(\x0b\x32\x17.controlplane.v1.Member\x12<\n\x06shares\x18\x03 \x03(\x0b\x32,.controlplane.v1.GetRingResponse.SharesEntry\x12\x0e\n\x06vnodes\x18\x04 \x01(\x05\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x13\n\x0bincarnation\x18\x06 \x01(\x03\x12\x11\n\tlease_ttl\x18\x07 \x01(\x03\x12\x0e\n\x06\x66\x65nced\x18\x08 \x01(\x08\x12\x10\n\x08suspects\x18\t \x03(\t\x1a-\n\x0bSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"T\n\x0eWhoOwnsRequest\x12\x42\n\x0bresource_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"l\n\x0fWhoOwnsResponse\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x15\n\rowner_address\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07node_id\x18\x05 \x01(\t\"S\n\rLocateRequest\x12\x42\n\x0bresource_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"k\n\x0eLocateResponse\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x11\n\tserved_by\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x11\n\tforwarded\x18\x04 \x01(\x08\x12\x0f\n\x07retries\x18\x05 \x01(\x05\x32\xd1\x02\n\x0e\x43lusterService\x12X\n\x0bListMembers\x12#.controlplane.v1.ListMembersRequest\x1a$.controlplane.v1.ListMembersResponse\x12L\n\x07GetRing\x12\x1f.controlplane.v1.GetRingRequest\x1a .controlplane.v1.GetRingResponse\x12L\n\x07WhoOwns\x12\x1f.controlplane.v1.WhoOwnsRequest\x1a .controlplane.v1.WhoOwnsResponse\x12I\n\x06Locate\x12\x1e.controlplane.v1.LocateRequest\x1a\x1f.controlplane.v1.LocateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRINGRESPONSE_SHARESENTRY']._loaded_options = None
   _globals['_GETRINGRESPONSE_SHARESENTRY']._serialized_options = b'8\001'
   _globals['_WHOOWNSREQUEST'].fields_by_name['resource_id']._loaded_options = None
-  _globals['_WHOOWNSREQUEST'].fields_by_name['resource_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_WHOOWNSREQUEST'].fields_by_name['resource_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_LOCATEREQUEST'].fields_by_name['resource_id']._loaded_options = None
-  _globals['_LOCATEREQUEST'].fields_by_name['resource_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_LOCATEREQUEST'].fields_by_name['resource_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_MEMBER']._serialized_start=113
   _globals['_MEMBER']._serialized_end=241
   _globals['_LISTMEMBERSREQUEST']._serialized_start=243
@@ -52,13 +52,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRINGRESPONSE_SHARESENTRY']._serialized_start=612
   _globals['_GETRINGRESPONSE_SHARESENTRY']._serialized_end=657
   _globals['_WHOOWNSREQUEST']._serialized_start=659
-  _globals['_WHOOWNSREQUEST']._serialized_end=742
-  _globals['_WHOOWNSRESPONSE']._serialized_start=744
-  _globals['_WHOOWNSRESPONSE']._serialized_end=852
-  _globals['_LOCATEREQUEST']._serialized_start=854
-  _globals['_LOCATEREQUEST']._serialized_end=936
-  _globals['_LOCATERESPONSE']._serialized_start=938
-  _globals['_LOCATERESPONSE']._serialized_end=1045
-  _globals['_CLUSTERSERVICE']._serialized_start=1048
-  _globals['_CLUSTERSERVICE']._serialized_end=1385
+  _globals['_WHOOWNSREQUEST']._serialized_end=743
+  _globals['_WHOOWNSRESPONSE']._serialized_start=745
+  _globals['_WHOOWNSRESPONSE']._serialized_end=853
+  _globals['_LOCATEREQUEST']._serialized_start=855
+  _globals['_LOCATEREQUEST']._serialized_end=938
+  _globals['_LOCATERESPONSE']._serialized_start=940
+  _globals['_LOCATERESPONSE']._serialized_end=1047
+  _globals['_CLUSTERSERVICE']._serialized_start=1050
+  _globals['_CLUSTERSERVICE']._serialized_end=1387
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ from controlplane.v1.buf.validate import validate_pb2 as buf_dot_validate_dot_va
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63ontrolplane/v1/host.proto\x12\x0f\x63ontrolplane.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x02\n\x04Host\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.controlplane.v1.HostStatus\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11unreachable_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfenced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x63pus\x18\x07 \x01(\x05\x12\x11\n\tmemory_mb\x18\x08 \x01(\x03\x12\r\n\x05owner\x18\t \x01(\t\"o\n\x0e\x41\x64\x64HostRequest\x12=\n\x07host_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12\x1e\n\x07\x61\x64\x64ress\x18\x02 \x01(\tB\r\xbaH\nr\x05\x10\x03\x18\xff\x01\xc8\x01\x01\"O\n\x10ListHostsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"R\n\x11ListHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.controlplane.v1.Host\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x11RemoveHostRequest\x12=\n\x07host_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"6\n\x0f\x41\x64\x64HostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host\"O\n\x0eGetHostRequest\x12=\n\x07host_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"6\n\x0fGetHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host\"9\n\x12RemoveHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host\"U\n\x14ReconnectHostRequest\x12=\n\x07host_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"<\n\x15ReconnectHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host*z\n\nHostStatus\x12\x1b\n\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HOST_STATUS_CONNECTED\x10\x01\x12\x1c\n\x18HOST_STATUS_DISCONNECTED\x10\x02\x12\x16\n\x12HOST_STATUS_FENCED\x10\x03\x32\xb4\x03\n\x0bHostService\x12L\n\x07\x41\x64\x64Host\x12\x1f.controlplane.v1.AddHostRequest\x1a .controlplane.v1.AddHostResponse\x12L\n\x07GetHost\x12\x1f.controlplane.v1.GetHostRequest\x1a .controlplane.v1.GetHostResponse\x12R\n\tListHosts\x12!.controlplane.v1.ListHostsRequest\x1a\".controlplane.v1.ListHostsResponse\x12U\n\nRemoveHost\x12\".controlplane.v1.RemoveHostRequest\x1a#.controlplane.v1.RemoveHostResponse\x12^\n\rReconnectHost\x12%.controlplane.v1.ReconnectHostRequest\x1a&.controlplane.v1.ReconnectHostResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63ontrolplane/v1/host.proto\x12\x0f\x63ontrolplane.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x02\n\x04Host\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.controlplane.v1.HostStatus\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11unreachable_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfenced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x63pus\x18\x07 \x01(\x05\x12\x11\n\tmemory_mb\x18\x08 \x01(\x03\x12\r\n\x05owner\x18\t \x01(\t\"p\n\x0e\x41\x64\x64HostRequest\x12>\n\x07host_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12\x1e\n\x07\x61\x64\x64ress\x18\x02 \x01(\tB\r\xbaH\nr\x05\x10\x03\x18\xff\x01\xc8\x01\x01\"O\n\x10ListHostsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"R\n\x11ListHostsResponse\x12$\n\x05hosts\x18\x01 \x03(\x0b\x32\x15.controlplane.v1.Host\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x11RemoveHostRequest\x12>\n\x07host_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"6\n\x0f\x41\x64\x64HostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host\"P\n\x0eGetHostRequest\x12>\n\x07host_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"6\n\x0fGetHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host\"9\n\x12RemoveHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host\"V\n\x14ReconnectHostRequest\x12>\n\x07host_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"<\n\x15ReconnectHostResponse\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x15.controlplane.v1.Host*z\n\nHostStatus\x12\x1b\n\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HOST_STATUS_CONNECTED\x10\x01\x12\x1c\n\x18HOST_STATUS_DISCONNECTED\x10\x02\x12\x16\n\x12HOST_STATUS_FENCED\x10\x03\x32\xb4\x03\n\x0bHostService\x12L\n\x07\x41\x64\x64Host\x12\x1f.controlplane.v1.AddHostRequest\x1a .controlplane.v1.AddHostResponse\x12L\n\x07GetHost\x12\x1f.controlplane.v1.GetHostRequest\x1a .controlplane.v1.GetHostResponse\x12R\n\tListHosts\x12!.controlplane.v1.ListHostsRequest\x1a\".controlplane.v1.ListHostsResponse\x12U\n\nRemoveHost\x12\".controlplane.v1.RemoveHostRequest\x1a#.controlplane.v1.RemoveHostResponse\x12^\n\rReconnectHost\x12%.controlplane.v1.ReconnectHostRequest\x1a&.controlplane.v1.ReconnectHostResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.host_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADDHOSTREQUEST'].fields_by_name['host_id']._loaded_options = None
-  _globals['_ADDHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_ADDHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_ADDHOSTREQUEST'].fields_by_name['address']._loaded_options = None
   _globals['_ADDHOSTREQUEST'].fields_by_name['address']._serialized_options = b'\272H\nr\005\020\003\030\377\001\310\001\001'
   _globals['_LISTHOSTSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTHOSTSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTHOSTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\010'
   _globals['_REMOVEHOSTREQUEST'].fields_by_name['host_id']._loaded_options = None
-  _globals['_REMOVEHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_REMOVEHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_GETHOSTREQUEST'].fields_by_name['host_id']._loaded_options = None
-  _globals['_GETHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_GETHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_RECONNECTHOSTREQUEST'].fields_by_name['host_id']._loaded_options = None
-  _globals['_RECONNECTHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
-  _globals['_HOSTSTATUS']._serialized_start=1171
-  _globals['_HOSTSTATUS']._serialized_end=1293
+  _globals['_RECONNECTHOSTREQUEST'].fields_by_name['host_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_HOSTSTATUS']._serialized_start=1175
+  _globals['_HOSTSTATUS']._serialized_end=1297
   _globals['_HOST']._serialized_start=110
   _globals['_HOST']._serialized_end=391
   _globals['_ADDHOSTREQUEST']._serialized_start=393
-  _globals['_ADDHOSTREQUEST']._serialized_end=504
-  _globals['_LISTHOSTSREQUEST']._serialized_start=506
-  _globals['_LISTHOSTSREQUEST']._serialized_end=585
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=587
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=669
-  _globals['_REMOVEHOSTREQUEST']._serialized_start=671
-  _globals['_REMOVEHOSTREQUEST']._serialized_end=768
-  _globals['_ADDHOSTRESPONSE']._serialized_start=770
-  _globals['_ADDHOSTRESPONSE']._serialized_end=824
-  _globals['_GETHOSTREQUEST']._serialized_start=826
-  _globals['_GETHOSTREQUEST']._serialized_end=905
-  _globals['_GETHOSTRESPONSE']._serialized_start=907
-  _globals['_GETHOSTRESPONSE']._serialized_end=961
-  _globals['_REMOVEHOSTRESPONSE']._serialized_start=963
-  _globals['_REMOVEHOSTRESPONSE']._serialized_end=1020
-  _globals['_RECONNECTHOSTREQUEST']._serialized_start=1022
-  _globals['_RECONNECTHOSTREQUEST']._serialized_end=1107
-  _globals['_RECONNECTHOSTRESPONSE']._serialized_start=1109
-  _globals['_RECONNECTHOSTRESPONSE']._serialized_end=1169
-  _globals['_HOSTSERVICE']._serialized_start=1296
-  _globals['_HOSTSERVICE']._serialized_end=1732
+  _globals['_ADDHOSTREQUEST']._serialized_end=505
+  _globals['_LISTHOSTSREQUEST']._serialized_start=507
+  _globals['_LISTHOSTSREQUEST']._serialized_end=586
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=588
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=670
+  _globals['_REMOVEHOSTREQUEST']._serialized_start=672
+  _globals['_REMOVEHOSTREQUEST']._serialized_end=770
+  _globals['_ADDHOSTRESPONSE']._serialized_start=772
+  _globals['_ADDHOSTRESPONSE']._serialized_end=826
+  _globals['_GETHOSTREQUEST']._serialized_start=828
+  _globals['_GETHOSTREQUEST']._serialized_end=908
+  _globals['_GETHOSTRESPONSE']._serialized_start=910
+  _globals['_GETHOSTRESPONSE']._serialized_end=964
+  _globals['_REMOVEHOSTRESPONSE']._serialized_start=966
+  _globals['_REMOVEHOSTRESPONSE']._serialized_end=1023
+  _globals['_RECONNECTHOSTREQUEST']._serialized_start=1025
+  _globals['_RECONNECTHOSTREQUEST']._serialized_end=1111
+  _globals['_RECONNECTHOSTRESPONSE']._serialized_start=1113
+  _globals['_RECONNECTHOSTRESPONSE']._serialized_end=1173
+  _globals['_HOSTSERVICE']._serialized_start=1300
+  _globals['_HOSTSERVICE']._serialized_end=1736
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from controlplane.v1 import mds_pb2 as controlplane_dot_v1_dot_mds__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/storage.proto\x12\x0f\x63ontrolplane.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63ontrolplane/v1/mds.proto\"\xa6\x01\n\x11MdsEndpointStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12*\n\x06health\x18\x02 \x01(\x0e\x32\x1a.controlplane.v1.MdsHealth\x12.\n\nchecked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x05\"\x92\x01\n\x0ePrimaryStorage\x12\x12\n\nstorage_id\x18\x01 \x01(\t\x12/\n\x03mds\x18\x02 \x03(\x0b\x32\".controlplane.v1.MdsEndpointStatus\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x04 \x01(\t\"\x86\x01\n\x18\x41\x64\x64PrimaryStorageRequest\x12@\n\nstorage_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12(\n\rmds_addresses\x18\x02 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\"\x07r\x05\x10\x01\x18\xff\x01\"Y\n\x1aListPrimaryStoragesRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"i\n\x1bListPrimaryStoragesResponse\x12\x31\n\x08storages\x18\x01 \x03(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9c\x01\n\x17GetVolumeClientsRequest\x12@\n\nstorage_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12?\n\tvolume_id\x18\x02 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"M\n\x19\x41\x64\x64PrimaryStorageResponse\x12\x30\n\x07storage\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\"\\\n\x18GetPrimaryStorageRequest\x12@\n\nstorage_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"M\n\x19GetPrimaryStorageResponse\x12\x30\n\x07storage\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\"_\n\x1bRemovePrimaryStorageRequest\x12@\n\nstorage_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"P\n\x1cRemovePrimaryStorageResponse\x12\x30\n\x07storage\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\"^\n\x1a\x43heckPrimaryStorageRequest\x12@\n\nstorage_id\x18\x01 \x01(\tB,\xbaH)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"O\n\x1b\x43heckPrimaryStorageResponse\x12\x30\n\x07storage\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\"`\n\x18GetVolumeClientsResponse\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x31\n\x07\x63lients\x18\x02 \x03(\x0b\x32 .controlplane.v1.MdsVolumeClient*Y\n\tMdsHealth\x12\x1a\n\x16MDS_HEALTH_UNSPECIFIED\x10\x00\x12\x16\n\x12MDS_HEALTH_HEALTHY\x10\x01\x12\x18\n\x14MDS_HEALTH_UNHEALTHY\x10\x02\x32\xaa\x05\n\x0eStorageService\x12j\n\x11\x41\x64\x64PrimaryStorage\x12).controlplane.v1.AddPrimaryStorageRequest\x1a*.controlplane.v1.AddPrimaryStorageResponse\x12j\n\x11GetPrimaryStorage\x12).controlplane.v1.GetPrimaryStorageRequest\x1a*.controlplane.v1.GetPrimaryStorageResponse\x12p\n\x13ListPrimaryStorages\x12+.controlplane.v1.ListPrimaryStoragesRequest\x1a,.controlplane.v1.ListPrimaryStoragesResponse\x12s\n\x14RemovePrimaryStorage\x12,.controlplane.v1.RemovePrimaryStorageRequest\x1a-.controlplane.v1.RemovePrimaryStorageResponse\x12p\n\x13\x43heckPrimaryStorage\x12+.controlplane.v1.CheckPrimaryStorageRequest\x1a,.controlplane.v1.CheckPrimaryStorageResponse\x12g\n\x10GetVolumeClients\x12(.controlplane.v1.GetVolumeClientsRequest\x1a).controlplane.v1.GetVolumeClientsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/storage.proto\x12\x0f\x63ontrolplane.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63ontrolplane/v1/mds.proto\"\xa6\x01\n\x11MdsEndpointStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12*\n\x06health\x18\x02 \x01(\x0e\x32\x1a.controlplane.v1.MdsHealth\x12.\n\nchecked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x05\"\x92\x01\n\x0ePrimaryStorage\x12\x12\n\nstorage_id\x18\x01 \x01(\t\x12/\n\x03mds\x18\x02 \x03(\x0b\x32\".controlplane.v1.MdsEndpointStatus\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x04 \x01(\t\"\x87\x01\n\x18\x41\x64\x64PrimaryStorageRequest\x12\x41\n\nstorage_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12(\n\rmds_addresses\x18\x02 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\"\x07r\x05\x10\x01\x18\xff\x01\"Y\n\x1aListPrimaryStoragesRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"i\n\x1bListPrimaryStoragesResponse\x12\x31\n\x08storages\x18\x01 \x03(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9e\x01\n\x17GetVolumeClientsRequest\x12\x41\n\nstorage_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\x12@\n\tvolume_id\x18\x02 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"M\n\x19\x41\x64\x64PrimaryStorageResponse\x12\x30\n\x07storage\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\"]\n\x18GetPrimaryStorageRequest\x12\x41\n\nstorage_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"M\n\x19GetPrimaryStorageResponse\x12\x30\n\x07storage\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\"`\n\x1bRemovePrimaryStorageRequest\x12\x41\n\nstorage_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"P\n\x1cRemovePrimaryStorageResponse\x12\x30\n\x07storage\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\"_\n\x1a\x43heckPrimaryStorageRequest\x12\x41\n\nstorage_id\x18\x01 \x01(\tB-\xbaH*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\xc8\x01\x01\"O\n\x1b\x43heckPrimaryStorageResponse\x12\x30\n\x07storage\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.PrimaryStorage\"`\n\x18GetVolumeClientsResponse\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x31\n\x07\x63lients\x18\x02 \x03(\x0b\x32 .controlplane.v1.MdsVolumeClient*Y\n\tMdsHealth\x12\x1a\n\x16MDS_HEALTH_UNSPECIFIED\x10\x00\x12\x16\n\x12MDS_HEALTH_HEALTHY\x10\x01\x12\x18\n\x14MDS_HEALTH_UNHEALTHY\x10\x02\x32\xaa\x05\n\x0eStorageService\x12j\n\x11\x41\x64\x64PrimaryStorage\x12).controlplane.v1.AddPrimaryStorageRequest\x1a*.controlplane.v1.AddPrimaryStorageResponse\x12j\n\x11GetPrimaryStorage\x12).controlplane.v1.GetPrimaryStorageRequest\x1a*.controlplane.v1.GetPrimaryStorageResponse\x12p\n\x13ListPrimaryStorages\x12+.controlplane.v1.ListPrimaryStoragesRequest\x1a,.controlplane.v1.ListPrimaryStoragesResponse\x12s\n\x14RemovePrimaryStorage\x12,.controlplane.v1.RemovePrimaryStorageRequest\x1a-.controlplane.v1.RemovePrimaryStorageResponse\x12p\n\x13\x43heckPrimaryStorage\x12+.controlplane.v1.CheckPrimaryStorageRequest\x1a,.controlplane.v1.CheckPrimaryStorageResponse\x12g\n\x10GetVolumeClients\x12(.controlplane.v1.GetVolumeClientsRequest\x1a).controlplane.v1.GetVolumeClientsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.storage_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADDPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._loaded_options = None
-  _globals['_ADDPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_ADDPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_ADDPRIMARYSTORAGEREQUEST'].fields_by_name['mds_addresses']._loaded_options = None
   _globals['_ADDPRIMARYSTORAGEREQUEST'].fields_by_name['mds_addresses']._serialized_options = b'\272H\016\222\001\013\020\020\"\007r\005\020\001\030\377\001'
   _globals['_LISTPRIMARYSTORAGESREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -43,45 +43,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPRIMARYSTORAGESREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTPRIMARYSTORAGESREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\010'
   _globals['_GETVOLUMECLIENTSREQUEST'].fields_by_name['storage_id']._loaded_options = None
-  _globals['_GETVOLUMECLIENTSREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_GETVOLUMECLIENTSREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_GETVOLUMECLIENTSREQUEST'].fields_by_name['volume_id']._loaded_options = None
-  _globals['_GETVOLUMECLIENTSREQUEST'].fields_by_name['volume_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_GETVOLUMECLIENTSREQUEST'].fields_by_name['volume_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_GETPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._loaded_options = None
-  _globals['_GETPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_GETPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_REMOVEPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._loaded_options = None
-  _globals['_REMOVEPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_REMOVEPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
   _globals['_CHECKPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._loaded_options = None
-  _globals['_CHECKPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H)r$2\"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$\310\001\001'
-  _globals['_MDSHEALTH']._serialized_start=1657
-  _globals['_MDSHEALTH']._serialized_end=1746
+  _globals['_CHECKPRIMARYSTORAGEREQUEST'].fields_by_name['storage_id']._serialized_options = b'\272H*r%2#^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$\310\001\001'
+  _globals['_MDSHEALTH']._serialized_start=1663
+  _globals['_MDSHEALTH']._serialized_end=1752
   _globals['_MDSENDPOINTSTATUS']._serialized_start=140
   _globals['_MDSENDPOINTSTATUS']._serialized_end=306
   _globals['_PRIMARYSTORAGE']._serialized_start=309
   _globals['_PRIMARYSTORAGE']._serialized_end=455
   _globals['_ADDPRIMARYSTORAGEREQUEST']._serialized_start=458
-  _globals['_ADDPRIMARYSTORAGEREQUEST']._serialized_end=592
-  _globals['_LISTPRIMARYSTORAGESREQUEST']._serialized_start=594
-  _globals['_LISTPRIMARYSTORAGESREQUEST']._serialized_end=683
-  _globals['_LISTPRIMARYSTORAGESRESPONSE']._serialized_start=685
-  _globals['_LISTPRIMARYSTORAGESRESPONSE']._serialized_end=790
-  _globals['_GETVOLUMECLIENTSREQUEST']._serialized_start=793
-  _globals['_GETVOLUMECLIENTSREQUEST']._serialized_end=949
-  _globals['_ADDPRIMARYSTORAGERESPONSE']._serialized_start=951
-  _globals['_ADDPRIMARYSTORAGERESPONSE']._serialized_end=1028
-  _globals['_GETPRIMARYSTORAGEREQUEST']._serialized_start=1030
-  _globals['_GETPRIMARYSTORAGEREQUEST']._serialized_end=1122
-  _globals['_GETPRIMARYSTORAGERESPONSE']._serialized_start=1124
-  _globals['_GETPRIMARYSTORAGERESPONSE']._serialized_end=1201
-  _globals['_REMOVEPRIMARYSTORAGEREQUEST']._serialized_start=1203
-  _globals['_REMOVEPRIMARYSTORAGEREQUEST']._serialized_end=1298
-  _globals['_REMOVEPRIMARYSTORAGERESPONSE']._serialized_start=1300
-  _globals['_REMOVEPRIMARYSTORAGERESPONSE']._serialized_end=1380
-  _globals['_CHECKPRIMARYSTORAGEREQUEST']._serialized_start=1382
-  _globals['_CHECKPRIMARYSTORAGEREQUEST']._serialized_end=1476
-  _globals['_CHECKPRIMARYSTORAGERESPONSE']._serialized_start=1478
-  _globals['_CHECKPRIMARYSTORAGERESPONSE']._serialized_end=1557
-  _globals['_GETVOLUMECLIENTSRESPONSE']._serialized_start=1559
-  _globals['_GETVOLUMECLIENTSRESPONSE']._serialized_end=1655
-  _globals['_STORAGESERVICE']._serialized_start=1749
-  _globals['_STORAGESERVICE']._serialized_end=2431
+  _globals['_ADDPRIMARYSTORAGEREQUEST']._serialized_end=593
+  _globals['_LISTPRIMARYSTORAGESREQUEST']._serialized_start=595
+  _globals['_LISTPRIMARYSTORAGESREQUEST']._serialized_end=684
+  _globals['_LISTPRIMARYSTORAGESRESPONSE']._serialized_start=686
+  _globals['_LISTPRIMARYSTORAGESRESPONSE']._serialized_end=791
+  _globals['_GETVOLUMECLIENTSREQUEST']._serialized_start=794
+  _globals['_GETVOLUMECLIENTSREQUEST']._serialized_end=952
+  _globals['_ADDPRIMARYSTORAGERESPONSE']._serialized_start=954
+  _globals['_ADDPRIMARYSTORAGERESPONSE']._serialized_end=1031
+  _globals['_GETPRIMARYSTORAGEREQUEST']._serialized_start=1033
+  _globals['_GETPRIMARYSTORAGEREQUEST']._serialized_end=1126
+  _globals['_GETPRIMARYSTORAGERESPONSE']._serialized_start=1128
+  _globals['_GETPRIMARYSTORAGERESPONSE']._serialized_end=1205
+  _globals['_REMOVEPRIMARYSTORAGEREQUEST']._serialized_start=1207
+  _globals['_REMOVEPRIMARYSTORAGEREQUEST']._serialized_end=1303
+  _globals['_REMOVEPRIMARYSTORAGERESPONSE']._serialized_start=1305
+  _globals['_REMOVEPRIMARYSTORAGERESPONSE']._serialized_end=1385
+  _globals['_CHECKPRIMARYSTORAGEREQUEST']._serialized_start=1387
+  _globals['_CHECKPRIMARYSTORAGEREQUEST']._serialized_end=1482
+  _globals['_CHECKPRIMARYSTORAGERESPONSE']._serialized_start=1484
+  _globals['_CHECKPRIMARYSTORAGERESPONSE']._serialized_end=1563
+  _globals['_GETVOLUMECLIENTSRESPONSE']._serialized_start=1565
+  _globals['_GETVOLUMECLIENTSRESPONSE']._serialized_end=1661
+  _globals['_STORAGESERVICE']._serialized_start=1755
+  _globals['_STORAGESERVICE']._serialized_end=2437
 # @@protoc_insertion_point(module_scope)

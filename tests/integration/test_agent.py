@@ -85,7 +85,7 @@ def test_slow_start_shows_its_op_and_the_vm_only_after(agents: AgentFactory) -> 
     resp = agent.stub().ListVms(pb.AgentServiceListVmsRequest(host_id=h), timeout=5)
     assert [(o.op_id, o.vm_id, o.kind, o.generation) for o in resp.ops] == \
         [("op-slow", "vm-1", "start", 4)]
-    assert resp.ops[0].started_at > 0 and resp.reports_ops
+    assert wiretime.seconds(resp.ops[0].started_at) > 0 and resp.reports_ops
     assert not resp.vms  # not running yet
     assert future.result().vm.state == RUNNING
     assert vms(agent, h) == {"vm-1": (RUNNING, 4)}

@@ -205,10 +205,10 @@ class FakeVms(vm_pb2_grpc.VmServiceServicer):
             first = len(self.created) == 1
         if first:
             context.abort(grpc.StatusCode.UNAVAILABLE, "not ready yet")
-        return vm_pb2.Vm(vm_id=request.vm_id, state="Created")
+        return vm_pb2.CreateVmResponse(vm=vm_pb2.Vm(vm_id=request.vm_id, state="Created"))
 
     def StartVm(self, request, context):
-        return self.answer
+        return vm_pb2.StartVmResponse(vm=self.answer)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from controlplane import wiretime
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import agent_pb2
 
@@ -66,7 +67,7 @@ def test_config_and_hosts(fleet) -> None:
     assert added.split() == [h0, "CONNECTED", agent.address, "owner=mn-0"]
     doc = cpj("host", "add", h1, "--address", agent.address, *ep)
     assert (doc["host_id"], doc["status"], doc["address"], doc["owner"]) \
-        == (h1, "CONNECTED", agent.address, "mn-0")
+        == (h1, "HOST_STATUS_CONNECTED", agent.address, "mn-0")
     assert doc["cpus"] == 16 and doc["memory_mb"] == "65536"  # int64 is a JSON string
 
     lines = cp("host", "list", *ep).stdout.splitlines()
@@ -151,7 +152,8 @@ def test_vm_lifecycle_and_watch(fleet) -> None:
         assert out.split()[:2] == ["web-1", state], (op, out)
 
     # --wait that runs out of time: the answer shows the op in flight and the exit code is 1
-    agent.sim().Configure(agent_pb2.ConfigureRequest(reboot_delay=3.0), timeout=5)
+    agent.sim().Configure(agent_pb2.ConfigureRequest(reboot_delay=wiretime.duration(3.0)),
+                          timeout=5)
     slow = cp("vm", "reboot", "web-1", "--wait", "--timeout", "1.5", *ep, check=False)
     assert slow.returncode == 1, slow.stderr
     assert "still in flight" in slow.stderr

@@ -133,7 +133,7 @@ def test_storage_add_get_list_check_clients_remove(etcd, nodes, mds) -> None:  #
     assert (doc["storage_id"], doc["owner"]) == ("ps-1", "mn-0")
     assert [(m["address"], m["health"]) for m in doc["mds"]] == [(mds.address,
                                                                   "MDS_HEALTH_HEALTHY")]
-    assert doc["mds"][0]["checked_at"] > 0  # checked before the answer
+    assert doc["mds"][0]["checked_at"] > "2026"  # an RFC 3339 time: checked before the answer
     assert lines(cp("storage", "list", *ep)) == [healthy]
     assert [s["storage_id"] for s in cpj("storage", "list", *ep)] == ["ps-1"]
 

@@ -13,6 +13,7 @@ import os
 import grpc
 import pytest
 
+from controlplane import wiretime
 from controlplane.store import Keys, Store
 from controlplane.store.keys import DEFAULT_PREFIX
 from controlplane.testing import cluster as c
@@ -124,13 +125,13 @@ def test_a_merge_left_ready_by_a_dead_node_is_finished_by_resume(live, etcd) -> 
     store = Store(etcd.endpoints)
     try:
         image = volume_pb2.Image.FromString(store.get(keys.image("img")).value)
-        s1 = next(x for x in image.volumes if x.volume_id == "s1")
-        s1.legality = volume_pb2.VOLUME_LEGALITY_ILLEGAL
+        leaf = next(x for x in image.volumes if x.volume_id == "s1")
+        leaf.legality = volume_pb2.VOLUME_LEGALITY_ILLEGAL
         store.put(keys.image("img"), image.SerializeToString())
         store.put(keys.job("m-dead"), volume_pb2.BlockJob(
             job_id="m-dead", kind="live-merge", image_id="img", vm_id="vm-1",
             host_id=agent.host_ids[0], phase="FINISHING", top=s1, base=base, volume_id="s1",
-            node_id="mn-dead", started_at=1.0).SerializeToString())
+            node_id="mn-dead", started_at=wiretime.stamp(1.0)).SerializeToString())
     finally:
         store.close()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from controlplane import wiretime
 from controlplane.storage.mds import MdsClient, MdsEndpoint, MdsError, MdsResult
 from controlplane.storage.retry import Outcome, attempt_order
 from controlplane.testing.mds import MdsProcess
@@ -156,7 +157,7 @@ def test_non_idempotent_call_goes_on_after_a_transport_error(trio: list[MdsProce
                         idempotent=False)
     assert tried(result) == [(refusing.address, Outcome.TRANSPORT),
                              (answering.address, Outcome.OK)]
-    assert result.response.volume_id == "vol-2" and result.response.size_bytes == 10
+    assert result.response.volume.volume_id == "vol-2" and result.response.volume.size_bytes == 10
     assert ["vol-2" in p.volume_ids() for p in in_call_order(trio)] == [False, True, False]
 
 
@@ -271,7 +272,7 @@ def test_a_killed_mds_is_reached_again_soon_after_its_restart(trio: list[MdsProc
 def test_sim_answers_and_refusals(trio: list[MdsProcess]) -> None:
     stub = trio[0].stub()
     vol = stub.CreateVolume(pb.CreateVolumeRequest(volume_id="v9", size_bytes=5), timeout=5).volume
-    assert (vol.volume_id, vol.size_bytes) == ("v9", 5) and vol.created_at > 0
+    assert (vol.volume_id, vol.size_bytes) == ("v9", 5) and vol.HasField("created_at")
     assert stub.GetVolume(pb.GetVolumeRequest(volume_id="v9"), timeout=5).volume == vol
     assert list(stub.GetVolumeClients(pb.StorageMdsServiceGetVolumeClientsRequest(volume_id="v9"),
                                       timeout=5).clients) == []
@@ -283,7 +284,8 @@ def test_sim_answers_and_refusals(trio: list[MdsProcess]) -> None:
         (lambda: trio[0].set_fault(HANG, "Nope"), grpc.StatusCode.INVALID_ARGUMENT),
         (lambda: trio[0].sim().SetFault(pb.SetFaultRequest(mode=FAIL, code=99), timeout=5),
          grpc.StatusCode.INVALID_ARGUMENT),
-        (lambda: trio[0].sim().SetFault(pb.SetFaultRequest(mode=SLOW, delay_seconds=-1), timeout=5),
+        (lambda: trio[0].sim().SetFault(pb.SetFaultRequest(
+            mode=SLOW, delay_seconds=wiretime.duration(-1)), timeout=5),
          grpc.StatusCode.INVALID_ARGUMENT),
     ]:
         with pytest.raises(grpc.RpcError) as info:

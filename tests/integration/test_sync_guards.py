@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from controlplane import wiretime
 from controlplane.config.settings import Settings
 from controlplane.server import ManagementNode
 from controlplane.testing.ports import free_port
@@ -58,7 +59,7 @@ def test_orphan_removal_never_deletes_a_newer_op(node) -> None:
     vm_rev = put(node, keys.vm("s2"), vm_pb2.Vm(vm_id="s2", state="Starting", host_id="hx",
                                                generation=1))
     old = vm_pb2.Op(op_id="old", vm_id="s2", kind="start", node_id="gone", incarnation=1,
-                    orphaned_at=time.time() - 10_000)
+                    orphaned_at=wiretime.stamp(time.time() - 10_000))
     op_rev = put(node, keys.op("s2"), old)
     old_view = op_view(cached(node.ops, keys.op("s2"), op_rev).value, op_rev)
     vm_before = vm_view(cached(node.vms, keys.vm("s2"), vm_rev).value, vm_rev)

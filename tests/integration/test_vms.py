@@ -263,7 +263,7 @@ def test_remove_and_reconnect_host(fleet) -> None:
     agent.sim().SetHostCondition(agent_pb2.SetHostConditionRequest(
         host_id=h1, condition=agent_pb2.HOST_CONDITION_UP), timeout=2)
     back = hosts.ReconnectHost(host_pb2.ReconnectHostRequest(host_id=h1), timeout=5).host
-    assert back.status == host_pb2.HOST_STATUS_CONNECTED and not back.unreachable_since
+    assert back.status == host_pb2.HOST_STATUS_CONNECTED and not back.HasField("unreachable_since")
     removed = hosts.RemoveHost(host_pb2.RemoveHostRequest(host_id=h1), timeout=5).host
     assert removed.host_id == h1
     assert code_of(lambda: hosts.GetHost(host_pb2.GetHostRequest(host_id=h1), timeout=5).host) \
