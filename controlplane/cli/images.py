@@ -158,9 +158,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                  timeout=LIVE_TIMEOUT, timeout_help=_LIVE_TIMEOUT_HELP)
     p.add_argument("image_id", metavar="ID")
     p.add_argument("--job", metavar="JOB", help="id of the block job (default: generated)")
-    p.add_argument("--output", type=argtypes.absolute_path, metavar="PATH",
-                   help="the flat copy to write: absolute, on the node, must not exist "
-                   "(default: JOB.qcow2 in the image's directory)")
+    p.add_argument("--output", type=argtypes.output_file, metavar="FILE",
+                   help="the flat copy to write, always directly in the image's own "
+                   "directory on the node: a file name, or an absolute path in that "
+                   "directory; must not exist (default: JOB.qcow2); INVALID_ARGUMENT for "
+                   "anything else")
     p = common.command(ims, "live-merge", "commit a volume into its parent on the running disk",
                  "Live merge: commit VOLUME of image ID into its parent on the running disk "
                  "(a commit job; for the leaf the VM pivots to the parent once the job is "
