@@ -62,7 +62,9 @@ def node(etcd, nodes, tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("image_id", ["..", ".", "../x", "a/b", "/abs", "x\0y", ".hidden",
-                                      "-rf", "a" * 200])
+                                      "-rf", "a" * 200],
+                         ids=["dotdot", "dot", "up", "slash", "abs", "nul", "hidden", "option",
+                              "long"])
 def test_image_create_refuses_ids_that_are_not_names(node, tmp_path, image_id) -> None:  # type: ignore[no-untyped-def]
     mn, image_dir = node
     v = c.volumes(mn)
@@ -73,7 +75,8 @@ def test_image_create_refuses_ids_that_are_not_names(node, tmp_path, image_id) -
     assert not os.path.exists(tmp_path / "nodes" / "base.qcow2")
 
 
-@pytest.mark.parametrize("volume_id", ["..", ".", "../../x", "a/b", "x\0"])
+@pytest.mark.parametrize("volume_id", ["..", ".", "../../x", "a/b", "x\0"],
+                         ids=["dotdot", "dot", "up", "slash", "nul"])
 def test_volume_ids_that_are_not_names_are_refused(node, tmp_path, volume_id) -> None:  # type: ignore[no-untyped-def]
     mn, image_dir = node
     v = c.volumes(mn)
