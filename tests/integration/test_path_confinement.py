@@ -181,3 +181,27 @@ def test_live_snapshot_output_outside_the_image_directory_is_refused(running, tm
     assert os.path.exists(image_dir / "img" / "b2.qcow2")
     assert listing(tmp_path / "nodes", skip=image_dir) == before[0] and \
         listing(outside) == before[2]
+
+
+def test_agent_block_jobs_take_normal_absolute_paths_and_named_jobs(agents, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The agent has no directory to confine to (the node builds its paths): it refuses a
+    path that is relative or not normal, and a job id that is not a name."""
+    agent = agents.start("ag", hosts=1)
+    disk = blockjob_pb2_grpc.AgentBlockJobsStub(agent.channel())
+    leaf = str(tmp_path / "leaf.qcow2")
+    for path in ("rel.qcow2", str(tmp_path / ".." / "x.qcow2"), f"{tmp_path}/./x",
+                 "/x\0y", "/" + "p" * 5000):
+        refused(lambda p=path: disk.OpenDisk(blockjob_pb2.OpenDiskRequest(
+            vm_id="vm-1", path=p), timeout=10), "path")
+    disk.OpenDisk(blockjob_pb2.OpenDiskRequest(vm_id="vm-1", path=leaf), timeout=10)
+    refused(lambda: disk.StartMirror(blockjob_pb2.StartMirrorRequest(
+        vm_id="vm-1", job_id="j1", target_path=str(tmp_path / ".." / "t.qcow2"), sync="full"),
+        timeout=10), "target_path")
+    refused(lambda: disk.StartMirror(blockjob_pb2.StartMirrorRequest(
+        vm_id="vm-1", job_id="../j", target_path=str(tmp_path / "t.qcow2"), sync="full"),
+        timeout=10), "job_id")
+    refused(lambda: disk.StartCommit(blockjob_pb2.StartCommitRequest(
+        vm_id="vm-1", job_id="j2", top=leaf, base="base.qcow2"), timeout=10), "base")
+    refused(lambda: disk.GetJob(blockjob_pb2.JobRef(vm_id="vm-1", job_id=".."), timeout=10),
+            "job_id")
+    assert not os.path.exists(tmp_path.parent / "t.qcow2")
