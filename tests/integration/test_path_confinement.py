@@ -14,6 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from controlplane.storage import qemuimg
+from controlplane.store import Keys, Store
+from controlplane.store.keys import DEFAULT_PREFIX
 from controlplane.testing import cluster as c
 from controlplane.v1 import (
     blockjob_pb2,
@@ -109,6 +112,39 @@ def test_a_symlink_in_the_image_dir_pointing_outside_is_refused(node, tmp_path) 
     assert victim.read_text() == "keep me" and listing(outside) == {"victim"}
     assert [x.volume_id for x in v.GetVolumeChain(
         volume_pb2.ImageRef(image_id="img"), timeout=5).chain] == ["base"]
+
+
+def test_a_record_whose_files_are_outside_is_refused_not_followed(node, etcd, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An image record written before ids were names (`image create ..` stored files above
+    the image dir): offline operations refuse it (FAILED_PRECONDITION) instead of committing
+    into, or deleting, files outside."""
+    mn, _ = node
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    base, s1 = str(outside / "base.qcow2"), str(outside / "s1.qcow2")
+    qemuimg.create(base, size=MiB)
+    qemuimg.create(s1, backing=base)
+    store = Store(etcd.endpoints)
+    try:
+        store.put(Keys(DEFAULT_PREFIX).image("old"), volume_pb2.Image(
+            image_id="old", leaf_id="s1", directory=str(outside), volumes=[
+                volume_pb2.Volume(volume_id="base", path=base, format="qcow2"),
+                volume_pb2.Volume(volume_id="s1", parent_id="base", path=s1, format="qcow2"),
+            ]).SerializeToString())
+    finally:
+        store.close()
+    v = c.volumes(mn)
+    for call in (lambda: v.MergeSnapshots(volume_pb2.MergeSnapshotsRequest(
+                     image_id="old", volume_id="s1"), timeout=30),
+                 lambda: v.CreateSnapshot(volume_pb2.CreateSnapshotRequest(
+                     image_id="old", volume_id="s2"), timeout=30),
+                 lambda: v.ReconcileVolumeChain(volume_pb2.ReconcileVolumeChainRequest(
+                     image_id="old"), timeout=30)):
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
+        assert "outside the image directory" in info.value.details()
+    assert listing(outside) == {"base.qcow2", "s1.qcow2"}
 
 
 def test_other_ids_that_name_files_are_names(node) -> None:  # type: ignore[no-untyped-def]
