@@ -377,6 +377,7 @@ class LiveJobs:
                 raise errors.Refused(f"job {job_id} is running on this node")
         with self.manager.locked(job.image_id) as lock:
             image, revision = self.manager.read(job.image_id)
+            self.manager.check_files(image)
             _, host = self._running_vm(image)
             driver = RemoteDriver(self.agent_stub(host.address), job.vm_id)
             job.node_id = self.ctx.node_id
