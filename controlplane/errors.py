@@ -22,10 +22,22 @@ caller can do about it, the way gRPC's canonical codes do:
 - Cancelled     the caller left before the work began (CANCELLED)
 - Failed        our side failed doing the work, e.g. a qemu-img call (INTERNAL)
 
-The message is shown to the caller as is: never put unbounded input in it.
+The message is shown to the caller as is: never put unbounded input in it (`shown` cuts
+what it quotes of the caller's input).
 """
 
 from __future__ import annotations
+
+SHOWN = 64  # characters of the caller's input a message quotes, at most
+
+
+def shown(value: str, limit: int = SHOWN) -> str:
+    """``value`` quoted for a message, cut to ``limit`` characters with a marker ('...' and
+    the full length): status details travel as trailing metadata (a 1 MiB address echoed
+    into them overflowed the metadata limit), and logs should not carry megabytes either."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit] + '...'!r} ({len(value)} characters)"
 
 
 class DomainError(Exception):
@@ -82,4 +94,4 @@ class Failed(DomainError):
 
 
 __all__ = ["Busy", "Cancelled", "DomainError", "Exhausted", "Exists", "Failed", "Invalid",
-           "NotFound", "NotServing", "Refused", "TimedOut", "Unreachable", "Unsupported"]
+           "NotFound", "NotServing", "Refused", "TimedOut", "Unreachable", "Unsupported", "shown"]

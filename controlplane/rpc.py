@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -37,10 +38,9 @@ from controlplane import errors
 from controlplane.metadata import UNREACHABLE
 from controlplane.store.errors import StoreError
 
-__all__ = ["MAX_ID", "STATUS", "MetricsInterceptor", "RpcServer", "abort", "check_address",
-           "check_id", "check_range", "check_request", "serve_metrics", "serve_until_signal",
-           "status_of",
-           "valid_address"]
+__all__ = ["MAX_ID", "MAX_NAME", "NAME_CHARS", "STATUS", "MetricsInterceptor", "RpcServer",
+           "abort", "check_address", "check_id", "check_name", "check_range", "check_request",
+           "serve_metrics", "serve_until_signal", "status_of", "valid_address"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,13 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
 # -- request checks ------------------------------------------------------------------------
 
 MAX_ID = 256
+MAX_NAME = 128
+# A name: what an id that names a file (or directory) may be. ASCII letters, digits, '.',
+# '_' and '-', the first not '.' or '-': so '.', '..', hidden files (our own temporary files
+# start with '.') and names that read as options ('-rf') are out; no separator, NUL, space,
+# ',' or ':' (qemu's option and protocol syntax) can occur.
+NAME_CHARS = "A-Z a-z 0-9 . _ -"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 def check_id(value: str, field: str = "resource_id") -> str:
@@ -100,7 +107,25 @@ def check_id(value: str, field: str = "resource_id") -> str:
     if size > MAX_ID:
         raise errors.Invalid(f"{field} is {size} bytes; the limit is {MAX_ID}")
     if not value.isprintable() or "/" in value or " " in value:
-        raise errors.Invalid(f"{field} {value!r} must be printable, with no '/' or space")
+        raise errors.Invalid(f"{field} {errors.shown(value)} must be printable, with no '/' "
+                             "or space")
+    return value
+
+
+def check_name(value: str, field: str) -> str:
+    """The one rule for ids that become file or directory names (images, volumes, block
+    jobs, primary storage and its volumes, MDS volumes): 1..MAX_NAME characters of
+    NAME_CHARS, the first not '.' or '-'. Stricter than `check_id` because a name
+    is joined to a directory: '..' or 'a/b' would leave it, and a name is also an etcd key
+    segment, so every name is an id. Paths built from names are still confined after
+    realpath (`controlplane.paths.confined`): a symlink can lead out where a name cannot."""
+    if not value:
+        raise errors.Invalid(f"{field} is empty")
+    if len(value) > MAX_NAME:
+        raise errors.Invalid(f"{field} is {len(value)} characters; the limit is {MAX_NAME}")
+    if not _NAME.fullmatch(value):
+        raise errors.Invalid(f"{field} {errors.shown(value)} is not a name: use {NAME_CHARS},"
+                             " not starting with '.' or '-'")
     return value
 
 
@@ -120,8 +145,7 @@ def valid_address(address: str) -> bool:
 def check_address(address: str, field: str) -> str:
     """A HOST:PORT another process serves at (an agent, an MDS)."""
     if not valid_address(address):
-        shown = address if len(address) <= 64 else address[:64] + "..."
-        raise errors.Invalid(f"{field} {shown!r}: expected HOST:PORT")
+        raise errors.Invalid(f"{field} {errors.shown(address)}: expected HOST:PORT")
     return address
 
 

@@ -12,6 +12,12 @@ Backends (``controlplane agent --block-backend``):
 - ``sim``: :class:`~controlplane.agent.drivers.sim.SimDriver` per disk (in memory; the
   nasty sequences are replayed by its scripts in the unit tests);
 - ``none``: the service answers UNIMPLEMENTED.
+
+Requests are checked before a backend sees them: vm ids are ids (`rpc.check_id`), job ids
+are names (`rpc.check_name`: a job id becomes a QMP job id and the name of the mirror
+target's node), and every path is absolute and normal (`paths.check_absolute`). The agent has
+no directory of its own to confine paths to: the node builds them inside its image directory
+(`paths.confined`) and only a node may call this service.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from typing import Any, TypeVar
 
 import grpc
 
+from controlplane import errors
+from controlplane.paths import check_absolute
+from controlplane.rpc import check_id, check_name
 from controlplane.storage.blockjobs import BlockJobDriver, BlockJobError
 from controlplane.v1 import blockjob_pb2 as pb
 from controlplane.v1 import blockjob_pb2_grpc as pb_grpc
@@ -93,8 +102,12 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
             context.abort(grpc.StatusCode.UNIMPLEMENTED,
                           "this agent runs without a block-job backend (--block-backend)")
 
-    def _disk(self, vm_id: str, context: grpc.ServicerContext) -> _Disk:
+    def _disk(self, vm_id: str, context: grpc.ServicerContext, job_id: str | None = None
+              ) -> _Disk:
         self._enabled(context)
+        check_id(vm_id, "vm_id")
+        if job_id is not None:
+            check_name(job_id, "job_id")
         with self._lock:
             disk = self._disks.get(vm_id)
         if disk is None:
@@ -132,8 +145,8 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
     def OpenDisk(self, request: pb.OpenDiskRequest, context: grpc.ServicerContext
                  ) -> pb.OpenDiskResponse:
         self._enabled(context)
-        if not request.vm_id or not request.path.startswith("/"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "vm_id and an absolute path needed")
+        check_id(request.vm_id, "vm_id")
+        check_absolute(request.path, "path")
         with self._lock:
             disk = self._disks.get(request.vm_id)
         if disk is None:
@@ -141,7 +154,8 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
             try:
                 disk = self._launcher.submit(opener, request.path).result(60)
             except BlockJobError as exc:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"open {request.path}: {exc}")
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"open {errors.shown(request.path, 256)}: {exc}")
             with self._lock:
                 if request.vm_id in self._disks:  # a concurrent open won
                     disk.close()
@@ -170,7 +184,8 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
 
     def StartMirror(self, request: pb.StartMirrorRequest, context: grpc.ServicerContext
                     ) -> pb.StartMirrorResponse:
-        disk = self._disk(request.vm_id, context)
+        disk = self._disk(request.vm_id, context, request.job_id)
+        check_absolute(request.target_path, "target_path")
         if request.sync not in ("top", "full"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sync: top or full")
         self._do(context, "mirror", lambda: disk.driver.start_mirror(
@@ -179,7 +194,9 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
 
     def StartCommit(self, request: pb.StartCommitRequest, context: grpc.ServicerContext
                     ) -> pb.StartCommitResponse:
-        disk = self._disk(request.vm_id, context)
+        disk = self._disk(request.vm_id, context, request.job_id)
+        check_absolute(request.top, "top")
+        check_absolute(request.base, "base")
         active = self._do(context, "commit", lambda: disk.driver.start_commit(
             request.job_id, disk.node, request.top, request.base))
         return self._job(pb.StartCommitResponse, request.vm_id, request.job_id, disk, context,
@@ -187,23 +204,23 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.GetJobResponse:
         return self._job(pb.GetJobResponse, request.vm_id, request.job_id,
-                         self._disk(request.vm_id, context), context)
+                         self._disk(request.vm_id, context, request.job_id), context)
 
     def CompleteJob(self, request: pb.CompleteJobRequest,
                     context: grpc.ServicerContext) -> pb.CompleteJobResponse:
-        disk = self._disk(request.vm_id, context)
+        disk = self._disk(request.vm_id, context, request.job_id)
         self._do(context, "complete", lambda: disk.driver.complete(request.job_id))
         return self._job(pb.CompleteJobResponse, request.vm_id, request.job_id, disk, context)
 
     def CancelJob(self, request: pb.CancelJobRequest,
                   context: grpc.ServicerContext) -> pb.CancelJobResponse:
-        disk = self._disk(request.vm_id, context)
+        disk = self._disk(request.vm_id, context, request.job_id)
         self._do(context, "cancel", lambda: disk.driver.cancel(request.job_id))
         return self._job(pb.CancelJobResponse, request.vm_id, request.job_id, disk, context)
 
     def ReleaseJob(self, request: pb.ReleaseJobRequest,
                    context: grpc.ServicerContext) -> pb.ReleaseJobResponse:
-        disk = self._disk(request.vm_id, context)
+        disk = self._disk(request.vm_id, context, request.job_id)
         self._do(context, "release", lambda: disk.driver.release(request.job_id))
         return self._job(pb.ReleaseJobResponse, request.vm_id, request.job_id, disk, context)
 

@@ -17,17 +17,18 @@ import argparse
 import os
 import re
 
+from controlplane import errors
 from controlplane.client import parse_endpoints
 from controlplane.config.argtypes import positive_float, positive_int
-from controlplane.rpc import valid_address
+from controlplane.rpc import check_name, valid_address
 
 __all__ = [
     "UNITS",
-    "absolute_path",
     "count",
     "endpoints",
     "host_port",
     "non_negative_int",
+    "output_file",
     "positive_float",
     "positive_size",
     "size_bytes",
@@ -99,9 +100,14 @@ def count(text: str) -> int:
     return positive_int(text)
 
 
-def absolute_path(text: str) -> str:
-    """A path the node can use as it is: it resolves nothing against the client's directory
-    (the node may run elsewhere), so a relative path is refused here (argparse error)."""
-    if not os.path.isabs(text):
-        raise argparse.ArgumentTypeError(f"not an absolute path: {text!r}")
-    return text
+def output_file(text: str) -> str:
+    """A live snapshot's output: a file name (the servers' `check_name` rule), which the node
+    puts in the image's own directory, or an absolute path on the node (which must be directly
+    in that directory: the node checks it). A relative path with a directory resolves against
+    nothing the node knows: refused here (argparse error)."""
+    if os.path.isabs(text):
+        return text
+    try:
+        return check_name(text, "output")
+    except errors.Invalid as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or give an absolute path") from None

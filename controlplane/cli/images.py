@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from controlplane import names
 from controlplane.cli import argtypes, common
+from controlplane.rpc import MAX_NAME, NAME_CHARS
 from controlplane.v1 import volume_pb2
 
 # Image changes run qemu-img on the node (a merge copies a volume's data into its parent):
@@ -27,6 +28,8 @@ CHAIN_HEADER = ("IMAGE", "VOLUME", "PARENT", "LEGALITY", "VIRTUAL", "ROLE", "PAT
 IMAGE_HEADER = ("IMAGE", "VM", "LEAF", "VOLUMES", "DIRECTORY")
 JOB_HEADER = ("JOB", "KIND", "PHASE", "IMAGE", "VM", "NODE", "COPIED")
 
+# Image and volume ids name directories and files on the node: the servers' name rule.
+_NAME_HELP = f"a name: 1-{MAX_NAME} of {NAME_CHARS}, not starting with . or -"
 _IMAGE_TIMEOUT_HELP = (f"call deadline in seconds (default {IMAGE_TIMEOUT:g}: qemu-img "
                        "runs on the node; a deadline that runs out does not stop it, see "
                        "`image chain`)")
@@ -108,7 +111,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                  "when the node has no qemu-img; ABORTED while another operation holds the "
                  "image lock.", cmd_image_create, timeout=IMAGE_TIMEOUT,
                  timeout_help=_IMAGE_TIMEOUT_HELP)
-    p.add_argument("image_id", metavar="ID")
+    p.add_argument("image_id", metavar="ID", help=_NAME_HELP)
     p.add_argument("--size", required=True, type=argtypes.positive_size, metavar="SIZE",
                    help="virtual size: bytes with an optional K/M/G/T suffix (powers of "
                    "1024), e.g. 64M or 1G")
@@ -128,7 +131,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                  "the leaf is ILLEGAL (run `image reconcile`).", cmd_image_snapshot,
                  timeout=IMAGE_TIMEOUT, timeout_help=_IMAGE_TIMEOUT_HELP)
     p.add_argument("image_id", metavar="ID")
-    p.add_argument("volume_id", metavar="VOLUME", help="id of the new leaf")
+    p.add_argument("volume_id", metavar="VOLUME", help="id of the new leaf; " + _NAME_HELP)
     p = common.command(ims, "merge", "commit a volume into its parent",
                  "Offline merge: commit VOLUME of image ID into its parent and take it out of "
                  "the chain (its file is deleted)." + _IMAGE_REFUSALS + " Also NOT_FOUND for "
@@ -159,9 +162,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                  timeout=LIVE_TIMEOUT, timeout_help=_LIVE_TIMEOUT_HELP)
     p.add_argument("image_id", metavar="ID")
     p.add_argument("--job", metavar="JOB", help="id of the block job (default: generated)")
-    p.add_argument("--output", type=argtypes.absolute_path, metavar="PATH",
-                   help="the flat copy to write: absolute, on the node, must not exist "
-                   "(default: JOB.qcow2 in the image's directory)")
+    p.add_argument("--output", type=argtypes.output_file, metavar="FILE",
+                   help="the flat copy to write, always directly in the image's own "
+                   "directory on the node: a file name, or an absolute path in that "
+                   "directory; must not exist (default: JOB.qcow2); INVALID_ARGUMENT for "
+                   "anything else")
     p = common.command(ims, "live-merge", "commit a volume into its parent on the running disk",
                  "Live merge: commit VOLUME of image ID into its parent on the running disk "
                  "(a commit job; for the leaf the VM pivots to the parent once the job is "

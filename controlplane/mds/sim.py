@@ -13,6 +13,9 @@ StorageMds method (or for all of them):
   connection refused, which tests get from an address nobody listens on);
 - FAIL(code): answer an operation error (INTERNAL by default) without applying.
 
+Volume ids are names (`controlplane.rpc.check_name`), as a real store that names a file
+after each volume needs them: INVALID_ARGUMENT otherwise, before any fault applies.
+
 Limits: every sim process has its own volumes (a real MDS cluster shares its metadata), so a
 test seeds each MDS it wants to answer. State is memory only: a restarted sim is empty.
 """
@@ -28,8 +31,8 @@ from typing import TypeVar
 
 import grpc
 
-from controlplane import names, wiretime
-from controlplane.rpc import RpcServer
+from controlplane import errors, names, wiretime
+from controlplane.rpc import RpcServer, check_name
 from controlplane.v1 import mds_pb2, mds_pb2_grpc
 
 __all__ = [
@@ -136,6 +139,7 @@ class SimMds:
                 calls=dict(self._calls), volume_ids=sorted(self._volumes))
 
     def set_clients(self, volume_id: str, clients: Sequence[mds_pb2.MdsVolumeClient]) -> None:
+        check_name(volume_id, "volume_id")
         with self._lock:
             if volume_id not in self._volumes:
                 raise KeyError(volume_id)
@@ -144,8 +148,7 @@ class SimMds:
     # -- the metadata ---------------------------------------------------------------------
 
     def create(self, volume_id: str, size_bytes: int) -> mds_pb2.MdsVolume:
-        if not volume_id:
-            raise ValueError("volume_id is empty")
+        check_name(volume_id, "volume_id")
         if size_bytes <= 0:
             raise ValueError(f"size_bytes must be > 0, got {size_bytes}")
         volume = mds_pb2.MdsVolume(volume_id=volume_id, size_bytes=size_bytes,
@@ -158,16 +161,19 @@ class SimMds:
         return volume
 
     def get(self, volume_id: str) -> mds_pb2.MdsVolume:
+        check_name(volume_id, "volume_id")
         with self._lock:
             return self._volumes[volume_id]  # KeyError: NOT_FOUND
 
     def clients(self, volume_id: str) -> tuple[mds_pb2.MdsVolumeClient, ...]:
+        check_name(volume_id, "volume_id")
         with self._lock:
             if volume_id not in self._volumes:
                 raise KeyError(volume_id)
             return self._clients.get(volume_id, ())
 
     def delete(self, volume_id: str) -> None:
+        check_name(volume_id, "volume_id")
         with self._lock:
             del self._volumes[volume_id]
             self._clients.pop(volume_id, None)
@@ -175,9 +181,16 @@ class SimMds:
 
 
 def _faulted(method: str, sim: SimMds, context: grpc.ServicerContext,
-             apply: Callable[[], T]) -> T:
-    """Run ``apply`` as the method's fault says; map the sim's exceptions to status codes."""
+             apply: Callable[[], T], volume_id: str | None = None) -> T:
+    """Run ``apply`` as the method's fault says; map the sim's exceptions to status codes.
+    ``volume_id`` (the request's) is checked first: a bad name is the caller's error,
+    whatever fault is set."""
     fault = sim.fault_of(method)
+    if volume_id is not None:
+        try:
+            check_name(volume_id, "volume_id")
+        except errors.Invalid as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if fault.mode == HANG:
         while context.is_active() and not sim.stopping.wait(_HANG_POLL):
             pass
@@ -192,9 +205,11 @@ def _faulted(method: str, sim: SimMds, context: grpc.ServicerContext,
     try:
         return apply()
     except KeyError as exc:
-        context.abort(grpc.StatusCode.NOT_FOUND, f"volume {exc.args[0]!r} not found")
+        context.abort(grpc.StatusCode.NOT_FOUND,
+                      f"volume {errors.shown(str(exc.args[0]))} not found")
     except FileExistsError as exc:
-        context.abort(grpc.StatusCode.ALREADY_EXISTS, f"volume {exc.args[0]!r} already exists")
+        context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                      f"volume {errors.shown(str(exc.args[0]))} already exists")
     except ValueError as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     raise AssertionError("unreachable: context.abort raises")
@@ -210,24 +225,26 @@ class StorageMdsServiceServicer(mds_pb2_grpc.StorageMdsServiceServicer):
                          context: grpc.ServicerContext
                          ) -> mds_pb2.StorageMdsServiceGetVolumeClientsResponse:
         clients = _faulted("GetVolumeClients", self.sim, context,
-                           lambda: self.sim.clients(request.volume_id))
+                           lambda: self.sim.clients(request.volume_id), request.volume_id)
         return mds_pb2.StorageMdsServiceGetVolumeClientsResponse(volume_id=request.volume_id,
                                                                  clients=clients)
 
     def GetVolume(self, request: mds_pb2.GetVolumeRequest,
                   context: grpc.ServicerContext) -> mds_pb2.GetVolumeResponse:
         return mds_pb2.GetVolumeResponse(volume=_faulted(
-            "GetVolume", self.sim, context, lambda: self.sim.get(request.volume_id)))
+            "GetVolume", self.sim, context, lambda: self.sim.get(request.volume_id),
+            request.volume_id))
 
     def CreateVolume(self, request: mds_pb2.CreateVolumeRequest,
                      context: grpc.ServicerContext) -> mds_pb2.CreateVolumeResponse:
         return mds_pb2.CreateVolumeResponse(volume=_faulted(
             "CreateVolume", self.sim, context,
-            lambda: self.sim.create(request.volume_id, request.size_bytes)))
+            lambda: self.sim.create(request.volume_id, request.size_bytes), request.volume_id))
 
     def DeleteVolume(self, request: mds_pb2.DeleteVolumeRequest,
                      context: grpc.ServicerContext) -> mds_pb2.DeleteVolumeResponse:
-        _faulted("DeleteVolume", self.sim, context, lambda: self.sim.delete(request.volume_id))
+        _faulted("DeleteVolume", self.sim, context, lambda: self.sim.delete(request.volume_id),
+                 request.volume_id)
         return mds_pb2.DeleteVolumeResponse(volume_id=request.volume_id)
 
 
@@ -251,8 +268,11 @@ class SimMdsControlServiceServicer(mds_pb2_grpc.SimMdsControlServiceServicer):
                          context: grpc.ServicerContext) -> mds_pb2.SetVolumeClientsResponse:
         try:
             self.sim.set_clients(request.volume_id, request.clients)
+        except errors.Invalid as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except KeyError:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id!r} not found")
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"volume {errors.shown(request.volume_id)} not found")
         return self.sim.state(mds_pb2.SetVolumeClientsResponse)
 
     def GetState(self, request: mds_pb2.GetStateRequest,

@@ -30,7 +30,8 @@ from typing import TypeVar
 
 from controlplane import errors, wiretime
 from controlplane.owner import Conflict, Fenced, OwnerContext
-from controlplane.rpc import check_range
+from controlplane.paths import confined, inside
+from controlplane.rpc import check_name, check_range
 from controlplane.storage import chain as ch
 from controlplane.storage import qemuimg
 from controlplane.store import StoreError
@@ -174,12 +175,30 @@ class ImageManager:
         """Read the image and check its VM is offline (call it holding the image lock)."""
         image, revision = self.read(image_id)
         self._check_offline(image)
+        self.check_files(image)
         return image, revision
 
     # -- files ----------------------------------------------------------------------------
 
+    def directory(self, image_id: str) -> str:
+        """The image's own directory, ``<image dir>/<image_id>``: the id a name
+        (`check_name`), the directory inside the image dir after realpath (`confined`: a
+        symlink planted there cannot lead out)."""
+        check_name(image_id, "image_id")
+        return str(confined(self.image_dir, image_id, field="image_id"))
+
     def _path(self, image_id: str, volume_id: str) -> str:
-        return os.path.join(self.image_dir, image_id, f"{volume_id}.qcow2")
+        check_name(volume_id, "volume_id")
+        return str(confined(self.directory(image_id), f"{volume_id}.qcow2", field="volume_id"))
+
+    def check_files(self, image: volume_pb2.Image) -> None:
+        """Every file of the record inside the image dir (after realpath) before an
+        operation reads, rewrites or deletes one: a record written before ids were names
+        (an image ``..``) or a file swapped for a symlink is refused, not followed."""
+        for v in image.volumes:
+            if not inside(self.image_dir, v.path):
+                raise errors.Refused(f"volume {v.volume_id} of image {image.image_id}: its file "
+                                     f"{errors.shown(v.path)} is outside the image directory")
 
     @staticmethod
     def _qemu(what: str, call, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -214,6 +233,7 @@ class ImageManager:
     def create_image(self, image_id: str, size: int, vm_id: str = "",
                      volume_id: str = "base") -> Result:
         check_range(size, "size_bytes", 1, MAX_SIZE)
+        self._path(image_id, volume_id)  # refused before the lock is taken
         with self.locked(image_id) as lock:
             key = self.ctx.keys.image(image_id)
             if self.ctx.store.get(key) is not None:
@@ -235,6 +255,7 @@ class ImageManager:
             return Result(image, revision=written.revision)
 
     def create_snapshot(self, image_id: str, volume_id: str) -> Result:
+        self._path(image_id, volume_id)
         with self.locked(image_id) as lock:
             image, revision = self._begin(image_id)
             if volume(image, volume_id) is not None:

@@ -27,7 +27,8 @@ import grpc
 
 from controlplane import errors, wiretime
 from controlplane.owner import Conflict, Fenced
-from controlplane.rpc import check_id
+from controlplane.paths import confined
+from controlplane.rpc import check_name
 from controlplane.storage import blockjobs as bj
 from controlplane.storage.images import ImageManager, Lock, volume
 from controlplane.store import StoreError
@@ -189,7 +190,7 @@ class LiveJobs:
     def _new_job(self, kind: str, job_id: str, image: volume_pb2.Image, vm: vm_pb2.Vm
                  ) -> volume_pb2.BlockJob:
         job_id = job_id or f"{kind}-{uuid.uuid4().hex[:12]}"
-        check_id(job_id, "job_id")
+        check_name(job_id, "job_id")
         if self.ctx.store.get(self.ctx.keys.job(job_id)) is not None:
             raise errors.Exists(f"block job {job_id} exists")
         return volume_pb2.BlockJob(job_id=job_id, kind=kind, image_id=image.image_id,
@@ -231,20 +232,47 @@ class LiveJobs:
 
     # -- operations ---------------------------------------------------------------------
 
+    def output_of(self, image_id: str, job_id: str, output_path: str) -> str:
+        """Where a live snapshot writes its flat copy: always a file directly in the image's
+        own directory (``<image dir>/<image_id>/``), so a request cannot make the node write
+        anywhere else. ``output_path`` is empty (``<job_id>.qcow2``), a file name
+        (`check_name`: 'backup-1.qcow2'), or an absolute path whose directory, after
+        realpath, is the image's own directory (the path an earlier answer showed). The file
+        itself may not be a symlink that leads out (`confined`). Invalid naming
+        output_path otherwise."""
+        directory = self.manager.directory(image_id)
+        if not output_path:
+            return str(confined(directory, f"{job_id}.qcow2", field="job_id"))
+        name = output_path
+        if os.path.isabs(output_path) and "\0" not in output_path:
+            parent, name = os.path.split(output_path)
+            if os.path.realpath(parent) != os.path.realpath(directory):
+                raise errors.Invalid(f"output_path {errors.shown(output_path)} is not in the "
+                                     f"image's own directory {directory}: give a file name "
+                                     "or a path directly in it")
+        check_name(name, "output_path")
+        return str(confined(directory, name, field="output_path"))
+
     def live_snapshot(self, image_id: str, job_id: str = "", output_path: str = ""
                       ) -> volume_pb2.BlockJob:
+        """A flat copy of the running disk; the output rule is `output_of`'s (a file
+        directly in the image's own directory), checked before anything is started."""
+        if job_id:
+            check_name(job_id, "job_id")
+        if output_path:  # refused before the lock, whatever the VM's state
+            self.output_of(image_id, job_id, output_path)
         with self.manager.locked(image_id) as lock:
             image, _ = self.manager.read(image_id)
+            self.manager.check_files(image)
             vm, host = self._running_vm(image)
             job = self._new_job("live-snapshot", job_id, image, vm)
             leaf = volume(image, image.leaf_id)
             assert leaf is not None
-            output = output_path or os.path.join(image.directory, f"{job.job_id}.qcow2")
-            if not os.path.isabs(output):
-                raise errors.Invalid(f"output_path must be absolute: {output}")
-            if os.path.exists(output):
+            output = self.output_of(image_id, job.job_id, output_path)
+            if os.path.lexists(output):
                 raise errors.Exists(f"{output} exists")
-            target = os.path.join(image.directory, f"{job.job_id}.mirror.qcow2")
+            target = str(confined(self.manager.directory(image_id),
+                                  f"{job.job_id}.mirror.qcow2", field="job_id"))
             driver = self._driver(host, vm.vm_id, leaf.path)
             state = {"job": job}
             persist = self._snapshot_persister(state, lock)
@@ -261,6 +289,7 @@ class LiveJobs:
                    ) -> volume_pb2.BlockJob:
         with self.manager.locked(image_id) as lock:
             image, revision = self.manager.read(image_id)
+            self.manager.check_files(image)
             vm, host = self._running_vm(image)
             top = volume(image, volume_id)
             if top is None:
@@ -354,6 +383,7 @@ class LiveJobs:
                 raise errors.Refused(f"job {job_id} is running on this node")
         with self.manager.locked(job.image_id) as lock:
             image, revision = self.manager.read(job.image_id)
+            self.manager.check_files(image)
             _, host = self._running_vm(image)
             driver = RemoteDriver(self.agent_stub(host.address), job.vm_id)
             job.node_id = self.ctx.node_id

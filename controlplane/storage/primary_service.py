@@ -1,6 +1,7 @@
 """StorageService: the gRPC shell over primary storage records (`storage/primary.py`):
 add/remove on the record's owner, reads anywhere, calls to the store through its healthy MDS.
-Request fields are checked here before anything is routed or written."""
+Request fields are checked here before anything is routed or written; the storage id and the
+volume ids are names (`rpc.check_name`): a store names its volumes' files after them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import grpc
 from controlplane import errors, paging, wiretime
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import Fenced, OwnerContext
-from controlplane.rpc import check_address, check_id
+from controlplane.rpc import check_address, check_name
 from controlplane.storage.mds import MdsError
 from controlplane.storage.primary import MAX_MDS, MdsHealthChecker
 from controlplane.store import StoreError
@@ -47,7 +48,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
 
     def AddPrimaryStorage(self, request: storage_pb2.AddPrimaryStorageRequest,
                           context: grpc.ServicerContext) -> storage_pb2.AddPrimaryStorageResponse:
-        check_id(request.storage_id, "storage_id")
+        check_name(request.storage_id, "storage_id")
         if not request.mds_addresses:
             raise errors.Invalid("mds_addresses is empty")
         if len(request.mds_addresses) > MAX_MDS:
@@ -76,7 +77,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
 
     def GetPrimaryStorage(self, request: storage_pb2.GetPrimaryStorageRequest,
                           context: grpc.ServicerContext) -> storage_pb2.GetPrimaryStorageResponse:
-        check_id(request.storage_id, "storage_id")
+        check_name(request.storage_id, "storage_id")
         storage, _ = self._read(request.storage_id, context)
         return storage_pb2.GetPrimaryStorageResponse(storage=self._answer(storage))
 
@@ -93,7 +94,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
     def RemovePrimaryStorage(self, request: storage_pb2.RemovePrimaryStorageRequest,
                              context: grpc.ServicerContext
                              ) -> storage_pb2.RemovePrimaryStorageResponse:
-        check_id(request.storage_id, "storage_id")
+        check_name(request.storage_id, "storage_id")
 
         def local() -> storage_pb2.RemovePrimaryStorageResponse:
             storage, revision = self._read(request.storage_id, context)
@@ -111,7 +112,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
     def CheckPrimaryStorage(self, request: storage_pb2.CheckPrimaryStorageRequest,
                             context: grpc.ServicerContext
                             ) -> storage_pb2.CheckPrimaryStorageResponse:
-        check_id(request.storage_id, "storage_id")
+        check_name(request.storage_id, "storage_id")
 
         def local() -> storage_pb2.CheckPrimaryStorageResponse:
             try:
@@ -128,8 +129,8 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
     def GetVolumeClients(self, request: storage_pb2.GetVolumeClientsRequest,
                          context: grpc.ServicerContext) -> storage_pb2.GetVolumeClientsResponse:
         # Served by any node: a read-only call to the store needs no owner.
-        check_id(request.storage_id, "storage_id")
-        check_id(request.volume_id, "volume_id")
+        check_name(request.storage_id, "storage_id")
+        check_name(request.volume_id, "volume_id")
         entry = self.storages.get(self.ctx.keys.storage(request.storage_id))
         storage = entry.value if entry is not None else self._read(request.storage_id,
                                                                     context)[0]

@@ -118,7 +118,7 @@ def test_live_help_and_arguments() -> None:
     assert "ALREADY_EXISTS" in text and "default 600" in text
     assert "until its lease expires" in " ".join(cp("image", "resume-job", "--help")
                                                  .stdout.split())
-    done = cp("image", "live-snapshot", "img", "--output", "rel.qcow2", "--endpoint",
+    done = cp("image", "live-snapshot", "img", "--output", "sub/rel.qcow2", "--endpoint",
               "127.0.0.1:1", check=False)
     assert done.returncode == 2 and "--output" in done.stderr.splitlines()[-1]
     assert "error from" not in done.stderr

@@ -305,6 +305,34 @@ def test_sim_answers_and_refusals(trio: list[MdsProcess]) -> None:
     assert not trio[0].set_fault(pb.SIM_MDS_FAULT_MODE_OK, "GetVolume").faults
 
 
+@pytest.mark.parametrize("volume_id", ["..", ".", "../x", "a/b", "x\0", "v" * 100_000],
+                         ids=["dotdot", "dot", "up", "slash", "nul", "100k"])
+def test_volume_ids_are_names_whatever_the_fault(trio: list[MdsProcess], volume_id: str
+                                                 ) -> None:
+    """A real store names a file after each volume: a volume id that is not a name is
+    INVALID_ARGUMENT (naming the field, echoing at most 64 characters of it) on every call,
+    before any fault applies and before anything is stored."""
+    stub = trio[0].stub()
+    trio[0].set_fault(HANG)
+    calls = [
+        lambda: stub.CreateVolume(pb.CreateVolumeRequest(volume_id=volume_id, size_bytes=5),
+                                  timeout=5).volume,
+        lambda: stub.GetVolume(pb.GetVolumeRequest(volume_id=volume_id), timeout=5).volume,
+        lambda: stub.GetVolumeClients(
+            pb.StorageMdsServiceGetVolumeClientsRequest(volume_id=volume_id), timeout=5),
+        lambda: stub.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume_id), timeout=5),
+        lambda: trio[0].sim().SetVolumeClients(pb.SetVolumeClientsRequest(volume_id=volume_id),
+                                               timeout=5),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        details = info.value.details()  # type: ignore[attr-defined]
+        assert "volume_id" in details and len(details) < 300, details
+    assert trio[0].volume_ids() == [VOLUME]
+
+
 def test_mds_main_flags_and_a_clean_sigterm(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "controlplane.mds.main",
                           "--listen", "7070"], capture_output=True, text=True, timeout=30)
