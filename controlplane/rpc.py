@@ -415,16 +415,14 @@ class RpcServer:
             raise ValueError(f"max_unary {max_unary} < max_workers {max_workers}")
         self.streams = StreamBudget(max_streams)
         self.unary_pool = CountingPool(max_workers, "rpc")
-        self._pools = [
-            self.unary_pool,
-            futures.ThreadPoolExecutor(max_streams + STREAM_SPARE_THREADS,
-                                       thread_name_prefix="rpc-stream"),
-            futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="rpc-health"),
-            futures.ThreadPoolExecutor(REFUSAL_THREADS, thread_name_prefix="rpc-refuse"),
-        ]
-        admission = Admission(budget=self.streams, stream_pool=self._pools[1],
-                              unary_pool=self.unary_pool, max_unary=max_unary,
-                              health_pool=self._pools[2], refusal_pool=self._pools[3])
+        admission = Admission(
+            budget=self.streams, unary_pool=self.unary_pool, max_unary=max_unary,
+            stream_pool=futures.ThreadPoolExecutor(max_streams + STREAM_SPARE_THREADS,
+                                                   thread_name_prefix="rpc-stream"),
+            health_pool=futures.ThreadPoolExecutor(HEALTH_THREADS,
+                                                   thread_name_prefix="rpc-health"),
+            refusal_pool=futures.ThreadPoolExecutor(REFUSAL_THREADS,
+                                                    thread_name_prefix="rpc-refuse"))
         if max_concurrent_rpcs is None:
             max_concurrent_rpcs = 2 * (max_streams + max_unary)
         self.server = grpc.server(
@@ -473,8 +471,6 @@ class RpcServer:
         self._stopped = True
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait(grace + 1)
-        for pool in self._pools:
-            pool.shutdown(wait=False, cancel_futures=True)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.server.wait_for_termination(timeout)
