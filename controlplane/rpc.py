@@ -18,8 +18,8 @@ need exactly one place to attach credentials and interceptors.
 Limits. In sync gRPC a handler holds a thread for as long as it runs, and a server stream
 (WatchVms, reflection's ServerReflectionInfo) runs until its client goes: with one pool,
 32 open WatchVms streams took all 32 workers and the liveness probe, GetRing and every unary
-call queued behind them (issue 11, item 6). So every call is admitted into one of four
-budgets, decided by `Admission` before the call is queued:
+call queued behind them (issue 11, item 6). So `Admission` puts every call into one of four
+budgets, each on threads of its own:
 - streams (any request- or response-streaming method, of every service, health's Watch
   included): at most `max_streams` open (default `DEFAULT_MAX_STREAMS`, `serve
   --max-streams`), a permit taken when the handler starts and given back when it ends. They
