@@ -6,7 +6,8 @@ health, reflection, port check) and drifted apart; transport security and access
 need exactly one place to attach credentials and interceptors.
 
 `RpcServer` gives every server:
-- a bounded thread pool and `maximum_concurrent_rpcs`;
+- admission with separate budgets (see "Limits" below), so long-lived streams never take
+  the threads unary calls and health need;
 - grpc.health.v1 with the services `liveness` and `readiness` (and "" and every added
   service, which follow readiness), so Kubernetes probes and `grpc_health_probe` work;
 - server reflection of every added service (grpcurl needs nothing else);
@@ -16,6 +17,25 @@ need exactly one place to attach credentials and interceptors.
 - the domain-error interceptor: a handler that raises a `controlplane.errors` kind (or a
   StoreError) answers with the status code `STATUS` gives it, never UNKNOWN;
 - a clean RuntimeError naming the address when the port cannot be bound.
+
+Limits. In sync gRPC a handler holds a thread for as long as it runs, and a server stream
+(WatchVms, reflection's ServerReflectionInfo) runs until its client goes: with one pool,
+32 open WatchVms streams took all 32 workers and the liveness probe, GetRing and every unary
+call queued behind them (issue 11, item 6). So `Admission` puts every call into one of four
+budgets, each on threads of its own:
+- streams (any request- or response-streaming method, of every service, health's Watch
+  included): at most `max_streams` open (default `DEFAULT_MAX_STREAMS`, `serve
+  --max-streams`), a permit taken when the handler starts and given back when it ends. They
+  run on a pool of their own with `STREAM_SPARE_THREADS` threads more than the cap, so a
+  stream beyond the cap is answered RESOURCE_EXHAUSTED at once, never left waiting;
+- unary calls: `max_workers` threads; at most `max_unary` (default 4 x workers) running or
+  waiting for a thread; beyond that RESOURCE_EXHAUSTED at once instead of an unbounded queue;
+- grpc.health.v1 Check: `HEALTH_THREADS` threads of its own, never refused and never queued
+  behind other calls, so the probes answer whatever else is going on;
+- refusals: answered on a small pool of their own.
+gRPC's `maximum_concurrent_rpcs` (counted over all of them, health included) stays as a
+backstop at twice the stream and unary budgets together: only a flood of refusals and health
+checks beyond that is refused by gRPC itself.
 """
 
 from __future__ import annotations
@@ -38,8 +58,9 @@ from controlplane import errors
 from controlplane.metadata import UNREACHABLE
 from controlplane.store.errors import StoreError
 
-__all__ = ["MAX_ID", "MAX_NAME", "NAME_CHARS", "STATUS", "MetricsInterceptor", "RpcServer",
-           "abort", "check_address", "check_id", "check_name", "check_range", "check_request",
+__all__ = ["DEFAULT_MAX_STREAMS", "MAX_ID", "MAX_NAME", "NAME_CHARS", "STATUS", "Admission",
+           "CountingPool", "MetricsInterceptor", "RpcServer", "StreamBudget", "abort",
+           "check_address", "check_id", "check_name", "check_range", "check_request",
            "serve_metrics", "serve_until_signal", "status_of", "valid_address"]
 
 log = logging.getLogger(__name__)
@@ -262,23 +283,216 @@ class DomainErrors(grpc.ServerInterceptor):
         return handler
 
 
+# -- admission (the "Limits" of the module docstring) -------------------------------------
+
+DEFAULT_MAX_STREAMS = 64
+STREAM_SPARE_THREADS = 4  # threads beyond the stream cap: refusals never wait for a stream
+HEALTH_THREADS = 2
+REFUSAL_THREADS = 2
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+class StreamBudget:
+    """A count of open streams with a cap. `try_acquire` never waits: a stream beyond the
+    cap is refused at once rather than queued behind streams that may never end."""
+
+    def __init__(self, cap: int) -> None:
+        if cap < 1:
+            raise ValueError(f"a stream budget needs a cap of at least 1, got {cap}")
+        self.cap = cap
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def try_acquire(self) -> bool:
+        """Take a permit if one is free; False when `cap` are held."""
+        with self._lock:
+            if self._held >= self.cap:
+                return False
+            self._held += 1
+            return True
+
+    def release(self) -> None:
+        """Give a permit back; releasing one never taken is a bug (it would raise the cap)."""
+        with self._lock:
+            if self._held == 0:
+                raise RuntimeError("stream budget released more often than acquired")
+            self._held -= 1
+
+
+class CountingPool(futures.ThreadPoolExecutor):
+    """A thread pool that counts its tasks, queued or running. The count is exact and
+    cannot leak (a task counts until it has run, whether or not gRPC then calls the
+    handler), which a permit taken before queueing and given back by the handler could
+    not promise: a call cancelled while queued never reaches its handler."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._tasks = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def tasks(self) -> int:
+        return self._tasks
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+        def counted() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._count_lock:
+                    self._tasks -= 1
+
+        with self._count_lock:
+            self._tasks += 1
+        try:
+            return super().submit(counted)
+        except BaseException:
+            with self._count_lock:
+                self._tasks -= 1
+            raise
+
+
+def _on_pool(behaviour: Callable[..., Any], pool: futures.ThreadPoolExecutor,
+             non_blocking: bool = False) -> Callable[..., Any]:
+    """gRPC runs a behaviour on the pool named by its `experimental_thread_pool`."""
+    behaviour.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    if non_blocking:
+        behaviour.experimental_non_blocking = True  # type: ignore[attr-defined]
+    return behaviour
+
+
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+class Admission(grpc.ServerInterceptor):
+    """Puts every call into its budget (the module docstring's "Limits").
+
+    `intercept_service` runs on gRPC's one serving thread just before the call is queued on
+    the pool its behaviour names, so reading `CountingPool.tasks` there and queueing are not
+    raced by another admission. Streams take their permit in the handler itself (on the
+    stream pool, which always has a thread free for a refusal), so a permit is only ever
+    held by a handler that runs and gives it back."""
+
+    def __init__(self, *, budget: StreamBudget, stream_pool: futures.ThreadPoolExecutor,
+                 unary_pool: CountingPool, max_unary: int,
+                 health_pool: futures.ThreadPoolExecutor,
+                 refusal_pool: futures.ThreadPoolExecutor) -> None:
+        self.budget = budget
+        self.stream_pool = stream_pool
+        self.unary_pool = unary_pool
+        self.max_unary = max_unary
+        self.health_pool = health_pool
+        self.refusal_pool = refusal_pool
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        kind = next(k for k in _KINDS if getattr(handler, k) is not None)
+        behaviour = getattr(handler, kind)
+        if handler.request_streaming or handler.response_streaming:
+            return handler._replace(**{kind: self._stream(behaviour,
+                                                          handler.response_streaming)})
+        if handler_call_details.method == HEALTH_CHECK:
+            return handler._replace(**{kind: _on_pool(_call(behaviour), self.health_pool)})
+        if self.unary_pool.tasks >= self.max_unary:
+            return handler._replace(**{kind: self._refusal(
+                f"server busy: {self.max_unary} calls in progress; retry later")})
+        return handler
+
+    def _refusal(self, details: str) -> Callable[..., Any]:
+        def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+        return _on_pool(refuse, self.refusal_pool)
+
+    def _refuse_stream(self, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"too many open streams: this server allows {self.budget.cap} "
+                      "(--max-streams); retry later or close one")
+
+    def _stream(self, behaviour: Callable[..., Any], responses: bool) -> Callable[..., Any]:
+        budget = self.budget
+        if getattr(behaviour, "experimental_non_blocking", False):
+            # Health.Watch: the handler returns at once and answers later from other
+            # threads; the permit is held until the call ends, however it ends.
+            def non_blocking(request: Any, context: grpc.ServicerContext,
+                             send_response_callback: Callable[[Any], None]) -> Any:
+                if not budget.try_acquire():
+                    self._refuse_stream(context)
+                if not context.add_callback(budget.release):
+                    budget.release()  # the call has already ended
+                return behaviour(request, context, send_response_callback)
+            return _on_pool(non_blocking, self.stream_pool, non_blocking=True)
+
+        def blocking(request: Any, context: grpc.ServicerContext) -> Any:
+            if not budget.try_acquire():
+                self._refuse_stream(context)
+            try:
+                yield from behaviour(request, context)
+            finally:  # the stream ended, failed, or its client went (the generator closed)
+                budget.release()
+
+        def one_response(requests: Any, context: grpc.ServicerContext) -> Any:
+            if not budget.try_acquire():
+                self._refuse_stream(context)
+            try:
+                return behaviour(requests, context)
+            finally:
+                budget.release()
+        return _on_pool(blocking if responses else one_response, self.stream_pool)
+
+
+def _call(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain function calling `behaviour` (a bound method takes no attributes)."""
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        return behaviour(request, context)
+    return call
+
+
 class RpcServer:
-    """One gRPC server with health, reflection and the domain-error interceptor.
+    """One gRPC server with health, reflection, admission and the domain-error interceptor.
 
     Add services with `add(add_fn, servicer, full_name)`, then `start()`. Health starts
     live and (unless `ready=False`) ready; `set_health` changes it later.
+
+    Budgets (module docstring, "Limits"): `max_workers` threads for unary calls, at most
+    `max_unary` (default 4 x `max_workers`) running or queued; at most `max_streams` open
+    streams on threads of their own; health Check on `HEALTH_THREADS` threads of its own;
+    `max_concurrent_rpcs` (default twice the two budgets) is gRPC's own backstop.
     """
 
     def __init__(self, listen: str, *, max_workers: int = 32,
+                 max_unary: int | None = None,
+                 max_streams: int = DEFAULT_MAX_STREAMS,
                  max_concurrent_rpcs: int | None = None,
                  interceptors: Sequence[grpc.ServerInterceptor] = (),
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self.listen = listen
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.services: list[str] = []
+        max_unary = 4 * max_workers if max_unary is None else max_unary
+        if max_unary < max_workers:
+            raise ValueError(f"max_unary {max_unary} < max_workers {max_workers}")
+        self.streams = StreamBudget(max_streams)
+        self.unary_pool = CountingPool(max_workers, "rpc")
+        admission = Admission(
+            budget=self.streams, unary_pool=self.unary_pool, max_unary=max_unary,
+            stream_pool=futures.ThreadPoolExecutor(max_streams + STREAM_SPARE_THREADS,
+                                                   thread_name_prefix="rpc-stream"),
+            health_pool=futures.ThreadPoolExecutor(HEALTH_THREADS,
+                                                   thread_name_prefix="rpc-health"),
+            refusal_pool=futures.ThreadPoolExecutor(REFUSAL_THREADS,
+                                                    thread_name_prefix="rpc-refuse"))
+        if max_concurrent_rpcs is None:
+            max_concurrent_rpcs = 2 * (max_streams + max_unary)
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-            interceptors=[*interceptors, DomainErrors()],
+            self.unary_pool,
+            # Admission first: it sees the final behaviour and names the pool it runs on.
+            interceptors=[admission, *interceptors, DomainErrors()],
             options=[("grpc.so_reuseport", 0), *options],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )

@@ -107,7 +107,7 @@ class ManagementNode:
         self.mds_checker = MdsHealthChecker(self.owner, self.storages, enabled=lambda: self.ready)
         self.image_manager = ImageManager(self.owner, settings.image_dir)
         self.live_jobs = LiveJobs(self.image_manager, self.owner.agents.block_jobs)
-        self.rpc = RpcServer(settings.listen, max_workers=32,
+        self.rpc = RpcServer(settings.listen, max_workers=32, max_streams=settings.max_streams,
                              interceptors=[MetricsInterceptor(metrics.RPCS,
                                                                 metrics.RPCS_IN_FLIGHT)])
         self._stopping = threading.Event()

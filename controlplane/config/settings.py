@@ -25,6 +25,7 @@ from typing import Any
 import configargparse
 
 from controlplane.config import argtypes
+from controlplane.rpc import DEFAULT_MAX_STREAMS
 from controlplane.store.keys import DEFAULT_PREFIX
 
 __all__ = [
@@ -65,6 +66,7 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     image_dir: str = "/var/lib/controlplane/images"
+    max_streams: int = DEFAULT_MAX_STREAMS
 
 
 def env_name(flag: str) -> str:
@@ -160,6 +162,9 @@ SERVE_FLAGS: list[Flag] = [
     *log_flags(),
     Flag("--image-dir", argtypes.abspath, "/var/lib/controlplane/images",
          "directory of image files (qcow2 chains), mounted at the same path on every node"),
+    Flag("--max-streams", argtypes.positive_int, DEFAULT_MAX_STREAMS,
+         "open streams (WatchVms, ...) this node serves at once; one more is refused with "
+         "RESOURCE_EXHAUSTED (each holds a thread of its own, not one of the unary calls')"),
 ]
 
 
@@ -191,4 +196,5 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         log_level=args.log_level,
         image_dir=args.image_dir,
+        max_streams=args.max_streams,
     )

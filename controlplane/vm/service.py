@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -37,6 +39,63 @@ OpRequest = (vm_pb2.StartVmRequest | vm_pb2.StopVmRequest | vm_pb2.RebootVmReque
 
 MAX_CPUS = 1024
 MAX_MEMORY_MB = 64 * 1024 * 1024
+WATCH_QUEUE_LIMIT = 100_000  # events one WatchVms stream may have unsent before it is ended
+
+
+class WatchQueue:
+    """The events one WatchVms stream has yet to send: filled by the cache's watch thread,
+    drained by the stream's own thread.
+
+    `put` never blocks: the watch thread applies every change to this node's cache and feeds
+    every stream, so a reader that is slow or stuck must cost only its own stream (a
+    `queue.Queue.put` on a full queue here once stalled the node's VM cache behind one stuck
+    client). Past `limit` unsent events the queue overflows: it takes nothing more and the
+    reader is told at once (the stream ends RESOURCE_EXHAUSTED; the client re-watches with
+    initial=True). `close` (the call ended, or the node stops) wakes a waiting reader, so an
+    idle stream sleeps in `get` instead of polling."""
+
+    def __init__(self, limit: int = WATCH_QUEUE_LIMIT) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self._items: deque[Any] = deque()
+        self._changed = threading.Condition()
+        self.overflowed = False
+        self.closed = False
+
+    def put(self, item: Any) -> bool:
+        """Queue `item` without waiting; False (and the item dropped) once the queue has
+        overflowed or closed: the caller may stop offering more."""
+        with self._changed:
+            if self.closed or self.overflowed:
+                return False
+            if len(self._items) >= self.limit:
+                self.overflowed = True
+                self._items.clear()  # the stream ends: nothing queued will be sent
+                self._changed.notify_all()
+                return False
+            self._items.append(item)
+            self._changed.notify()
+            return True
+
+    def close(self) -> None:
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The next item; None once closed; errors.Exhausted once overflowed (both before
+        any item still queued); queue.Empty when `timeout` passes with nothing."""
+        with self._changed:
+            if not self._changed.wait_for(
+                    lambda: self._items or self.closed or self.overflowed, timeout):
+                raise queue.Empty
+            if self.overflowed:
+                raise errors.Exhausted(
+                    f"watcher too slow: more than {self.limit} events queued")
+            if self.closed:
+                return None
+            return self._items.popleft()
 
 
 class VmServicer(pb_grpc.VmServiceServicer):
@@ -45,9 +104,16 @@ class VmServicer(pb_grpc.VmServiceServicer):
         self.router = router
         self.operations = operations
         self._stopping = False
+        self._watches: set[WatchQueue] = set()
+        self._watches_lock = threading.Lock()
 
     def stop(self) -> None:
-        self._stopping = True
+        """End every open WatchVms stream (their readers wake at once)."""
+        with self._watches_lock:
+            self._stopping = True
+            watches = list(self._watches)
+        for watch in watches:
+            watch.close()
 
     # -- create ---------------------------------------------------------------------
 
@@ -198,18 +264,22 @@ class VmServicer(pb_grpc.VmServiceServicer):
             return ((not request.vm_id or vm.vm_id == request.vm_id)
                     and (not request.host_id or vm.host_id == request.host_id))
 
-        events: queue.Queue = queue.Queue(maxsize=100_000)
+        events = WatchQueue()
 
         def on_events(batch: Sequence[CacheEvent[vm_pb2.Vm]]) -> None:
+            # On the cache's watch thread: never wait here (WatchQueue.put does not).
             for ev in batch:
                 vm = ev.entry.value if ev.entry else ev.previous.value if ev.previous else None
                 if vm is not None and (wanted(vm) or (ev.previous and wanted(ev.previous.value))):
-                    try:
-                        events.put_nowait((ev.kind, vm, ev.revision))
-                    except queue.Full:
-                        events.put(None)  # too slow a reader: end the stream
-                        return
+                    if not events.put((ev.kind, vm, ev.revision)):
+                        return  # overflowed (the stream ends) or closed
 
+        if not context.add_callback(events.close):  # the call ended: wake the reader
+            events.close()
+        with self._watches_lock:
+            if self._stopping:
+                events.close()
+            self._watches.add(events)
         self.ctx.vms.add_listener(on_events)
         try:
             if request.initial:
@@ -221,13 +291,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
                                              revision=entry.mod_revision)
                 yield vm_pb2.WatchVmsResponse(kind=vm_pb2.WatchVmsResponse.KIND_SYNCED,
                                               revision=revision)
-            while context.is_active() and not self._stopping:
-                try:
-                    item = events.get(timeout=0.25)
-                except queue.Empty:
-                    continue
-                if item is None:
-                    raise errors.Exhausted("watcher too slow: more than 100000 events queued")
+            while (item := events.get()) is not None:  # Exhausted when overflowed
                 kind, vm, revision = item
                 yield vm_pb2.WatchVmsResponse(
                     kind=(vm_pb2.WatchVmsResponse.KIND_PUT if kind == "put"
@@ -235,3 +299,5 @@ class VmServicer(pb_grpc.VmServiceServicer):
                     vm=vm, revision=revision)
         finally:
             self.ctx.vms.remove_listener(on_events)
+            with self._watches_lock:
+                self._watches.discard(events)

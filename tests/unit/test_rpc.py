@@ -1,15 +1,22 @@
 """The server builder: domain errors become their status (the one table), health watchers
-never take the workers that calls and probes need."""
+never take the workers that calls and probes need, and the admission budgets (streams,
+unary calls, health) hold whatever the callers do."""
 
 from __future__ import annotations
+
+import threading
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from controlplane import errors, rpc
 from controlplane.metadata import UNREACHABLE
 from controlplane.store.errors import StoreError
+from controlplane.testing.waiting import wait_until
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
 
 
@@ -18,20 +25,27 @@ class Refusing(cluster_pb2_grpc.ClusterServiceServicer):
 
     def __init__(self) -> None:
         self.raise_: BaseException = errors.NotFound("no such thing")
+        self.hold = threading.Event()  # resource_id "hold": wait for it to be set
+        self.held = threading.Semaphore(0)
 
     def WhoOwns(self, request, context):  # type: ignore[no-untyped-def]
+        if request.resource_id == "hold":
+            self.held.release()
+            self.hold.wait(30)
         raise self.raise_
 
 
 @pytest.fixture
 def served():  # type: ignore[no-untyped-def]
     servicer = Refusing()
-    server = rpc.RpcServer("127.0.0.1:0", max_workers=2)
+    server = rpc.RpcServer("127.0.0.1:0", max_workers=2, max_unary=3, max_streams=4)
     server.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, servicer,
                "controlplane.v1.ClusterService")
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    servicer.server = server
     yield servicer, channel
+    servicer.hold.set()
     channel.close()
     server.stop(0)
 
@@ -66,7 +80,8 @@ def test_details_are_bounded(served) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_health_watchers_do_not_take_the_workers(served) -> None:  # type: ignore[no-untyped-def]
-    """With 2 workers, 4 open Health.Watch streams; a Check and a call still answer."""
+    """With 2 workers, 4 open Health.Watch streams (the stream cap); a Check and a call
+    still answer, and a fifth stream is refused at once."""
     _, channel = served
     health = health_pb2_grpc.HealthStub(channel)
     watches = [health.Watch(health_pb2.HealthCheckRequest(service="liveness"), timeout=30)
@@ -80,9 +95,100 @@ def test_health_watchers_do_not_take_the_workers(served) -> None:  # type: ignor
             cluster_pb2_grpc.ClusterServiceStub(channel).WhoOwns(
                 cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=3)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        fifth = health.Watch(health_pb2.HealthCheckRequest(service="liveness"), timeout=3)
+        with pytest.raises(grpc.RpcError) as err:
+            next(fifth)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         for watch in watches:
             watch.cancel()
+    # the permits come back when the watches end
+    wait_until(lambda: served[0].server.streams.held == 0, 5, message="permits back")
+
+
+def test_busy_workers_queue_a_bounded_number_and_health_still_answers(served) -> None:  # type: ignore[no-untyped-def]
+    """2 workers held, 1 call queued (max_unary 3): the next call is refused at once, the
+    probe answers on its own threads, and a queued call cancelled by its client leaks
+    nothing (the count is of pool tasks, which end whether or not the handler ran)."""
+    servicer, channel = served
+    stub = cluster_pb2_grpc.ClusterServiceStub(channel)
+    hold = cluster_pb2.WhoOwnsRequest(resource_id="hold")
+    running = [stub.WhoOwns.future(hold, timeout=30) for _ in range(2)]
+    for _ in running:
+        assert servicer.held.acquire(timeout=5)
+    queued = stub.WhoOwns.future(hold, timeout=30)
+    pool = servicer.server.unary_pool
+    wait_until(lambda: pool.tasks == 3, 5, message="third call queued")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.WhoOwns(cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=3)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("liveness", "readiness"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    queued.cancel()
+    servicer.hold.set()
+    for call in running:
+        assert call.exception(timeout=5).code() == grpc.StatusCode.NOT_FOUND
+    wait_until(lambda: pool.tasks == 0, 5, message="every task counted out")
+    servicer.hold.clear()
+    # the whole unary budget is back: 3 calls in, the 4th refused
+    calls = [stub.WhoOwns.future(hold, timeout=30) for _ in range(3)]
+    wait_until(lambda: pool.tasks == 3, 5, message="three calls admitted")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.WhoOwns(cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=3)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    servicer.hold.set()
+    for call in calls:
+        assert call.exception(timeout=5).code() == grpc.StatusCode.NOT_FOUND
+
+
+class BudgetMachine(RuleBasedStateMachine):
+    """StreamBudget against a plain count: a permit is granted iff fewer than cap are held,
+    and a release without a permit is refused (it would silently raise the cap)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.budget: rpc.StreamBudget | None = None
+        self.held = 0
+
+    @precondition(lambda self: self.budget is None)
+    @rule(cap=st.integers(1, 5))
+    def make(self, cap: int) -> None:
+        self.budget = rpc.StreamBudget(cap)
+
+    @precondition(lambda self: self.budget is not None)
+    @rule()
+    def acquire(self) -> None:
+        assert self.budget is not None
+        granted = self.budget.try_acquire()
+        assert granted == (self.held < self.budget.cap)
+        self.held += granted
+
+    @precondition(lambda self: self.budget is not None)
+    @rule()
+    def release(self) -> None:
+        assert self.budget is not None
+        if self.held:
+            self.budget.release()
+            self.held -= 1
+        else:
+            with pytest.raises(RuntimeError):
+                self.budget.release()
+
+    @invariant()
+    def counts_agree(self) -> None:
+        if self.budget is not None:
+            assert self.budget.held == self.held <= self.budget.cap
+
+
+TestStreamBudget = BudgetMachine.TestCase
+TestStreamBudget.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+
+
+def test_a_budget_needs_a_cap() -> None:
+    with pytest.raises(ValueError):
+        rpc.StreamBudget(0)
 
 
 def test_request_checks_name_the_field_and_the_bounds() -> None:
