@@ -96,7 +96,8 @@ def probe(node) -> None:
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=PROBE)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
     assert node.node_id in {m.node_id for m in c.ring(node, timeout=PROBE).members}
-    assert c.vms(node).GetVm(vm_pb2.GetVmRequest(vm_id="before"), timeout=PROBE).vm_id == "before"
+    assert c.vms(node).GetVm(vm_pb2.GetVmRequest(vm_id="before"), timeout=PROBE).vm.vm_id \
+        == "before"
 
 
 @pytest.fixture
