@@ -11,7 +11,12 @@ import argparse
 import importlib
 from typing import Any
 
-from controlplane.config.argtypes import positive_float, positive_int
+from controlplane.config.argtypes import (
+    lease_ttl,
+    non_negative_seconds,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_churn_parser", "run_churn_bench"]
 
@@ -34,9 +39,9 @@ def add_churn_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=positive_int, default=4, help="sim hosts (4)")
     p.add_argument("--kill-interval", type=positive_float, default=4.0,
                    help="mean seconds between two kills (4)")
-    p.add_argument("--max-down", type=float, default=3.0,
+    p.add_argument("--max-down", type=non_negative_seconds, default=3.0,
                    help="a killed node stays down 0..MAX_DOWN seconds (3)")
-    p.add_argument("--lease-ttl", type=positive_float, default=2.0,
+    p.add_argument("--lease-ttl", type=lease_ttl, default=2,
                    help="the nodes' lease TTL, seconds (2)")
     p.add_argument("--op-timeout", type=positive_float, default=15.0,
                    help="each operation's client deadline, seconds (15)")
@@ -44,7 +49,7 @@ def add_churn_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
                    help="owner: clients send each call to the VM's owner; node: to a node "
                    "that forwards it (route=False, as the CLI does); mixed: half each "
                    "(mixed)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="of the kills and the operations (1)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
 

@@ -334,7 +334,7 @@ def run_churn_bench(args: argparse.Namespace) -> int:
     ended UNKNOWN/INTERNAL, else 1."""
     options = ChurnOptions(duration=args.duration, nodes=args.nodes, clients=args.clients,
                            vms_per_client=args.vms_per_client, hosts=args.hosts,
-                           kill_interval=args.kill_interval, max_down=max(args.max_down, 0.0),
+                           kill_interval=args.kill_interval, max_down=args.max_down,
                            lease_ttl=args.lease_ttl, op_timeout=args.op_timeout,
                            seed=args.seed, routing=args.routing)
     try:
