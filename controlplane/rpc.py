@@ -47,7 +47,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import grpc
 import protovalidate
@@ -58,10 +58,11 @@ from controlplane import errors
 from controlplane.metadata import UNREACHABLE
 from controlplane.store.errors import StoreError
 
-__all__ = ["DEFAULT_MAX_STREAMS", "MAX_ID", "MAX_NAME", "NAME_CHARS", "STATUS", "Admission",
-           "CountingPool", "MetricsInterceptor", "RpcServer", "StreamBudget", "abort",
-           "check_address", "check_id", "check_name", "check_range", "check_request",
-           "serve_metrics", "serve_until_signal", "status_of", "valid_address"]
+__all__ = ["DEFAULT_MAX_STREAMS", "MAX_ID", "MAX_NAME", "NAME_CHARS", "NO_DEADLINE_CAP",
+           "STATUS", "Admission", "CountingPool", "MetricsInterceptor", "RpcServer",
+           "StreamBudget", "abort", "check_address", "check_id", "check_name", "check_range",
+           "check_request", "remaining", "serve_metrics", "serve_until_signal", "status_of",
+           "valid_address"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,42 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
             and not isinstance(exc, errors.NotServing):
         context.set_trailing_metadata(((UNREACHABLE, "1"),))
     context.abort(code, details[:MAX_DETAILS])
+
+
+# -- deadlines -----------------------------------------------------------------------------
+
+# A call that set no deadline (grpcurl's default, Go's, grpc-gateway's) does not show the
+# server None but about 9.2e18 s left (gRPC's "infinite future"): passed on as a timeout it
+# breaks things (a forward fails at once with DEADLINE_EXCEEDED, `Future.result` raises
+# "timestamp out of range"). Anything beyond this many seconds is taken for "no deadline".
+_NO_DEADLINE_ABOVE = 1e9  # about 31 years
+# What the server allows itself for a call that set no deadline, wherever it would otherwise
+# wait on the caller's behalf: routing to an owner that is down (until the ring drops it),
+# and an operation with wait=true (then answered as still in flight, like a caller's
+# deadline that nears). 30 s: many lease TTLs (a dead owner is dropped within one), and short
+# enough that a worker thread is not held forever by a client that never gives up.
+NO_DEADLINE_CAP = 30.0
+
+
+@overload
+def remaining(context: grpc.ServicerContext) -> float: ...
+@overload
+def remaining(context: grpc.ServicerContext, default: float) -> float: ...
+@overload
+def remaining(context: grpc.ServicerContext, default: None) -> float | None: ...
+
+
+def remaining(context: grpc.ServicerContext,
+              default: float | None = NO_DEADLINE_CAP) -> float | None:
+    """Seconds until the caller's deadline (>= 0), or `default` when it set none.
+
+    The one reading of `context.time_remaining()`: use it instead of the raw value, which is
+    None or ~9.2e18 without a deadline (see `_NO_DEADLINE_ABOVE`). `default=None` means the
+    caller wants "no limit" passed on as None (e.g. a `timeout=None`)."""
+    left = context.time_remaining()
+    if left is None or left != left or left > _NO_DEADLINE_ABOVE:  # None, NaN, "infinite"
+        return default
+    return max(left, 0.0)
 
 
 # -- request checks ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from controlplane.config.settings import (
     add_serve_arguments,
     settings_from_args,
 )
+from controlplane.devtools.bench.churn import add_churn_parser
 from controlplane.devtools.bench.fleet import add_fleet_parser
 from controlplane.devtools.bench.storage import add_storage_parser, run_storage_bench
 from controlplane.mds.main import add_mds_parser, run_mds
@@ -87,6 +88,8 @@ def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
                                                        "run_fleet_bench"))
     add_storage_parser(bench_sub)
     bench_sub.choices["storage"].set_defaults(run=run_storage_bench)
+    add_churn_parser(bench_sub).set_defaults(run=_lazy("controlplane.devtools.bench.churn",
+                                                       "run_churn_bench"))
 
 
 def _add_completion_parser(sub: argparse._SubParsersAction,

@@ -10,7 +10,7 @@ from controlplane.cluster.ring import Ring
 from controlplane.cluster.routing import RouteError, Router
 from controlplane.cluster.table import MemberInfo
 from controlplane.cluster.view import ClusterView
-from controlplane.rpc import check_id
+from controlplane.rpc import check_id, remaining
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 
@@ -30,9 +30,9 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
 
     def ListMembers(self, request: pb.ListMembersRequest, context: grpc.ServicerContext
                     ) -> pb.ListMembersResponse:
-        remaining = context.time_remaining()
-        timeout = self.view.store.timeout if remaining is None else min(
-            self.view.store.timeout * 2, max(remaining - 0.05, 0.01))
+        left = remaining(context, None)
+        timeout = self.view.store.timeout if left is None else min(
+            self.view.store.timeout * 2, max(left - 0.05, 0.01))
         listing = self.view.read_members(timeout=timeout)
         members = sorted(listing.members.values(), key=lambda m: m.node_id)
         return pb.ListMembersResponse(members=[member_pb(m) for m in members],

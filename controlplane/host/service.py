@@ -7,7 +7,7 @@ import grpc
 from controlplane import errors, paging, wiretime
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import OwnerContext
-from controlplane.rpc import check_address, check_id
+from controlplane.rpc import check_address, check_id, remaining
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
 from controlplane.v1 import host_pb2_grpc as pb_grpc
@@ -43,7 +43,7 @@ class HostServicer(pb_grpc.HostServiceServicer):
                 ping = self.ctx.agents.stub(request.address).Ping(
                     agent_pb2.PingRequest(host_id=request.host_id),
                     timeout=min(self.ctx.config.get("host.pingTimeout"),
-                                context.time_remaining() or 10.0))
+                                remaining(context)))
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     raise errors.Refused(f"the agent at {request.address} does not serve host "

@@ -21,7 +21,7 @@ import grpc
 from controlplane import errors, names, paging, wiretime
 from controlplane.cluster.routing import Router, route_unary
 from controlplane.owner import OwnerContext
-from controlplane.rpc import check_id, check_range
+from controlplane.rpc import check_id, check_range, remaining
 from controlplane.store import txn as t
 from controlplane.store.cache import CacheEvent
 from controlplane.v1 import vm_pb2
@@ -171,12 +171,12 @@ class VmServicer(pb_grpc.VmServiceServicer):
         answer.CopyFrom(begun.vm)
         answer.op.CopyFrom(begun.op)
         if wait:
-            remaining = context.time_remaining()
             # Answer "still in flight" well before the caller's deadline, so a loaded
-            # machine does not turn it into DEADLINE_EXCEEDED.
+            # machine does not turn it into DEADLINE_EXCEEDED; a caller that set no
+            # deadline is answered so after rpc.NO_DEADLINE_CAP.
+            left = remaining(context)
             try:
-                return future.result(timeout=None if remaining is None
-                                     else max(remaining - min(0.5, remaining * 0.2), 0.0))
+                return future.result(timeout=max(left - min(0.5, left * 0.2), 0.0))
             except TimeoutError:
                 pass  # the op goes on; the caller sees it in flight
         return answer

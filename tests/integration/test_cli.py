@@ -72,6 +72,15 @@ def test_bench_cluster_prints_figures() -> None:
     assert doc["graceful_leave_median_s"] < 5
 
 
+def test_bench_churn_prints_figures() -> None:
+    done = run("bench", "churn", "--duration", "6", "--kill-interval", "2", "--clients", "2",
+               "--json")
+    doc = json.loads(done.stdout)
+    assert doc["ops"] == doc["ok"] + doc["failed"] and doc["ops"] > 0
+    assert doc["kills"] >= 1 and doc["longest_wait_s"] > 0
+    assert doc["vms_on_two_hosts"] == [] and doc["ha_audit_records"] == {}
+
+
 def test_bad_settings_are_refused_cleanly_from_flags_and_environment() -> None:
     for args in (["--prefix", "x"], ["--vnodes", "0"], ["--etcd", "nope"],
                  ["--log-format", "xml"], ["--lease-ttl", "1"], ["--metrics-port", "70000"]):

@@ -201,3 +201,31 @@ def test_request_checks_name_the_field_and_the_bounds() -> None:
         rpc.check_id("a/b", "vm_id")
     with pytest.raises(errors.Invalid, match=r"agent address 'x{64}\.\.\.'"):
         rpc.check_address("x" * 1000, "agent address")  # never echoes unbounded input
+
+
+class Clock(cluster_pb2_grpc.ClusterServiceServicer):
+    """WhoOwns answers what `rpc.remaining` reads from the call: owner = its value without a
+    default, epoch = its value with the server's cap."""
+
+    def WhoOwns(self, request, context):  # type: ignore[no-untyped-def]
+        return cluster_pb2.WhoOwnsResponse(owner=repr(rpc.remaining(context, None)),
+                                           epoch=int(rpc.remaining(context)))
+
+
+def test_remaining_tells_a_call_without_a_deadline_from_one_with() -> None:
+    """A real gRPC server shows a call without a deadline as ~9.2e18 s left, not None
+    (issue 11, item 1): `remaining` gives the default (the cap, or None) for it."""
+    server = rpc.RpcServer("127.0.0.1:0", max_workers=2)
+    server.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, Clock(),
+               "controlplane.v1.ClusterService")
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = cluster_pb2_grpc.ClusterServiceStub(channel)
+        unbounded = stub.WhoOwns(cluster_pb2.WhoOwnsRequest())  # no timeout: no deadline
+        assert unbounded.owner == "None" and unbounded.epoch == int(rpc.NO_DEADLINE_CAP)
+        bounded = stub.WhoOwns(cluster_pb2.WhoOwnsRequest(), timeout=5)
+        assert 0 < float(bounded.owner) <= 5.5 and bounded.epoch <= 5  # clocks: not exact
+    finally:
+        channel.close()
+        server.stop(0)
