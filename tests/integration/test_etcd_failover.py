@@ -6,8 +6,11 @@ Times are printed by `controlplane bench etcd-failover`, never asserted here."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -119,3 +122,17 @@ def test_an_operation_whose_begin_answer_was_lost_still_runs(node: ManagementNod
         assert node.store.get(node.keys.op("lost-1")) is None  # finished, not left behind
     finally:
         client.close()
+
+
+def test_bench_etcd_failover_prints_its_figures() -> None:
+    """The bench end to end at its smallest (one kill, one node, two VMs); it prints the
+    figures, this checks they are there and no VM call failed other than cleanly."""
+    out = subprocess.run([sys.executable, "-m", "controlplane", "bench", "etcd-failover",
+                          "--runs", "1", "--nodes", "1", "--vms", "2",
+                          "--etcd-election-ms", "500", "--json"],
+                         capture_output=True, text=True, timeout=180, check=True).stdout
+    figures = json.loads(out)
+    (run,) = figures["runs"]
+    assert run["vm_op_s"] > 0 and run["store_write_s"] > 0
+    assert set(figures["vm_op"]) == {"min_s", "median_s", "max_s"}
+    assert "--election-timeout=500" in figures["etcd_args"]
