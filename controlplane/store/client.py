@@ -47,6 +47,14 @@ def _overloaded(code: grpc.StatusCode | None, details: str) -> bool:
     return code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in details
 
 
+def _server_deadline(code: grpc.StatusCode | None, details: str) -> bool:
+    """etcd's own side of a deadline: when the attempt's deadline (sent to etcd with the
+    request) expires there first, etcd answers UNKNOWN "context deadline exceeded" before
+    the client's DEADLINE_EXCEEDED fires. The same timeout, so the same transient error
+    (with short attempts during a leader change it is a common answer, not a rare one)."""
+    return code is grpc.StatusCode.UNKNOWN and "context deadline exceeded" in details
+
+
 @dataclass(frozen=True)
 class KV:
     """One key as etcd returned it."""
@@ -182,7 +190,7 @@ class Store:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         where = self._client._current_endpoint_label
-        if code in _TRANSIENT:
+        if code in _TRANSIENT or _server_deadline(code, details or ""):
             self.endpoint_failed()
             return StoreUnavailable(f"etcd {where}: {code.name}: {details}")
         if _overloaded(code, details or ""):

@@ -4,10 +4,12 @@ while an election may be running, and a call that keeps failing ends."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controlplane.store import Store, StoreError, StoreUnavailable
 from controlplane.store.retry import AttemptPolicy
 
 
@@ -109,3 +111,33 @@ def test_the_store_default_is_half_a_second_for_two_seconds_then_the_full_timeou
 def test_bad_policies_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         AttemptPolicy(**kwargs)
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(("code", "details", "retried"), [
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", True),
+    # etcd's side of the same deadline, seen under leader kills with 0.5 s attempts
+    (grpc.StatusCode.UNKNOWN, "context deadline exceeded", True),
+    (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out", True),
+    (grpc.StatusCode.UNKNOWN, "something else", False),
+    (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large", False),
+])
+def test_which_etcd_answers_are_retried(code: grpc.StatusCode, details: str,
+                                        retried: bool) -> None:
+    store = Store("127.0.0.1:1")  # never connects: channels are lazy
+    try:
+        error = store.translate(_RpcError(code, details))
+    finally:
+        store.close()
+    assert isinstance(error, StoreError)
+    assert isinstance(error, StoreUnavailable) is retried

@@ -71,11 +71,14 @@ class Loop:
             ends = [end for start, end, kind, _ in self.calls if start >= t0 and not kind]
         return min(ends) - t0 if ends else None
 
-    def errors_after(self, t0: float) -> tuple[Counter[str], str | None]:
-        """Failed calls that ended after t0, by kind, and the first one's message."""
+    def errors_after(self, t0: float) -> tuple[Counter[str], list[str]]:
+        """Failed calls that ended after t0, by kind, and the first message of each kind."""
         with self.lock:
             failed = [(kind, msg) for _, end, kind, msg in self.calls if end >= t0 and kind]
-        return Counter(kind for kind, _ in failed), (failed[0][1] if failed else None)
+        first: dict[str, str] = {}
+        for kind, msg in failed:
+            first.setdefault(kind, msg)
+        return Counter(kind for kind, _ in failed), list(first.values())
 
 
 def _vm_loop(client: Client, vm_id: str, out: Loop, stop: threading.Event) -> None:
@@ -144,8 +147,8 @@ def one_kill(etcd: EtcdCluster, client: Client, store: Store, vm_ids: list[str],
                    and store_loop.first_ok_after(t0) is not None, 60, interval=0.01,
                    message="a VM operation and a store write succeed after the kill")
         vm_s, store_s = vm_loop.first_ok_after(t0), store_loop.first_ok_after(t0)
-        vm_errors, first_vm_error = vm_loop.errors_after(t0)
-        store_errors, first_store_error = store_loop.errors_after(t0)
+        vm_errors, vm_samples = vm_loop.errors_after(t0)
+        store_errors, store_samples = store_loop.errors_after(t0)
     finally:
         stop.set()
         for thread in threads:
@@ -154,8 +157,7 @@ def one_kill(etcd: EtcdCluster, client: Client, store: Store, vm_ids: list[str],
     victim.restart(wait=True)
     wait_until(lambda: _healthy(etcd), 30, message="etcd healthy again after the restart")
     return {"killed": victim.name, "vm_op_s": vm_s, "store_write_s": store_s,
-            "errors": dict(vm_errors + store_errors), "first_vm_error": first_vm_error,
-            "first_store_error": first_store_error}
+            "errors": dict(vm_errors + store_errors), "error_samples": vm_samples + store_samples}
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -190,7 +192,7 @@ def etcd_failover_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
             progress(f"run {run + 1}/{args.runs}: killed {r['killed']}: first VM op "
                      f"{r['vm_op_s']:.2f}s, first store write {r['store_write_s']:.2f}s, "
                      f"errors {r['errors'] or 'none'}"
-                     + (f" (first: {r['first_vm_error']})" if r['first_vm_error'] else ""))
+                     + "".join(f"\n    {sample}" for sample in r["error_samples"]))
     return {"runs": runs, "etcd_args": extra,
             "vm_op": _summary([r["vm_op_s"] for r in runs]),
             "store_write": _summary([r["store_write_s"] for r in runs])}
