@@ -133,6 +133,6 @@ def test_bench_etcd_failover_prints_its_figures() -> None:
                          capture_output=True, text=True, timeout=180, check=True).stdout
     figures = json.loads(out)
     (run,) = figures["runs"]
-    assert run["vm_op_s"] > 0 and run["store_write_s"] > 0
+    assert run["vm_op_s"] > 0 and run["store_write_s"] > 0 and run["etcd_health_s"] > 0
     assert set(figures["vm_op"]) == {"min_s", "median_s", "max_s"}
     assert "--election-timeout=500" in figures["etcd_args"]

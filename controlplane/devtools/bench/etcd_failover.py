@@ -44,6 +44,7 @@ from controlplane.devtools.bench.fleet.common import (
     start_nodes,
 )
 from controlplane.store import Store, StoreError
+from controlplane.store.embedded import EtcdServer
 from controlplane.testing.etcd import TEST_ETCD_ARGS, EtcdCluster
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import vm_pb2
@@ -118,6 +119,19 @@ def _store_loop(store: Store, key: str, out: Loop, stop: threading.Event) -> Non
         out.record(started)
 
 
+def _health_loop(member: EtcdServer, out: Loop, stop: threading.Event) -> None:
+    """etcd's own view: /health is true only with a leader that answers a read. A probe
+    that hangs counts as not yet (0.25 s each, so one started after the election ends
+    within a quarter second of it)."""
+    while not stop.is_set():
+        started = time.monotonic()
+        if member.healthy(timeout=0.25):
+            out.record(started)
+        else:
+            out.record(started, "unhealthy")
+        stop.wait(0.02)
+
+
 def _healthy(etcd: EtcdCluster) -> bool:
     return all(m.is_running() and m.healthy() for m in etcd.members)
 
@@ -131,6 +145,11 @@ def one_kill(etcd: EtcdCluster, client: Client, store: Store, vm_ids: list[str],
     threads.append(threading.Thread(target=_store_loop,
                                     args=(store, f"/bench/failover/{run}", store_loop, stop),
                                     name="bench-store", daemon=True))
+    health_loop = Loop()
+    leader = etcd.leader_index()
+    threads += [threading.Thread(target=_health_loop, args=(m, health_loop, stop),
+                                 name=f"bench-health-{m.name}", daemon=True)
+                for i, m in enumerate(etcd.members) if i != leader]
     for thread in threads:
         thread.start()
     try:
@@ -138,15 +157,15 @@ def one_kill(etcd: EtcdCluster, client: Client, store: Store, vm_ids: list[str],
         wait_until(lambda: vm_loop.first_ok_after(warm) is not None
                    and store_loop.first_ok_after(warm) is not None, 60,
                    message="VM operations and store writes succeed before the kill")
-        leader = etcd.leader_index()
         victim = etcd.members[leader]
         assert victim.pid is not None
         t0 = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
-        wait_until(lambda: vm_loop.first_ok_after(t0) is not None
-                   and store_loop.first_ok_after(t0) is not None, 60, interval=0.01,
-                   message="a VM operation and a store write succeed after the kill")
-        vm_s, store_s = vm_loop.first_ok_after(t0), store_loop.first_ok_after(t0)
+        loops = (vm_loop, store_loop, health_loop)
+        wait_until(lambda: all(loop.first_ok_after(t0) is not None for loop in loops), 60,
+                   interval=0.01, message="a VM operation, a store write and etcd's /health "
+                   "succeed after the kill")
+        vm_s, store_s, etcd_s = (loop.first_ok_after(t0) for loop in loops)
         vm_errors, vm_samples = vm_loop.errors_after(t0)
         store_errors, store_samples = store_loop.errors_after(t0)
     finally:
@@ -157,6 +176,7 @@ def one_kill(etcd: EtcdCluster, client: Client, store: Store, vm_ids: list[str],
     victim.restart(wait=True)
     wait_until(lambda: _healthy(etcd), 30, message="etcd healthy again after the restart")
     return {"killed": victim.name, "vm_op_s": vm_s, "store_write_s": store_s,
+            "etcd_health_s": etcd_s,
             "errors": dict(vm_errors + store_errors), "error_samples": vm_samples + store_samples}
 
 
@@ -191,11 +211,13 @@ def etcd_failover_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
             r = runs[-1]
             progress(f"run {run + 1}/{args.runs}: killed {r['killed']}: first VM op "
                      f"{r['vm_op_s']:.2f}s, first store write {r['store_write_s']:.2f}s, "
+                     f"etcd /health {r['etcd_health_s']:.2f}s, "
                      f"errors {r['errors'] or 'none'}"
                      + "".join(f"\n    {sample}" for sample in r["error_samples"]))
     return {"runs": runs, "etcd_args": extra,
             "vm_op": _summary([r["vm_op_s"] for r in runs]),
-            "store_write": _summary([r["store_write_s"] for r in runs])}
+            "store_write": _summary([r["store_write_s"] for r in runs]),
+            "etcd_health": _summary([r["etcd_health_s"] for r in runs])}
 
 
 def run_etcd_failover_bench(args: argparse.Namespace) -> int:
@@ -206,10 +228,13 @@ def run_etcd_failover_bench(args: argparse.Namespace) -> int:
         return 0
     n = len(figures["runs"])
     for label, key in (("kill -> first VM operation", "vm_op"),
-                       ("kill -> first store write", "store_write")):
+                       ("kill -> first store write", "store_write"),
+                       ("kill -> etcd /health true", "etcd_health")):
         f = figures[key]
+        target = "   (the floor: etcd's election)" if key == "etcd_health" else \
+            "   target <= 2s"
         print(f"{label:<28} median {f['median_s']:.2f}s  (min {f['min_s']:.2f}s, "
-              f"max {f['max_s']:.2f}s, {n} runs)   target <= 2s")
+              f"max {f['max_s']:.2f}s, {n} runs){target}")
     errors: Counter[str] = Counter()
     for r in figures["runs"]:
         errors.update(r["errors"])
