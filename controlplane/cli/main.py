@@ -84,6 +84,26 @@ def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
     cluster_bench.add_argument("--json", action="store_true")
     cluster_bench.set_defaults(run=_lazy("controlplane.devtools.bench.cluster",
                                          "run_cluster_bench"))
+    failover = bench_sub.add_parser(
+        "etcd-failover", help="etcd leader kill -9: time to the first VM op and store write",
+        description="On a 3-member test etcd with NODES node processes, a sim agent and VMS "
+        "VMs kept busy by StopVm/StartVm client threads (and one thread writing through a "
+        "Store): kill the etcd leader with -9 and print the time from the kill to the first "
+        "successful VM operation and store write started after it, over RUNS kills "
+        "(min/median/max). Target <= 2 s.")
+    failover.add_argument("--runs", type=argtypes.positive_int, default=3,
+                          help="leader kills (default 3)")
+    failover.add_argument("--nodes", type=argtypes.positive_int, default=2,
+                          help="node processes (default 2)")
+    failover.add_argument("--vms", type=argtypes.positive_int, default=4,
+                          help="VMs, one client thread each (default 4)")
+    failover.add_argument("--etcd-heartbeat-ms", type=argtypes.positive_int, default=None,
+                          help="etcd --heartbeat-interval (etcd's default 100)")
+    failover.add_argument("--etcd-election-ms", type=argtypes.positive_int, default=None,
+                          help="etcd --election-timeout (etcd's default 1000)")
+    failover.add_argument("--json", action="store_true")
+    failover.set_defaults(run=_lazy("controlplane.devtools.bench.etcd_failover",
+                                    "run_etcd_failover_bench"))
     add_fleet_parser(bench_sub).set_defaults(run=_lazy("controlplane.devtools.bench.fleet",
                                                        "run_fleet_bench"))
     add_storage_parser(bench_sub)

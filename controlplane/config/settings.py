@@ -158,7 +158,9 @@ SERVE_FLAGS: list[Flag] = [
     Flag("--vnodes", argtypes.vnodes, 256, "virtual nodes per member on the ring"),
     Flag("--drain-grace", argtypes.positive_float, 5.0,
          "seconds in-flight calls get to finish after SIGTERM"),
-    Flag("--etcd-timeout", argtypes.positive_float, 3.0, "per-attempt etcd call deadline"),
+    Flag("--etcd-timeout", argtypes.positive_float, 3.0,
+         "longest per-attempt etcd call deadline (attempts in the first 2 s of a call get "
+         "0.5 s, so a write lost with a dead etcd leader is retried soon)"),
     *log_flags(),
     Flag("--image-dir", argtypes.abspath, "/var/lib/controlplane/images",
          "directory of image files (qcow2 chains), mounted at the same path on every node"),

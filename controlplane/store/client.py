@@ -5,8 +5,10 @@ endpoint handling and its generated stubs, with three things changed on purpose:
 - `pyetcd.client()` blacklists its only endpoint for 300 s after one UNAVAILABLE, so every
   later call fails at once; endpoints here are retried after at most one second.
 - Every call takes its own deadline (a gRPC handler passes what is left of its own), and
-  transient errors are retried with tenacity within a bounded budget: an etcd leader change
-  takes about 1.5 s here, a restart a few seconds.
+  transient errors are retried within a bounded budget, short attempts first (0.5 s for
+  the first 2 s of a call, then `timeout`; store/retry.py): an etcd leader change takes
+  about 1.5 s here, and a write lost with the old leader must not hold its caller for a
+  whole 3 s attempt.
 - gRPC keepalive pings on the channel, so a silently black-holed connection is noticed and
   reconnection backs off to at most one second instead of gRPC's default two minutes.
 """
@@ -14,6 +16,7 @@ endpoint handling and its generated stubs, with three things changed on purpose:
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,13 +25,13 @@ from typing import TypeVar
 
 import grpc
 import pyetcd
-import tenacity
 from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exceptions
 from pyetcd import utils as etcd_utils
 
 from controlplane.channels import reconnect_options
 from controlplane.store.errors import LeaseLost, StoreError, StoreUnavailable
+from controlplane.store.retry import AttemptPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +45,14 @@ def _overloaded(code: grpc.StatusCode | None, details: str) -> bool:
     passes; the same code for an answer over gRPC's receive limit ("larger than max") does
     not, nor does a request over etcd's size limit (INVALID_ARGUMENT)."""
     return code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in details
+
+
+def _server_deadline(code: grpc.StatusCode | None, details: str) -> bool:
+    """etcd's own side of a deadline: when the attempt's deadline (sent to etcd with the
+    request) expires there first, etcd answers UNKNOWN "context deadline exceeded" before
+    the client's DEADLINE_EXCEEDED fires. The same timeout, so the same transient error
+    (with short attempts during a leader change it is a common answer, not a rare one)."""
+    return code is grpc.StatusCode.UNKNOWN and "context deadline exceeded" in details
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,9 @@ def _channel_options(keepalive_s: float) -> list[tuple[str, int]]:
 class Store:
     """A thread-safe etcd v3 client with deadlines, bounded retries and failover.
 
-    `timeout` bounds one attempt; `budget` bounds all attempts of one call.
+    `timeout` bounds one attempt; `budget` bounds all attempts of one call. Attempts in
+    the first two seconds of a call get only `first_timeout` (store/retry.py says why: a
+    write lost with a dead etcd leader must not hold its caller for a whole attempt).
     """
 
     def __init__(
@@ -114,10 +127,12 @@ class Store:
         timeout: float = 3.0,
         budget: float = 5.0,
         keepalive: float = 5.0,
+        first_timeout: float = 0.5,
     ) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
         self.budget = budget
+        self.policy = AttemptPolicy.short_first(first_timeout, timeout)
         # With one endpoint there is nothing to fail over to: never blacklist it.
         time_retry = 1.0 if len(self.endpoints) > 1 else 0.0
         eps = [
@@ -143,8 +158,22 @@ class Store:
         """The channel to the endpoint in use (for the watch and keepalive streams)."""
         try:
             return self._client.channel
+        except etcd_exceptions.NoServerAvailableError:
+            self._use_least_recently_failed()
+        try:
+            return self._client.channel
         except (etcd_exceptions.NoServerAvailableError, ValueError) as exc:
             raise StoreUnavailable(f"no etcd endpoint available: {exc}") from exc
+
+    def _use_least_recently_failed(self) -> None:
+        """Every endpoint failed within the last second: use the one that failed longest ago
+        instead of none. Marking an endpoint failed is a preference, not a ban: during an
+        etcd election every member fails an attempt once (the dead leader refuses, the
+        others time out), and the next attempt must still go somewhere, at once."""
+        with self._lock:
+            oldest = min(self._client.endpoints.values(), key=lambda ep: ep.last_failed)
+            oldest.last_failed = 0
+            self._client._current_endpoint_label = oldest.netloc
 
     def endpoint_failed(self) -> None:
         """Mark the endpoint in use as failed so the next call tries another one."""
@@ -161,7 +190,7 @@ class Store:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         where = self._client._current_endpoint_label
-        if code in _TRANSIENT:
+        if code in _TRANSIENT or _server_deadline(code, details or ""):
             self.endpoint_failed()
             return StoreUnavailable(f"etcd {where}: {code.name}: {details}")
         if _overloaded(code, details or ""):
@@ -175,7 +204,11 @@ class Store:
         with self._lock:
             self.requests[method] = self.requests.get(method, 0) + 1
         try:
-            stub = getattr(self._client, stub_name)
+            try:
+                stub = getattr(self._client, stub_name)
+            except etcd_exceptions.NoServerAvailableError:
+                self._use_least_recently_failed()
+                stub = getattr(self._client, stub_name)
             return getattr(stub, method)(request, timeout=timeout)
         except (etcd_exceptions.NoServerAvailableError, ValueError) as exc:
             raise StoreUnavailable(f"no etcd endpoint available: {exc}") from exc
@@ -189,23 +222,29 @@ class Store:
         timeout: float | None = None,
     ) -> T:
         """Call attempt(per_attempt_timeout) until it succeeds, retrying StoreUnavailable
-        until `budget` seconds have passed. Never runs past the budget: the last attempt
-        gets only what is left of it."""
-        budget = self.budget if budget is None else budget
-        per_attempt = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + max(budget, 0.0)
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(StoreUnavailable),
-            stop=tenacity.stop_before_delay(max(budget, 0.0)),
-            wait=tenacity.wait_exponential(multiplier=0.05, max=0.5)
-            + tenacity.wait_random(0, 0.05),
-            reraise=True,
-        )
-        for trial in retrying:
-            with trial:
-                left = deadline - time.monotonic()
-                return attempt(max(0.05, min(per_attempt, left)))
-        raise AssertionError("unreachable")  # pragma: no cover
+        until `budget` seconds have passed. Attempts follow `self.policy` (short ones first,
+        then `self.timeout`, see store/retry.py) unless `timeout` fixes them all. Never
+        runs past the budget: the last attempt gets only what is left of it."""
+        budget = self.budget if budget is None else max(budget, 0.0)
+        policy = self.policy if timeout is None else self.policy.fixed(timeout)
+        started = time.monotonic()
+        per_attempt = policy.timeout(0.0, budget, first_attempt=True)
+        fast_failures = 0
+        while True:
+            assert per_attempt is not None  # the first attempt always runs
+            attempt_started = time.monotonic()
+            try:
+                return attempt(per_attempt)
+            except StoreUnavailable:
+                now = time.monotonic()
+                slow = policy.timed_out(now - attempt_started, per_attempt)
+                fast_failures = 0 if slow else fast_failures + 1
+                step = policy.next_attempt(now - started, budget, fast_failures,
+                                           random.random())
+                if step is None:
+                    raise
+            pause, per_attempt = step
+            time.sleep(pause)
 
     # -- key/value ------------------------------------------------------------------
 
@@ -273,7 +312,8 @@ class Store:
 
     def compact(self, revision: int) -> None:
         request = etcdrpc.CompactionRequest(revision=revision, physical=True)
-        self.run(lambda t: self._unary("kvstub", "Compact", request, t))
+        # physical=True waits for the compaction itself: not a call for short attempts
+        self.run(lambda t: self._unary("kvstub", "Compact", request, t), timeout=self.timeout)
 
     # -- leases ---------------------------------------------------------------------
 

@@ -100,12 +100,22 @@ class Operations:
 
     def begin(self, vm_id: str, kind: str, host_id: str = "", force: bool = False) -> Begun:
         """Record the operation (state + op) in one fenced CAS txn; raises a
-        `controlplane.errors` kind when refused."""
+        `controlplane.errors` kind when refused.
+
+        A lost compare may be our own write: a txn attempt that timed out (an etcd leader
+        change) can still be committed, and the store's retry of it then fails its compare.
+        So the re-read first checks whether the op in etcd is the one we tried to write."""
+        tried: set[str] = set()  # op ids of our txns that lost their compare
         for attempt in range(5):
             # First from the watch-fed caches (no etcd read): the CAS proves them current.
             # A refusal or a lost CAS is decided again on an etcd read: a cache may lag.
             cached = attempt == 0
             vm, vm_rev, op, op_rev = self.read_cached(vm_id) if cached else self.read(vm_id)
+            if vm is not None and op is not None and op.op_id in tried:
+                log.info("vm %s: %s begun as op %s (our txn applied although its answer was "
+                         "lost)", vm_id, kind, op.op_id,
+                         extra={"vm_id": vm_id, "host_id": op.host_id, "op_id": op.op_id})
+                return Begun(vm, op, op_rev)
             locks = self.image_locks(vm_id) if kind == "start" else []
             try:
                 if vm is None:
@@ -126,6 +136,7 @@ class Operations:
                      t.put(self.ctx.keys.op(vm_id), record.SerializeToString())],
                 )
             except Conflict:
+                tried.add(record.op_id)
                 continue
             except Fenced as exc:
                 raise errors.Unreachable(str(exc)) from exc
@@ -269,6 +280,9 @@ class Operations:
                 current, vm_rev, op_now, op_rev = begun.vm, begun.revision, op, begun.revision
             else:
                 current, vm_rev, op_now, op_rev = self.read(vm_id)
+            if current is not None and op_now is None and current.last_op.op_id == op.op_id:
+                # our own txn applied although its answer was lost (store retry, see begin)
+                return current
             if current is None or op_now is None or op_now.op_id != op.op_id:
                 log.warning("vm %s: op %s was taken over or removed meanwhile; leaving it",
                             vm_id, op.op_id,
