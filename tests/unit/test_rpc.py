@@ -222,7 +222,7 @@ def test_remaining_tells_a_call_without_a_deadline_from_one_with() -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         stub = cluster_pb2_grpc.ClusterServiceStub(channel)
-        unbounded = stub.WhoOwns(cluster_pb2.WhoOwnsRequest(resource_id="r"))  # no timeout: no deadline
+        unbounded = stub.WhoOwns(cluster_pb2.WhoOwnsRequest(resource_id="r"))  # no deadline
         assert unbounded.owner == "None" and unbounded.epoch == int(rpc.NO_DEADLINE_CAP)
         bounded = stub.WhoOwns(cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=5)
         assert 0 < float(bounded.owner) <= 5.5 and bounded.epoch <= 5  # clocks: not exact
