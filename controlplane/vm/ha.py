@@ -129,5 +129,7 @@ def retry_due(attempts: int, last_attempt: float, now: float, base: float,
     A last attempt stamped more than `cap` in the future (the clock of the node that wrote
     it is ahead of ours) counts as due: a skewed clock may delay HA by at most about the
     cap, never stop it."""
+    if attempts <= 0:
+        return True  # nothing failed: nothing to wait for, whatever the clocks say
     elapsed = now - last_attempt
     return elapsed >= retry_delay(attempts, base, cap) or elapsed < -cap
