@@ -377,6 +377,8 @@ def test_the_command_parses_the_rendered_pod_environment(
     assert settings["advertise"] == f"{FAKE_POD_IP}:{ports['grpc']}"
     assert settings["listen"] == f"0.0.0.0:{ports['grpc']}"
     assert settings["metrics_port"] == ports["metrics"]
+    # scraped from outside the pod: the metrics follow the 0.0.0.0 listen host
+    assert settings["metrics_address"] == "0.0.0.0"
     annotations = mn["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
