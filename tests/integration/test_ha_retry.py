@@ -132,3 +132,32 @@ def test_vms_of_a_host_fenced_with_no_room_anywhere_are_placed_later(
     # the VM without HA stays where the fence put it
     plain = get_vm(node, "plain")
     assert (plain.state, plain.host_id) == ("Stopped", h0) and not audit(node, "plain")
+
+
+def test_the_next_owner_continues_the_retries_of_a_dead_one(etcd, nodes, agents) -> None:
+    """The retry state is in etcd: the owner of the fenced host is killed (-9) while its VM
+    waits for room; the node that takes the host over keeps trying and places it."""
+    mns = [nodes.start(f"mn-{i}", etcd.endpoints, lease_ttl=2) for i in range(2)]
+    agent = agents.start("ag", hosts=2)
+    configure(mns[0])
+    h0, h1 = agent.host_ids
+    add_host(mns[0], agent, h0)
+    c.vms(mns[0]).CreateVm(vm_pb2.CreateVmRequest(vm_id="a", image=IMAGE, ha=vm_pb2.NEVER_STOP,
+                                                  host_id=h0, start=True, wait=True),
+                           timeout=10)
+    (owner_id,) = c.owners(mns[0], [h0])
+    owner = next(n for n in mns if n.node_id == owner_id)
+    survivor = next(n for n in mns if n is not owner)
+    partition(agent, h0)
+    wait_until(lambda: len([a for a in audit(survivor, "a") if a.action == "no-host"]) >= 2,
+               20, message="the owner's no-host attempts audited")
+    owner.kill()
+    wait_until(lambda: c.owners(survivor, [h0]) == [survivor.node_id], 15,
+               message="the survivor owns the fenced host")
+    add_host(survivor, agent, h1)
+    vm = wait_until(lambda: (v := get_vm(survivor, "a")).state == "Running" and v, 20,
+                    message="placed by the next owner")
+    assert vm.host_id == h1 and copies(agent, "a") == [(h1, vm.generation)]
+    records = audit(survivor, "a")
+    assert {a.node_id for a in records if a.action == "no-host"} >= {owner_id}
+    assert records[-1].action == "restart" and records[-1].node_id == survivor.node_id
