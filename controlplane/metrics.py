@@ -30,7 +30,7 @@ VM_OPS = Counter("controlplane_vm_ops_total", "VM operations finished by this no
 DEVICE_INFO = Counter("controlplane_device_info_total", "Device info syncs after a VM ran",
                       ["result"])
 HA_DECISIONS = Counter("controlplane_ha_decisions_total",
-                       "HA decisions (restart, stop-stray, no-host, frozen)", ["action"])
+                       "HA decisions (restart, stop-stray, no-host, frozen, backoff)", ["action"])
 HA_FROZEN = Gauge("controlplane_ha_frozen", "1 while the partition breaker freezes HA")
 SYNC_ROUNDS = Histogram(
     "controlplane_host_sync_seconds", "One host's VM sync: pull, compare, write",

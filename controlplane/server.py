@@ -23,7 +23,7 @@ from controlplane.cluster.service import ClusterServicer
 from controlplane.cluster.table import Change, MemberTable
 from controlplane.cluster.view import ClusterView
 from controlplane.config.service import ConfigServicer, live_config
-from controlplane.config.settings import Settings
+from controlplane.config.settings import Settings, metrics_bind_address
 from controlplane.host.service import HostServicer
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
@@ -137,7 +137,8 @@ class ManagementNode:
                 VolumeServicer(self.image_manager, self.router, self.images, self.live_jobs),
                 SERVICES[5])
         rpc.start(ready=False)
-        serve_metrics(self.settings.metrics_port, self.settings.metrics_address)
+        serve_metrics(self.settings.metrics_port,
+                      metrics_bind_address(self.settings.metrics_address, self.settings.listen))
         log.info("listening on %s (advertised %s), etcd %s, lease ttl %ds",
                  self.settings.listen, self.settings.advertise, self.settings.etcd,
                  self.settings.lease_ttl)

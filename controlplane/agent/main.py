@@ -7,7 +7,13 @@ import logging
 from typing import Any
 
 from controlplane.config import argtypes
-from controlplane.config.settings import add_env_argument, add_flags, log_flags, metrics_flags
+from controlplane.config.settings import (
+    add_env_argument,
+    add_flags,
+    log_flags,
+    metrics_bind_address,
+    metrics_flags,
+)
 from controlplane.rpc import serve_metrics, serve_until_signal
 
 __all__ = ["add_agent_parser", "run_agent"]
@@ -67,7 +73,7 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="memory (MiB) each host reports in Ping")
     add_env_argument(p, "--seed", type=argtypes.integer, default=None, metavar="N",
                      help="seed of the sim's failure injection (unset: random)")
-    add_flags(p, [*log_flags(), *metrics_flags("127.0.0.1")])
+    add_flags(p, [*log_flags(), *metrics_flags()])
     return p
 
 
@@ -79,7 +85,8 @@ def run_agent(args: argparse.Namespace) -> int:
     logs.setup(args.log_format, args.log_level, f"agent@{args.listen}")
 
     def start():  # type: ignore[no-untyped-def]
-        serve_metrics(args.metrics_port, args.metrics_address)
+        serve_metrics(args.metrics_port,
+                      metrics_bind_address(args.metrics_address, args.listen))
         return serve_agent(args)
 
     return serve_until_signal(start)

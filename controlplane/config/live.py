@@ -160,6 +160,17 @@ SETTINGS: Mapping[str, Setting] = _settings(
         "Stopped, Crashed or Unknown, never restarted).",
     ),
     Setting(
+        "ha.retryDelay", float, 10.0, 0.1, 3600.0,
+        "Seconds. After an HA attempt failed (no connected host, or the start failed) the "
+        "next waits this long, doubling with each further failure up to ha.retryMaxDelay; "
+        "attempts are also at most one per vm.syncInterval.",
+    ),
+    Setting(
+        "ha.retryMaxDelay", float, 300.0, 0.1, 86400.0,
+        "Seconds. The longest wait between failed HA attempts of one VM (the cap of the "
+        "exponential backoff): HA keeps retrying at least this often until the VM is placed.",
+    ),
+    Setting(
         "storage.mdsAttemptTimeout", float, 30.0, 0.1, 600.0,
         "Seconds. Deadline of one call to one storage metadata server before the MDS client "
         "tries the next (idempotent calls only).",

@@ -30,8 +30,8 @@ from controlplane.store.keys import DEFAULT_PREFIX
 
 __all__ = [
     "ENV_PREFIX", "SERVE_FLAGS", "EnvArgumentParser", "Flag", "Settings", "add_env_argument",
-    "add_flags", "add_serve_arguments", "env_name", "log_flags", "metrics_flags",
-    "settings_from_args",
+    "add_flags", "add_serve_arguments", "env_name", "log_flags", "metrics_bind_address",
+    "metrics_flags", "settings_from_args",
 ]
 
 ENV_PREFIX = "CONTROLPLANE_"
@@ -57,7 +57,7 @@ class Settings:
     etcd: str
     lease_ttl: int = 10
     metrics_port: int = 0
-    metrics_address: str = "0.0.0.0"
+    metrics_address: str = ""  # "": the host of `listen` (metrics_bind_address)
     reconcile_interval: float = 3.0
     prefix: str = DEFAULT_PREFIX
     vnodes: int = 256
@@ -130,15 +130,31 @@ def log_flags() -> list[Flag]:
     ]
 
 
-def metrics_flags(address: str) -> list[Flag]:
-    """--metrics-port (0: off) and --metrics-address; ``address`` is the command's default
-    interface (a node's pod is scraped from outside: 0.0.0.0; an agent or MDS: 127.0.0.1)."""
+def metrics_flags() -> list[Flag]:
+    """--metrics-port (0: off) and --metrics-address, the same on every long-running command.
+
+    The address defaults to the host of --listen (:func:`metrics_bind_address`): the metrics
+    are exactly as reachable as the gRPC port, so a pod listening on 0.0.0.0 is scraped from
+    outside while a process listening on loopback (everything under `controlplane up`, the
+    test harness) opens nothing beyond loopback. Give it to choose another interface."""
     return [
         Flag("--metrics-port", argtypes.port_or_zero, 0,
              "Prometheus metrics port (0: off)"),
-        Flag("--metrics-address", argtypes.bind_host, address,
-             "interface the metrics port listens on"),
+        Flag("--metrics-address", argtypes.bind_host, None,
+             "interface the metrics port listens on (unset: the host of --listen; every "
+             "interface, 0.0.0.0, when --listen names none)"),
     ]
+
+
+def metrics_bind_address(address: str | None, listen: str) -> str:
+    """The interface the metrics endpoint binds: `address` when given, else the host of the
+    gRPC listen address (``[::1]:7070`` -> ``::1``; ``:7070`` -> ``0.0.0.0``)."""
+    if address:
+        return address
+    host = listen.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0"
 
 
 SERVE_FLAGS: list[Flag] = [
@@ -151,7 +167,7 @@ SERVE_FLAGS: list[Flag] = [
     Flag("--etcd", argtypes.endpoints, "127.0.0.1:2379",
          "etcd endpoints, comma-separated HOST:PORT"),
     Flag("--lease-ttl", argtypes.lease_ttl, 10, "membership lease TTL in seconds"),
-    *metrics_flags("0.0.0.0"),
+    *metrics_flags(),
     Flag("--reconcile-interval", argtypes.positive_float, 3.0,
          "seconds between member-list reconciles"),
     Flag("--prefix", argtypes.key_prefix, DEFAULT_PREFIX, "etcd key prefix of this deployment"),
@@ -189,7 +205,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         etcd=args.etcd,
         lease_ttl=args.lease_ttl,
         metrics_port=args.metrics_port,
-        metrics_address=args.metrics_address,
+        metrics_address=metrics_bind_address(args.metrics_address, args.listen),
         reconcile_interval=args.reconcile_interval,
         prefix=args.prefix,
         vnodes=args.vnodes,

@@ -18,6 +18,7 @@ from controlplane.config.settings import (
     add_env_argument,
     add_flags,
     log_flags,
+    metrics_bind_address,
     metrics_flags,
 )
 from controlplane.rpc import serve_metrics, serve_until_signal
@@ -50,7 +51,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      metavar="HOST:PORT", help="gRPC listen address")
     add_env_argument(p, "--backend", choices=BACKENDS, default="sim",
                      help="metadata backend (only sim exists today)")
-    add_flags(p, [*log_flags(), *metrics_flags("127.0.0.1")])
+    add_flags(p, [*log_flags(), *metrics_flags()])
     return p
 
 
@@ -75,7 +76,8 @@ def run_mds(args: argparse.Namespace) -> int:
         return 2
 
     def start():  # type: ignore[no-untyped-def]
-        serve_metrics(args.metrics_port, args.metrics_address)
+        serve_metrics(args.metrics_port,
+                      metrics_bind_address(args.metrics_address, args.listen))
         return MdsServer(args.listen).start()
 
     return serve_until_signal(start)

@@ -1,4 +1,5 @@
-"""HA guards and placement, pure: the partition breaker and the choice of a target host.
+"""HA guards and placement, pure: the partition breaker, the choice of a target host and the
+backoff of retried HA attempts.
 
 The breaker is what keeps a network partition from looking like a mass host failure. When
 more than half of all hosts became unreachable within one sync interval of each other, the
@@ -14,6 +15,7 @@ and a node that restarts does not forget that the breaker was open.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 
 def largest_burst(times: Sequence[float], window: float) -> int:
@@ -48,3 +50,86 @@ def pick_host(candidates: Mapping[str, int], exclude: str = "") -> str | None:
         return None
     return min(pool, key=lambda h: (pool[h], h))
 
+
+
+# -- retries: HA that does not give up -----------------------------------------------------
+#
+# An HA attempt can fail: no connected host ("no-host"), or the start on the chosen host fails
+# ("restart-failed", written in the txn that records the VM Stopped). The VM still needs HA,
+# and nothing in any node's memory says so: the intent is in etcd, in the records (a NEVER_STOP
+# VM Unknown on a FENCED host; a NEVER_STOP VM Stopped by a failed HA start), and the retry
+# state (how many attempts failed in a row, when the last one was) is in the VM's HA audit
+# records, which every attempt writes. So whichever node owns the host next reads the same
+# answer from etcd, and the functions below turn it into "retry now or not".
+
+RESTART = "restart"  # an attempt that placed the VM and started it (op_id: the start op)
+RESTART_FAILED = "restart-failed"  # that start failed (same op_id, same generation)
+NO_HOST = "no-host"  # an attempt that found no connected host to place the VM on
+STOP_STRAY = "stop-stray"  # a stray copy stopped: about another copy, not an attempt
+FAILURES = frozenset({RESTART_FAILED, NO_HOST})
+# 2**64 times any base is far beyond any cap; the exponent is clamped so it cannot overflow.
+_MAX_DOUBLINGS = 64
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What the backoff reads of one HA audit record (vm_pb2.HaAudit)."""
+
+    action: str
+    decided_at: float
+    generation: int
+    op_id: str = ""
+
+
+def failed_attempts(records: Sequence[AttemptRecord], generation: int) -> tuple[int, float]:
+    """(HA attempts that failed in a row, when the last of them was decided) for a VM whose
+    record has `generation`; (0, 0.0) when its last attempt did not fail.
+
+    `records` in the order of their keys (decided_at). Walking back from the newest: a
+    failure counts while its generation is the one the VM had then (a no-host attempt leaves
+    the generation, a placement bumps it, so each restart record must be `expect`, after
+    which `expect` is one less); a restart paired with its own failure is skipped, a restart
+    without one (it succeeded, or its outcome was settled by VM sync) ends the run, and so
+    does a gap in generations: a start by a user in between (it bumps the generation and
+    writes no audit record) began a new story. Stray stops are about other copies: ignored.
+    """
+    count, last, expect = 0, 0.0, generation
+    failed_ops: set[str] = set()
+    for record in reversed(records):
+        if record.action == STOP_STRAY:
+            continue
+        if record.action in FAILURES:
+            if record.generation != expect:
+                break
+            count += 1
+            last = max(last, record.decided_at)
+            if record.action == RESTART_FAILED and record.op_id:
+                failed_ops.add(record.op_id)
+        elif record.action == RESTART:
+            if record.generation != expect or record.op_id not in failed_ops:
+                break
+            expect = record.generation - 1
+        else:
+            break
+    return count, last
+
+
+def retry_delay(attempts: int, base: float, cap: float) -> float:
+    """Seconds to wait after the last of `attempts` failed attempts: none before the first,
+    then base, 2*base, 4*base, ... never more than `cap`."""
+    if attempts <= 0:
+        return 0.0
+    return min(cap, base * 2.0 ** min(attempts - 1, _MAX_DOUBLINGS))
+
+
+def retry_due(attempts: int, last_attempt: float, now: float, base: float,
+              cap: float) -> bool:
+    """Whether the next HA attempt may run now (exponential backoff with a cap).
+
+    A last attempt stamped more than `cap` in the future (the clock of the node that wrote
+    it is ahead of ours) counts as due: a skewed clock may delay HA by at most about the
+    cap, never stop it."""
+    if attempts <= 0:
+        return True  # nothing failed: nothing to wait for, whatever the clocks say
+    elapsed = now - last_attempt
+    return elapsed >= retry_delay(attempts, base, cap) or elapsed < -cap

@@ -29,6 +29,7 @@ import tenacity
 from controlplane import errors, metrics, names, wiretime
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
+from controlplane.store.errors import StoreError
 from controlplane.v1 import agent_pb2, host_pb2, vm_pb2
 from controlplane.vm import ha, states
 from controlplane.vm.records import op_view
@@ -49,6 +50,8 @@ class Begun:
     vm: vm_pb2.Vm
     op: vm_pb2.Op
     revision: int  # mod_revision of both the VM record and the op record
+    # Begun by HA: a failed outcome also writes a restart-failed audit record (same txn).
+    ha_from: str | None = None
 
 
 def new_op_id() -> str:
@@ -298,12 +301,18 @@ class Operations:
             new.last_op.CopyFrom(vm_pb2.LastOp(
                 op_id=op.op_id, kind=op.kind, outcome=outcome, node_id=self.ctx.node_id,
                 finished_at=wiretime.now(), detail=detail))
+            writes = [t.put(keys.vm(vm_id), new.SerializeToString()), t.delete(keys.op(vm_id))]
+            if begun.ha_from is not None and outcome == "failed":
+                # The failed attempt is part of the retry state the next attempt reads.
+                writes.append(self._audit_put(vm_pb2.HaAudit(
+                    vm_id=vm_id, decided_at=wiretime.now(), node_id=self.ctx.node_id,
+                    action=ha.RESTART_FAILED, from_host=begun.ha_from, to_host=op.host_id,
+                    generation=op.generation, reason="the HA start failed; retried with backoff",
+                    evidence=[detail], op_id=op.op_id)))
             try:
                 self.ctx.owner_txn(
                     [t.mod_revision_is(keys.vm(vm_id), vm_rev),
-                     t.mod_revision_is(keys.op(vm_id), op_rev)],
-                    [t.put(keys.vm(vm_id), new.SerializeToString()), t.delete(keys.op(vm_id))],
-                )
+                     t.mod_revision_is(keys.op(vm_id), op_rev)], writes)
             except Conflict:
                 continue
             except Fenced as exc:
@@ -396,17 +405,29 @@ class Operations:
 
     def restart(self, action: Restart) -> futures.Future[vm_pb2.Vm] | None:
         """HA: move the VM to another connected host and start it there. One txn writes the
-        new placement (generation + 1), our op and the audit record with its evidence."""
+        new placement (generation + 1), our op and the audit record with its evidence.
+
+        Every attempt is audited, and a failed one is retried: after `n` failures in a row
+        (read from the audit records, so any owner reads the same) the next attempt waits
+        `vm.ha.retry_delay(n)`. With no connected host the attempt writes a no-host record."""
         keys = self.ctx.keys
         entry = self.ctx.vms.get(keys.vm(action.vm.vm_id))
         if entry is None or entry.mod_revision != action.vm.mod_revision:
             return None  # changed since the report was read: the stale-report guard
         vm = entry.value
+        failures = self._failed_attempts(vm)
+        if failures is None:
+            return None
+        attempts, last = failures
+        if action.retry and not attempts:
+            return None  # Stopped by a start HA did not begin (a user's): not HA's to retry
+        if not ha.retry_due(attempts, last, time.time(), self.ctx.config.get("ha.retryDelay"),
+                            self.ctx.config.get("ha.retryMaxDelay")):
+            metrics.HA_DECISIONS.labels("backoff").inc()
+            return None
         target = ha.pick_host(self.ctx.connected_hosts(), exclude=action.from_host)
         if target is None:
-            log.warning("HA: no connected host to restart VM %s on", vm.vm_id,
-                        extra={"vm_id": vm.vm_id, "host_id": action.from_host})
-            metrics.HA_DECISIONS.labels("no-host").inc()
+            self._no_host(action, vm, attempts)
             return None
         state = vm.state
         for event in ("stopped", "starting"):
@@ -427,10 +448,11 @@ class Operations:
         op = self.new_op(vm.vm_id, "start", target, new.generation, now)
         audit = vm_pb2.HaAudit(
             vm_id=vm.vm_id, decided_at=wiretime.stamp(now), node_id=self.ctx.node_id,
-            action="restart",
+            action=ha.RESTART,
             from_host=action.from_host, to_host=target, generation=new.generation,
-            reason="host does not run the VM", evidence=list(action.evidence), op_id=op.op_id)
-        audit_key = f"{keys.audit(vm.vm_id)}{now:017.6f}-{op.op_id}"
+            reason="host does not run the VM" if not attempts
+            else f"retry after {attempts} failed attempts",
+            evidence=list(action.evidence), op_id=op.op_id)
         compares = [t.mod_revision_is(keys.vm(vm.vm_id), action.vm.mod_revision),
                     t.mod_revision_is(keys.op(vm.vm_id),
                                       action.op.mod_revision if action.op else 0)]
@@ -438,7 +460,7 @@ class Operations:
             result = self.ctx.owner_txn(compares, [
                 t.put(keys.vm(vm.vm_id), new.SerializeToString()),
                 t.put(keys.op(vm.vm_id), op.SerializeToString()),
-                t.put(audit_key, audit.SerializeToString()),
+                self._audit_put(audit),
             ])
         except (Conflict, Fenced) as exc:
             log.info("HA: restart of VM %s not taken (%s)", vm.vm_id, exc,
@@ -448,7 +470,55 @@ class Operations:
         log.warning("HA: restarting VM %s on %s (was on %s, generation %d): %s", vm.vm_id,
                     target, action.from_host, new.generation, "; ".join(action.evidence),
                     extra={"vm_id": vm.vm_id, "host_id": target, "op_id": op.op_id})
-        return self.submit(Begun(new, op, result.revision))
+        return self.submit(Begun(new, op, result.revision, ha_from=action.from_host))
+
+    def _audit_put(self, audit: vm_pb2.HaAudit) -> object:
+        """The txn put of one audit record: keys sort by decision time (then op id)."""
+        decided = wiretime.seconds(audit.decided_at)
+        return t.put(f"{self.ctx.keys.audit(audit.vm_id)}{decided:017.6f}-{audit.op_id}",
+                     audit.SerializeToString())
+
+    def _failed_attempts(self, vm: vm_pb2.Vm) -> tuple[int, float] | None:
+        """`vm.ha.failed_attempts` over the VM's audit records (None: etcd did not answer,
+        so no attempt this round)."""
+        try:
+            kvs, _ = self.ctx.store.list_prefix(self.ctx.keys.audit(vm.vm_id))
+        except StoreError as exc:
+            log.warning("HA: audit records of VM %s not read (%s): no attempt this round",
+                        vm.vm_id, exc, extra={"vm_id": vm.vm_id, "host_id": vm.host_id})
+            return None
+        records = []
+        for kv in kvs:
+            audit = vm_pb2.HaAudit.FromString(kv.value)
+            records.append(ha.AttemptRecord(audit.action, wiretime.seconds(audit.decided_at),
+                                            audit.generation, audit.op_id))
+        return ha.failed_attempts(records, vm.generation)
+
+    def _no_host(self, action: Restart, vm: vm_pb2.Vm, attempts: int) -> None:
+        """Audit an attempt that found no connected host (CAS on the VM: only while the VM
+        is as the report saw it, so a VM placed meanwhile gets no stale record)."""
+        now = time.time()
+        delay = ha.retry_delay(attempts + 1, self.ctx.config.get("ha.retryDelay"),
+                               self.ctx.config.get("ha.retryMaxDelay"))
+        audit = vm_pb2.HaAudit(
+            vm_id=vm.vm_id, decided_at=wiretime.stamp(now), node_id=self.ctx.node_id,
+            action=ha.NO_HOST,
+            from_host=action.from_host, generation=vm.generation,
+            reason=f"no connected host to place the VM on; attempt {attempts + 1}, "
+                   f"next in {delay:g} s or later",
+            evidence=list(action.evidence), op_id=new_op_id())
+        try:
+            self.ctx.owner_txn([t.mod_revision_is(self.ctx.keys.vm(vm.vm_id),
+                                                  action.vm.mod_revision)],
+                               [self._audit_put(audit)])
+        except (Conflict, Fenced) as exc:
+            log.info("HA: no-host attempt of VM %s not recorded (%s)", vm.vm_id, exc,
+                     extra={"vm_id": vm.vm_id, "host_id": action.from_host})
+            return
+        log.warning("HA: no connected host to restart VM %s on (attempt %d; next in %g s "
+                    "or later)", vm.vm_id, attempts + 1, delay,
+                    extra={"vm_id": vm.vm_id, "host_id": action.from_host})
+        metrics.HA_DECISIONS.labels("no-host").inc()
 
     def stop_stray(self, host_id: str, vm_id: str, generation: int, reason: str) -> bool:
         """Stop a copy the records do not place there (an older generation, another host),
@@ -468,13 +538,12 @@ class Operations:
         now = time.time()
         audit = vm_pb2.HaAudit(vm_id=vm_id, decided_at=wiretime.stamp(now),
                                node_id=self.ctx.node_id,
-                               action="stop-stray", from_host=host_id, generation=generation,
+                               action=ha.STOP_STRAY, from_host=host_id, generation=generation,
                                reason=reason, evidence=[f"host {host_id} runs generation "
                                                         f"{generation}: {reason}"],
                                op_id=request.op_id)
         try:
-            self.ctx.owner_txn([], [t.put(f"{self.ctx.keys.audit(vm_id)}{now:017.6f}-"
-                                          f"{request.op_id}", audit.SerializeToString())])
+            self.ctx.owner_txn([], [self._audit_put(audit)])
         except (Conflict, Fenced):
             pass
         metrics.HA_DECISIONS.labels("stop-stray").inc()

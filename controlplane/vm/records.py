@@ -11,7 +11,9 @@ AGENT_STATE_NAMES = {1: "running", 2: "paused", 3: "crashed", 4: "stopped"}
 
 def vm_view(vm: vm_pb2.Vm, mod_revision: int) -> VmRecordView:
     return VmRecordView(vm.vm_id, vm.state, vm.host_id, vm.generation,
-                        vm.ha == vm_pb2.HA_LEVEL_NEVER_STOP, mod_revision)
+                        vm.ha == vm_pb2.HA_LEVEL_NEVER_STOP, mod_revision,
+                        start_failed=vm.last_op.kind == "start"
+                        and vm.last_op.outcome == "failed")
 
 
 def op_view(op: vm_pb2.Op, mod_revision: int) -> OpView:

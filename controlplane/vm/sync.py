@@ -15,6 +15,9 @@ is what lets the nasty cases be tested one by one:
   record's host, is a stray: it is stopped, never adopted.
 - HA (NeverStop VMs): only on proof. A reachable host that reports the VM not running, or
   a host fenced out of band. Never on silence.
+- HA that failed is retried on the same proof: a NEVER_STOP VM whose start failed (it is
+  Stopped, its last op a failed start) is restarted when its host reports it absent or is
+  fenced. How often is the shell's business (`vm.ha.retry_due`, over the audit records).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class VmRecordView:
     generation: int
     ha: bool
     mod_revision: int
+    # Its last operation was a start that failed: a NEVER_STOP VM left Stopped by it still
+    # needs HA (whether HA began that start is for the shell to check in the audit records).
+    start_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,9 @@ class Restart:
     evidence: tuple[str, ...]
     op: OpView | None = None  # an orphan op to remove in the same txn
     op_outcome: str = ""
+    # A retry of a failed HA start (the VM is Stopped): the shell confirms from the audit
+    # records that HA began that start, and leaves a user's failed start alone.
+    retry: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,13 +219,15 @@ def plan_sync(
             continue
         target = states.next_state(vm.state, event)
         lost = target in ("Stopped", "Crashed") and vm.state in SHOULD_RUN
-        if vm.ha and lost and ha_allowed:
+        retry = awaits_retry(vm) and event == "stopped"
+        if vm.ha and (lost or retry) and ha_allowed:
             why = ("host fenced out of band: nothing runs on it" if report.fenced
                    else f"host {host} reachable, reports the VM "
                    f"{seen.state if seen else 'absent'}")
-            plan.actions.append(Restart(vm, host, (why, f"record state {vm.state}",
-                                                    f"generation {vm.generation}"),
-                                        op, outcome))
+            state = (f"record state {vm.state} after a failed start" if retry
+                     else f"record state {vm.state}")
+            plan.actions.append(Restart(vm, host, (why, state, f"generation {vm.generation}"),
+                                        op, outcome, retry=retry))
         elif target != vm.state or op is not None:
             plan.actions.append(SetState(vm, target, event, op, outcome))
     for seen in report.vms.values():
@@ -242,6 +253,18 @@ def plan_unreachable(
         if vm.state != "Unknown" and states.allowed(vm.state, "unknown"):
             out.append(SetState(vm, states.next_state(vm.state, "unknown"), "unknown"))
     return out
+
+
+def awaits_retry(vm: VmRecordView) -> bool:
+    """A NEVER_STOP VM that a failed start left Stopped: HA retries it (with backoff) once its
+    host reports it absent or is fenced. A user's stop is a stop op, so it never qualifies."""
+    return vm.ha and vm.state == "Stopped" and vm.start_failed
+
+
+def awaits_ha(records: Sequence[VmRecordView], host_id: str) -> bool:
+    """Whether a host (a fenced one: nothing runs on it) still has VMs HA must place."""
+    return any(vm.host_id == host_id and vm.ha
+               and (vm.state in SHOULD_RUN or awaits_retry(vm)) for vm in records)
 
 
 def needs_fence(records: Sequence[VmRecordView], host_id: str) -> bool:

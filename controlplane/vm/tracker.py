@@ -13,6 +13,10 @@ HA guards kept here, because they are about evidence this node gathered itself:
   `unreachable_since`.
 - An unreachable host is fenced out of band (agent Fence) before any of its VMs restarts;
   a fence that fails means no restart.
+- HA does not give up: a FENCED host is not pulled, but its HA VMs that found no host are
+  tried again every round, and VMs a failed HA start left Stopped are restarted when their
+  host reports them absent; `Operations.restart` spaces the attempts (backoff read from the
+  audit records in etcd, so the next owner continues where this one stopped).
 Intervals and thresholds are read from live config at every use, so a change applies at
 once. stop() ends the scheduler and cancels queued pulls.
 """
@@ -35,7 +39,14 @@ from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
 from controlplane.vm import ha
 from controlplane.vm.records import AGENT_STATE_NAMES, op_view, vm_view
-from controlplane.vm.sync import Report, ReportedVm, needs_fence, plan_sync, plan_unreachable
+from controlplane.vm.sync import (
+    Report,
+    ReportedVm,
+    awaits_ha,
+    needs_fence,
+    plan_sync,
+    plan_unreachable,
+)
 from controlplane.vm.syncer import Applied, Syncer
 
 log = logging.getLogger(__name__)
@@ -141,7 +152,8 @@ class HostTracker:
         if host is None:
             return SyncResult(host_id, False, 0.0, Applied())
         if host.status == host_pb2.HOST_STATUS_FENCED:
-            return SyncResult(host_id, False, 0.0, Applied())
+            return SyncResult(host_id, False, time.monotonic() - started,
+                              self._retry_fenced(host, state))
         # Records as they are before the pull: every write compares these revisions.
         records = [vm_view(e.value, e.mod_revision) for e in self.ctx.vms.by_index(host_id)]
         try:
@@ -239,6 +251,23 @@ class HostTracker:
                 or not self.ha_allowed(host.host_id, state, fresh=True):
             return applied
         return self._fence_and_restart(host, state)
+
+    def _retry_fenced(self, host: host_pb2.Host, state: HostState) -> Applied:
+        """A FENCED host is never pulled (it is powered off), but its HA VMs that no host
+        could take when it was fenced still need placing: every round, the fenced plan is
+        made again, and `Operations.restart` lets an attempt through when its backoff is
+        due. The fence record is the proof that nothing runs there; this node's first round
+        of the host (reading that record) stands for the one full sync a new owner must
+        complete before any HA decision, so a retry runs from its second round on."""
+        records = [vm_view(e.value, e.mod_revision) for e in self.ctx.vms.by_index(host.host_id)]
+        seen_before = state.evidence
+        state.evidence = True
+        state.rounds += 1
+        if not seen_before or not awaits_ha(records, host.host_id) \
+                or not self.ha_allowed(host.host_id, state):
+            return Applied()
+        return self._plan_and_apply(Report(host.host_id, {}, {}, True, fenced=True), records,
+                                    state)
 
     def _fence_and_restart(self, host: host_pb2.Host, state: HostState) -> Applied:
         try:

@@ -167,6 +167,24 @@ def _expand(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, value)
 
 
+def serve_settings(docs: list[Doc], pod_name: str) -> dict[str, Any]:
+    """The Settings `serve` builds from exactly what the MN pod `pod_name` is given (its
+    container args and environment), parsed by the real argument parser in a child."""
+    mn = find(docs, "StatefulSet", MN)
+    container = main_container(mn)
+    env = pod_environment(docs, mn, container, pod_name)
+    script = ("import dataclasses, json, sys\n"
+              "from controlplane.cli.main import build_parser\n"
+              "from controlplane.config.settings import settings_from_args\n"
+              "args = build_parser().parse_args(sys.argv[1:])\n"
+              "print(json.dumps(dataclasses.asdict(settings_from_args(args))))\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+    result = subprocess.run([sys.executable, "-c", script, *container.get("args", [])],
+                            env={**clean, **env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def drain_grace(docs: list[Doc]) -> float:
     mn = find(docs, "StatefulSet", MN)
     env = pod_environment(docs, mn, main_container(mn), f"{MN}-0")
@@ -360,23 +378,14 @@ def test_the_command_parses_the_rendered_pod_environment(
     (lease TTL >= 2, HOST:PORT forms, numbers) are checked by the code that reads them."""
     docs = rendered[target]
     mn = find(docs, "StatefulSet", MN)
-    container = main_container(mn)
-    env = pod_environment(docs, mn, container, f"{MN}-1")
-    script = ("import dataclasses, json, sys\n"
-              "from controlplane.cli.main import build_parser\n"
-              "from controlplane.config.settings import settings_from_args\n"
-              "args = build_parser().parse_args(sys.argv[1:])\n"
-              "print(json.dumps(dataclasses.asdict(settings_from_args(args))))\n")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
-    result = subprocess.run([sys.executable, "-c", script, *container["args"]],
-                            env={**clean, **env}, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    settings = json.loads(result.stdout)
+    settings = serve_settings(docs, f"{MN}-1")
     ports = container_ports(mn)
     assert settings["node_id"] == f"{MN}-1"
     assert settings["advertise"] == f"{FAKE_POD_IP}:{ports['grpc']}"
     assert settings["listen"] == f"0.0.0.0:{ports['grpc']}"
     assert settings["metrics_port"] == ports["metrics"]
+    # scraped from outside the pod: the metrics follow the 0.0.0.0 listen host
+    assert settings["metrics_address"] == "0.0.0.0"
     annotations = mn["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
@@ -385,6 +394,37 @@ def test_the_command_parses_the_rendered_pod_environment(
         assert (settings["lease_ttl"], settings["log_format"]) == (5, "text")
     if target == "overlays/prod":
         assert settings["log_format"] == "json"
+
+
+@pytest.mark.parametrize("target", ["base", *OVERLAYS])
+def test_the_image_dir_is_a_writable_shared_volume(
+        rendered: dict[str, list[Doc]], target: str) -> None:
+    """Image work writes under --image-dir while the root filesystem is read-only: the path
+    `serve` really gets (parsed from the pod's args and environment) must be exactly a
+    volume's mount point, writable, from one ReadWriteMany claim that every pod shares."""
+    docs = rendered[target]
+    mn = find(docs, "StatefulSet", MN)
+    pod = mn["spec"]["template"]["spec"]
+    container = main_container(mn)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    image_dir = serve_settings(docs, f"{MN}-0")["image_dir"]
+    mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == image_dir]
+    assert len(mounts) == 1, f"no volume mounted at --image-dir {image_dir}: " \
+        f"{[m['mountPath'] for m in container.get('volumeMounts', [])]}"
+    (mount,) = mounts
+    assert not mount.get("readOnly", False) and not mount.get("subPath")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "persistentVolumeClaim" in volume, f"{volume}: the image dir must be shared"
+    assert not volume["persistentVolumeClaim"].get("readOnly", False)
+    claim = find(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert _quantity(claim["spec"]["resources"]["requests"]["storage"]) > 0
+    assert claim["metadata"].get("namespace") == mn["metadata"].get("namespace")
+    # one claim for every pod: not a per-pod volumeClaimTemplate of the same name
+    templates = {t["metadata"]["name"] for t in mn["spec"].get("volumeClaimTemplates", [])}
+    assert mount["name"] not in templates
+    # the same path in every pod (DESIGN: mounted at the same path on every node)
+    assert serve_settings(docs, f"{MN}-1")["image_dir"] == image_dir
 
 
 @pytest.mark.parametrize("target", ["base", *OVERLAYS])

@@ -48,6 +48,7 @@ def pod(name: str, etcd: str, base_dir: str) -> Pod:
         "CONTROLPLANE_ADVERTISE": f"127.0.0.1:{port}",
         "CONTROLPLANE_ETCD": etcd,
         "CONTROLPLANE_METRICS_PORT": "0",
+        "CONTROLPLANE_IMAGE_DIR": os.path.join(base_dir, "images"),  # the volume's mount
     }
     assert set(local) <= set(env), "the manifest no longer sets what the rehearsal overrides"
     env.update(local)

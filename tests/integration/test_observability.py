@@ -87,7 +87,7 @@ def test_json_log_lines_of_a_vm_operation_carry_its_ids(etcd: EtcdCluster, nodes
 def test_agent_and_mds_take_log_format_and_metrics_from_the_environment(
         agents: AgentFactory, tmp_path: Path) -> None:
     """The same CONTROLPLANE_* variables as serve: JSON lines naming the process, and a
-    Prometheus endpoint on 127.0.0.1 (the default --metrics-address of agent and mds)."""
+    Prometheus endpoint on 127.0.0.1 (the default --metrics-address: the host of --listen)."""
     agent_port, mds_port = free_port(), free_port()
     agent = agents.start("ag", env={"CONTROLPLANE_LOG_FORMAT": "json",
                                     "CONTROLPLANE_METRICS_PORT": str(agent_port)})

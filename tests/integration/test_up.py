@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import queue
@@ -67,6 +68,29 @@ def processes_mentioning(*needles: str) -> list[str]:
     return found
 
 
+def listening_on(port: int) -> set[str]:
+    """The local addresses of the sockets listening on TCP `port` (from /proc/net/tcp and
+    tcp6, the kernel's own table): what a process really bound, whatever it was told."""
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            address, _, port_hex = local.partition(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(socket.inet_ntop(family, raw))
+            mapped = getattr(ip, "ipv4_mapped", None)  # gRPC binds ::ffff:127.0.0.1
+            found.add(str(mapped or ip))
+    return found
+
+
 def _reader(stream, lines: queue.Queue[str | None]) -> None:
     for line in stream:
         lines.put(line.rstrip("\n"))
@@ -126,6 +150,10 @@ def test_up_starts_a_cluster_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         doc = json.loads(status.stdout)
         assert sorted(m["node_id"] for m in doc["members"]) == ["node-0", "node-1"]
         assert doc["ring_epoch"] == latest["node-0"][1]
+        # everything `up` runs is on loopback, the metrics endpoints too (base + 100 + i)
+        for port in (base + 100, base + 101):
+            assert listening_on(port) == {"127.0.0.1"}, (port, listening_on(port))
+        assert listening_on(base) == {"127.0.0.1"}
 
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=40)

@@ -57,7 +57,7 @@ def test_log_and_metrics_flags_are_shared(command: str, monkeypatch: pytest.Monk
                                           ) -> None:
     args = parse(command, *REQUIRED[command])
     assert (args.log_format, args.log_level, args.metrics_port) == ("text", "INFO", 0)
-    assert args.metrics_address == ("0.0.0.0" if command == "serve" else "127.0.0.1")
+    assert args.metrics_address is None  # unset: the host of --listen (below)
     monkeypatch.setenv("CONTROLPLANE_LOG_FORMAT", "json")
     monkeypatch.setenv("CONTROLPLANE_LOG_LEVEL", "debug")
     monkeypatch.setenv("CONTROLPLANE_METRICS_PORT", "9100")
@@ -149,3 +149,36 @@ def test_children_drop_exactly_the_settings_variables() -> None:
     from controlplane import serving
 
     assert serving.SETTINGS_PREFIX == s.ENV_PREFIX
+
+
+@pytest.mark.parametrize(("address", "listen", "bound"), [
+    (None, "0.0.0.0:7070", "0.0.0.0"),  # a pod: scraped from outside, like its gRPC port
+    (None, "127.0.0.1:7070", "127.0.0.1"),  # `up`, the harness: loopback only
+    (None, "[::1]:7070", "::1"),
+    (None, "[::]:7070", "::"),
+    (None, ":7070", "0.0.0.0"),  # no host: every interface, as gRPC binds it
+    (None, "node-a.example:7070", "node-a.example"),
+    ("10.0.0.5", "0.0.0.0:7070", "10.0.0.5"),  # given: it wins
+])
+def test_metrics_bind_where_grpc_listens_unless_told(address: str | None, listen: str,
+                                                      bound: str) -> None:
+    assert s.metrics_bind_address(address, listen) == bound
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_metrics_follow_the_listen_host_on_every_command(command: str) -> None:
+    listen = ["--listen", "127.0.0.1:7171"]
+    args = parse(command, *({"serve": ["--node-id", "n-1"]}.get(command, [])), *listen)
+    assert s.metrics_bind_address(args.metrics_address, args.listen) == "127.0.0.1"
+    if command == "serve":
+        assert s.settings_from_args(args).metrics_address == "127.0.0.1"
+        default = s.settings_from_args(parse("serve", "--node-id", "n-1"))
+        assert (default.listen, default.metrics_address) == ("0.0.0.0:7070", "0.0.0.0")
+
+
+def test_up_runs_its_nodes_with_metrics_on_loopback(tmp_path) -> None:
+    from controlplane.cli.up.children import NodeChild
+
+    argv = NodeChild("node-0", 7000, 7100, "127.0.0.1:2379", 10, str(tmp_path)).argv()
+    assert argv[argv.index("--listen") + 1].startswith("127.0.0.1:")
+    assert argv[argv.index("--metrics-address") + 1] == "127.0.0.1"

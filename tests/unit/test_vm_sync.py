@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from controlplane.vm import ha, states
 from controlplane.vm.records import root_disk_size
 from controlplane.vm.sync import (
+    SHOULD_RUN,
     MarkOrphan,
     OpView,
     Report,
@@ -28,8 +29,9 @@ NOW = 1_000.0
 MEMBERS = {"mn-0": 10, "mn-1": 20}
 
 
-def vm(vm_id="v1", state="Running", host="h1", generation=1, ha_on=False, rev=5):
-    return VmRecordView(vm_id, state, host, generation, ha_on, rev)
+def vm(vm_id="v1", state="Running", host="h1", generation=1, ha_on=False, rev=5,
+       start_failed=False):
+    return VmRecordView(vm_id, state, host, generation, ha_on, rev, start_failed)
 
 
 def op(vm_id="v1", node="mn-0", incarnation=10, orphaned_at=0.0, rev=6, op_id="op1"):
@@ -156,16 +158,18 @@ record_states = st.sampled_from(sorted(states.STATES))
 @given(
     st.lists(st.tuples(record_states, st.integers(1, 3), st.booleans(),
                        st.sampled_from(["none", "live", "orphan", "expired"]), st.booleans(),
-                       st.one_of(st.none(), st.tuples(reported_states, st.integers(1, 3)))),
+                       st.one_of(st.none(), st.tuples(reported_states, st.integers(1, 3))),
+                       st.booleans()),
              max_size=8),
     st.booleans(),
     st.booleans(),
 )
 def test_planner_invariants(rows, ha_allowed, reports_ops) -> None:
     records, ops, vms, agent_ops = [], {}, [], {}
-    for i, (state, gen, ha_on, op_kind, agent_busy, seen) in enumerate(rows):
+    for i, (state, gen, ha_on, op_kind, agent_busy, seen, start_failed) in enumerate(rows):
         vm_id = f"v{i}"
-        records.append(vm(vm_id, state, "h1", gen, ha_on, rev=100 + i))
+        records.append(vm(vm_id, state, "h1", gen, ha_on, rev=100 + i,
+                          start_failed=start_failed))
         if op_kind == "live":
             ops[vm_id] = op(vm_id)
         elif op_kind == "orphan":
@@ -187,6 +191,13 @@ def test_planner_invariants(rows, ha_allowed, reports_ops) -> None:
             seen = next((v for v in vms if v.vm_id == action.vm.vm_id), None)
             assert seen is None or seen.state in ("stopped", "crashed") \
                 or seen.generation < action.vm.generation
+            # a retry only of a failed start that left the VM Stopped, on a report of absent
+            if action.retry:
+                assert action.vm.state == "Stopped" and action.vm.start_failed
+                assert seen is None or seen.state == "stopped" \
+                    or seen.generation < action.vm.generation
+            else:
+                assert action.vm.state in SHOULD_RUN
         if isinstance(action, SetState):
             record = by_id[action.vm.vm_id]
             assert action.state == record.state or states.allowed(record.state, action.event)

@@ -66,6 +66,8 @@ class NodeChild(ServingProcess):
             "--etcd", self.etcd,
             "--lease-ttl", str(self.lease_ttl),
             "--metrics-port", str(self.metrics_port),
+            # loopback like everything else `up` runs (stated, not left to the default)
+            "--metrics-address", "127.0.0.1",
             "--log-format", "text",
             # one directory for every node: on one box it is "mounted everywhere"
             "--image-dir", os.path.join(self.data_dir, "images"),
