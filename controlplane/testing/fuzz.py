@@ -147,7 +147,7 @@ def _strings(name: str, pool: IdPool, small: bool = False) -> st.SearchStrategy[
             ["/..", "/x", "\x00", " ", "/../../x"])),  # a real id made hostile
     ]
     if not small:
-        branches.append(st.just(HUGE))
+        branches += [st.just(HUGE), st.builds(lambda i: HUGE + i, real)]
     return st.one_of(branches)
 
 
@@ -327,7 +327,10 @@ def _edges(fd: FieldDescriptor, seed_value: Any, thorough: bool) -> list[Any]:
     """The values :func:`sweep` puts in one field (None: the field cleared)."""
     t = fd.type
     if t == FieldDescriptor.TYPE_STRING:
-        return list(SWEEP_STRINGS_THOROUGH if thorough else SWEEP_STRINGS)
+        # also a 1 MiB string ending like the seed's value: a 1 MiB id that is well formed
+        # otherwise, a 1 MiB host in front of the seed address's ":port"
+        shaped = [HUGE + seed_value] if seed_value else []
+        return [*(SWEEP_STRINGS_THOROUGH if thorough else SWEEP_STRINGS), *shaped]
     if t == FieldDescriptor.TYPE_BYTES:
         return [b"", HUGE.encode()]
     if t == FieldDescriptor.TYPE_BOOL:
@@ -351,7 +354,7 @@ def _repeated_edges(fd: FieldDescriptor, seed_values: list[Any], thorough: bool
     first = seed_values[0] if seed_values else None
     if fd.type == FieldDescriptor.TYPE_STRING:
         base = first or "fz"
-        edges = [[f"{base}{i}" for i in range(LONG_REPEATED[-1])], [".."], [HUGE]]
+        edges = [[f"{base}{i}" for i in range(LONG_REPEATED[-1])], [".."], [HUGE + base]]
         return [*edges, [""], ["a/b"], [base] * 2] if thorough else edges
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         item = first if first is not None else message_class(fd.message_type)()

@@ -15,12 +15,18 @@ serves), or (b) after a fault was injected (an OK from a ``Sim*`` fault-injectio
 or from ``Fence``) until the fixture healed it. Never UNKNOWN, INTERNAL, CANCELLED,
 UNIMPLEMENTED, a DEADLINE_EXCEEDED before the deadline, or no answer within it.
 
-After the run: every node live and ready (grpc.health.v1 Check SERVING), the agent and the
-MDS still running, no file created outside the image and etcd directories (the tree of the
-test session's tmp root, walked before and after; the processes run with their cwd inside
-it, so relative paths land there too), and no record in etcd over ``MAX_RECORD_BYTES``
+Invariants: no file created outside the image and etcd directories (the tree of the test
+session's tmp root walked after every call, ~0.3 ms; the processes run with their cwd
+inside it, so relative paths land there too), no record in etcd over ``MAX_RECORD_BYTES``
 (64 KiB: with ids bounded to 256 bytes a legitimate record here is a few KiB; etcd's own
-request limit is 1.5 MiB) or key over ``MAX_KEY_BYTES``.
+request limit is 1.5 MiB) or key over ``MAX_KEY_BYTES`` (read through controlplane.store
+after every method), no process dead (a dead one is restarted to go on), and at the end
+every node live and ready (grpc.health.v1 Check SERVING), the agent and the MDS running.
+
+The slow variant sweeps more edge values over more seeds, draws many more examples, and
+fuzzes the node services again under injected faults (the MDS hanging, a host partitioned,
+a slow agent): UNAVAILABLE is allowed there for every call, and so is a call that lasts
+until its deadline (never a DEADLINE_EXCEEDED before it).
 
 Methods that change or destroy (their verb: Destroy, Remove, Fence, ...) run after the
 others of their service, fault-injection services run last, and after each service the
@@ -98,11 +104,14 @@ class Fleet:
     findings: fz.Findings = field(default_factory=fz.Findings)
     corpus: fz.Corpus = field(default_factory=fz.Corpus)
     faulted: bool = False
+    hanging: bool = False  # the under-faults phase: an MDS hangs, an agent is slow
     served: dict[str, list[ServingProcess]] = field(default_factory=dict)
     calls: int = 0
     codes: dict[str, Counter[str]] = field(default_factory=dict)  # per method, for the report
     replaced: itertools.count = field(default_factory=lambda: itertools.count(1))
     fresh: itertools.count = field(default_factory=itertools.count)  # new ids: fz0, fz1...
+    tree: set[str] = field(default_factory=set)  # the walked tree as last seen
+    reported_keys: set[str] = field(default_factory=set)
 
     @property
     def processes(self) -> list[ServingProcess]:
@@ -113,6 +122,38 @@ class Fleet:
 
     def live_addresses(self) -> set[str]:
         return {p.address for p in self.processes}
+
+    # -- invariants --------------------------------------------------------------------
+
+    def new_files_outside(self) -> list[str]:
+        """Paths created since the last look, outside the image and etcd directories (and
+        not a process log); the baseline moves on, so each is reported once."""
+        now = snapshot_tree(self.tmp_path.parent)
+        new, self.tree = now - self.tree, now
+        allowed = [str(self.tmp_path / "nodes" / "images"), str(self.tmp_path / "etcd")]
+        return sorted(p for p in new if not p.endswith(".log") and not any(
+            p == root or p.startswith(root + os.sep) for root in allowed))
+
+    def oversized_records(self) -> list[str]:
+        """Records over MAX_RECORD_BYTES (or keys over MAX_KEY_BYTES) in etcd now, read
+        through controlplane.store; each key reported once."""
+        store = Store(self.etcd_endpoints)
+        try:
+            kvs, _ = store.list_prefix(DEFAULT_PREFIX + "/")
+        finally:
+            store.close()
+        problems = []
+        for kv in kvs:
+            key = kv.key.decode(errors="replace") if isinstance(kv.key, bytes) else str(kv.key)
+            size = len(kv.value)
+            if (size > MAX_RECORD_BYTES or len(key.encode()) > MAX_KEY_BYTES) \
+                    and key not in self.reported_keys:
+                self.reported_keys.add(key)
+                kind = key[len(DEFAULT_PREFIX) + 1:].split("/", 1)[0]
+                problems.append(f"{kind} record of {size} bytes, key of {len(key.encode())} "
+                                f"bytes (limits {MAX_RECORD_BYTES}, {MAX_KEY_BYTES}): "
+                                f"{key[:80]!r}")
+        return problems
 
     # -- judging ---------------------------------------------------------------------
 
@@ -130,6 +171,8 @@ class Fleet:
     def judge(self, method: MethodDescriptor, request: Message, out: fz.Outcome) -> None:
         code = out.code
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if out.elapsed >= DEADLINE - 0.25 and self.hanging:
+                return  # a dependency made to hang: the caller's deadline ends the call
             problem = ("DEADLINE_EXCEEDED before the deadline" if out.elapsed < DEADLINE - 0.25
                        else f"no answer within the {DEADLINE:g} s deadline")
         elif code in ALLOWED:
@@ -199,7 +242,19 @@ class Fleet:
             make_image(self, "img-free", "")
         for vm_id in ("vm-run", "vm-ha"):
             self.keep_running(vm_id)
-        self.faulted = False
+        self.faulted = self.hanging = False
+
+    def inject_faults(self) -> None:
+        """The faults of the under-faults phase (enum values by number: wire-stable): the
+        MDS hangs on every method, one host is partitioned, the agent is slow (2 s per
+        operation), one in three device-info calls fails."""
+        self.faulted = self.hanging = True
+        self.quiet("SimMdsControl", "SetFault", {"method": "", "mode": 3}, self.mds.channel())
+        self.quiet("SimControl", "SetHostCondition", {"host_id": self.agent.host_ids[2],
+                                                      "condition": 3}, self.agent.channel())
+        self.quiet("SimControl", "Configure", {"start_delay": 2, "stop_delay": 2,
+                                               "device_info_failure_rate": 0.3},
+                   self.agent.channel())
 
     def down_mds(self) -> list[str]:
         return [a for a in self.down if valid_address(a) and a != self.down_agent_address]
@@ -300,6 +355,22 @@ def _build(f: Fleet, gone: AgentProcess, mds_gone: MdsProcess) -> Iterator[Fleet
     f.invoke("VmService", "StopVm", {"vm_id": "vm-stopped", "wait": True})
     job = f.invoke("VolumeService", "LiveSnapshot",
                    {"image_id": "img-run", "job_id": "snap-0"}, timeout=60)
+    # Seeds for the sweep: read-only calls that reach deep when answered OK.
+    agent, mds = f.agent.channel(), f.mds.channel()
+    for service, method, fields, channel in (
+            ("StorageService", "GetVolumeClients", {"storage_id": "ps-0", "volume_id": "vol-0"},
+             None),
+            ("VolumeService", "GetBlockJob", {"job_id": "snap-0"}, None),
+            ("VolumeService", "ReconcileVolumeChain", {"image_id": "img-free"}, None),
+            ("ClusterService", "Locate", {"resource_id": "vm-run"}, None),
+            ("VmService", "ListHaAudit", {"vm_id": "vm-ha"}, None),
+            ("AgentService", "Ping", {"host_id": h0}, agent),
+            ("AgentService", "ListVms", {"host_id": h0}, agent),
+            ("AgentService", "SyncVmDeviceInfo", {"host_id": h0, "vm_id": "vm-run"}, agent),
+            ("AgentBlockJobs", "GetDiskChain", {"vm_id": "vm-run"}, agent),
+            ("StorageMds", "GetVolume", {"volume_id": "vol-0"}, mds),
+            ("StorageMds", "GetVolumeClients", {"volume_id": "vol-0"}, mds)):
+        f.quiet(service, method, fields, channel)
     gone.kill()
     mds_gone.kill()
 
@@ -372,13 +443,17 @@ def fuzz_method(fleet: Fleet, method: MethodDescriptor, examples: int, thorough:
         fleet.calls += 1
         fleet.codes.setdefault(method.full_name, Counter())[out.code.name] += 1
         fleet.judge(method, request, out)
+        for path in fleet.new_files_outside():  # a walk of a small tree: ~0.3 ms
+            fleet.findings.add(method.full_name, f"{out.code.name}, and a file created "
+                               "outside the data and image directories", path,
+                               fz.shape(request))
         if out.code == grpc.StatusCode.OK:
             fleet.corpus.add(method, request)
             fleet.faulted = fleet.faulted or injects
 
     cls = fz.message_class(method.input_type)
     seeds = [cls.FromString(b) for b in fleet.corpus.seeds(method)] or [cls()]
-    for seed in seeds if thorough else seeds[:1]:
+    for seed in seeds[:4] if thorough else seeds[:1]:
         for request in fz.sweep(method.input_type, seed, thorough=thorough,
                                 fresh=lambda: f"fz{next(fleet.fresh)}"):
             one(request)
@@ -392,6 +467,12 @@ def fuzz_method(fleet: Fleet, method: MethodDescriptor, examples: int, thorough:
 
     run()
     fleet.revive()
+    for path in fleet.new_files_outside():  # one created after its call was answered
+        fleet.findings.add(method.full_name, "file created outside the data and image "
+                           "directories", path, "(a request of this method)")
+    for problem in fleet.oversized_records():
+        fleet.findings.add(method.full_name, "oversized etcd record", problem,
+                           "(a request of this method)")
 
 
 def fuzz_service(fleet: Fleet, service: ServiceDescriptor, examples: int, thorough: bool,
@@ -403,8 +484,9 @@ def fuzz_service(fleet: Fleet, service: ServiceDescriptor, examples: int, thorou
     fleet.heal()
 
 
-def check_after(fleet: Fleet, before: set[str]) -> list[str]:
-    """The invariants of the whole run; one line per violation."""
+def check_after(fleet: Fleet) -> list[str]:
+    """The invariants of the whole run (files and records are checked as the run goes, so
+    each is reported under the method or service that made it); one line per violation."""
     problems: list[str] = []
     for node in fleet.nodes:
         for service in ("liveness", "readiness"):
@@ -414,38 +496,33 @@ def check_after(fleet: Fleet, before: set[str]) -> list[str]:
     for proc in (fleet.agent, fleet.mds):
         if not proc.is_running():
             problems.append(f"{proc.name} is not running ({proc.returncode})")
-    allowed = [str(fleet.tmp_path / "nodes" / "images"), str(fleet.tmp_path / "etcd")]
-    for path in sorted(snapshot_tree(fleet.tmp_path.parent) - before):
-        if not any(path == root or path.startswith(root + os.sep) for root in allowed) \
-                and not path.endswith(".log"):
-            problems.append(f"file created outside the data and image directories: {path}")
-    store = Store(fleet.etcd_endpoints)
-    try:
-        kvs, _ = store.list_prefix(DEFAULT_PREFIX + "/")
-    finally:
-        store.close()
-    for kv in kvs:
-        key = kv.key.decode(errors="replace") if isinstance(kv.key, bytes) else str(kv.key)
-        if len(kv.value) > MAX_RECORD_BYTES:
-            problems.append(f"etcd record of {len(kv.value)} bytes (> {MAX_RECORD_BYTES}) "
-                            f"at {key[:120]!r}")
-        if len(key.encode()) > MAX_KEY_BYTES:
-            problems.append(f"etcd key of {len(key.encode())} bytes: {key[:120]!r}...")
     return problems
 
 
 def fuzz_all(fleet: Fleet, examples: int, *, thorough: bool, derandomize: bool,
-             report: Callable[[str], None] = print) -> None:
+             under_faults: bool = False, report: Callable[[str], None] = print) -> None:
     services = _ordered(fleet)
     declared = set(fz.controlplane_services())
     assert declared <= set(fleet.served), \
         f"services no process of the test serves (not fuzzed): {declared - set(fleet.served)}"
     fleet.heal()
-    before = snapshot_tree(fleet.tmp_path.parent)
+    fleet.tree = snapshot_tree(fleet.tmp_path.parent)
     start = time.monotonic()
     for service in services:
         fuzz_service(fleet, service, examples, thorough, derandomize)
-    problems = check_after(fleet, before)
+    if under_faults:
+        # The node services again, with dependencies failing on purpose: UNAVAILABLE is
+        # allowed for every call here, and so is a call that lasts until its deadline.
+        fleet.inject_faults()
+        for service in services:
+            if fleet.served[service.full_name][0] in fleet.nodes \
+                    and not service.full_name.startswith("grpc."):
+                for method in sorted(service.methods, key=_late):
+                    if not method.client_streaming:
+                        fuzz_method(fleet, method, max(1, examples // 4), False, derandomize)
+                fleet.faulted = fleet.hanging = True
+        fleet.heal()
+    problems = check_after(fleet)
     report(f"\nfuzzed {len(services)} services, {fleet.calls} calls in "
            f"{time.monotonic() - start:.1f} s; {len(fleet.findings)} distinct failures, "
            f"{len(problems)} broken invariants")
@@ -456,9 +533,10 @@ def fuzz_all(fleet: Fleet, examples: int, *, thorough: bool, derandomize: bool,
     assert not lines, "\n".join(lines)
 
 
-KNOWN = ("issue 11 findings 3-5 (out-of-range enums stored then UNKNOWN, no size limits, "
-         "paths escaping their directory) and the others listed in the fuzzer's report; "
-         "the lead removes this xfail when the fixes land")
+KNOWN = ("fails for known findings: issue 11 items 3-5 (an out-of-range HaLevel stored, then "
+         "UNKNOWN; 1 MiB VM and storage records stored; image id '..' writes above the image "
+         "dir) and grpc.health.v1 Health/List UNIMPLEMENTED; the list is in the h6 report. "
+         "Remove this xfail when the fixes land")
 
 
 @pytest.mark.xfail(strict=False, reason=KNOWN)
@@ -469,6 +547,7 @@ def test_every_rpc_answers_hostile_input_properly(fleet: Fleet) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
+@pytest.mark.xfail(strict=False, reason=KNOWN)
 def test_every_rpc_answers_hostile_input_properly_many_examples(fleet: Fleet) -> None:
     fuzz_all(fleet, examples=int(os.environ.get("FUZZ_EXAMPLES", "100")), thorough=True,
-             derandomize=False)
+             derandomize=False, under_faults=True)
