@@ -329,6 +329,20 @@ REFUSAL_THREADS = 2
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
+class Health(health.HealthServicer):
+    """grpc.health.v1 with List too: grpcio-health-checking answers Check and Watch but
+    leaves List (added to health.proto in 2024) UNIMPLEMENTED, which a client that asks
+    every service's status at once (grpcurl, a dashboard) meets first."""
+
+    def List(self, request: health_pb2.HealthListRequest, context: grpc.ServicerContext
+             ) -> health_pb2.HealthListResponse:
+        with self._lock:
+            statuses = dict(self._server_status)
+        return health_pb2.HealthListResponse(statuses={
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in statuses.items()})
+
+
 class StreamBudget:
     """A count of open streams with a cap. `try_acquire` never waits: a stream beyond the
     cap is refused at once rather than queued behind streams that may never end."""
@@ -509,7 +523,7 @@ class RpcServer:
                  interceptors: Sequence[grpc.ServerInterceptor] = (),
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self.listen = listen
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.health = Health(experimental_non_blocking=True)
         self.services: list[str] = []
         max_unary = 4 * max_workers if max_unary is None else max_unary
         if max_unary < max_workers:

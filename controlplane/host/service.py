@@ -48,6 +48,11 @@ class HostServicer(pb_grpc.HostServiceServicer):
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     raise errors.Refused(f"the agent at {request.address} does not serve host "
                                          f"{request.host_id!r}") from err
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    # Something answers there, but not as an agent (an MDS, a node): not
+                    # a reachability problem that a retry could solve.
+                    raise errors.Refused(f"{request.address} is not a host agent (it does not "
+                                         "serve AgentService)") from err
                 raise errors.Unreachable(
                     f"agent at {request.address} unreachable: {err.details()}") from err
             host = host_pb2.Host(host_id=request.host_id, address=request.address,

@@ -243,7 +243,8 @@ class VmServicer(pb_grpc.VmServiceServicer):
         vms = sorted((e.value for e in entries
                       if not request.state or e.value.state == request.state),
                      key=lambda v: v.vm_id)
-        return vm_pb2.ListVmsResponse(vms=vms, revision=revision)
+        chunk, token = paging.page(vms, lambda v: v.vm_id, request.page_size, request.page_token)
+        return vm_pb2.ListVmsResponse(vms=chunk, revision=revision, next_page_token=token)
 
     def ListHaAudit(self, request: vm_pb2.ListHaAuditRequest, context: grpc.ServicerContext
                     ) -> vm_pb2.ListHaAuditResponse:

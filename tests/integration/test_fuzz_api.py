@@ -211,15 +211,17 @@ class Fleet:
         """Clear injected faults and bring back what later methods need (best effort)."""
         self.revive()
         agent, mds = self.agent.channel(), self.mds.channel()
-        self.quiet("SimMdsControl", "Reset", {"volumes": False}, mds)
-        self.quiet("StorageMds", "CreateVolume", {"volume_id": "vol-0", "size_bytes": MiB}, mds)
-        self.quiet("SimMdsControl", "SetVolumeClients", {"volume_id": "vol-0", "clients": [
+        self.quiet("SimMdsControlService", "Reset", {"volumes": False}, mds)
+        self.quiet("StorageMdsService", "CreateVolume", {"volume_id": "vol-0", "size_bytes": MiB},
+                   mds)
+        self.quiet("SimMdsControlService", "SetVolumeClients", {"volume_id": "vol-0", "clients": [
             {"client_id": self.agent.host_ids[0], "address": "127.0.0.1"}]}, mds)
-        self.quiet("SimControl", "Configure", {
-            "start_delay": 0, "stop_delay": 0, "reboot_delay": 0, "pause_delay": 0,
+        self.quiet("SimControlService", "Configure", {
+            "start_delay": "0s", "stop_delay": "0s", "reboot_delay": "0s", "pause_delay": "0s",
             "device_info_failure_rate": 0, "report_ops": True}, agent)
         for host_id in self.agent.host_ids:
-            self.quiet("SimControl", "SetHostCondition", {"host_id": host_id, "condition": 1},
+            self.quiet("SimControlService", "SetHostCondition", {"host_id": host_id,
+                                                                 "condition": 1},
                        agent)
         listed = self.quiet("ConfigService", "ListConfig", {})
         for entry in fz.records(listed, "key") if listed is not None else ():
@@ -249,10 +251,11 @@ class Fleet:
         MDS hangs on every method, one host is partitioned, the agent is slow (2 s per
         operation), one in three device-info calls fails."""
         self.faulted = self.hanging = True
-        self.quiet("SimMdsControl", "SetFault", {"method": "", "mode": 3}, self.mds.channel())
-        self.quiet("SimControl", "SetHostCondition", {"host_id": self.agent.host_ids[2],
+        self.quiet("SimMdsControlService", "SetFault", {"method": "", "mode": 3},
+                   self.mds.channel())
+        self.quiet("SimControlService", "SetHostCondition", {"host_id": self.agent.host_ids[2],
                                                       "condition": 3}, self.agent.channel())
-        self.quiet("SimControl", "Configure", {"start_delay": 2, "stop_delay": 2,
+        self.quiet("SimControlService", "Configure", {"start_delay": "2s", "stop_delay": "2s",
                                                "device_info_failure_rate": 0.3},
                    self.agent.channel())
 
@@ -334,7 +337,7 @@ def _build(f: Fleet, gone: AgentProcess, mds_gone: MdsProcess) -> Iterator[Fleet
     for agent in (f.agent, gone):
         for host_id in agent.host_ids:
             f.invoke("HostService", "AddHost", {"host_id": host_id, "address": agent.address})
-    f.invoke("StorageMds", "CreateVolume", {"volume_id": "vol-0", "size_bytes": MiB},
+    f.invoke("StorageMdsService", "CreateVolume", {"volume_id": "vol-0", "size_bytes": MiB},
              f.mds.channel())
     f.invoke("StorageService", "AddPrimaryStorage",
              {"storage_id": "ps-0", "mds_addresses": [f.mds.address, mds_gone.address]})
@@ -367,9 +370,9 @@ def _build(f: Fleet, gone: AgentProcess, mds_gone: MdsProcess) -> Iterator[Fleet
             ("AgentService", "Ping", {"host_id": h0}, agent),
             ("AgentService", "ListVms", {"host_id": h0}, agent),
             ("AgentService", "SyncVmDeviceInfo", {"host_id": h0, "vm_id": "vm-run"}, agent),
-            ("AgentBlockJobs", "GetDiskChain", {"vm_id": "vm-run"}, agent),
-            ("StorageMds", "GetVolume", {"volume_id": "vol-0"}, mds),
-            ("StorageMds", "GetVolumeClients", {"volume_id": "vol-0"}, mds)):
+            ("AgentBlockJobsService", "GetDiskChain", {"vm_id": "vm-run"}, agent),
+            ("StorageMdsService", "GetVolume", {"volume_id": "vol-0"}, mds),
+            ("StorageMdsService", "GetVolumeClients", {"volume_id": "vol-0"}, mds)):
         f.quiet(service, method, fields, channel)
     gone.kill()
     mds_gone.kill()
@@ -533,13 +536,7 @@ def fuzz_all(fleet: Fleet, examples: int, *, thorough: bool, derandomize: bool,
     assert not lines, "\n".join(lines)
 
 
-KNOWN = ("fails for known findings: issue 11 items 3-5 (an out-of-range HaLevel stored, then "
-         "UNKNOWN; 1 MiB VM and storage records stored; image id '..' writes above the image "
-         "dir) and grpc.health.v1 Health/List UNIMPLEMENTED; the list is in the h6 report. "
-         "Remove this xfail when the fixes land")
 
-
-@pytest.mark.xfail(strict=False, reason=KNOWN)
 def test_every_rpc_answers_hostile_input_properly(fleet: Fleet) -> None:
     fuzz_all(fleet, examples=int(os.environ.get("FUZZ_EXAMPLES", "8")), thorough=False,
              derandomize=True)
@@ -547,7 +544,6 @@ def test_every_rpc_answers_hostile_input_properly(fleet: Fleet) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.xfail(strict=False, reason=KNOWN)
 def test_every_rpc_answers_hostile_input_properly_many_examples(fleet: Fleet) -> None:
     fuzz_all(fleet, examples=int(os.environ.get("FUZZ_EXAMPLES", "100")), thorough=True,
              derandomize=False, under_faults=True)

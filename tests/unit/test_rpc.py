@@ -229,3 +229,21 @@ def test_remaining_tells_a_call_without_a_deadline_from_one_with() -> None:
     finally:
         channel.close()
         server.stop(0)
+
+
+def test_health_list_answers_every_service() -> None:
+    """grpc.health.v1 Health/List (the fuzzer met UNIMPLEMENTED there first): every service
+    the server reports, with its status."""
+    server = rpc.RpcServer("127.0.0.1:0")
+    server.add(lambda servicer, s: None, object(), "test.v1.Thing")
+    port = server.start(ready=False)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(),
+                                                               timeout=5)
+        statuses = {name: s.status for name, s in answer.statuses.items()}
+        assert statuses["liveness"] == health_pb2.HealthCheckResponse.SERVING
+        assert statuses["readiness"] == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert "test.v1.Thing" in statuses
+    finally:
+        server.stop(0)
