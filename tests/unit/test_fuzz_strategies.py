@@ -21,7 +21,7 @@ METHODS = [m for s in fz.controlplane_services().values() for m in s.methods]
 
 def test_services_are_found_from_the_generated_modules() -> None:
     names = set(fz.controlplane_services())
-    assert "controlplane.v1.VmService" in names and "controlplane.v1.SimMdsControl" in names
+    assert "controlplane.v1.VmService" in names and "controlplane.v1.SimMdsControlService" in names
     assert all(fz.find_service(n) is not None for n in names)
 
 
