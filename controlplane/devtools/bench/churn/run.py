@@ -46,12 +46,11 @@ from controlplane.devtools.bench.fleet.common import (
     percentile,
     set_config,
     start_etcd,
+    start_nodes,
 )
-from controlplane.testing import cluster as c
 from controlplane.testing.agents import AgentProcess, vm_copies
 from controlplane.testing.nodes import NodeProcess
 from controlplane.testing.ports import free_port
-from controlplane.testing.waiting import wait_until
 from controlplane.v1 import vm_pb2
 
 __all__ = ["CLEAN_CODES", "ChurnOptions", "ChurnResult", "run_churn", "run_churn_bench"]
@@ -247,16 +246,9 @@ def run_churn(options: ChurnOptions, base_dir: str) -> ChurnResult:
                              log_level="WARNING")
         stack.callback(agent.kill)
         agent.start().wait_ready(60)
-        nodes = [NodeProcess(f"mn-{i}", free_port(), etcd.endpoints,
-                             os.path.join(base_dir, "nodes"), lease_ttl=options.lease_ttl,
-                             reconcile_interval=1.0) for i in range(options.nodes)]
-        for node in nodes:
-            stack.callback(node.kill)
-            node.start()
-        for node in nodes:
-            node.wait_ready(60)
-        everyone = {n.node_id for n in nodes}
-        wait_until(lambda: c.converged(nodes, everyone), 60, message="rings converged")
+        nodes = start_nodes(stack, os.path.join(base_dir, "nodes"), etcd.endpoints,
+                            options.nodes, prefix="mn-", lease_ttl=options.lease_ttl,
+                            reconcile_interval=1.0)
         admin = cluster_client(stack, nodes, timeout=30)
         set_config(admin, FAST_CONFIG)
         add_hosts(admin, agent)

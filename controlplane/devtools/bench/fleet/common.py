@@ -132,12 +132,14 @@ def start_agent(stack: contextlib.ExitStack, base: str, name: str, hosts: int,
     return agent
 
 
-def start_nodes(stack: contextlib.ExitStack, base: str, etcd: str,
-                count: int) -> list[NodeProcess]:
-    """`count` `controlplane serve` processes with the production lease TTL and reconcile
-    interval (a bench on 2 busy cores must not fence itself on a short TTL)."""
-    nodes = [NodeProcess(f"node-{i}", free_port(), etcd, base, lease_ttl=10,
-                         reconcile_interval=3.0) for i in range(count)]
+def start_nodes(stack: contextlib.ExitStack, base: str, etcd: str, count: int, *,
+                prefix: str = "node-", lease_ttl: int = 10,
+                reconcile_interval: float = 3.0) -> list[NodeProcess]:
+    """`count` `controlplane serve` processes, ready and agreeing on the ring. By default
+    with the production lease TTL and reconcile interval (a bench on 2 busy cores must not
+    fence itself on a short TTL); the churn bench wants short ones on purpose."""
+    nodes = [NodeProcess(f"{prefix}{i}", free_port(), etcd, base, lease_ttl=lease_ttl,
+                         reconcile_interval=reconcile_interval) for i in range(count)]
     for node in nodes:
         stack.callback(node.kill)
         node.start()
