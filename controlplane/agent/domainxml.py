@@ -23,8 +23,9 @@ What the XML holds, and why:
   the operation that defined it. The generation is what survives an agent restart and
   tells a stray older copy from the current one (DESIGN.md section 10). The same element is
   what ``virDomainSetMetadata(VIR_DOMAIN_METADATA_ELEMENT, metadata_xml(...), PREFIX,
-  NAMESPACE)`` writes on a live domain and ``virDomainGetMetadata`` returns:
-  :func:`parse_metadata` reads either that element or a whole domain XML.
+  NAMESPACE)`` writes on a live domain and ``virDomainGetMetadata`` returns (both without
+  the namespace, which libvirt adds and strips): :func:`parse_metadata` reads either that
+  element or a whole domain XML.
 """
 
 from __future__ import annotations
@@ -102,14 +103,20 @@ def _text(value: str) -> str:
     return escape(value)
 
 
-def metadata_xml(meta: VmMetadata) -> str:
-    """The ``<controlplane:vm>`` element (namespace declared on it, so it stands alone:
-    what virDomainSetMetadata takes)."""
-    return (f"<{PREFIX}:vm xmlns:{PREFIX}={quoteattr(NAMESPACE)}>"
-            f"<{PREFIX}:vm-id>{_text(meta.vm_id)}</{PREFIX}:vm-id>"
-            f"<{PREFIX}:generation>{int(meta.generation)}</{PREFIX}:generation>"
-            f"<{PREFIX}:op-id>{_text(meta.op_id)}</{PREFIX}:op-id>"
-            f"</{PREFIX}:vm>")
+def metadata_xml(meta: VmMetadata, *, declare: bool = False) -> str:
+    """The ``vm`` element. As given to ``virDomainSetMetadata(VIR_DOMAIN_METADATA_ELEMENT,
+    xml, PREFIX, NAMESPACE)`` it must carry no namespace (libvirt puts the element into
+    NAMESPACE itself and refuses one that declares it: "failed to create a new XML
+    namespace"); ``declare=True`` gives the ``controlplane:vm`` element with the namespace
+    declared, as it stands inside a domain's ``<metadata>``. The children are in no
+    namespace either way: that is how libvirt stores an element it was given."""
+    tag = f"{PREFIX}:vm" if declare else "vm"
+    ns = f" xmlns:{PREFIX}={quoteattr(NAMESPACE)}" if declare else ""
+    return (f"<{tag}{ns}>"
+            f"<vm-id>{_text(meta.vm_id)}</vm-id>"
+            f"<generation>{int(meta.generation)}</generation>"
+            f"<op-id>{_text(meta.op_id)}</op-id>"
+            f"</{tag}>")
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -118,7 +125,7 @@ def domain_xml(spec: DomainSpec) -> str:
     return f"""<domain type={quoteattr(ACCEL_TYPES[spec.accel])}>
   <name>{_text(spec.vm_id)}</name>
 {uuid}  <metadata>
-    {metadata_xml(spec.metadata)}
+    {metadata_xml(spec.metadata, declare=True)}
   </metadata>
   <memory unit='MiB'>{int(spec.memory_mb)}</memory>
   <vcpu>{int(spec.cpus)}</vcpu>
