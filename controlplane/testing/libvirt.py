@@ -12,10 +12,13 @@ file): disks and console files go in a directory of :func:`shared_dir`, group-ow
 there by root is passed through :func:`share` (group read/write). The guest's kernel and
 initrd are world-readable in the guest cache.
 
-A daemon is started once and reused (``ensure`` is idempotent; a daemon already answering on
-the host's socket, e.g. from ``controlplane up``, is used and left running); ``cleanup``
-destroys and undefines the domains, which is also done at the start, so a run killed with
--9 (its QEMUs survive their daemon) leaves nothing for the next one to trip over.
+A daemon is started once and reused (``ensure`` is idempotent). A daemon this process
+started is *owned*: its leftover domains are removed at the start (a run killed with -9
+leaves QEMUs that survive their daemon) and all of its domains at the end. A daemon that
+already answered on the host's socket (``controlplane up``, another test run) is used and
+left running, and only the domains defined through this object (``define``/``boot``) are
+removed. Two runs at once should still use different users: the prefix is
+``$CONTROLPLANE_LIBVIRT_PREFIX`` (default ``cp-host-``).
 
 ``libvirt`` (the binding) is imported only when a connection is opened, so importing this
 module, and so the pytest plugin, works on a machine without libvirt-python.
@@ -49,7 +52,7 @@ __all__ = [
 ]
 
 SHARED_GROUP = "cphosts"
-DEFAULT_PREFIX = "cp-host-"
+DEFAULT_PREFIX = os.environ.get("CONTROLPLANE_LIBVIRT_PREFIX", "cp-host-")
 
 
 def _ensure_group(name: str) -> int:
@@ -138,6 +141,7 @@ class LibvirtHost:
         self.log_dir = Path(log_dir)
         self._daemon: libvirtd.SessionDaemon | None = None
         self._conn: Any = None
+        self._defined: set[str] = set()
         self._lock = threading.Lock()
 
     @property
@@ -164,7 +168,8 @@ class LibvirtHost:
                 self._daemon = libvirtd.SessionDaemon(
                     user, str(self.log_dir / f"libvirtd-{self.name}.log"))
                 self._daemon.ensure(timeout)
-                self.cleanup()
+                if self._daemon.owned:
+                    self.cleanup()
             else:
                 self._daemon.ensure(timeout)
         return self
@@ -187,12 +192,21 @@ class LibvirtHost:
     def domains(self) -> dict[str, libvirt.virDomain]:
         return {d.name(): d for d in self.connect().listAllDomains()}
 
-    def cleanup(self) -> int:
-        """Destroy and undefine every domain of this host; returns how many there were."""
-        doms = list(self.connect().listAllDomains())
+    def cleanup(self, only_ours: bool = False) -> int:
+        """Destroy and undefine every domain of this host (``only_ours``: those defined
+        through this object); returns how many there were."""
+        doms = [d for d in self.connect().listAllDomains()
+                if not only_ours or d.name() in self._defined]
         for dom in doms:
             destroy_domain(dom)
+        self._defined.difference_update(d.name() for d in doms)
         return len(doms)
+
+    def define(self, spec: domainxml.DomainSpec) -> libvirt.virDomain:
+        """Define ``spec`` (not started), remembered for the clean-up."""
+        dom = self.connect().defineXML(domainxml.domain_xml(spec))
+        self._defined.add(spec.vm_id)
+        return dom
 
     def boot(self, spec: domainxml.DomainSpec, timeout: float = 60.0) -> libvirt.virDomain:
         """Define ``spec``, start it and wait for the guest's ready marker on its console
@@ -201,18 +215,19 @@ class LibvirtHost:
             os.unlink(spec.console_log)
         except FileNotFoundError:
             pass
-        dom = self.connect().defineXML(domainxml.domain_xml(spec))
+        dom = self.define(spec)
         dom.create()
         wait_console(spec.console_log, guest.READY_MARKER, timeout)
         return dom
 
     def stop(self) -> None:
-        """Remove the domains, close the connection, stop the daemon if we started it."""
+        """Remove the domains (all on an owned daemon, ours on another), close the
+        connection, stop the daemon if we started it."""
         if self._daemon is None:
             return
         try:
             if self._daemon.answers():
-                self.cleanup()
+                self.cleanup(only_ours=not self._daemon.owned)
         finally:
             if self._conn is not None:
                 try:
