@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -44,6 +44,7 @@ AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 SIM_CONTROL = agent_pb2.DESCRIPTOR.services_by_name["SimControlService"].full_name
 BLOCK_JOBS = blockjob_pb2.DESCRIPTOR.services_by_name["AgentBlockJobsService"].full_name
 MAX_WORKERS = 256
+HEARTBEAT = 5.0  # seconds between WatchHostEvents messages when nothing happens
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -172,6 +173,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
               context: grpc.ServicerContext) -> agent_pb2.FenceResponse:
         killed = self.backend.fence(request.host_id)
         return agent_pb2.FenceResponse(host_id=request.host_id, vms_killed=killed)
+
+    def WatchHostEvents(self, request: agent_pb2.AgentServiceWatchHostEventsRequest,
+                        context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.AgentServiceWatchHostEventsResponse]:
+        """Stream the backend's events (batched) with a heartbeat every HEARTBEAT seconds;
+        ends when the caller leaves or the agent stops (the hub closes every subscription).
+        The stream holds one of the server's stream permits (rpc.py's stream budget), one
+        per watching node."""
+        sub = self.backend.events.subscribe()
+        context.add_callback(sub.close)  # the caller left: wake the wait below at once
+        try:
+            while context.is_active() and not sub.closed:
+                events, resync = sub.get(HEARTBEAT)
+                if sub.closed:
+                    return
+                yield agent_pb2.AgentServiceWatchHostEventsResponse(resync=resync, events=[
+                    agent_pb2.AgentHostEvent(host_id=e.host_id, vm_id=e.vm_id, state=e.state,
+                                             reason=e.reason, at=wiretime.stamp(e.at))
+                    for e in events])
+        finally:
+            sub.close()
 
 
 class SimControlServiceServicer(agent_pb2_grpc.SimControlServiceServicer):
