@@ -49,10 +49,10 @@ from controlplane.v1 import (
     volume_pb2,
     volume_pb2_grpc,
 )
+from controlplane.vm.hostevents import HostEventWatcher
 from controlplane.vm.operations import Operations
 from controlplane.vm.service import VmServicer
 from controlplane.vm.syncer import Syncer
-from controlplane.vm.hostevents import HostEventWatcher
 from controlplane.vm.tracker import HostTracker
 
 log = logging.getLogger(__name__)
