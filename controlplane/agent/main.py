@@ -29,9 +29,9 @@ hosts (AgentService: list/start/stop/... VMs, device info, fence).
 Backend `libvirt` drives one real host (--host-id) through libvirtd (--libvirt-uri): VMs are
 libvirt domains, their generation and operation in progress kept in the domain metadata (an
 agent restarted finds them again), libvirt's lifecycle events streamed to the owner
-(WatchHostEvents) so that a crashed guest is seen at once. Guests boot the kernel and
-initramfs given (--guest-kernel/--guest-initrd) with a per-VM qcow2 disk (--disk-mb) in
---state-dir; without a kernel they boot firmware only.
+(WatchHostEvents) so that a crashed guest is seen at once. Guests boot the project's guest
+(a Debian kernel + busybox initramfs that honours the ACPI power button) or the kernel and
+initramfs given, with a per-VM qcow2 disk (--disk-mb) in --state-dir.
 
 Backend `sim` is a simulated hypervisor kept in memory. It exists so that
 the management plane can be tested, at fleet scale and on demand, against what real hosts
@@ -76,11 +76,13 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_env_argument(p, "--disk-mb", type=argtypes.integer, default=0, metavar="N",
                      help="each VM gets a blank N MiB qcow2 disk as vda (libvirt; 0: none)")
     add_env_argument(p, "--guest-kernel", default="", metavar="PATH",
-                     help="kernel every guest boots (libvirt; empty: firmware only)")
+                     help="kernel every guest boots (libvirt; default: the project's guest "
+                          "image, built into its cache if missing; none: firmware only)")
     add_env_argument(p, "--guest-initrd", default="", metavar="PATH",
                      help="initramfs of the guest kernel (libvirt)")
-    add_env_argument(p, "--guest-cmdline", default="console=ttyS0", metavar="ARGS",
-                     help="kernel command line of the guests (libvirt)")
+    add_env_argument(p, "--guest-cmdline", default="", metavar="ARGS",
+                     help="kernel command line of the guests (libvirt; default: the project "
+                          "guest's, console on ttyS0)")
     add_env_argument(p, "--block-backend", choices=("qemu", "sim", "none"), default="sim",
                      help="block jobs on VM disks (AgentBlockJobs): qemu runs one "
                           "qemu-system-x86_64 -machine none per opened disk, driven over QMP "

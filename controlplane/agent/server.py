@@ -301,23 +301,25 @@ def build_backend(args: argparse.Namespace) -> Backend:
                       seed=args.seed)
 
 
-def resolve_accel(accel: str) -> str:
-    """``auto`` -> kvm or tcg. TODO(lv1): the probe that boots a KVM guest (/dev/kvm exists
-    on these machines but a nested KVM guest hangs); until it lands, auto means tcg."""
-    return "tcg" if accel == "auto" else accel
-
-
 def build_libvirt_backend(args: argparse.Namespace) -> Backend:
     """A LibvirtBackend for ``--host-id`` (imported here: the sim needs no libvirt)."""
     if not args.host_id:
         raise ValueError("--backend libvirt needs --host-id")
+    from controlplane.agent import accel, guest  # noqa: PLC0415
     from controlplane.agent.libvirt.backend import LibvirtBackend  # noqa: PLC0415
 
+    kernel, initrd = args.guest_kernel, args.guest_initrd
+    image = None
+    if kernel == "":  # the project's guest (built into its cache once, checksummed)
+        image = guest.ensure_image()
+        kernel, initrd = str(image.kernel), str(image.initrd)
+    elif kernel == "none":
+        kernel = initrd = ""
     return LibvirtBackend(
-        args.host_id, args.libvirt_uri, accel=resolve_accel(args.accel),
+        args.host_id, args.libvirt_uri, accel=accel.resolve_accel(args.accel, image),
         stop_timeout=args.stop_timeout, state_dir=args.state_dir or "",
-        disk_mb=args.disk_mb, kernel=args.guest_kernel, initrd=args.guest_initrd,
-        cmdline=args.guest_cmdline)
+        disk_mb=args.disk_mb, kernel=kernel, initrd=initrd,
+        cmdline=args.guest_cmdline or guest.kernel_cmdline())
 
 
 def serve_agent(args: argparse.Namespace) -> AgentServer:
