@@ -81,6 +81,7 @@ def test_metadata_round_trips_alone_and_inside_a_domain(gen, op_id, kind, starte
     meta = VmMeta(gen, op_id, kind, started, stopped)
     assert read_meta(meta_xml(meta).replace("<vm ", "<vm xmlns='urn:controlplane:vm:1' ")) \
         == meta
+    assert read_meta(meta_xml(meta)) == meta  # as virDomainGetMetadata answers it
     xml = build_domain("vm-1", cpus=2, memory_mb=256, meta=meta, disks=("/d/a.qcow2",))
     assert read_meta(xml) == meta
 

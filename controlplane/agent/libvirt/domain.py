@@ -55,7 +55,8 @@ def read_meta(xml: str) -> VmMeta | None:
     """The agent's metadata from a domain's XML (the whole domain, or only the element as
     virDomainGetMetadata answers); None when there is none (not a domain of ours)."""
     root = ET.fromstring(xml)
-    node = root if _local(root.tag) == "vm" and _ns(root.tag) == META_NS else \
+    # virDomainGetMetadata answers the element without its namespace (it asked by URI)
+    node = root if _local(root.tag) == "vm" and _ns(root.tag) in ("", META_NS) else \
         root.find(f".//{{{META_NS}}}vm")
     if node is None:
         return None
