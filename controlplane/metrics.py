@@ -41,3 +41,7 @@ SYNC_SKIPS = Counter("controlplane_sync_skips_total", "VMs a sync left alone, by
 SYNC_WRITES = Counter("controlplane_sync_writes_total", "Sync txns, by result", ["result"])
 HOSTS_OWNED = Gauge("controlplane_hosts_owned", "Hosts this node owns and syncs")
 PING_FAILURES = Counter("controlplane_ping_failures_total", "Failed host pulls")
+HOST_EVENTS = Counter("controlplane_host_events_total",
+                      "Agent host events received (event: one host poked; resync: every "
+                      "owned host of an agent poked; error: a watch stream broke)", ["kind"])
+HOST_WATCHES = Gauge("controlplane_host_watches", "Open WatchHostEvents streams to agents")

@@ -49,6 +49,7 @@ from controlplane.v1 import (
     volume_pb2,
     volume_pb2_grpc,
 )
+from controlplane.vm.hostevents import HostEventWatcher
 from controlplane.vm.operations import Operations
 from controlplane.vm.service import VmServicer
 from controlplane.vm.syncer import Syncer
@@ -102,6 +103,10 @@ class ManagementNode:
             self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)])
         self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations),
                                    enabled=lambda: self.ready)
+        self.host_events = HostEventWatcher(
+            self.owner, self.tracker.poke,
+            enabled=lambda: (self.ready and not self.registration.fenced
+                             and self.config.get("host.events")))
         self.storages = PrefixCache(self.store, self.keys.storages,
                                     storage_pb2.PrimaryStorage.FromString, name="storages")
         self.mds_checker = MdsHealthChecker(self.owner, self.storages, enabled=lambda: self.ready)
@@ -164,6 +169,7 @@ class ManagementNode:
                 self.registration.stop(revoke=True)  # out of the ring: peers own our share
             return
         self.tracker.start()
+        self.host_events.start()
         self.mds_checker.start()
         self._view_started.set()
 
@@ -178,6 +184,7 @@ class ManagementNode:
         self._set_health(live=True, ready=False)
         # The latch: no later set() (the monitor loop racing us) can turn readiness back on.
         self.rpc.health.enter_graceful_shutdown()
+        self.host_events.stop()
         self.tracker.stop()
         self.mds_checker.stop()
         self.registration.stop(revoke=True)

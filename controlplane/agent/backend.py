@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from controlplane import errors
+from controlplane.agent.events import EventHub
 
 __all__ = [
     "Aborted",
@@ -164,6 +165,8 @@ class Backend(Protocol):
     """
 
     name: str
+    # Changes the backend learned of (WatchHostEvents streams them; see agent/events.py).
+    events: EventHub
 
     def host_ids(self) -> list[str]:
         """The hosts this agent serves, in a stable order."""

@@ -20,13 +20,20 @@ __all__ = ["add_agent_parser", "run_agent"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("sim",)
+BACKENDS = ("sim", "libvirt")
 
 DESCRIPTION = """\
 Run a host agent: the process that answers a management node for one or more hypervisor
 hosts (AgentService: list/start/stop/... VMs, device info, fence).
 
-The only backend today is `sim`, a simulated hypervisor kept in memory. It exists so that
+Backend `libvirt` drives one real host (--host-id) through libvirtd (--libvirt-uri): VMs are
+libvirt domains, their generation and operation in progress kept in the domain metadata (an
+agent restarted finds them again), libvirt's lifecycle events streamed to the owner
+(WatchHostEvents) so that a crashed guest is seen at once. Guests boot the project's guest
+(a Debian kernel + busybox initramfs that honours the ACPI power button) or the kernel and
+initramfs given, with a per-VM qcow2 disk (--disk-mb) in --state-dir.
+
+Backend `sim` is a simulated hypervisor kept in memory. It exists so that
 the management plane can be tested, at fleet scale and on demand, against what real hosts
 do: slow starts that outlive their caller, hosts that keep running VMs while cut off from
 the network, power-offs (fences) in the middle of an operation, stale starts from an old
@@ -51,7 +58,31 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_env_argument(p, "--listen", type=argtypes.listen_address, required=True,
                      metavar="HOST:PORT", help="gRPC listen address")
     add_env_argument(p, "--backend", choices=BACKENDS, default="sim",
-                     help="hypervisor backend (only sim exists today)")
+                     help="hypervisor backend: sim (in memory, many hosts) or libvirt (one "
+                          "real host)")
+    add_env_argument(p, "--host-id", type=argtypes.host_id, default=None, metavar="ID",
+                     help="the host this agent serves (libvirt; required there)")
+    add_env_argument(p, "--libvirt-uri", default="qemu:///system", metavar="URI",
+                     help="libvirt connection of the host (libvirt), e.g. "
+                          "qemu+unix:///session?socket=/run/user/UID/libvirt/libvirt-sock")
+    add_env_argument(p, "--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                     help="guest acceleration (libvirt): auto probes whether a KVM guest "
+                          "really runs here (nested KVM may hang), else TCG")
+    add_env_argument(p, "--stop-timeout", type=argtypes.non_negative_seconds, default=30.0,
+                     metavar="S", help="a graceful stop (ACPI) destroys the guest after S "
+                                       "seconds (libvirt)")
+    add_env_argument(p, "--state-dir", type=argtypes.abspath, default=None, metavar="DIR",
+                     help="per-VM disks and serial logs (libvirt); readable by the daemon")
+    add_env_argument(p, "--disk-mb", type=argtypes.integer, default=0, metavar="N",
+                     help="each VM gets a blank N MiB qcow2 disk as vda (libvirt; 0: none)")
+    add_env_argument(p, "--guest-kernel", default="", metavar="PATH",
+                     help="kernel every guest boots (libvirt; default: the project's guest "
+                          "image, built into its cache if missing; none: firmware only)")
+    add_env_argument(p, "--guest-initrd", default="", metavar="PATH",
+                     help="initramfs of the guest kernel (libvirt)")
+    add_env_argument(p, "--guest-cmdline", default="", metavar="ARGS",
+                     help="kernel command line of the guests (libvirt; default: the project "
+                          "guest's, console on ttyS0)")
     add_env_argument(p, "--block-backend", choices=("qemu", "sim", "none"), default="sim",
                      help="block jobs on VM disks (AgentBlockJobs): qemu runs one "
                           "qemu-system-x86_64 -machine none per opened disk, driven over QMP "

@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -44,6 +44,7 @@ AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 SIM_CONTROL = agent_pb2.DESCRIPTOR.services_by_name["SimControlService"].full_name
 BLOCK_JOBS = blockjob_pb2.DESCRIPTOR.services_by_name["AgentBlockJobsService"].full_name
 MAX_WORKERS = 256
+HEARTBEAT = 5.0  # seconds between WatchHostEvents messages when nothing happens
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -173,6 +174,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         killed = self.backend.fence(request.host_id)
         return agent_pb2.FenceResponse(host_id=request.host_id, vms_killed=killed)
 
+    def WatchHostEvents(self, request: agent_pb2.AgentServiceWatchHostEventsRequest,
+                        context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.AgentServiceWatchHostEventsResponse]:
+        """Stream the backend's events (batched) with a heartbeat every HEARTBEAT seconds;
+        ends when the caller leaves or the agent stops (the hub closes every subscription).
+        The stream holds one of the server's stream permits (rpc.py's stream budget), one
+        per watching node."""
+        sub = self.backend.events.subscribe()
+        context.add_callback(sub.close)  # the caller left: wake the wait below at once
+        try:
+            while context.is_active() and not sub.closed:
+                events, resync = sub.get(HEARTBEAT)
+                if sub.closed:
+                    return
+                yield agent_pb2.AgentServiceWatchHostEventsResponse(resync=resync, events=[
+                    agent_pb2.AgentHostEvent(host_id=e.host_id, vm_id=e.vm_id, state=e.state,
+                                             reason=e.reason, at=wiretime.stamp(e.at))
+                    for e in events])
+        finally:
+            sub.close()
+
 
 class SimControlServiceServicer(agent_pb2_grpc.SimControlServiceServicer):
     """Fault injection on a SimBackend (served only when the backend is the sim)."""
@@ -266,7 +288,9 @@ class AgentServer:
 
 
 def build_backend(args: argparse.Namespace) -> Backend:
-    """The backend the agent command asked for (only ``sim`` exists today)."""
+    """The backend the agent command asked for (``sim`` or ``libvirt``)."""
+    if args.backend == "libvirt":
+        return build_libvirt_backend(args)
     if args.backend != "sim":  # argparse choices make this unreachable from the command
         raise ValueError(f"unknown backend {args.backend!r}")
     settings = SimSettings(start_delay=args.start_delay, stop_delay=args.stop_delay,
@@ -275,6 +299,27 @@ def build_backend(args: argparse.Namespace) -> Backend:
     host_ids = [f"{args.host_prefix}{i}" for i in range(args.hosts)]
     return SimBackend(host_ids, settings, cpus=args.cpus, memory_mb=args.memory_mb,
                       seed=args.seed)
+
+
+def build_libvirt_backend(args: argparse.Namespace) -> Backend:
+    """A LibvirtBackend for ``--host-id`` (imported here: the sim needs no libvirt)."""
+    if not args.host_id:
+        raise ValueError("--backend libvirt needs --host-id")
+    from controlplane.agent import accel, guest  # noqa: PLC0415
+    from controlplane.agent.libvirt.backend import LibvirtBackend  # noqa: PLC0415
+
+    kernel, initrd = args.guest_kernel, args.guest_initrd
+    image = None
+    if kernel == "":  # the project's guest (built into its cache once, checksummed)
+        image = guest.ensure_image()
+        kernel, initrd = str(image.kernel), str(image.initrd)
+    elif kernel == "none":
+        kernel = initrd = ""
+    return LibvirtBackend(
+        args.host_id, args.libvirt_uri, accel=accel.resolve_accel(args.accel, image),
+        stop_timeout=args.stop_timeout, state_dir=args.state_dir or "",
+        disk_mb=args.disk_mb, kernel=kernel, initrd=initrd,
+        cmdline=args.guest_cmdline or guest.kernel_cmdline())
 
 
 def serve_agent(args: argparse.Namespace) -> AgentServer:

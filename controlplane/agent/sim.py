@@ -22,6 +22,10 @@ Rules beyond the obvious ones (tests of the management plane rely on them):
   the plug and abort it.
 - Fence and DOWN abort every operation in progress (their callers get Aborted) and remove
   every VM; the high-water marks survive (they are what makes a later stale start visible).
+- What changes out of band is published on ``events`` (WatchHostEvents, see
+  ``agent/events.py``), as libvirt's lifecycle events are by the libvirt backend: a crash
+  (vm_id, CRASHED), a condition change and a fence (the host as a whole). Changes a caller
+  asked for are not: the caller has the answer, and the owner pulls on its own schedule.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from controlplane.agent.backend import (
     VmState,
     check_vm_id,
 )
+from controlplane.agent.events import EventHub
 
 __all__ = ["SimBackend", "SimSettings", "sim_devices"]
 
@@ -152,6 +157,7 @@ class SimBackend:
         self._rng_lock = threading.Lock()
         self._clock = clock
         self._closed = False
+        self.events = EventHub(clock)
         self.cpus = cpus
         self.memory_mb = memory_mb
 
@@ -195,6 +201,7 @@ class SimBackend:
                 killed, aborted = self._power_off(host, "host powered off")
             host.condition = condition
         if old != condition:
+            self.events.publish(host_id, reason=f"condition {old.name} -> {condition.name}")
             log.info("host %s: %s -> %s%s", host_id, old.name, condition.name,
                      f" (VMs killed: {killed}, ops aborted: {aborted})"
                      if condition == HostCondition.DOWN else "")
@@ -214,6 +221,7 @@ class SimBackend:
                 self._abort(host, op, "vm crashed")
             vm = vm._replace(state=CRASHED)
             host.vms[vm_id] = vm
+        self.events.publish(host_id, vm_id, CRASHED, "crashed")
         log.info("host %s vm %s gen %d: crashed", host_id, vm_id, vm.generation)
         return vm
 
@@ -346,12 +354,14 @@ class SimBackend:
             old = host.condition
             killed, aborted = self._power_off(host, "host fenced")
             host.condition = HostCondition.DOWN
+        self.events.publish(host_id, reason="fenced")
         log.warning("host %s fenced (was %s): VMs killed %s, ops aborted %s",
                     host_id, old.name, killed, aborted)
         return killed
 
     def close(self) -> None:
         self._closed = True
+        self.events.close()
         for host in self._hosts.values():
             with host.lock:
                 for op in list(host.ops.values()):

@@ -10,7 +10,10 @@ the `owns` filter, a stop sequence), and the subtle parts belong in one place:
   owner of the loop drop the evidence it gathered: a new owner must gather its own);
 - the interval is read at every use (a live setting applies at once);
 - nothing runs while `enabled()` is false (not ready, fenced); stop() ends the scheduler
-  and cancels queued runs.
+  and cancels queued runs;
+- `poke(id)` makes a run due at the next tick (an event said "look now"); a poke during a
+  run makes another run follow it at once (the change may have come after the run read its
+  source), and any number of pokes coalesce into one run.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ R = TypeVar("R")
 class _Slot:
     next_due: float
     running: bool = False
+    again: bool = False  # poked while running: due again as soon as the run ends
 
 
 class OwnedLoop(Generic[R]):
@@ -120,6 +124,20 @@ class OwnedLoop(Generic[R]):
         finally:
             self._finished(resource_id)
 
+    def poke(self, resource_id: str) -> bool:
+        """Make a run of `resource_id` due now (run by the scheduler at its next tick, on the
+        pool, so the caller never blocks). False when the id has no slot yet: it is not
+        ours, or it is new and its first run is due at the next tick anyway."""
+        with self._lock:
+            slot = self._slots.get(resource_id)
+            if slot is None:
+                return False
+            if slot.running:
+                slot.again = True
+            else:
+                slot.next_due = min(slot.next_due, self.clock())
+        return True
+
     def _run(self) -> None:
         while not self._stop.wait(self.tick):
             try:
@@ -141,4 +159,5 @@ class OwnedLoop(Generic[R]):
             slot = self._slots.get(resource_id)
             if slot is not None:
                 slot.running = False
-                slot.next_due = self.clock() + self.interval()
+                slot.next_due = self.clock() + (0.0 if slot.again else self.interval())
+                slot.again = False

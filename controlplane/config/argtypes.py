@@ -180,3 +180,14 @@ def host_prefix(text: str) -> str:
     if "/" in text or any(c.isspace() for c in text):
         raise argparse.ArgumentTypeError(f"{text!r}: a host id prefix has no '/' or spaces")
     return text
+
+
+_HOST_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+def host_id(text: str) -> str:
+    """One host id (a key segment; the API's pattern for host_id)."""
+    if not _HOST_ID.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use 1-128 letters, digits, '.', '_' or '-', not starting with '.' or '-'")
+    return text

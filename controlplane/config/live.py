@@ -147,6 +147,12 @@ SETTINGS: Mapping[str, Setting] = _settings(
         "Failed pulls in a row before a host is Disconnected and its VMs Unknown.",
     ),
     Setting(
+        "host.events", bool, True, None, None,
+        "Whether the owner of a host keeps a WatchHostEvents stream open to its agent and "
+        "pulls the host at once on each event (a crash seen in about a second); false: "
+        "periodic pulls only.",
+    ),
+    Setting(
         "host.pingTimeout", float, 10.0, 0.1, 300.0,
         "Seconds. Deadline of one pull (ping) of a host agent.",
     ),

@@ -122,6 +122,32 @@ class FenceResponse(_message.Message):
     vms_killed: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, host_id: _Optional[str] = ..., vms_killed: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class AgentServiceWatchHostEventsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AgentHostEvent(_message.Message):
+    __slots__ = ("host_id", "vm_id", "state", "reason", "at")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    state: AgentVmState
+    reason: str
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., state: _Optional[_Union[AgentVmState, str]] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AgentServiceWatchHostEventsResponse(_message.Message):
+    __slots__ = ("events", "resync")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AgentHostEvent]
+    resync: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[AgentHostEvent, _Mapping]]] = ..., resync: _Optional[bool] = ...) -> None: ...
+
 class SeedVmsRequest(_message.Message):
     __slots__ = ("host_id", "vms")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]

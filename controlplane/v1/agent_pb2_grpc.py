@@ -89,6 +89,11 @@ class AgentServiceStub:
                 request_serializer=controlplane_dot_v1_dot_agent__pb2.FenceRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_agent__pb2.FenceResponse.FromString,
                 _registered_method=True)
+        self.WatchHostEvents = channel.unary_stream(
+                '/controlplane.v1.AgentService/WatchHostEvents',
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceWatchHostEventsRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceWatchHostEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -171,6 +176,19 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchHostEvents(self, request, context):
+        """Lifecycle events of every host this agent serves, for as long as the stream
+        stays open: the owner of a host pulls it (ListVms) at once on an event rather
+        than one sync interval later. The pull stays the source of truth; an event
+        only says "look now". The first message has resync set (events before it were
+        not seen: pull every host you own here), and so does a message sent after
+        events were dropped for a slow reader. A message with no events and no resync
+        is a heartbeat (every few seconds), so a dead stream is noticed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +246,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Fence,
                     request_deserializer=controlplane_dot_v1_dot_agent__pb2.FenceRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_agent__pb2.FenceResponse.SerializeToString,
+            ),
+            'WatchHostEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchHostEvents,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceWatchHostEventsRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceWatchHostEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +550,33 @@ class AgentService:
             '/controlplane.v1.AgentService/Fence',
             controlplane_dot_v1_dot_agent__pb2.FenceRequest.SerializeToString,
             controlplane_dot_v1_dot_agent__pb2.FenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchHostEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/controlplane.v1.AgentService/WatchHostEvents',
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceWatchHostEventsRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceWatchHostEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

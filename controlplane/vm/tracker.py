@@ -110,6 +110,11 @@ class HostTracker:
         ran, result = self.loop.run_now(host_id)
         return result if ran else None
 
+    def poke(self, host_id: str) -> bool:
+        """Pull the host at the next tick, on the pool (a host event: see vm/hostevents.py);
+        pokes coalesce, and one during a pull makes another pull follow it."""
+        return self.loop.poke(host_id)
+
     # -- one host -------------------------------------------------------------------
 
     def ha_allowed(self, host_id: str, state: HostState, fresh: bool = False) -> bool:
