@@ -152,7 +152,9 @@ def start_nodes(stack: contextlib.ExitStack, base: str, etcd: str, count: int, *
 
 def cluster_client(stack: contextlib.ExitStack, nodes: Sequence[NodeProcess],
                    **kwargs: object) -> Client:
-    """A Client over every node, closed when `stack` unwinds."""
+    """A Client over every node (presenting what the harness calls them with), closed when
+    `stack` unwinds."""
+    kwargs.setdefault("tls", nodes[0].client_tls)
     client = Client([n.address for n in nodes], **kwargs)  # type: ignore[arg-type]
     stack.callback(client.close)
     return client
