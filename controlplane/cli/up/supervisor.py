@@ -114,7 +114,7 @@ class Supervisor:
         else:
             self.say(f"mutual TLS: CA and certificates in {self.pki.admin_dir.parent}; "
                      "to call this cluster:")
-            self.say(f"export CONTROLPLANE_TLS_DIR={self.pki.admin_dir}")
+            self.report.verbatim(f"export CONTROLPLANE_TLS_DIR={self.pki.admin_dir}")
         if self.etcd is not None:
             self.etcd.start()
             self.say(f"etcd starting on {self.etcd.endpoint} (pid {self.etcd.pid}, "
