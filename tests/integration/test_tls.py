@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.channels import open_channel
+from controlplane.channels import ChannelPool, open_channel
 from controlplane.rpc import RpcServer
 from controlplane.security import pki as pki_files
 from controlplane.security.identity import Identity, peer_identity
@@ -31,6 +31,7 @@ from controlplane.testing.mds import MdsProcess
 from controlplane.testing.pki import HarnessPki
 from controlplane.testing.ports import free_port
 from controlplane.testing.pytest_plugin import AgentFactory, NodeFactory
+from controlplane.testing.waiting import wait_until
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, host_pb2, vm_pb2, vm_pb2_grpc
 
 IMAGE = vm_pb2.ImageInfo(image_id="img", virtual_size=1 << 30, actual_size=1 << 28)
@@ -260,3 +261,53 @@ def test_certs_commands_make_files_a_server_takes(tmp_path: Path) -> None:
     finally:
         server.stop(0)
     assert pki_files.identity_dir("user", "ops") == "ops"
+
+
+def _expired(base: Path, kind: str, name: str, role: str | None, out: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    pki_files.issue_identity(base, kind, name, role=role, out=out, now=now, days=-1,
+                             not_before=now - dt.timedelta(days=2))
+
+
+def test_a_server_picks_up_rotated_files_without_a_restart(pki: HarnessPki,
+                                                           tmp_path: Path) -> None:
+    """The server starts with an expired certificate (every handshake fails); once valid
+    files replace it on disk, the next handshake uses them: no restart."""
+    out = tmp_path / "rotating-node"
+    _expired(pki.base, "node", "rot", None, out)
+    server = RpcServer("127.0.0.1:0", tls=TlsFiles.from_dir(out))
+    server.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, WhoAmI(),
+               "controlplane.v1.ClusterService")
+    port = server.start()
+    channel = open_channel(f"127.0.0.1:{port}", tls=pki.admin())
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            health(channel)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        pki_files.issue_identity(pki.base, "node", "rot", out=out)  # the rotation
+        wait_until(lambda: health(channel) == "SERVING", 10,
+                   message="a handshake with the rotated certificate")
+        assert server.tls_config is not None and server.tls_config.reloads == 1
+    finally:
+        channel.close()
+        server.stop(0)
+
+
+def test_a_client_pool_picks_up_rotated_files(node, pki: HarnessPki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A pool whose client certificate has expired fails to connect; once valid files
+    replace it, the pool opens new channels with them (checked at most every second)."""
+    out = tmp_path / "rotating-admin"
+    _expired(pki.base, "user", "admin", "admin", out)
+    pool = ChannelPool(tls=TlsFiles.from_dir(out))
+    try:
+        stub = pool.stub(cluster_pb2_grpc.ClusterServiceStub, node.address)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetRing(cluster_pb2.GetRingRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        pki_files.issue_identity(pki.base, "user", "admin", role="admin", out=out)
+        wait_until(lambda: pool.stub(cluster_pb2_grpc.ClusterServiceStub, node.address)
+                   .GetRing(cluster_pb2.GetRingRequest(), timeout=2).members, 10,
+                   message="a call with the rotated client certificate")
+        assert pool.rotations == 1
+    finally:
+        pool.close()
