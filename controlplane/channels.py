@@ -11,15 +11,25 @@ The variants, defined once here and imported by everyone who opens a channel:
 - LARGE_MESSAGE_OPTIONS: the same without gRPC's 4 MiB receive limit, for callers that list
   a whole fleet (a `vm list` of 20,000 VMs is about 4 MB at some 200 bytes a VM): the CLI
   and `up`.
+
+Transport: every channel is opened by `open_channel` with the caller's transport
+(`controlplane.security.tls`): mutual TLS with its certificate files, or plaintext when the
+process was started with an explicit `--insecure`. There is no default: a caller that does
+not say is a TypeError, not a plaintext channel. The server's certificate is checked against
+the address dialed (its SANs), with no target-name override. A pool re-opens its channels
+once the certificate files changed (checked at most every `ROTATION_CHECK` seconds, on use).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+
+from controlplane.security.tls import Plaintext, Transport, channel_credentials
 
 __all__ = ["CHANNEL_OPTIONS", "LARGE_MESSAGE_OPTIONS", "ChannelPool", "open_channel",
            "reconnect_options"]
@@ -42,11 +52,18 @@ LARGE_MESSAGE_OPTIONS: list[tuple[str, int]] = [
     *CHANNEL_OPTIONS, ("grpc.max_receive_message_length", -1)]
 
 
-def open_channel(address: str, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
+ROTATION_CHECK = 1.0  # seconds between two looks at a pool's certificate files
+
+
+def open_channel(address: str, options: list[tuple[str, int]] | None = None, *,
+                 tls: Transport) -> grpc.Channel:
     """The one place a channel to one of our processes is opened (the pool, the client
-    library and the harness all come here; transport credentials will be added here)."""
-    return grpc.insecure_channel(address,
-                                 options=CHANNEL_OPTIONS if options is None else options)
+    library and the harness all come here): mutual TLS with `tls`'s files (read now), or
+    plaintext for PLAINTEXT. RuntimeError when the files cannot be read or do not match."""
+    opts = CHANNEL_OPTIONS if options is None else options
+    if isinstance(tls, Plaintext):
+        return grpc.insecure_channel(address, options=opts)
+    return grpc.secure_channel(address, channel_credentials(tls), options=opts)
 
 
 class ChannelPool:
@@ -55,27 +72,56 @@ class ChannelPool:
 
     Stubs are cached too because building one is not free (a multicallable per method) and
     hot callers build them per call: the client library on every RPC, the VM tracker for
-    every owned host every interval."""
+    every owned host every interval.
 
-    def __init__(self, options: list[tuple[str, int]] | None = None) -> None:
+    When `tls`'s files change (a rotation), the next use after the check interval opens
+    new channels; the old ones are dropped, not closed, so calls in flight on them finish
+    (gRPC frees a channel once nothing uses it)."""
+
+    def __init__(self, options: list[tuple[str, int]] | None = None, *,
+                 tls: Transport) -> None:
         self.options = CHANNEL_OPTIONS if options is None else options
+        self.tls = tls
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[Callable[..., Any], str], Any] = {}
         self._lock = threading.Lock()
+        self.rotations = 0
+        self._signature = None if isinstance(tls, Plaintext) else tls.signature()
+        self._next_check = (float("inf") if isinstance(tls, Plaintext)
+                            else time.monotonic() + ROTATION_CHECK)
+
+    def _check_rotation(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + ROTATION_CHECK
+        assert not isinstance(self.tls, Plaintext)
+        signature = self.tls.signature()
+        if signature is None or signature == self._signature:
+            return
+        with self._lock:
+            if signature == self._signature:
+                return
+            self._signature = signature
+            self._channels, self._stubs = {}, {}
+            self.rotations += 1
 
     def _channel_locked(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = open_channel(address, self.options)
+            channel = self._channels[address] = open_channel(address, self.options,
+                                                             tls=self.tls)
         return channel
 
     def get(self, address: str) -> grpc.Channel:
         """The channel to `address`, opened on first use."""
+        self._check_rotation()
         with self._lock:
             return self._channel_locked(address)
 
     def stub(self, stub_class: Callable[[grpc.Channel], S], address: str) -> S:
         """The `stub_class` stub on the channel to `address`, built once."""
+        self._check_rotation()
         key = (stub_class, address)
         stub = self._stubs.get(key)  # the hot path takes no lock (a dict read is atomic)
         if stub is None:

@@ -31,6 +31,13 @@ as the nodes' router does. A FAILED_PRECONDITION carrying a newer ring epoch is 
 (real nodes send it only to a forwarded call, never to a client: a guard, see call_unary).
 Server streams are not retried: a stream cannot be resumed midway.
 
+Transport: `tls=` is the client's identity, `TlsFiles` (mutual TLS: the nodes' CA, the
+client's certificate and key, e.g. `TlsFiles.from_dir("<up data dir>/tls/admin")`) or
+`PLAINTEXT` for a cluster run with `--insecure`. Not given, it comes from the environment
+(CONTROLPLANE_TLS_DIR, or CONTROLPLANE_CA/_CERT/_KEY, or CONTROLPLANE_INSECURE=true) and a
+client with neither is refused (`TlsMissing`, a ValueError naming the options): nothing
+falls back to plaintext. The channels re-open when the files change (a rotation).
+
 With several endpoints, an endpoint not yet seen to connect is first checked to connect (at
 most `connect_timeout`, or half the time left), and skipped when it does not: a black-holed
 address (a dead load balancer, a filtered port) would otherwise hold the call until its
@@ -57,6 +64,7 @@ from controlplane.channels import CHANNEL_OPTIONS, ChannelPool
 from controlplane.cluster.ring import DEFAULT_VNODES, Ring
 from controlplane.metadata import UNREACHABLE, epoch_in, has
 from controlplane.rpc import valid_address
+from controlplane.security.tls import Transport, transport_from_env
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
@@ -219,9 +227,11 @@ class Client:
         backoff: float = 0.05,
         max_backoff: float = 1.0,
         options: list[tuple[str, Any]] | None = None,
+        tls: Transport | None = None,
     ) -> None:
         self.endpoints = parse_endpoints(endpoints if endpoints is not None
                                          else endpoints_from_env())
+        self.tls = tls if tls is not None else transport_from_env()
         self.timeout = timeout
         self.route = route
         self.ring_max_age = ring_max_age
@@ -229,7 +239,8 @@ class Client:
         self.max_attempts = max_attempts or max(3, 2 * len(self.endpoints))
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._pool = ChannelPool(options if options is not None else CHANNEL_OPTIONS)
+        self._pool = ChannelPool(options if options is not None else CHANNEL_OPTIONS,
+                                 tls=self.tls)
         self._preferred = 0  # index of the endpoint unrouted calls try first
         self._ring = _EMPTY_RING
         self._want_epoch = 0  # the newest epoch a node told us of (the next refresh's goal)

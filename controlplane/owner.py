@@ -17,6 +17,7 @@ from controlplane.agentclient import AgentClients
 from controlplane.cluster.registration import Registration
 from controlplane.cluster.view import ClusterView
 from controlplane.config.live import LiveConfig
+from controlplane.security.tls import Transport
 from controlplane.store import Keys, Store, StoreError, TxnResult
 from controlplane.store import txn as t
 from controlplane.store.cache import PrefixCache
@@ -45,6 +46,7 @@ class OwnerContext:
     hosts: PrefixCache[host_pb2.Host]
     config: LiveConfig
     agents: AgentClients
+    tls: Transport  # what this node presents on every channel it opens (agents, MDS)
 
     def owner_of(self, resource_id: str) -> str:
         ring = self.view.ring

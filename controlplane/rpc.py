@@ -16,7 +16,11 @@ need exactly one place to attach credentials and interceptors.
   client reads the constraints in the schema and nothing is written past them;
 - the domain-error interceptor: a handler that raises a `controlplane.errors` kind (or a
   StoreError) answers with the status code `STATUS` gives it, never UNKNOWN;
-- a clean RuntimeError naming the address when the port cannot be bound.
+- a clean RuntimeError naming the address when the port cannot be bound;
+- its transport (`controlplane.security.tls`), bound here and nowhere else: mutual TLS that
+  requires and verifies a client certificate signed by the CA (the files reloaded when they
+  change on disk), or plaintext only when the process was started with `--insecure`
+  (`PLAINTEXT`), logged as a warning. There is no default: `tls=` must be given.
 
 Limits. In sync gRPC a handler holds a thread for as long as it runs, and a server stream
 (WatchVms, reflection's ServerReflectionInfo) runs until its client goes: with one pool,
@@ -56,6 +60,12 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane import errors
 from controlplane.metadata import UNREACHABLE
+from controlplane.security.tls import (
+    Plaintext,
+    ReloadingServerConfig,
+    Transport,
+    server_credentials,
+)
 from controlplane.store.errors import StoreError
 
 __all__ = ["DEFAULT_MAX_STREAMS", "MAX_ID", "MAX_NAME", "NAME_CHARS", "NO_DEADLINE_CAP",
@@ -516,13 +526,15 @@ class RpcServer:
     `max_concurrent_rpcs` (default twice the two budgets) is gRPC's own backstop.
     """
 
-    def __init__(self, listen: str, *, max_workers: int = 32,
+    def __init__(self, listen: str, *, tls: Transport, max_workers: int = 32,
                  max_unary: int | None = None,
                  max_streams: int = DEFAULT_MAX_STREAMS,
                  max_concurrent_rpcs: int | None = None,
                  interceptors: Sequence[grpc.ServerInterceptor] = (),
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self.listen = listen
+        self.tls = tls
+        self.tls_config: ReloadingServerConfig | None = None  # set by start() with TLS
         self.health = Health(experimental_non_blocking=True)
         self.services: list[str] = []
         max_unary = 4 * max_workers if max_unary is None else max_unary
@@ -562,12 +574,25 @@ class RpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*self.services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        creds = None
+        if not isinstance(self.tls, Plaintext):  # RuntimeError naming a bad or missing file
+            creds, self.tls_config = server_credentials(self.tls)
         try:
-            self.port = self.server.add_insecure_port(self.listen)
+            if creds is None:
+                self.port = self.server.add_insecure_port(self.listen)
+            else:
+                self.port = self.server.add_secure_port(self.listen, creds)
         except RuntimeError as exc:
             raise RuntimeError(f"cannot listen on {self.listen}: {exc}") from exc
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.listen}")
+        if isinstance(self.tls, Plaintext):
+            log.warning("serving PLAINTEXT on %s (--insecure): no certificates, no "
+                        "authentication; anyone who reaches this port can call every method",
+                        self.listen)
+        else:
+            log.info("serving mutual TLS on %s (client certificates required, CA %s)",
+                     self.listen, self.tls.ca)
         self.set_health(live=True, ready=ready)
         self.server.start()
         return self.port

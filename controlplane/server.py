@@ -83,7 +83,8 @@ class ManagementNode:
         self.view = ClusterView(self.store, self.keys, settings.vnodes,
                                 settings.reconcile_interval, name=settings.node_id)
         self.view.add_listener(self._on_membership)
-        self.router = Router(settings.node_id, self.view, lambda: self.registration.fenced)
+        self.router = Router(settings.node_id, self.view, lambda: self.registration.fenced,
+                             tls=settings.tls)
         # Watch-fed caches of the records owner work reads (no etcd read per VM in sync).
         self.vms = PrefixCache(self.store, self.keys.vms, vm_pb2.Vm.FromString,
                                index=lambda vm: vm.host_id, name="vms")
@@ -96,7 +97,7 @@ class ManagementNode:
         self.config = live_config(self.config_cache, self.keys)
         self.owner = OwnerContext(settings.node_id, self.store, self.keys, self.registration,
                                   self.view, self.vms, self.ops, self.hosts, self.config,
-                                  AgentClients())
+                                  AgentClients(tls=settings.tls), settings.tls)
         self.images = PrefixCache(self.store, self.keys.images, volume_pb2.Image.FromString,
                                   index=lambda image: image.vm_id, name="images")
         self.operations = Operations(self.owner, image_locks=lambda vm_id: [
@@ -112,7 +113,8 @@ class ManagementNode:
         self.mds_checker = MdsHealthChecker(self.owner, self.storages, enabled=lambda: self.ready)
         self.image_manager = ImageManager(self.owner, settings.image_dir)
         self.live_jobs = LiveJobs(self.image_manager, self.owner.agents.block_jobs)
-        self.rpc = RpcServer(settings.listen, max_workers=32, max_streams=settings.max_streams,
+        self.rpc = RpcServer(settings.listen, tls=settings.tls, max_workers=32,
+                             max_streams=settings.max_streams,
                              interceptors=[MetricsInterceptor(metrics.RPCS,
                                                                 metrics.RPCS_IN_FLIGHT)])
         self._stopping = threading.Event()

@@ -10,7 +10,9 @@ store (EtcdServer) and the qemu driver import, which need neither gRPC nor healt
 What it adds to ChildProcess: an environment that finds this package (children run the same
 code as their parent), one shared channel that is closed whenever the process is killed,
 stopped or restarted (so no caller keeps talking to a dead incarnation through it), and the
-readiness probe.
+readiness probe. Its channel presents `client_tls` (every subclass says what its process
+serves and the parent calls with: the harness's admin identity, `up`'s, or PLAINTEXT for a
+process run with --insecure).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.channels import CHANNEL_OPTIONS, open_channel
 from controlplane.procs import ChildProcess
+from controlplane.security.tls import Transport
 
 __all__ = ["CHANNEL_OPTIONS", "ServingProcess", "child_env", "health_status"]
 
@@ -76,8 +79,10 @@ class ServingProcess(ChildProcess):
     channel_options: list[tuple[str, int]] = CHANNEL_OPTIONS
     _channel: grpc.Channel | None = None
 
-    def __init__(self, name: str, log_path: str, with_parent: bool = False) -> None:
+    def __init__(self, name: str, log_path: str, with_parent: bool = False, *,
+                 client_tls: Transport) -> None:
         super().__init__(name, log_path, with_parent)
+        self.client_tls = client_tls
         self._channel = None
 
     def env(self) -> dict[str, str]:
@@ -122,7 +127,7 @@ class ServingProcess(ChildProcess):
 
     def new_channel(self) -> grpc.Channel:
         """A fresh channel of its own (the caller closes it), e.g. to drop a caller mid-call."""
-        return open_channel(self.address, self.channel_options)
+        return open_channel(self.address, self.channel_options, tls=self.client_tls)
 
     def channel(self) -> grpc.Channel:
         """The shared channel of this object (closed on kill/stop/restart)."""

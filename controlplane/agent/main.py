@@ -8,11 +8,14 @@ from typing import Any
 
 from controlplane.config import argtypes
 from controlplane.config.settings import (
+    TLS_HELP,
     add_env_argument,
     add_flags,
+    add_tls_flags,
     log_flags,
     metrics_bind_address,
     metrics_flags,
+    transport_from_args,
 )
 from controlplane.rpc import serve_metrics, serve_until_signal
 
@@ -43,7 +46,9 @@ on the same port injects the faults (host conditions, crashes, delays, failure r
 seeds large fleets. State lives in memory only: a restarted sim agent has no VMs.
 
 gRPC health (services "", liveness, readiness) and server reflection are served on the
-same port. SIGTERM or SIGINT aborts operations in progress and exits 0."""
+same port. SIGTERM or SIGINT aborts operations in progress and exits 0.
+
+""" + TLS_HELP
 
 
 def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -105,6 +110,7 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_env_argument(p, "--seed", type=argtypes.integer, default=None, metavar="N",
                      help="seed of the sim's failure injection (unset: random)")
     add_flags(p, [*log_flags(), *metrics_flags()])
+    add_tls_flags(p)
     return p
 
 
@@ -113,11 +119,12 @@ def run_agent(args: argparse.Namespace) -> int:
     from controlplane import logs
     from controlplane.agent.server import serve_agent
 
+    tls = transport_from_args(args)  # before anything starts: exit 2 naming the options
     logs.setup(args.log_format, args.log_level, f"agent@{args.listen}")
 
     def start():  # type: ignore[no-untyped-def]
         serve_metrics(args.metrics_port,
                       metrics_bind_address(args.metrics_address, args.listen))
-        return serve_agent(args)
+        return serve_agent(args, tls)
 
     return serve_until_signal(start)

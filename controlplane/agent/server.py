@@ -26,6 +26,7 @@ from controlplane.agent.backend import (
 from controlplane.agent.blockjobs import AgentBlockJobsServiceServicer
 from controlplane.agent.sim import SETTING_NAMES, SimBackend, SimSettings
 from controlplane.rpc import RpcServer, status_of
+from controlplane.security.tls import Transport
 from controlplane.v1 import agent_pb2, agent_pb2_grpc, blockjob_pb2, blockjob_pb2_grpc
 
 __all__ = [
@@ -247,11 +248,11 @@ class AgentServer:
     reflection, over one backend."""
 
     def __init__(self, backend: Backend, listen: str, max_workers: int = MAX_WORKERS,
-                 block_backend: str = "sim") -> None:
+                 block_backend: str = "sim", *, tls: Transport) -> None:
         self.backend = backend
         self.listen = listen
         self.block_jobs = AgentBlockJobsServiceServicer(block_backend)
-        self.rpc = RpcServer(listen, max_workers=max_workers)
+        self.rpc = RpcServer(listen, tls=tls, max_workers=max_workers)
         self.port = 0
         self._stopped = False
 
@@ -322,7 +323,7 @@ def build_libvirt_backend(args: argparse.Namespace) -> Backend:
         cmdline=args.guest_cmdline or guest.kernel_cmdline())
 
 
-def serve_agent(args: argparse.Namespace) -> AgentServer:
+def serve_agent(args: argparse.Namespace, tls: Transport) -> AgentServer:
     """Build the backend from the parsed ``agent`` command line and start serving."""
     return AgentServer(build_backend(args), args.listen,
-                       block_backend=getattr(args, "block_backend", "sim")).start()
+                       block_backend=getattr(args, "block_backend", "sim"), tls=tls).start()

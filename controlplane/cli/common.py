@@ -2,8 +2,10 @@
 output and the one error printer.
 
 Flags: ``--endpoint`` (a comma-separated list of nodes, tried in turn; default
-``$CONTROLPLANE_ENDPOINT``, else 127.0.0.1:7070), ``--timeout`` (the call's deadline) and
-``--json``.
+``$CONTROLPLANE_ENDPOINT``, else 127.0.0.1:7070), ``--timeout`` (the call's deadline),
+``--json``, and the client's identity: ``--tls-dir DIR`` (``$CONTROLPLANE_TLS_DIR``; what
+``controlplane up`` prints to export), or ``--ca/--cert/--key``, or ``--insecure`` for a
+cluster run in plaintext. With none of them the command refuses (exit 2) naming them.
 
 Calls go through :class:`controlplane.client.Client` with owner-aware routing off: the
 endpoints an operator gives are the addresses known to work from where the command runs (a
@@ -52,6 +54,7 @@ from controlplane.client import (
     endpoints_from_env,
     list_all,
 )
+from controlplane.config.settings import add_tls_flags, transport_from_args
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -106,6 +109,7 @@ def add_client_args(parser: argparse.ArgumentParser, timeout: float | None,
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--timeout", type=argtypes.positive_float, default=timeout,
                         metavar="S", help=timeout_help)
+    add_tls_flags(parser)
 
 
 def command(subparsers: argparse._SubParsersAction, name: str, summary: str,
@@ -128,7 +132,7 @@ def command(subparsers: argparse._SubParsersAction, name: str, summary: str,
 def make_client(args: argparse.Namespace) -> Client:
     """The Client for --endpoint, its default deadline --timeout (None: no deadline)."""
     return Client(args.endpoint, timeout=call_timeout(args), route=False,
-                  options=CHANNEL_OPTIONS)
+                  options=CHANNEL_OPTIONS, tls=transport_from_args(args))
 
 
 def call_timeout(args: argparse.Namespace) -> float | None:

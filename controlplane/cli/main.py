@@ -19,10 +19,11 @@ from collections.abc import Callable, Sequence
 
 from controlplane import __version__
 from controlplane.agent.main import add_agent_parser, run_agent
-from controlplane.cli import cluster, common, config, hosts, images, storage, vms
+from controlplane.cli import certs, cluster, common, config, hosts, images, storage, vms
 from controlplane.cli.up import add_up_parser, run_up
 from controlplane.config import argtypes
 from controlplane.config.settings import (
+    TLS_HELP,
     EnvArgumentParser,
     add_serve_arguments,
     settings_from_args,
@@ -60,7 +61,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="run one management node (what a Kubernetes pod runs)",
         description="Run one management node until SIGTERM. Every flag can also be set by the "
         "environment variable named in its help. On SIGTERM: readiness goes NOT_SERVING, the "
-        "lease is revoked, in-flight calls drain for --drain-grace seconds.",
+        "lease is revoked, in-flight calls drain for --drain-grace seconds.\n\n" + TLS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_arguments(serve)
     serve.set_defaults(run=_run_serve)
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_parsers(sub)
     storage.add_parsers(sub)
     images.add_parsers(sub)
+    certs.add_parsers(sub)
     _add_bench_parsers(sub)
     _add_completion_parser(sub, parser)
     return parser

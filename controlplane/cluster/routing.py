@@ -38,6 +38,7 @@ from controlplane.cluster.table import MemberTable
 from controlplane.cluster.view import ClusterView
 from controlplane.metadata import EPOCH, FORWARDED_BY, UNREACHABLE, epoch_in, has
 from controlplane.rpc import NO_DEADLINE_CAP, remaining
+from controlplane.security.tls import Transport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -161,12 +162,15 @@ class Router:
         view: ClusterView,
         is_fenced: Callable[[], bool],
         max_retries: int = 4,
+        *,
+        tls: Transport,
     ) -> None:
         self.node_id = node_id
         self.view = view
         self.is_fenced = is_fenced
         self.max_retries = max_retries
-        self._channels = ChannelPool()
+        # Forwards present this node's certificate, to the owner's advertised address.
+        self._channels = ChannelPool(tls=tls)
 
     def channel(self, address: str) -> grpc.Channel:
         return self._channels.get(address)

@@ -19,19 +19,20 @@ from __future__ import annotations
 import argparse
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import configargparse
 
 from controlplane.config import argtypes
 from controlplane.rpc import DEFAULT_MAX_STREAMS
+from controlplane.security.tls import TlsMissing, Transport, transport_from
 from controlplane.store.keys import DEFAULT_PREFIX
 
 __all__ = [
     "ENV_PREFIX", "SERVE_FLAGS", "EnvArgumentParser", "Flag", "Settings", "add_env_argument",
     "add_flags", "add_serve_arguments", "env_name", "log_flags", "metrics_bind_address",
-    "metrics_flags", "settings_from_args",
+    "metrics_flags", "settings_from_args", "add_tls_flags", "transport_from_args",
 ]
 
 ENV_PREFIX = "CONTROLPLANE_"
@@ -67,6 +68,8 @@ class Settings:
     log_level: str = "INFO"
     image_dir: str = "/var/lib/controlplane/images"
     max_streams: int = DEFAULT_MAX_STREAMS
+    # mutual TLS files, or PLAINTEXT (--insecure): for the server and every channel it opens
+    tls: Transport = field(kw_only=True)
 
 
 def env_name(flag: str) -> str:
@@ -157,6 +160,55 @@ def metrics_bind_address(address: str | None, listen: str) -> str:
     return host or "0.0.0.0"
 
 
+TLS_HELP = """\
+Transport: mutual TLS is required. --tls-dir DIR names a directory in the Kubernetes TLS
+Secret layout (ca.crt: the CA every peer is checked against; tls.crt and tls.key: this
+process's identity; `controlplane certs issue` writes one, a cert-manager Secret mounts as
+one), or give the three files with --ca/--cert/--key. The same identity is presented to
+every process this one calls. The files are reloaded when they change. Plaintext only with
+an explicit --insecure (logged as a warning): anyone who reaches the port can call."""
+
+
+TLS_FLAGS: tuple[tuple[str, str, str, str], ...] = (
+    # flag, dest (not "key": `config get KEY` has a positional of that name), metavar, help
+    ("--tls-dir", "tls_dir", "DIR", "directory with ca.crt, tls.crt, tls.key (mutual TLS)"),
+    ("--ca", "tls_ca", "FILE", "CA bundle every peer is checked against"),
+    ("--cert", "tls_cert", "FILE", "this process's certificate"),
+    ("--key", "tls_key", "FILE", "this process's private key"),
+)
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """--tls-dir, --ca, --cert, --key and --insecure, each also read from its
+    CONTROLPLANE_* variable (``parser`` must be an EnvArgumentParser); read them with
+    :func:`transport_from_args`, which refuses (exit 2) when neither certificates nor
+    --insecure were given."""
+    for flag, dest, metavar, text in TLS_FLAGS:
+        add_env_argument(parser, flag, dest=dest, type=argtypes.abspath, metavar=metavar,
+                         help=text)
+    add_env_argument(parser, "--insecure", action="store_true",
+                     help="PLAINTEXT, without certificates (tests, a throwaway local "
+                          "cluster): no authentication at all")
+    parser.set_defaults(tls_parser=parser)
+
+
+def transport_from_args(args: argparse.Namespace) -> Transport:
+    """The transport the flags ask for; a usage error (exit 2, naming --tls-dir and
+    --insecure) when they ask for none or for a contradiction."""
+    try:
+        return transport_from(tls_dir=args.tls_dir, ca=args.tls_ca, cert=args.tls_cert,
+                              key=args.tls_key, insecure=args.insecure)
+    except TlsMissing as exc:
+        _usage_error(args, str(exc))
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+    parser = getattr(args, "tls_parser", None)
+    if parser is None:
+        raise SystemExit(f"error: {message}")
+    parser.error(message)
+
+
 SERVE_FLAGS: list[Flag] = [
     Flag("--node-id", argtypes.node_id, None,
          "this node's id, unique in the cluster (a pod name)", required=True),
@@ -189,6 +241,7 @@ SERVE_FLAGS: list[Flag] = [
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``controlplane serve`` (``parser`` must be an EnvArgumentParser)."""
     add_flags(parser, SERVE_FLAGS)
+    add_tls_flags(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -215,4 +268,5 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         image_dir=args.image_dir,
         max_streams=args.max_streams,
+        tls=transport_from_args(args),
     )

@@ -14,12 +14,15 @@ from typing import Any
 
 from controlplane.config import argtypes
 from controlplane.config.settings import (
+    TLS_HELP,
     EnvArgumentParser,
     add_env_argument,
     add_flags,
+    add_tls_flags,
     log_flags,
     metrics_bind_address,
     metrics_flags,
+    transport_from_args,
 )
 from controlplane.rpc import serve_metrics, serve_until_signal
 
@@ -42,7 +45,9 @@ or fail (an operation error such as INTERNAL). Each sim process has its own volu
 restarted one has none.
 
 gRPC health (services "", liveness, readiness) and server reflection are served on the
-same port. SIGTERM or SIGINT stops it (hanging calls are released) and exits 0."""
+same port. SIGTERM or SIGINT stops it (hanging calls are released) and exits 0.
+
+""" + TLS_HELP
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -52,6 +57,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_env_argument(p, "--backend", choices=BACKENDS, default="sim",
                      help="metadata backend (only sim exists today)")
     add_flags(p, [*log_flags(), *metrics_flags()])
+    add_tls_flags(p)
     return p
 
 
@@ -70,6 +76,7 @@ def run_mds(args: argparse.Namespace) -> int:
     from controlplane import logs
     from controlplane.mds.sim import MdsServer
 
+    tls = transport_from_args(args)  # before anything starts: exit 2 naming the options
     logs.setup(args.log_format, args.log_level, f"mds@{args.listen}")
     if args.backend != "sim":  # argparse choices make this unreachable from the command
         log.error("unknown backend %r", args.backend)
@@ -78,7 +85,7 @@ def run_mds(args: argparse.Namespace) -> int:
     def start():  # type: ignore[no-untyped-def]
         serve_metrics(args.metrics_port,
                       metrics_bind_address(args.metrics_address, args.listen))
-        return MdsServer(args.listen).start()
+        return MdsServer(args.listen, tls=tls).start()
 
     return serve_until_signal(start)
 

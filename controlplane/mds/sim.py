@@ -33,6 +33,7 @@ import grpc
 
 from controlplane import errors, names, wiretime
 from controlplane.rpc import RpcServer, check_name
+from controlplane.security.tls import Transport
 from controlplane.v1 import mds_pb2, mds_pb2_grpc
 
 __all__ = [
@@ -289,10 +290,10 @@ class MdsServer:
     """One sim MDS: StorageMds + SimMdsControl, health and reflection on one port."""
 
     def __init__(self, listen: str, sim: SimMds | None = None,
-                 max_workers: int = MAX_WORKERS) -> None:
+                 max_workers: int = MAX_WORKERS, *, tls: Transport) -> None:
         self.listen = listen
         self.sim = sim if sim is not None else SimMds()
-        self.rpc = RpcServer(listen, max_workers=max_workers)
+        self.rpc = RpcServer(listen, tls=tls, max_workers=max_workers)
         self.port = 0
         self._stopped = False
 

@@ -31,6 +31,7 @@ import tenacity
 from google.protobuf.message import Message
 
 from controlplane.channels import CHANNEL_OPTIONS, ChannelPool
+from controlplane.security.tls import PLAINTEXT, Transport
 from controlplane.storage.retry import (
     Decision,
     MdsEndpoint,
@@ -150,6 +151,7 @@ class MdsClient:
     every healthy MDS one full attempt (``attempt_timeout`` x their number).
     ``rng``: draws the order of each call (pass a seeded one to choose the order).
     ``invoke``: the transport, for tests without a network; gRPC channels by default.
+    ``tls``: what the channels present (the node's own certificate), required with them.
 
     Thread-safe: endpoints are an immutable tuple swapped by :meth:`update_endpoints`,
     channels are created once per address under a lock.
@@ -163,6 +165,7 @@ class MdsClient:
         *,
         rng: random.Random | None = None,
         invoke: Invoke | None = None,
+        tls: Transport | None = None,
     ) -> None:
         if not attempt_timeout > 0:
             raise ValueError(f"attempt_timeout must be > 0, got {attempt_timeout}")
@@ -171,11 +174,13 @@ class MdsClient:
         self.attempt_timeout = float(attempt_timeout)
         self.budget = budget
         self._endpoints = _checked(endpoints)
+        if tls is None and invoke is None:
+            raise TypeError("MdsClient needs tls= (TlsFiles, or PLAINTEXT for --insecure)")
         self._rng = rng if rng is not None else random.Random()
         self._rng_lock = threading.Lock()
         self._invoke: Invoke = invoke if invoke is not None else self._grpc_invoke
         self._lock = threading.Lock()
-        self._channels = ChannelPool(CHANNEL_OPTIONS)
+        self._channels = ChannelPool(CHANNEL_OPTIONS, tls=tls or PLAINTEXT)
         self._closed = False
 
     # -- endpoints and channels ------------------------------------------------------

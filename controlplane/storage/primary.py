@@ -81,7 +81,7 @@ class MdsHealthChecker:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.storages = storages
-        self._channels = ChannelPool(CHANNEL_OPTIONS)
+        self._channels = ChannelPool(CHANNEL_OPTIONS, tls=ctx.tls)
         self._lock = threading.Lock()
         self._clients: dict[str, MdsClient] = {}
         self.loop: OwnedLoop[None] = OwnedLoop(
@@ -112,7 +112,8 @@ class MdsHealthChecker:
         with self._lock:
             client = self._clients.get(storage.storage_id)
             if client is None:
-                client = self._clients[storage.storage_id] = MdsClient(endpoints_of(storage))
+                client = self._clients[storage.storage_id] = MdsClient(endpoints_of(storage),
+                                                                       tls=self.ctx.tls)
         client.update_endpoints(endpoints_of(storage))
         client.attempt_timeout = float(self.ctx.config.get("storage.mdsAttemptTimeout"))
         return client

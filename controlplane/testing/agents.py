@@ -11,7 +11,9 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from controlplane.security.tls import Transport
 from controlplane.serving import ServingProcess
+from controlplane.testing.pki import client_transport, harness_pki, server_args
 from controlplane.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["AgentProcess", "vm_copies"]
@@ -42,6 +44,7 @@ class AgentProcess(ServingProcess):
         log_level: str = "INFO",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        tls: Transport | None = None,
     ) -> None:
         self.port = port
         self.base_dir = str(base_dir)
@@ -58,7 +61,10 @@ class AgentProcess(ServingProcess):
         self.log_level = log_level
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
-        super().__init__(name, os.path.join(self.base_dir, f"{name}.log"))
+        # None: this agent's own certificate from the harness PKI; PLAINTEXT: --insecure
+        self.tls = tls if tls is not None else harness_pki().agent(name)
+        super().__init__(name, os.path.join(self.base_dir, f"{name}.log"),
+                         client_tls=client_transport(self.tls))
 
     @property
     def address(self) -> str:
@@ -90,7 +96,7 @@ class AgentProcess(ServingProcess):
             argv += ["--memory-mb", str(self.memory_mb)]
         if self.seed is not None:
             argv += ["--seed", str(self.seed)]
-        return argv + list(self.extra_args)
+        return argv + server_args(self.tls) + list(self.extra_args)
 
     def stub(self) -> agent_pb2_grpc.AgentServiceStub:
         return agent_pb2_grpc.AgentServiceStub(self.channel())

@@ -1,14 +1,20 @@
-"""Questions a test asks a running cluster, over the public gRPC API."""
+"""Questions a test asks a running cluster, over the public gRPC API.
+
+Calls present the harness's admin identity (controlplane.testing.pki), or, given a
+NodeProcess, whatever that node's own channel presents (PLAINTEXT to an --insecure node)."""
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 from collections.abc import Sequence
 
 import grpc
 
 from controlplane.channels import ChannelPool, reconnect_options
+from controlplane.security.tls import Transport
 from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.pki import harness_pki
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 from controlplane.v1 import (
@@ -19,43 +25,57 @@ from controlplane.v1 import (
     volume_pb2_grpc,
 )
 
-# One pool for every test of the process (thread-safe: tests start threads that ask nodes);
-# a short reconnect backoff, since nodes restart in tests.
-_pool = ChannelPool(reconnect_options(500))
+# One pool per transport for every test of the process (thread-safe: tests start threads
+# that ask nodes); a short reconnect backoff, since nodes restart in tests.
+_pools: dict[Transport, ChannelPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool_for(address: str | NodeProcess) -> ChannelPool:
+    tls = address.client_tls if isinstance(address, NodeProcess) else harness_pki().admin()
+    pool = _pools.get(tls)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.setdefault(tls, ChannelPool(reconnect_options(500), tls=tls))
+    return pool
 
 
 def _address(address: str | NodeProcess) -> str:
     return address.address if isinstance(address, NodeProcess) else address
 
 
+def _stub(stub_class, address: str | NodeProcess):  # type: ignore[no-untyped-def]
+    return _pool_for(address).stub(stub_class, _address(address))
+
+
 def channel(address: str | NodeProcess) -> grpc.Channel:
     """The shared channel to a node."""
-    return _pool.get(_address(address))
+    return _pool_for(address).get(_address(address))
 
 
 def stub(address: str | NodeProcess) -> pb_grpc.ClusterServiceStub:
     """A ClusterService stub on the shared channel to a node."""
-    return _pool.stub(pb_grpc.ClusterServiceStub, _address(address))
+    return _stub(pb_grpc.ClusterServiceStub, address)
 
 
 def vms(address: str | NodeProcess) -> vm_pb2_grpc.VmServiceStub:
-    return _pool.stub(vm_pb2_grpc.VmServiceStub, _address(address))
+    return _stub(vm_pb2_grpc.VmServiceStub, address)
 
 
 def hosts(address: str | NodeProcess) -> host_pb2_grpc.HostServiceStub:
-    return _pool.stub(host_pb2_grpc.HostServiceStub, _address(address))
+    return _stub(host_pb2_grpc.HostServiceStub, address)
 
 
 def config(address: str | NodeProcess) -> config_pb2_grpc.ConfigServiceStub:
-    return _pool.stub(config_pb2_grpc.ConfigServiceStub, _address(address))
+    return _stub(config_pb2_grpc.ConfigServiceStub, address)
 
 
 def storage(address: str | NodeProcess) -> storage_pb2_grpc.StorageServiceStub:
-    return _pool.stub(storage_pb2_grpc.StorageServiceStub, _address(address))
+    return _stub(storage_pb2_grpc.StorageServiceStub, address)
 
 
 def volumes(address: str | NodeProcess) -> volume_pb2_grpc.VolumeServiceStub:
-    return _pool.stub(volume_pb2_grpc.VolumeServiceStub, _address(address))
+    return _stub(volume_pb2_grpc.VolumeServiceStub, address)
 
 
 def ring(node: str | NodeProcess, timeout: float = 1.0) -> pb.GetRingResponse:

@@ -15,8 +15,10 @@ from collections.abc import Mapping, Sequence
 import grpc
 
 from controlplane import wiretime
+from controlplane.security.tls import Transport
 from controlplane.serving import ServingProcess
 from controlplane.storage.mds import CHANNEL_OPTIONS
+from controlplane.testing.pki import client_transport, harness_pki, server_args
 from controlplane.v1 import mds_pb2, mds_pb2_grpc
 
 __all__ = ["MdsProcess"]
@@ -38,13 +40,17 @@ class MdsProcess(ServingProcess):
         log_level: str = "INFO",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        tls: Transport | None = None,
     ) -> None:
         self.port = port
         self.base_dir = str(base_dir)
         self.log_level = log_level
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
-        super().__init__(name, os.path.join(self.base_dir, f"{name}.log"))
+        # None: this mds's own certificate from the harness PKI; PLAINTEXT: --insecure
+        self.tls = tls if tls is not None else harness_pki().mds(name)
+        super().__init__(name, os.path.join(self.base_dir, f"{name}.log"),
+                         client_tls=client_transport(self.tls))
 
     @property
     def address(self) -> str:
@@ -56,6 +62,7 @@ class MdsProcess(ServingProcess):
             "--listen", self.address,
             "--backend", "sim",
             "--log-level", self.log_level,
+            *server_args(self.tls),
             *self.extra_args,
         ]  # fmt: skip
 

@@ -11,7 +11,9 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from controlplane.channels import reconnect_options
+from controlplane.security.tls import Transport
 from controlplane.serving import ServingProcess
+from controlplane.testing.pki import client_transport, harness_pki, server_args
 
 __all__ = ["NodeProcess"]
 
@@ -34,6 +36,7 @@ class NodeProcess(ServingProcess):
         metrics_port: int | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        tls: Transport | None = None,
     ) -> None:
         self.node_id = node_id
         self.port = port
@@ -45,7 +48,10 @@ class NodeProcess(ServingProcess):
         self.metrics_port = metrics_port
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
-        super().__init__(node_id, os.path.join(self.base_dir, f"{node_id}.log"))
+        # None: this node's own certificate from the harness PKI; PLAINTEXT: --insecure
+        self.tls = tls if tls is not None else harness_pki().node(node_id)
+        super().__init__(node_id, os.path.join(self.base_dir, f"{node_id}.log"),
+                         client_tls=client_transport(self.tls))
 
     @property
     def address(self) -> str:
@@ -67,7 +73,7 @@ class NodeProcess(ServingProcess):
             argv += ["--reconcile-interval", _num(self.reconcile_interval)]
         if self.prefix is not None:
             argv += ["--prefix", self.prefix]
-        return argv + list(self.extra_args)
+        return argv + server_args(self.tls) + list(self.extra_args)
 
     def terminate(self, timeout: float = 15.0) -> int:
         """Graceful shutdown (SIGTERM), SIGKILL after ``timeout``; returns the exit code."""

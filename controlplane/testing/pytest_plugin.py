@@ -3,6 +3,11 @@
 Enable with ``pytest_plugins = ["controlplane.testing.pytest_plugin"]`` in the root conftest.
 Every process a fixture starts is killed at teardown, and when the test failed the tail of each
 process log is printed, so a CI failure can be read without re-running it.
+
+Mutual TLS everywhere: the session fixture `pki` (autouse) makes one CA for the session;
+every node, agent and MDS the harness starts gets a certificate from it, and the tests call
+as its admin user: CONTROLPLANE_TLS_DIR points at that identity for the whole session, so
+`Client()` and the `controlplane` commands a test runs use it too.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from typing import Any
 
 import pytest
 
+from controlplane.security.tls import ENV_TLS_DIR
 from controlplane.store.embedded import log_tail
 from controlplane.testing.agents import AgentProcess
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.libvirt import LibvirtHosts
 from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.pki import HarnessPki, use_pki
 from controlplane.testing.ports import free_port
 from controlplane.testing.proxy import TcpProxy
 
@@ -32,6 +39,7 @@ __all__ = [
     "libvirt_hosts",
     "libvirt_system",
     "nodes",
+    "pki",
     "proxy_factory",
 ]
 
@@ -73,6 +81,24 @@ def _etcd_cluster(request: pytest.FixtureRequest, base: Path, size: int) -> Iter
         cluster.stop()
         if _test_failed(request):
             _print_logs("etcd", [(m.name, m.log_path) for m in cluster.members])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HarnessPki]:
+    """The session's CA and identities (one CA per session: issuing is the expensive part of
+    TLS in tests, and every process of the session trusts the same CA)."""
+    harness = HarnessPki(tmp_path_factory.mktemp("pki"))
+    use_pki(harness)
+    before = os.environ.get(ENV_TLS_DIR)
+    os.environ[ENV_TLS_DIR] = str(harness.admin_dir)
+    try:
+        yield harness
+    finally:
+        use_pki(None)
+        if before is None:
+            os.environ.pop(ENV_TLS_DIR, None)
+        else:
+            os.environ[ENV_TLS_DIR] = before
 
 
 @pytest.fixture

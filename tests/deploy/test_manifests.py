@@ -177,7 +177,7 @@ def serve_settings(docs: list[Doc], pod_name: str) -> dict[str, Any]:
               "from controlplane.cli.main import build_parser\n"
               "from controlplane.config.settings import settings_from_args\n"
               "args = build_parser().parse_args(sys.argv[1:])\n"
-              "print(json.dumps(dataclasses.asdict(settings_from_args(args))))\n")
+              "print(json.dumps(dataclasses.asdict(settings_from_args(args)), default=repr))\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
     result = subprocess.run([sys.executable, "-c", script, *container.get("args", [])],
                             env={**clean, **env}, capture_output=True, text=True, timeout=60)
@@ -390,6 +390,8 @@ def test_the_command_parses_the_rendered_pod_environment(
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
     assert annotations["prometheus.io/path"] == "/metrics"
+    # plaintext on purpose until the cert-manager Certificates land (configmap.yaml)
+    assert settings["tls"] == "PLAINTEXT"
     if target == "overlays/dev":
         assert (settings["lease_ttl"], settings["log_format"]) == (5, "text")
     if target == "overlays/prod":

@@ -19,7 +19,9 @@ import threading
 import grpc
 from test_manifests import DEPLOY, MN, find, main_container, pod_environment, render
 
+from controlplane.channels import open_channel
 from controlplane.cluster.view import ClusterView
+from controlplane.security.tls import PLAINTEXT
 from controlplane.store import Keys, Store
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.nodes import NodeProcess
@@ -53,7 +55,9 @@ def pod(name: str, etcd: str, base_dir: str) -> Pod:
     assert set(local) <= set(env), "the manifest no longer sets what the rehearsal overrides"
     env.update(local)
     assert env["CONTROLPLANE_NODE_ID"] == name
-    return Pod(name, port, etcd, base_dir, env=env)
+    # the manifests run plaintext until their certificates land (deploy/base/configmap.yaml)
+    assert env["CONTROLPLANE_INSECURE"] == "true"
+    return Pod(name, port, etcd, base_dir, env=env, tls=PLAINTEXT)
 
 
 class ServiceClient:
@@ -79,7 +83,7 @@ class ServiceClient:
         if address not in self._channels:
             # A client of a Service that rolls should not back off for long from an endpoint
             # that restarted (gRPC's default reconnect backoff grows to 120 s).
-            self._channels[address] = grpc.insecure_channel(address, options=[
+            self._channels[address] = open_channel(address, tls=PLAINTEXT, options=[
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 500),

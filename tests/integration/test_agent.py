@@ -93,9 +93,12 @@ def test_slow_start_shows_its_op_and_the_vm_only_after(agents: AgentFactory) -> 
 
 
 _CALLER = """
-import sys, grpc
+import sys
+from controlplane.channels import open_channel
+from controlplane.security.tls import TlsFiles
 from controlplane.v1 import agent_pb2 as pb, agent_pb2_grpc
-stub = agent_pb2_grpc.AgentServiceStub(grpc.insecure_channel(sys.argv[1]))
+tls = TlsFiles(*sys.argv[3:6])
+stub = agent_pb2_grpc.AgentServiceStub(open_channel(sys.argv[1], tls=tls))
 stub.StartVm(pb.AgentServiceStartVmRequest(host_id=sys.argv[2], vm_id="vm-killed", generation=1,
                                op_id="op-killed"), timeout=60)
 """
@@ -106,8 +109,9 @@ def test_start_completes_after_its_caller_has_gone(agents: AgentFactory) -> None
     VM must run anyway, which is what makes the op an orphan worth resolving."""
     agent = agents.start("a", start_delay=1.5)
     h = agent.host_ids[0]
-    caller = subprocess.Popen([sys.executable, "-c", _CALLER, agent.address, h],
-                              env=agent.env())
+    tls = agent.client_tls
+    caller = subprocess.Popen([sys.executable, "-c", _CALLER, agent.address, h,
+                               tls.ca, tls.cert, tls.key], env=agent.env())
     try:
         wait_until(lambda: ops(agent, h), 10, message="the caller process never began a start")
     finally:

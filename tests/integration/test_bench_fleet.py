@@ -17,7 +17,8 @@ from controlplane.devtools.bench.fleet.report import PRINTERS
 TINY = ["fleet", "--hosts", "20", "--vms-per-host", "5", "--rounds", "2",
         "--ready-timeout", "60", "--nodes", "3", "--clients", "4", "--ops", "24",
         "--agent-hosts", "3", "--etcd-seconds", "0.5", "--ha-runs", "1",
-        "--ping-interval", "0.5", "--ping-failures", "2", "--ping-timeout", "0.3", "--json"]
+        "--ping-interval", "0.5", "--ping-failures", "2", "--ping-timeout", "0.3",
+        "--tls", "both", "--json"]
 
 
 def test_fleet_bench_tiny_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,6 +45,16 @@ def test_fleet_bench_tiny_prints_every_figure(capsys: pytest.CaptureFixture[str]
     assert routed["forwarded_fraction"] == 0  # every call went straight to the owner
     assert 0 < forwarded["forwarded_fraction"] < 1  # round-robin: most calls are forwarded
     assert tp["cas_txn_per_s"] > 0
+    # --tls both: a mutual TLS cluster and an --insecure one, the same figures for each
+    assert set(tp["transports"]) == {"tls", "insecure"}
+    assert tp["modes"] == tp["transports"]["tls"]["modes"]
+    for transport in tp["transports"].values():
+        for mode in transport["modes"].values():
+            assert mode["vm_ops_done"] == 24 and mode["vm_op_errors"] == 0
+    # every channel opened in the warm-up: no handshake during the timed operations
+    assert tp["transports"]["tls"]["handshakes"] == 0
+    assert tp["transports"]["insecure"]["handshakes"] == 0
+    assert set(tp["tls_cost"]) == {"routed", "forwarded"}
 
     ha = figures["ha"]
     assert len(ha["runs_s"]) == 1 and ha["median_s"] > 0
@@ -54,7 +65,8 @@ def test_fleet_bench_tiny_prints_every_figure(capsys: pytest.CaptureFixture[str]
     text = capsys.readouterr().out
     for label in ("steady round 1", "reads 0, writes 0", "ops/s (client routes to owner)",
                   "ops/s (any node, forwarded)", "raw etcd CAS txn/s", "VM ops/s / raw txn/s",
-                  "host down -> VM Running"):
+                  "host down -> VM Running", "TLS / plaintext ops/s, routed",
+                  "handshakes begun by the servers"):
         assert label in text
 
 

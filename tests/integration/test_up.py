@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import pyte
 
+from controlplane.channels import open_channel
+from controlplane.security.tls import ENV_TLS_DIR, TlsFiles
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import WaitTimeout, wait_until
 from controlplane.v1 import host_pb2, host_pb2_grpc, vm_pb2, vm_pb2_grpc
@@ -141,10 +142,14 @@ def test_up_starts_a_cluster_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
 
         read_until(both_ready_same_epoch, 60, "both nodes ready at the same epoch")
 
+        # mutual TLS by default: `up` printed the one line a user needs, and it works
+        exports = [line for line in output if line.startswith("export CONTROLPLANE_TLS_DIR=")]
+        assert exports == [f"export CONTROLPLANE_TLS_DIR={data_dir / 'tls' / 'admin'}"], output
+        env = {**os.environ, ENV_TLS_DIR: exports[0].split("=", 1)[1]}
         status = subprocess.run(
             [sys.executable, "-m", "controlplane", "status", "--endpoint",
              f"127.0.0.1:{base}", "--json"],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True, text=True, timeout=30, check=False, env=env,
         )  # fmt: skip
         assert status.returncode == 0, status.stderr
         doc = json.loads(status.stdout)
@@ -210,12 +215,20 @@ def test_up_builds_a_fleet_of_hosts_and_vms(tmp_path: Path) -> None:
                                                            for line in proc.stdout or ()),
                               daemon=True)
     reader.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{base}",
-                                    options=[("grpc.max_reconnect_backoff_ms", 200)])
+    # the admin identity `up` writes (opened once it is there)
+    admin = TlsFiles.from_dir(data_dir / "tls" / "admin")
+    channels: list = []
     try:
         def fleet() -> tuple | str:
             if proc.poll() is not None:
                 return "up exited"
+            if not channels:
+                if admin.signature() is None:
+                    return ()
+                channels.append(open_channel(f"127.0.0.1:{base}",
+                                             [("grpc.max_reconnect_backoff_ms", 200)],
+                                             tls=admin))
+            channel = channels[0]
             hosts = host_pb2_grpc.HostServiceStub(channel).ListHosts(
                 host_pb2.ListHostsRequest(), timeout=1).hosts
             vms = vm_pb2_grpc.VmServiceStub(channel).ListVms(
@@ -257,7 +270,8 @@ def test_up_builds_a_fleet_of_hosts_and_vms(tmp_path: Path) -> None:
         assert not left, f"processes left behind: {left}"
         assert (data_dir / "logs" / "agent.log").is_file()
     finally:
-        channel.close()
+        for channel in channels:
+            channel.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

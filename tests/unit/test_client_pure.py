@@ -21,6 +21,7 @@ from controlplane.client import (
     resource_field,
 )
 from controlplane.cluster.ring import Ring
+from controlplane.testing.pki import harness_pki
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
@@ -57,7 +58,7 @@ def test_the_cli_endpoint_type_is_the_client_parser() -> None:
 
 
 def test_the_pool_builds_one_stub_per_class_and_address() -> None:
-    pool = ChannelPool()
+    pool = ChannelPool(tls=harness_pki().admin())
     try:
         with ThreadPoolExecutor(8) as workers:
             stubs = list(workers.map(

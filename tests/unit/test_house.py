@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("controlplane", "controlplane.v1", "controlplane.errors", "controlplane.metadata",
      "controlplane.metrics",
      "controlplane.logs", "controlplane.channels", "controlplane.procs",
-     "controlplane.serving", "controlplane.store"),
+     "controlplane.serving", "controlplane.store", "controlplane.security"),
     ("controlplane.rpc", "controlplane.config", "controlplane.agentclient"),
     ("controlplane.cluster",),
     ("controlplane.owner",),

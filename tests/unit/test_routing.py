@@ -22,6 +22,7 @@ from controlplane.cluster.routing import (
 from controlplane.cluster.routing import Failure as RouteFailure
 from controlplane.cluster.table import MemberInfo, MemberTable
 from controlplane.metadata import EPOCH, FORWARDED_BY, UNREACHABLE
+from controlplane.security.tls import PLAINTEXT
 
 MEMBERS = ["a", "b", "c"]
 
@@ -109,7 +110,7 @@ def failing_remote(code: grpc.StatusCode, times: int = 1_000) -> tuple[Callable,
 
 
 def router(view: View, me: str = "a", fenced: bool = False) -> Router:
-    r = Router(me, view, lambda: fenced, max_retries=3)  # type: ignore[arg-type]
+    r = Router(me, view, lambda: fenced, max_retries=3, tls=PLAINTEXT)  # type: ignore[arg-type]
     r.channel = lambda address: address  # type: ignore[method-assign]
     return r
 

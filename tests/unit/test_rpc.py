@@ -1,6 +1,7 @@
 """The server builder: domain errors become their status (the one table), health watchers
 never take the workers that calls and probes need, and the admission budgets (streams,
-unary calls, health) hold whatever the callers do."""
+unary calls, health) hold whatever the callers do. Over mutual TLS, as every server serves
+(the harness PKI's certificates), so the budgets are proven with TLS on."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from controlplane import errors, rpc
+from controlplane.channels import open_channel
 from controlplane.metadata import UNREACHABLE
 from controlplane.store.errors import StoreError
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -38,11 +41,12 @@ class Refusing(cluster_pb2_grpc.ClusterServiceServicer):
 @pytest.fixture
 def served():  # type: ignore[no-untyped-def]
     servicer = Refusing()
-    server = rpc.RpcServer("127.0.0.1:0", max_workers=2, max_unary=3, max_streams=4)
+    server = rpc.RpcServer("127.0.0.1:0", tls=harness_pki().node("unit"), max_workers=2,
+                           max_unary=3, max_streams=4)
     server.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, servicer,
                "controlplane.v1.ClusterService")
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}", tls=harness_pki().admin())
     servicer.server = server
     yield servicer, channel
     servicer.hold.set()
@@ -215,11 +219,11 @@ class Clock(cluster_pb2_grpc.ClusterServiceServicer):
 def test_remaining_tells_a_call_without_a_deadline_from_one_with() -> None:
     """A real gRPC server shows a call without a deadline as ~9.2e18 s left, not None
     (issue 11, item 1): `remaining` gives the default (the cap, or None) for it."""
-    server = rpc.RpcServer("127.0.0.1:0", max_workers=2)
+    server = rpc.RpcServer("127.0.0.1:0", tls=harness_pki().node("unit"), max_workers=2)
     server.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, Clock(),
                "controlplane.v1.ClusterService")
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}", tls=harness_pki().admin())
     try:
         stub = cluster_pb2_grpc.ClusterServiceStub(channel)
         unbounded = stub.WhoOwns(cluster_pb2.WhoOwnsRequest(resource_id="r"))  # no deadline
@@ -234,11 +238,11 @@ def test_remaining_tells_a_call_without_a_deadline_from_one_with() -> None:
 def test_health_list_answers_every_service() -> None:
     """grpc.health.v1 Health/List (the fuzzer met UNIMPLEMENTED there first): every service
     the server reports, with its status."""
-    server = rpc.RpcServer("127.0.0.1:0")
+    server = rpc.RpcServer("127.0.0.1:0", tls=harness_pki().node("unit"))
     server.add(lambda servicer, s: None, object(), "test.v1.Thing")
     port = server.start(ready=False)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with open_channel(f"127.0.0.1:{port}", tls=harness_pki().admin()) as channel:
             answer = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(),
                                                                timeout=5)
         statuses = {name: s.status for name, s in answer.statuses.items()}

@@ -11,6 +11,7 @@ import pytest
 from controlplane.cli.main import build_parser
 from controlplane.config import settings as s
 from controlplane.mds import main as mds_main
+from controlplane.security.tls import PLAINTEXT, TlsFiles
 
 COMMANDS = ("serve", "agent", "mds")
 REQUIRED = {"serve": ["--node-id", "n-1"], "agent": ["--listen", "127.0.0.1:1"],
@@ -88,9 +89,11 @@ def test_serve_and_mds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CONTROLPLANE_NODE_ID", "pod-1")
     monkeypatch.setenv("CONTROLPLANE_LEASE_TTL", "4")
     monkeypatch.setenv("CONTROLPLANE_LISTEN", "127.0.0.1:7300")
+    monkeypatch.setenv("CONTROLPLANE_TLS_DIR", "/etc/controlplane/tls")
     settings = s.settings_from_args(parse("serve"))
     assert (settings.node_id, settings.lease_ttl, settings.advertise) == (
         "pod-1", 4, "127.0.0.1:7300")
+    assert settings.tls == TlsFiles.from_dir("/etc/controlplane/tls")
     assert parse("mds").listen == "127.0.0.1:7300"
     # `python -m controlplane.mds.main` builds its own parser: the same variables
     standalone = mds_main._configure(s.EnvArgumentParser(prog="mds"))
@@ -171,14 +174,68 @@ def test_metrics_follow_the_listen_host_on_every_command(command: str) -> None:
     args = parse(command, *({"serve": ["--node-id", "n-1"]}.get(command, [])), *listen)
     assert s.metrics_bind_address(args.metrics_address, args.listen) == "127.0.0.1"
     if command == "serve":
+        args.insecure = True
         assert s.settings_from_args(args).metrics_address == "127.0.0.1"
-        default = s.settings_from_args(parse("serve", "--node-id", "n-1"))
+        default = s.settings_from_args(parse("serve", "--node-id", "n-1", "--insecure"))
         assert (default.listen, default.metrics_address) == ("0.0.0.0:7070", "0.0.0.0")
 
 
 def test_up_runs_its_nodes_with_metrics_on_loopback(tmp_path) -> None:
     from controlplane.cli.up.children import NodeChild
 
-    argv = NodeChild("node-0", 7000, 7100, "127.0.0.1:2379", 10, str(tmp_path)).argv()
+    argv = NodeChild("node-0", 7000, 7100, "127.0.0.1:2379", 10, str(tmp_path),
+                     PLAINTEXT, PLAINTEXT).argv()
     assert argv[argv.index("--listen") + 1].startswith("127.0.0.1:")
     assert argv[argv.index("--metrics-address") + 1] == "127.0.0.1"
+
+
+# -- the transport: mutual TLS, or an explicit --insecure, never a silent default ----------
+
+@pytest.mark.parametrize("command", [*COMMANDS, "status"])
+def test_a_process_without_certificates_or_insecure_refuses_naming_both(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse(command, *REQUIRED.get(command, []))
+    with pytest.raises(SystemExit) as exited:
+        s.transport_from_args(args)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--tls-dir" in err and "--insecure" in err and "CONTROLPLANE_TLS_DIR" in err
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "status"])
+def test_the_transport_flags_and_their_variables(command: str, tmp_path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    required = REQUIRED.get(command, [])
+    assert s.transport_from_args(parse(command, *required, "--insecure")) is PLAINTEXT
+    tls = s.transport_from_args(parse(command, *required, "--tls-dir", str(tmp_path)))
+    assert tls == TlsFiles.from_dir(tmp_path)
+    files = s.transport_from_args(parse(command, *required, "--ca", "/a/ca", "--cert",
+                                        "/a/c", "--key", "/a/k"))
+    assert files == TlsFiles("/a/ca", "/a/c", "/a/k")
+    monkeypatch.setenv("CONTROLPLANE_TLS_DIR", str(tmp_path))
+    assert s.transport_from_args(parse(command, *required)) == TlsFiles.from_dir(tmp_path)
+    monkeypatch.delenv("CONTROLPLANE_TLS_DIR")
+    monkeypatch.setenv("CONTROLPLANE_INSECURE", "true")
+    assert s.transport_from_args(parse(command, *required)) is PLAINTEXT
+
+
+@pytest.mark.parametrize("extra", [
+    ["--insecure", "--tls-dir", "/x"],      # both
+    ["--tls-dir", "/x", "--ca", "/a"],      # a directory and files
+    ["--ca", "/a", "--cert", "/b"],         # no key
+])
+def test_contradictory_transport_flags_are_a_usage_error(
+        extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        s.transport_from_args(parse("serve", "--node-id", "n-1", *extra))
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_config_get_key_and_the_key_flag_do_not_collide() -> None:
+    """`config get KEY` has a positional named key; --key (the TLS key file) has its own
+    dest, so neither overwrites the other."""
+    args = parse("config", "get", "vm.syncInterval", "--key", "/k", "--ca", "/c",
+                 "--cert", "/t")
+    assert args.key == "vm.syncInterval"
+    assert s.transport_from_args(args) == TlsFiles("/c", "/t", "/k")

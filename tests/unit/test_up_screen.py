@@ -186,12 +186,14 @@ def test_up_children_do_not_inherit_controlplane_variables(monkeypatch, tmp_path
     """An exported CONTROLPLANE_* setting would reach every child of `up` (serve, agent):
     they are configured by their flags alone."""
     from controlplane.cli.up.children import AgentChild, NodeChild
+    from controlplane.security.tls import PLAINTEXT
 
     monkeypatch.setenv("CONTROLPLANE_METRICS_PORT", "9100")
     monkeypatch.setenv("CONTROLPLANE_LOG_FORMAT", "json")
     monkeypatch.setenv("UNRELATED_SETTING", "kept")
-    for child in (NodeChild("node-0", 7070, 0, "127.0.0.1:2379", 10, str(tmp_path)),
-                  AgentChild(7270, 2, str(tmp_path))):
+    for child in (NodeChild("node-0", 7070, 0, "127.0.0.1:2379", 10, str(tmp_path),
+                            PLAINTEXT, PLAINTEXT),
+                  AgentChild(7270, 2, str(tmp_path), PLAINTEXT, PLAINTEXT)):
         env = child.env()
         assert not [k for k in env if k.startswith("CONTROLPLANE_")], child.name
         assert env["UNRELATED_SETTING"] == "kept" and env["PYTHONPATH"]

@@ -38,7 +38,8 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         "status, and stop everything cleanly on Ctrl-C or SIGTERM. With --hosts H, also one sim "
         "agent serving host-0..host-{H-1}; once a node is ready the hosts are registered and "
         "--vms V VMs (vm-0000..) created and started, round-robin over the hosts, HA "
-        "never-stop for every other one.",
+        "never-stop for every other one. Mutual TLS unless --insecure: `up` prints the "
+        "`export CONTROLPLANE_TLS_DIR=...` line the client commands need.",
     )
     up.add_argument("--nodes", type=argtypes.positive_int, default=3,
                     help="management nodes to start (default 3)")
@@ -64,6 +65,10 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
                     help="create and start V VMs on those hosts (needs --hosts; at most 100000)")
     up.add_argument("--agent-port", type=int, default=None,
                     help="the sim agent listens on 127.0.0.1:AGENT_PORT (default BASE_PORT+200)")
+    up.add_argument("--insecure", action="store_true",
+                    help="run everything in PLAINTEXT, without certificates (default: mutual "
+                    "TLS, a CA and certificates in DATA_DIR/tls, the admin identity in "
+                    "DATA_DIR/tls/admin)")
     return up
 
 

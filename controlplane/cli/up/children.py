@@ -4,19 +4,27 @@ Nodes and agent are ServingProcess subclasses (controlplane.serving, the process
 test harness shares), started with_parent: each gets SIGTERM when `up` dies, even by
 `kill -9`, so a crashed `up` leaves no orphans. Each runs in its own session, so a
 terminal's Ctrl-C reaches only `up`, which stops nodes before etcd.
+
+Mutual TLS by default: `up_pki` makes a CA in DATA/tls (kept when the data directory is
+reused) and issues each node, the agent and the user `admin` (DATA/tls/admin, what `up`
+tells the user to export as CONTROLPLANE_TLS_DIR) a certificate; `up` itself calls as admin.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from controlplane.channels import LARGE_MESSAGE_OPTIONS
+from controlplane.security import pki
+from controlplane.security.tls import PLAINTEXT, Plaintext, TlsFiles, Transport
 from controlplane.serving import ServingProcess
 from controlplane.store.embedded import EtcdServer
 
 __all__ = ["CHANNEL_OPTIONS", "ETCD_ARGS", "HOST_PREFIX", "AgentChild", "NodeChild",
-           "embedded_etcd"]
+           "UpPki", "embedded_etcd", "tls_args", "up_pki"]
 
 HOST_PREFIX = "host-"
 
@@ -26,6 +34,39 @@ CHANNEL_OPTIONS = LARGE_MESSAGE_OPTIONS
 # etcd closes connections whose clients ping more often than every 5 s ("too_many_pings");
 # nodes ping every min(5, ttl/2) s, so short TTLs need a lower floor.
 ETCD_ARGS = ("--grpc-keepalive-min-time=500ms",)
+
+
+@dataclass(frozen=True)
+class UpPki:
+    """The transport of every child and of `up` itself (all PLAINTEXT with --insecure)."""
+
+    nodes: dict[str, Transport]
+    agent: Transport
+    admin: Transport
+    admin_dir: Path | None  # what the user exports as CONTROLPLANE_TLS_DIR
+
+
+def up_pki(data_dir: str, node_ids: list[str], agent: bool, insecure: bool) -> UpPki:
+    """A CA in DATA/tls (the one already there when DATA is reused) and fresh certificates
+    for the nodes, the agent and the admin user, or PLAINTEXT for all with --insecure."""
+    if insecure:
+        return UpPki({n: PLAINTEXT for n in node_ids}, PLAINTEXT, PLAINTEXT, None)
+    base = Path(data_dir) / "tls"
+    if not (base / pki.CA_DIR / pki.CERT_FILE).exists():
+        pki.init_ca(base, name="controlplane-up")
+    nodes: dict[str, Transport] = {
+        n: TlsFiles.from_dir(pki.issue_identity(base, "node", n)) for n in node_ids}
+    agent_tls: Transport = (TlsFiles.from_dir(pki.issue_identity(base, "agent", "agent"))
+                            if agent else PLAINTEXT)
+    admin_dir = pki.issue_identity(base, "user", "admin", role="admin")
+    return UpPki(nodes, agent_tls, TlsFiles.from_dir(admin_dir), admin_dir)
+
+
+def tls_args(tls: Transport) -> list[str]:
+    """The flags that give a child `tls`."""
+    if isinstance(tls, Plaintext):
+        return ["--insecure"]
+    return ["--ca", tls.ca, "--cert", tls.cert, "--key", tls.key]
 
 
 def embedded_etcd(data_dir: str, port: int) -> EtcdServer:
@@ -44,15 +85,16 @@ class NodeChild(ServingProcess):
     channel_options = CHANNEL_OPTIONS
 
     def __init__(self, node_id: str, port: int, metrics_port: int, etcd: str, lease_ttl: int,
-                 data_dir: str) -> None:
+                 data_dir: str, tls: Transport, client_tls: Transport) -> None:
         self.node_id = node_id
         self.port = port
         self.metrics_port = metrics_port
         self.etcd = etcd
         self.lease_ttl = lease_ttl
         self.data_dir = data_dir
+        self.tls = tls
         super().__init__(node_id, os.path.join(data_dir, "logs", f"{node_id}.log"),
-                         with_parent=True)
+                         with_parent=True, client_tls=client_tls)
 
     @property
     def address(self) -> str:
@@ -71,6 +113,7 @@ class NodeChild(ServingProcess):
             "--log-format", "text",
             # one directory for every node: on one box it is "mounted everywhere"
             "--image-dir", os.path.join(self.data_dir, "images"),
+            *tls_args(self.tls),
         ]  # fmt: skip
 
 
@@ -81,11 +124,13 @@ class AgentChild(ServingProcess):
     kind = "agent"
     channel_options = CHANNEL_OPTIONS
 
-    def __init__(self, port: int, hosts: int, data_dir: str) -> None:
+    def __init__(self, port: int, hosts: int, data_dir: str, tls: Transport,
+                 client_tls: Transport) -> None:
         self.port = port
         self.hosts = hosts
+        self.tls = tls
         super().__init__("agent", os.path.join(data_dir, "logs", "agent.log"),
-                         with_parent=True)
+                         with_parent=True, client_tls=client_tls)
 
     @property
     def address(self) -> str:
@@ -102,4 +147,5 @@ class AgentChild(ServingProcess):
             "--backend", "sim",
             "--hosts", str(self.hosts),
             "--host-prefix", HOST_PREFIX,
+            *tls_args(self.tls),
         ]  # fmt: skip

@@ -23,6 +23,7 @@ from controlplane import paging
 from controlplane.cli.up.retry import retry_call, wait_for
 from controlplane.cli.up.screen import Reporter
 from controlplane.client import Client, list_all
+from controlplane.security.tls import Transport
 from controlplane.v1 import host_pb2, host_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 __all__ = ["FleetBuilder", "FleetSummary", "fleet_line", "vm_name"]
@@ -69,14 +70,14 @@ class FleetBuilder:
 
     def __init__(self, agent_address: str, host_ids: list[str], vms: int,
                  endpoints: list[str], ready_addresses: Callable[[], list[str]],
-                 reporter: Reporter, stopping: threading.Event) -> None:
+                 reporter: Reporter, stopping: threading.Event, *, tls: Transport) -> None:
         self.agent_address = agent_address
         self.host_ids = host_ids
         self.vms = vms
         self.ready_addresses = ready_addresses  # nodes ready now (the wait for the first)
         self.reporter = reporter
         self.stopping = stopping  # set when `up` stops: give up between calls
-        self._client = Client(endpoints, timeout=FLEET_CALL_TIMEOUT)
+        self._client = Client(endpoints, timeout=FLEET_CALL_TIMEOUT, tls=tls)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:

@@ -263,6 +263,16 @@ class Reporter:
                 self.out.write(f"{_now()} {text}\n")
                 self.out.flush()
 
+    def verbatim(self, text: str) -> None:
+        """A line printed exactly as given, no timestamp: one a user copies and runs (the
+        `export CONTROLPLANE_TLS_DIR=...` line)."""
+        with self._lock:
+            if self.console is not None:
+                self.console.print(Text(text), soft_wrap=True)
+            else:
+                self.out.write(f"{text}\n")
+                self.out.flush()
+
     def event(self, text: str) -> None:
         """Something went wrong while running: `up` will exit 1. A line (on a terminal,
         above the screen, where scrollback keeps it whole) and, on a terminal, a line in the

@@ -26,7 +26,13 @@ from dataclasses import replace
 
 import grpc
 
-from controlplane.cli.up.children import HOST_PREFIX, AgentChild, NodeChild, embedded_etcd
+from controlplane.cli.up.children import (
+    HOST_PREFIX,
+    AgentChild,
+    NodeChild,
+    embedded_etcd,
+    up_pki,
+)
 from controlplane.cli.up.fleet import FLEET_CALL_TIMEOUT, FleetBuilder, FleetSummary
 from controlplane.cli.up.layout import UsageError, check_args
 from controlplane.cli.up.retry import wait_for
@@ -71,13 +77,18 @@ class Supervisor:
                                         if ports.etcd is not None else None)
         self._etcd_lost = False  # exited while running: reported once, nothing to stop
         self.etcd_endpoints: str = self.etcd.endpoint if self.etcd else args.etcd
-        self.nodes = [NodeChild(f"node-{i}", ports.node(i), ports.metrics(i),
-                                self.etcd_endpoints, args.lease_ttl, self.data_dir)
-                      for i in range(args.nodes)]
+        node_ids = [f"node-{i}" for i in range(args.nodes)]
+        self.pki = up_pki(self.data_dir, node_ids, ports.agent is not None,
+                          getattr(args, "insecure", False))
+        self.nodes = [NodeChild(node_id, ports.node(i), ports.metrics(i),
+                                self.etcd_endpoints, args.lease_ttl, self.data_dir,
+                                self.pki.nodes[node_id], self.pki.admin)
+                      for i, node_id in enumerate(node_ids)]
         self.views = {n.node_id: NodeView(n.node_id, n.address, n.log_path)
                       for n in self.nodes}
         self._reported: dict[str, tuple] = {}  # node id -> state last printed as a line
-        self.agent = (AgentChild(ports.agent, args.hosts, self.data_dir)
+        self.agent = (AgentChild(ports.agent, args.hosts, self.data_dir, self.pki.agent,
+                                 self.pki.admin)
                       if ports.agent is not None else None)
         self._agent_exit: int | None = None
         self.fleet: FleetBuilder | None = None
@@ -97,6 +108,13 @@ class Supervisor:
         """etcd (waited for), the agent, every node (not waited for), the fleet thread."""
         self.say(f"data directory {self.data_dir}"
                  f"{' (temporary, removed at exit)' if self.temp_dir else ''}")
+        if self.pki.admin_dir is None:
+            self.say("PLAINTEXT (--insecure): no certificates; anyone who reaches the ports "
+                     "can call")
+        else:
+            self.say(f"mutual TLS: CA and certificates in {self.pki.admin_dir.parent}; "
+                     "to call this cluster:")
+            self.report.verbatim(f"export CONTROLPLANE_TLS_DIR={self.pki.admin_dir}")
         if self.etcd is not None:
             self.etcd.start()
             self.say(f"etcd starting on {self.etcd.endpoint} (pid {self.etcd.pid}, "
@@ -122,7 +140,7 @@ class Supervisor:
         if agent is not None and not self.stopping.is_set():
             self.fleet = FleetBuilder(agent.address, agent.host_ids, self.args.vms,
                                       [n.address for n in self.nodes], self._ready_addresses,
-                                      self.report, self.stopping)
+                                      self.report, self.stopping, tls=self.pki.admin)
             self.fleet.start()
 
     def _wait_etcd(self, etcd: EtcdServer) -> None:

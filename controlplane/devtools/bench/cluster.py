@@ -26,6 +26,7 @@ from controlplane.cluster.ring import Ring
 from controlplane.testing import cluster as c
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import cluster_pb2
@@ -97,7 +98,8 @@ def cluster_figures(runs: int, ttl: int) -> dict[str, object]:
         # One client per node, asking that node only: the figure is each node's own view.
         # Fast reconnects: a node killed in one run is a survivor polled in the next.
         clients = {n.node_id: Client(n.address, timeout=0.5, route=False, max_attempts=1,
-                                     options=reconnect_options(200))
+                                     options=reconnect_options(200),
+                                     tls=harness_pki().admin())
                    for n in nodes}
         try:
             for n in nodes:

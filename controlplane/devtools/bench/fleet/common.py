@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Sequence
 
 from controlplane.client import Client
+from controlplane.security.tls import Transport
 from controlplane.testing import cluster as c
 from controlplane.testing.agents import AgentProcess
 from controlplane.testing.etcd import EtcdCluster
@@ -121,11 +122,14 @@ def start_etcd(stack: contextlib.ExitStack, base: str) -> EtcdCluster:
 
 
 def start_agent(stack: contextlib.ExitStack, base: str, name: str, hosts: int,
-                prefix: str) -> AgentProcess:
+                prefix: str, *, tls: Transport | None = None,
+                metrics_port: int | None = None) -> AgentProcess:
     """One sim agent serving `hosts` hosts with zero delays, logging warnings only (it
-    would log a line per seeded host and per operation otherwise)."""
+    would log a line per seeded host and per operation otherwise). `tls`: None for its
+    harness certificate, PLAINTEXT for --insecure."""
+    extra = ["--metrics-port", str(metrics_port)] if metrics_port else []
     agent = AgentProcess(name, free_port(), base, hosts=hosts, host_prefix=prefix,
-                         log_level="WARNING")
+                         log_level="WARNING", tls=tls, extra_args=extra)
     stack.callback(agent.kill)
     agent.start()
     agent.wait_ready(60)
@@ -134,12 +138,17 @@ def start_agent(stack: contextlib.ExitStack, base: str, name: str, hosts: int,
 
 def start_nodes(stack: contextlib.ExitStack, base: str, etcd: str, count: int, *,
                 prefix: str = "node-", lease_ttl: int = 10,
-                reconcile_interval: float = 3.0) -> list[NodeProcess]:
+                reconcile_interval: float = 3.0, tls: Transport | None = None,
+                metrics: bool = False) -> list[NodeProcess]:
     """`count` `controlplane serve` processes, ready and agreeing on the ring. By default
     with the production lease TTL and reconcile interval (a bench on 2 busy cores must not
-    fence itself on a short TTL); the churn bench wants short ones on purpose."""
+    fence itself on a short TTL); the churn bench wants short ones on purpose. `tls`: None
+    for each node's harness certificate, PLAINTEXT for --insecure; `metrics`: each on a
+    metrics port of its own (NodeProcess.metrics_port)."""
     nodes = [NodeProcess(f"{prefix}{i}", free_port(), etcd, base, lease_ttl=lease_ttl,
-                         reconcile_interval=reconcile_interval) for i in range(count)]
+                         reconcile_interval=reconcile_interval, tls=tls,
+                         metrics_port=free_port() if metrics else None)
+             for i in range(count)]
     for node in nodes:
         stack.callback(node.kill)
         node.start()
@@ -152,7 +161,9 @@ def start_nodes(stack: contextlib.ExitStack, base: str, etcd: str, count: int, *
 
 def cluster_client(stack: contextlib.ExitStack, nodes: Sequence[NodeProcess],
                    **kwargs: object) -> Client:
-    """A Client over every node, closed when `stack` unwinds."""
+    """A Client over every node (presenting what the harness calls them with), closed when
+    `stack` unwinds."""
+    kwargs.setdefault("tls", nodes[0].client_tls)
     client = Client([n.address for n in nodes], **kwargs)  # type: ignore[arg-type]
     stack.callback(client.close)
     return client

@@ -47,6 +47,11 @@ def add_fleet_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
                    "calling (routed, forwarded) (400)")
     p.add_argument("--agent-hosts", type=positive_int, default=10,
                    help="throughput: sim hosts (10)")
+    p.add_argument("--tls", choices=("on", "off", "both"), default="on",
+                   help="throughput: the cluster on mutual TLS (on, every process with its "
+                   "certificate), --insecure (off), or one of each in the same run (both: "
+                   "segments interleaved; prints the TLS cost and the handshakes per op) "
+                   "(on)")
     p.add_argument("--etcd-seconds", type=positive_float, default=5.0,
                    help="throughput: seconds of raw etcd CAS txns (5)")
     p.add_argument("--ha-runs", type=positive_int, default=3, help="ha: runs (3)")

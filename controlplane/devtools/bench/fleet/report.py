@@ -41,12 +41,48 @@ def print_sync(f: dict[str, Any]) -> None:
           f"{f['rss_after_rounds_mb']:.0f} MiB after the rounds")
 
 
+TRANSPORT_LABELS = {"tls": "mutual TLS", "insecure": "--insecure (plaintext)"}
+
+
 def print_throughput(f: dict[str, Any]) -> None:
+    transports = f.get("transports") or {"tls": {"modes": f["modes"]}}
     print(f"== throughput: {f['nodes']} nodes, {f['clients']} clients, {f['agent_hosts']} "
           f"sim hosts (zero delays); VM start/stop with wait=True, {f['ops']} ops each way, "
-          f"interleaved ({', '.join(f['order'])})")
+          f"interleaved ({', '.join(f['order'])})"
+          + (f"; clusters {' and '.join(TRANSPORT_LABELS[t] for t in transports)}, their "
+             "segments interleaved ABBA" if len(transports) > 1 else ""))
+    for transport, tf in transports.items():
+        if len(transports) > 1 or "handshakes" in tf:
+            print(f"-- {TRANSPORT_LABELS[transport]}: TLS handshakes begun by the servers "
+                  f"during the timed ops {tf.get('handshakes', 0):.0f} "
+                  f"({tf.get('handshakes_per_op', 0):.4f} per op)")
+        _print_modes(f, tf["modes"])
+    print(f"raw etcd CAS txn/s (get + txn)        {f['cas_txn_per_s']:>9.1f}    "
+          f"{f['clients']} threads, one Store, {f['cas_seconds']:.1f}s, "
+          f"{f['cas_conflicts']} conflicts; CPU per txn: "
+          + ", ".join(f"{role} {ms:.2f} ms" for role, ms in f["cas_cpu_ms_per_txn"].items())
+          + f"; {f['cas_cpu_cores_busy']:.2f} cores busy")
+    for transport, tf in transports.items():
+        routed, forwarded = tf["modes"]["routed"]["ratio"], tf["modes"]["forwarded"]["ratio"]
+        label = f" ({transport})" if len(transports) > 1 else ""
+        print(f"VM ops/s / raw txn/s{label:<18}{routed:>9.1%}    routed (target >= 30%); "
+              f"{forwarded:.1%} forwarded")
+    if "tls_cost" in f:
+        for mode in MODES:
+            tls_rate = transports["tls"]["modes"][mode]["vm_ops_per_s"]
+            plain_rate = transports["insecure"]["modes"][mode]["vm_ops_per_s"]
+            print(f"TLS / plaintext ops/s, {mode:<14}{tls_rate / plain_rate:>9.3f}    "
+                  f"{tls_rate:.1f} / {plain_rate:.1f}: TLS costs {f['tls_cost'][mode]:.1%} "
+                  "(target <= 15%)")
+    for transport, tf in transports.items():
+        for mode in MODES:
+            for sample in tf["modes"][mode]["vm_op_error_samples"]:
+                print(f"  error ({transport}, {mode}): {sample}")
+
+
+def _print_modes(f: dict[str, Any], modes: dict[str, Any]) -> None:
     for mode in MODES:
-        m = f["modes"][mode]
+        m = modes[mode]
         print(f"VM {LABELS[mode]:<33}{m['vm_ops_per_s']:>8.1f}    "
               f"ratio to raw etcd txn/s {m['ratio']:.1%}; {m['vm_ops_done']} ops in "
               f"{m['vm_ops_seconds']:.2f}s, {m['vm_op_errors']} errors, "
@@ -56,24 +92,13 @@ def print_throughput(f: dict[str, Any]) -> None:
               f"{m['stop_latency_median_s'] * 1000:.0f}), p95 "
               f"{m['vm_op_latency_p95_s'] * 1000:.0f} ms")
     for mode in MODES:
-        m = f["modes"][mode]
+        m = modes[mode]
         cpu = m["cpu_ms_per_op"]
         print(f"  {mode:<9} etcd requests per op {m['etcd_requests_per_op']:.2f} (Txn "
               f"{m['etcd_txns_per_op']:.2f}, Range {m['etcd_reads_per_op']:.2f}); CPU per op "
               f"{sum(cpu.values()):.1f} ms: "
               + ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items())
               + f"; {m['cpu_cores_busy']:.2f} of {f['cores']} cores busy")
-    print(f"raw etcd CAS txn/s (get + txn)        {f['cas_txn_per_s']:>9.1f}    "
-          f"{f['clients']} threads, one Store, {f['cas_seconds']:.1f}s, "
-          f"{f['cas_conflicts']} conflicts; CPU per txn: "
-          + ", ".join(f"{role} {ms:.2f} ms" for role, ms in f["cas_cpu_ms_per_txn"].items())
-          + f"; {f['cas_cpu_cores_busy']:.2f} cores busy")
-    routed, forwarded = f["modes"]["routed"]["ratio"], f["modes"]["forwarded"]["ratio"]
-    print(f"VM ops/s / raw txn/s                  {routed:>9.1%}    routed (target >= 30%); "
-          f"{forwarded:.1%} forwarded")
-    for mode in MODES:
-        for sample in f["modes"][mode]["vm_op_error_samples"]:
-            print(f"  error ({mode}): {sample}")
 
 
 def print_ha(f: dict[str, Any]) -> None:

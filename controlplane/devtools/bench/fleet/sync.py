@@ -43,6 +43,7 @@ from controlplane.server import ManagementNode
 from controlplane.store import Keys, Store
 from controlplane.store import txn as t
 from controlplane.testing.agents import AgentProcess
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.v1 import agent_pb2, host_pb2, vm_pb2
 
@@ -217,7 +218,7 @@ def sync_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
         # out of the rounds' request counts.
         settings = Settings(node_id=SYNC_NODE_ID, listen=f"127.0.0.1:{port}",
                             advertise=f"127.0.0.1:{port}", etcd=etcd.endpoints,
-                            reconcile_interval=3600.0)
+                            reconcile_interval=3600.0, tls=harness_pki().node(SYNC_NODE_ID))
         errors = stack.enter_context(node_log(log_path))
         node = ManagementNode(settings)
         started = time.monotonic()

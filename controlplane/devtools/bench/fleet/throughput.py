@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import statistics
 import threading
 import time
@@ -48,9 +49,12 @@ from controlplane.devtools.bench.fleet.common import (
     start_etcd,
     start_nodes,
 )
+from controlplane.security.tls import PLAINTEXT
 from controlplane.store import Keys, Store
 from controlplane.store import txn as t
+from controlplane.testing.cluster import scrape_metrics
 from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.ports import free_port
 from controlplane.v1 import vm_pb2
 
 MODES = ("routed", "forwarded")
@@ -230,63 +234,152 @@ def mode_figures(segment: Segment) -> dict[str, Any]:
     }
 
 
+TRANSPORTS: dict[str, tuple[str, ...]] = {"on": ("tls",), "off": ("insecure",),
+                                          "both": ("tls", "insecure")}
+HANDSHAKES = re.compile(r"^controlplane_tls_handshakes_total (\S+)$", re.M)
+
+
+@dataclass
+class Rig:
+    """One cluster of the throughput part: etcd, nodes, agent and the clients on them."""
+
+    transport: str
+    nodes: list[NodeProcess]
+    pickers: dict[str, Picker]
+    vm_ids: list[str]
+    owner_addresses: list[str]
+    pids: dict[str, list[int]]
+    client_url: str
+    etcd_endpoints: str
+    routed: Client
+    metrics_ports: list[int]
+    calls: list[int]
+
+    def handshakes(self) -> float:
+        """TLS handshakes the nodes' and the agent's servers began so far (their metric)."""
+        total = 0.0
+        for port in self.metrics_ports:
+            found = HANDSHAKES.search(scrape_metrics(port))
+            total += float(found.group(1)) if found else 0.0
+        return total
+
+
+def start_rig(stack: contextlib.ExitStack, args: argparse.Namespace, tmp: str,
+              transport: str) -> Rig:
+    """A cluster on mutual TLS (every process with its harness certificate) or, for
+    "insecure", every process with --insecure and plaintext clients."""
+    tls = PLAINTEXT if transport == "insecure" else None
+    base = os.path.join(tmp, f"tp-{transport}")
+    progress(f"throughput ({transport}): etcd, {args.nodes} node processes, one agent with "
+             f"{args.agent_hosts} hosts")
+    etcd = start_etcd(stack, os.path.join(base, "etcd"))
+    agent_metrics = free_port()
+    agent = start_agent(stack, base, "tp-agent", args.agent_hosts, "t", tls=tls,
+                        metrics_port=agent_metrics)
+    nodes: list[NodeProcess] = start_nodes(stack, os.path.join(base, "nodes"), etcd.endpoints,
+                                           args.nodes, tls=tls, metrics=True)
+    routed = cluster_client(stack, nodes, timeout=60)
+    plain = [cluster_client(stack, [n], timeout=60, route=False) for n in nodes]
+    add_hosts(routed, agent)
+    owners = [nodes[i % len(nodes)].node_id for i in range(args.clients)]
+    vm_ids = vm_ids_owned(routed, owners, "tp-vm")
+    owner_addresses = [routed.ring.addresses[o] for o in owners]
+    for vm_id in vm_ids:
+        routed.vms.CreateVm(vm_pb2.CreateVmRequest(vm_id=vm_id, image=image()))
+    pickers: dict[str, Picker] = {
+        "routed": lambda i, k: routed,
+        "forwarded": lambda i, k: plain[(i + k) % len(plain)],
+    }
+    # Warm-up: a start + stop per client and node each way (thread i's call k goes to node
+    # (i + k) mod N), so every channel (client -> node, node -> node, node -> agent) is
+    # open, and its handshake made, before the timed segments.
+    warm_ops = 2 * len(nodes)
+    progress(f"throughput ({transport}): warm-up ({warm_ops} operations per client each "
+             "way, not counted)")
+    calls = [0] * args.clients
+    for mode in MODES:
+        warm = run_clients(pickers[mode], vm_ids, owner_addresses,
+                           [warm_ops] * args.clients, calls)
+        if warm.errors:
+            raise BenchError(f"warm-up operations ({mode}) failed: {warm.errors[:3]}")
+    return Rig(transport, nodes, pickers, vm_ids, owner_addresses,
+               {"nodes": [n.pid for n in nodes], "agent": [agent.pid],
+                "etcd": [m.pid for m in etcd.members]},
+               etcd.members[0].client_url, etcd.endpoints, routed,
+               [n.metrics_port for n in nodes if n.metrics_port] + [agent_metrics], calls)
+
+
+def plan(transports: Sequence[str]) -> list[tuple[str, str]]:
+    """(transport, mode) of every timed segment, in run order: each transport's own ORDER,
+    in two blocks of two segments, the blocks of two transports interleaved ABBA (tls,
+    insecure, insecure, tls), so a drift of the machine's load weighs on all alike."""
+    blocks = list(transports) + list(reversed(transports))
+    queues = {t: list(ORDER) for t in transports}
+    out: list[tuple[str, str]] = []
+    for transport in (blocks if len(transports) > 1 else list(transports) * 2):
+        out += [(transport, queues[transport].pop(0)) for _ in range(2)]
+    return out
+
+
 def throughput_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     """Part 2: VM start/stop ops/s through N node processes, routed by the client and
-    forwarded by the nodes, vs raw CAS txn/s on the etcd."""
+    forwarded by the nodes, vs raw CAS txn/s on the etcd; with `--tls both`, on a mutual
+    TLS cluster and an --insecure one in the same run (segments interleaved), with the TLS
+    handshakes the servers began per operation."""
+    transports = TRANSPORTS[getattr(args, "tls", "on")]
     figures: dict[str, Any] = {"nodes": args.nodes, "clients": args.clients, "ops": args.ops,
                                "agent_hosts": args.agent_hosts,
-                               "cores": os.cpu_count() or 0, "order": list(ORDER)}
+                               "cores": os.cpu_count() or 0, "order": list(ORDER),
+                               "transports": {}}
     with contextlib.ExitStack() as stack:
-        progress(f"throughput: etcd, {args.nodes} node processes, one agent with "
-                 f"{args.agent_hosts} hosts")
-        etcd = start_etcd(stack, os.path.join(tmp, "tp-etcd"))
-        agent = start_agent(stack, tmp, "tp-agent", args.agent_hosts, "t")
-        nodes: list[NodeProcess] = start_nodes(stack, os.path.join(tmp, "tp-nodes"),
-                                               etcd.endpoints, args.nodes)
-        routed = cluster_client(stack, nodes, timeout=60)
-        plain = [cluster_client(stack, [n], timeout=60, route=False) for n in nodes]
-        add_hosts(routed, agent)
-        owners = [nodes[i % len(nodes)].node_id for i in range(args.clients)]
-        vm_ids = vm_ids_owned(routed, owners, "tp-vm")
-        owner_addresses = [routed.ring.addresses[o] for o in owners]
-        for vm_id in vm_ids:
-            routed.vms.CreateVm(vm_pb2.CreateVmRequest(vm_id=vm_id, image=image()))
-        pickers: dict[str, Picker] = {
-            "routed": lambda i, k: routed,
-            "forwarded": lambda i, k: plain[(i + k) % len(plain)],
-        }
-        progress("throughput: warm-up (one start + stop per client each way, not counted)")
-        for mode in MODES:
-            warm = run_clients(pickers[mode], vm_ids, owner_addresses, [2] * args.clients)
-            if warm.errors:
-                raise BenchError(f"warm-up operations ({mode}) failed: {warm.errors[:3]}")
-        client_url = etcd.members[0].client_url
-        pids = {"nodes": [n.pid for n in nodes], "agent": [agent.pid],
-                "etcd": [m.pid for m in etcd.members]}
+        rigs = {t: start_rig(stack, args, tmp, t) for t in transports}
         # Each mode's --ops in two segments; a thread's starts and stops alternate across
         # segments (its VM is Stopped after the warm-up).
         halves = split_ops(args.ops, 2)
-        calls = [0] * args.clients
-        totals = {mode: Segment() for mode in MODES}
-        seen = dict.fromkeys(MODES, 0)
-        for mode in ORDER:
-            ops = halves[seen[mode]]
-            seen[mode] += 1
+        totals = {t: {mode: Segment() for mode in MODES} for t in transports}
+        seen = {t: dict.fromkeys(MODES, 0) for t in transports}
+        handshakes = dict.fromkeys(transports, 0.0)
+        for transport, mode in plan(transports):
+            rig = rigs[transport]
+            ops = halves[seen[transport][mode]]
+            seen[transport][mode] += 1
             ops_each = split_ops(ops, args.clients)
-            progress(f"throughput: {ops} operations from {args.clients} clients, {mode}")
-            before, cpu_before = etcd_requests(client_url), cpu_by_role(pids)
-            segment = run_clients(pickers[mode], vm_ids, owner_addresses, ops_each, calls)
-            segment.cpu_s = diff_cpu(cpu_by_role(pids), cpu_before)
-            segment.requests = diff_counts(etcd_requests(client_url), before)
-            totals[mode].add(segment)
-        figures["modes"] = {mode: mode_figures(totals[mode]) for mode in MODES}
-        rates = ", ".join(f"{m} {figures['modes'][m]['vm_ops_per_s']:.1f}" for m in MODES)
+            progress(f"throughput ({transport}): {ops} operations from {args.clients} "
+                     f"clients, {mode}")
+            before, cpu_before = etcd_requests(rig.client_url), cpu_by_role(rig.pids)
+            shakes = rig.handshakes()
+            segment = run_clients(rig.pickers[mode], rig.vm_ids, rig.owner_addresses,
+                                  ops_each, rig.calls)
+            handshakes[transport] += rig.handshakes() - shakes
+            segment.cpu_s = diff_cpu(cpu_by_role(rig.pids), cpu_before)
+            segment.requests = diff_counts(etcd_requests(rig.client_url), before)
+            totals[transport][mode].add(segment)
+        for transport in transports:
+            modes = {mode: mode_figures(totals[transport][mode]) for mode in MODES}
+            done = sum(m["vm_ops_done"] for m in modes.values())
+            figures["transports"][transport] = {
+                "modes": modes, "handshakes": handshakes[transport],
+                "handshakes_per_op": handshakes[transport] / max(1, done),
+                "routed_client_retries": rigs[transport].routed.retries}
+        first = rigs[transports[0]]
+        rates = "; ".join(f"{t}: " + ", ".join(
+            f"{m} {figures['transports'][t]['modes'][m]['vm_ops_per_s']:.1f}" for m in MODES)
+            for t in transports)
         progress(f"throughput: VM ops/s {rates}; now raw etcd CAS txns for "
                  f"{args.etcd_seconds:g}s")
-        figures.update(cas_figures(etcd.endpoints, etcd.members[0].pid, Keys(), args.clients,
+        etcd_pid = first.pids["etcd"][0]
+        figures.update(cas_figures(first.etcd_endpoints, etcd_pid, Keys(), args.clients,
                                    args.etcd_seconds))
-        for mode in MODES:
-            figures["modes"][mode]["ratio"] = (figures["modes"][mode]["vm_ops_per_s"]
-                                               / figures["cas_txn_per_s"])
-        figures["routed_client_retries"] = routed.retries
+        for transport in transports:
+            for m in figures["transports"][transport]["modes"].values():
+                m["ratio"] = m["vm_ops_per_s"] / figures["cas_txn_per_s"]
+        if len(transports) > 1:
+            tls_modes = figures["transports"]["tls"]["modes"]
+            plain_modes = figures["transports"]["insecure"]["modes"]
+            figures["tls_cost"] = {mode: 1 - tls_modes[mode]["vm_ops_per_s"]
+                                   / plain_modes[mode]["vm_ops_per_s"] for mode in MODES}
+        # the first transport's figures where they always were (one transport: the only one)
+        figures["modes"] = figures["transports"][transports[0]]["modes"]
+        figures["routed_client_retries"] = first.routed.retries
     return figures
+

@@ -14,6 +14,7 @@ import time
 from controlplane.devtools.bench.storage.units import ms
 from controlplane.storage.mds import MdsClient, MdsEndpoint
 from controlplane.testing.mds import MdsProcess
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_ports
 from controlplane.v1 import mds_pb2
 
@@ -34,8 +35,9 @@ def mds_figures(calls: int, attempt_timeout: float) -> dict[str, object]:
             request = mds_pb2.StorageMdsServiceGetVolumeClientsRequest(volume_id="v")
             failover: list[float] = []
             direct: list[float] = []
+            tls = harness_pki().node("bench")  # what a node presents to its MDS
             with MdsClient([MdsEndpoint(p.address) for p in procs], attempt_timeout,
-                           rng=random.Random(1)) as client:
+                           rng=random.Random(1), tls=tls) as client:
                 while len(failover) < calls or len(direct) < calls:
                     started = time.monotonic()
                     result = client.call("GetVolumeClients", request, idempotent=True)
@@ -43,7 +45,7 @@ def mds_figures(calls: int, attempt_timeout: float) -> dict[str, object]:
                     (failover if len(result.attempts) > 1 else direct).append(took)
             skipped: list[float] = []
             eps = [MdsEndpoint(p.address, p is not hung) for p in procs]
-            with MdsClient(eps, attempt_timeout, rng=random.Random(2)) as client:
+            with MdsClient(eps, attempt_timeout, rng=random.Random(2), tls=tls) as client:
                 client.get_volume_clients("v")  # channel warm-up
                 for _ in range(calls):
                     started = time.monotonic()

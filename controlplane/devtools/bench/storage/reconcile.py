@@ -15,6 +15,7 @@ from controlplane.devtools.bench.storage.units import ms
 from controlplane.server import ManagementNode
 from controlplane.storage import qemuimg
 from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import volume_pb2
@@ -28,9 +29,10 @@ def reconcile_figures(depth: int, runs: int) -> dict[str, object]:
         port = free_port()
         node = ManagementNode(Settings(node_id="bench", listen=f"127.0.0.1:{port}",
                                        advertise=f"127.0.0.1:{port}", etcd=etcd.endpoints,
-                                       lease_ttl=5, image_dir=os.path.join(tmp, "images")))
+                                       lease_ttl=5, image_dir=os.path.join(tmp, "images"),
+                                       tls=harness_pki().node("bench")))
         node.start()
-        client = Client(node.settings.listen, timeout=30)
+        client = Client(node.settings.listen, timeout=30, tls=harness_pki().admin())
         try:
             wait_until(lambda: node.ready, 30)
             volumes = client.volumes

@@ -1,0 +1,238 @@
+"""The certificate files a process presents, turned into gRPC credentials: the one
+definition of a process's transport, for servers (`server_credentials`) and channels
+(`channel_credentials`), and how a changed file is picked up.
+
+A transport is `TlsFiles` (mutual TLS: the CA that signs every peer, this process's
+certificate and key) or `PLAINTEXT`, which only an explicit `--insecure` (or
+`CONTROLPLANE_INSECURE=true`, or `tls=PLAINTEXT` in code) chooses. Nothing defaults to
+plaintext: a process given neither refuses to start (`TlsMissing`), naming both options.
+
+Files are in the Kubernetes TLS Secret layout (`ca.crt`, `tls.crt`, `tls.key`), so
+`TlsFiles.from_dir` reads a mounted cert-manager Secret as is.
+
+Reloading, so a rotated certificate is used without a restart:
+- servers: gRPC's dynamic server credentials ask `ReloadingServerConfig.fetch` before every
+  handshake; it stats the three files (no read while they are unchanged) and hands gRPC the
+  new pair when they changed and load (a certificate whose key is not the one next to it, a
+  half-rotated pair, is kept out until the pair matches again). The same fetch counts the
+  handshakes (`HANDSHAKES`, metric `controlplane_tls_handshakes_total`): channels are reused,
+  so in steady state the count stands still;
+- clients: `channels.ChannelPool` compares `TlsFiles.signature()` at most once a second and
+  opens new channels (with the new files) once it changed; calls in flight finish on the
+  old channels, which are dropped, not closed.
+
+Server names: the client checks the server's certificate against the address it dialed
+(standard hostname verification; no target-name override anywhere): nodes, agents and MDS
+are dialed by the address they advertise, so their certificates name that address in a SAN
+(127.0.0.1, ::1 and localhost always; others with `certs issue --san`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from prometheus_client import Counter
+
+__all__ = ["ENV_CA", "ENV_CERT", "ENV_INSECURE", "ENV_KEY", "ENV_TLS_DIR", "HANDSHAKES",
+           "PLAINTEXT", "Plaintext", "ReloadingServerConfig", "TlsFiles", "TlsMissing",
+           "Transport", "channel_credentials", "describe", "load_pair", "server_credentials",
+           "transport_from", "transport_from_env"]
+
+log = logging.getLogger(__name__)
+
+ENV_TLS_DIR = "CONTROLPLANE_TLS_DIR"
+ENV_CA, ENV_CERT, ENV_KEY = "CONTROLPLANE_CA", "CONTROLPLANE_CERT", "CONTROLPLANE_KEY"
+ENV_INSECURE = "CONTROLPLANE_INSECURE"
+
+HANDSHAKES = Counter("controlplane_tls_handshakes_total",
+                     "TLS handshakes this process's server began (reused channels: none)")
+
+NO_TRANSPORT = ("no TLS identity: give --tls-dir DIR (a directory with ca.crt, tls.crt and "
+                "tls.key; or --ca/--cert/--key, or CONTROLPLANE_TLS_DIR) for mutual TLS, or "
+                "--insecure for plaintext with no authentication")
+
+
+class TlsMissing(ValueError):
+    """Neither certificate files nor an explicit plaintext choice: the message names both."""
+
+    def __init__(self, message: str = NO_TRANSPORT) -> None:
+        super().__init__(message)
+
+
+class Plaintext:
+    """No TLS at all, chosen explicitly (`--insecure`). One instance: `PLAINTEXT`."""
+
+    def __repr__(self) -> str:
+        return "PLAINTEXT"
+
+
+PLAINTEXT = Plaintext()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Paths of the CA bundle (peers are checked against it), the certificate and its key."""
+
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike[str]) -> TlsFiles:
+        d = Path(directory)
+        return cls(str(d / "ca.crt"), str(d / "tls.crt"), str(d / "tls.key"))
+
+    def signature(self) -> tuple[tuple[int, int, int], ...] | None:
+        """What changes when any file is replaced (inode, size, mtime; a Kubernetes Secret
+        update swaps a symlink, which stat follows), None while one is missing."""
+        try:
+            return tuple((s.st_ino, s.st_size, s.st_mtime_ns)
+                         for s in (os.stat(p) for p in (self.ca, self.cert, self.key)))
+        except OSError:
+            return None
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(ca, cert, key) PEM bytes; RuntimeError naming the file that cannot be read."""
+        out = []
+        for what, path in (("CA", self.ca), ("certificate", self.cert), ("key", self.key)):
+            try:
+                out.append(Path(path).read_bytes())
+            except OSError as exc:
+                raise RuntimeError(f"cannot read the TLS {what} {path}: "
+                                   f"{exc.strerror or exc}") from None
+        return out[0], out[1], out[2]
+
+
+Transport = TlsFiles | Plaintext
+
+
+def describe(transport: Transport) -> str:
+    return "plaintext (--insecure)" if isinstance(transport, Plaintext) \
+        else f"mutual TLS ({Path(transport.cert).parent})"
+
+
+def load_pair(files: TlsFiles) -> tuple[bytes, bytes, bytes]:
+    """The files read and checked: PEM that parses, the key belongs to the certificate.
+    RuntimeError saying which is wrong. A certificate outside its validity period is
+    loaded (gRPC refuses it in the handshake) but logged as an error, since every peer
+    will refuse it."""
+    import datetime as dt
+
+    ca, cert_pem, key_pem = files.read()
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        x509.load_pem_x509_certificates(ca)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError as exc:
+        raise RuntimeError(f"TLS files {files.cert} / {files.key} / {files.ca} do not parse "
+                           f"as PEM: {exc}") from None
+    if key.public_key().public_bytes(serialization.Encoding.DER,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            cert.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise RuntimeError(f"the key {files.key} does not belong to the certificate "
+                           f"{files.cert}")
+    now = dt.datetime.now(dt.UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        log.error("the certificate %s is not valid now (valid %s .. %s): peers will refuse it",
+                  files.cert, cert.not_valid_before_utc.isoformat(),
+                  cert.not_valid_after_utc.isoformat())
+    return ca, cert_pem, key_pem
+
+
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """Credentials of a client channel: the server checked against the CA and the address
+    dialed, this process's certificate presented."""
+    ca, cert, key = load_pair(files)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                        certificate_chain=cert)
+
+
+class ReloadingServerConfig:
+    """gRPC's certificate-config fetcher: called before every handshake, it counts it and
+    answers None (unchanged) or the new configuration once the files changed and load."""
+
+    def __init__(self, files: TlsFiles, on_handshake: Callable[[], None] = HANDSHAKES.inc
+                 ) -> None:
+        self.files = files
+        self.on_handshake = on_handshake
+        self.reloads = 0
+        self._lock = threading.Lock()
+        self._signature = files.signature()
+        self.initial = self._config()
+
+    def _config(self) -> grpc.ServerCertificateConfiguration:
+        ca, cert, key = load_pair(self.files)
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        self.on_handshake()
+        signature = self.files.signature()
+        if signature is None or signature == self._signature:
+            return None
+        with self._lock:
+            if signature == self._signature:
+                return None
+            try:
+                config = self._config()
+            except RuntimeError as exc:  # half rotated, or broken: keep serving the old pair
+                log.warning("certificate files changed but do not load (keeping the old "
+                            "ones): %s", exc)
+                return None
+            self._signature = signature
+            self.reloads += 1
+        log.info("certificate files %s reloaded", self.files.cert)
+        return config
+
+
+def server_credentials(files: TlsFiles) -> tuple[grpc.ServerCredentials, ReloadingServerConfig]:
+    """Server credentials that require and verify a client certificate signed by the CA,
+    reloaded when the files change (the fetcher is returned too: tests read its counts)."""
+    fetcher = ReloadingServerConfig(files)
+    creds = grpc.dynamic_ssl_server_credentials(
+        fetcher.initial, fetcher.fetch, require_client_authentication=True)
+    return creds, fetcher
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def transport_from(*, tls_dir: str | None = None, ca: str | None = None,
+                   cert: str | None = None, key: str | None = None,
+                   insecure: bool = False) -> Transport:
+    """The transport a command line (or an environment) asks for: a directory, or the three
+    files, or plaintext; TlsMissing (a ValueError) for none, for both, or a partial set."""
+    files = (ca, cert, key)
+    if insecure and (tls_dir or any(files)):
+        raise TlsMissing("choose one: --insecure (plaintext) or certificate files "
+                         "(--tls-dir / --ca --cert --key), not both")
+    if insecure:
+        return PLAINTEXT
+    if tls_dir and any(files):
+        raise TlsMissing("give either --tls-dir or --ca/--cert/--key, not both")
+    if tls_dir:
+        return TlsFiles.from_dir(tls_dir)
+    if any(files):
+        if not all(files):
+            raise TlsMissing("--ca, --cert and --key go together: give all three (or "
+                             "--tls-dir)")
+        return TlsFiles(ca, cert, key)  # type: ignore[arg-type]
+    raise TlsMissing()
+
+
+def transport_from_env(env: Mapping[str, str] | None = None) -> Transport:
+    """The transport the CONTROLPLANE_TLS_DIR / _CA / _CERT / _KEY / _INSECURE variables
+    ask for (what the client library uses when not told); TlsMissing when none is set."""
+    env = os.environ if env is None else env
+    return transport_from(tls_dir=env.get(ENV_TLS_DIR) or None, ca=env.get(ENV_CA) or None,
+                          cert=env.get(ENV_CERT) or None, key=env.get(ENV_KEY) or None,
+                          insecure=_truthy(env.get(ENV_INSECURE, "")))

@@ -1,0 +1,117 @@
+"""The harness's PKI: one CA per test session (or bench run), and the identities it issues
+to the processes the harness starts and to the tests that call them.
+
+Every node, agent and MDS the harness starts gets its own certificate (`node:<id>`,
+`agent:<name>`, `mds:<name>`) and a test calls them as the user `admin` (role admin), so
+the suite runs over mutual TLS exactly as a deployment does. Issued once per identity and
+kept (an ECDSA key takes about a millisecond; a restarted node presents the same files).
+
+Who sets it up: the pytest plugin's session fixture (`use_pki` with a directory under the
+session's tmp dir, and CONTROLPLANE_TLS_DIR pointing at the admin identity, which the CLI
+run by tests and `Client()` pick up); anyone else (a bench, a script) gets one made on first
+use in a temporary directory removed at exit (`harness_pki`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import grpc
+
+from controlplane.security import pki
+from controlplane.security.tls import (
+    PLAINTEXT,
+    Plaintext,
+    TlsFiles,
+    Transport,
+    server_credentials,
+)
+
+__all__ = ["ADMIN", "HarnessPki", "harness_pki", "server_args", "use_pki"]
+
+ADMIN = "admin"
+
+
+class HarnessPki:
+    """A CA in `base` and the identities issued from it (thread-safe)."""
+
+    def __init__(self, base: str | Path) -> None:
+        self.base = Path(base)
+        if not (self.base / pki.CA_DIR / pki.CERT_FILE).exists():
+            pki.init_ca(self.base, name="controlplane-test")
+        self._issued: dict[tuple[str, str, str | None], TlsFiles] = {}
+        self._lock = threading.Lock()
+
+    def files(self, kind: str, name: str, role: str | None = None) -> TlsFiles:
+        """The identity's files, issued on first use."""
+        key = (kind, name, role)
+        with self._lock:
+            files = self._issued.get(key)
+            if files is None:
+                out = pki.issue_identity(self.base, kind, name, role=role)
+                files = self._issued[key] = TlsFiles.from_dir(out)
+        return files
+
+    def node(self, node_id: str) -> TlsFiles:
+        return self.files("node", node_id)
+
+    def agent(self, name: str) -> TlsFiles:
+        return self.files("agent", name)
+
+    def mds(self, name: str) -> TlsFiles:
+        return self.files("mds", name)
+
+    def user(self, name: str, role: str) -> TlsFiles:
+        return self.files("user", name, role)
+
+    def admin(self) -> TlsFiles:
+        """The client identity tests call with."""
+        return self.user(ADMIN, "admin")
+
+    @property
+    def admin_dir(self) -> Path:
+        return Path(self.admin().cert).parent
+
+    def server_credentials(self, name: str = "fake") -> grpc.ServerCredentials:
+        """Credentials for an in-process gRPC server of a test (a fake node): the node
+        certificate `name`, client certificates required, as a real server does."""
+        return server_credentials(self.node(name))[0]
+
+
+_current: HarnessPki | None = None
+_current_lock = threading.Lock()
+
+
+def use_pki(value: HarnessPki | None) -> None:
+    """Make `value` the PKI every harness process and helper uses from now on."""
+    global _current
+    with _current_lock:
+        _current = value
+
+
+def harness_pki() -> HarnessPki:
+    """The current PKI; one made in a temporary directory (removed at exit) if none is."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            base = tempfile.mkdtemp(prefix="controlplane-pki-")
+            atexit.register(shutil.rmtree, base, True)
+            _current = HarnessPki(base)
+        return _current
+
+
+def server_args(tls: Transport) -> list[str]:
+    """The command-line flags that give a served process `tls`."""
+    if isinstance(tls, Plaintext):
+        return ["--insecure"]
+    return ["--ca", tls.ca, "--cert", tls.cert, "--key", tls.key]
+
+
+def client_transport(server: Transport) -> Transport:
+    """What a test talks to a process serving `server` with: plaintext to plaintext, else
+    the admin identity."""
+    return PLAINTEXT if isinstance(server, Plaintext) else harness_pki().admin()
