@@ -27,7 +27,8 @@ The guest's behaviour is steered by its kernel command line (:func:`kernel_cmdli
   :data:`WRITE_BLOCK` bytes of the byte B (default 0xa5) to /dev/vda from offset 0, each
   with fsync, printing :data:`WROTE_MARKER` ``K`` after block K is on the disk: every block
   below the last K printed before a snapshot started must be in the snapshot;
-- ``cp.probe=1``: power off right after the ready marker (the accel probe).
+- ``cp.probe=1``: power off right after the ready marker (the accel probe);
+- ``cp.debug=1``: list the input devices and run acpid in its debug mode on the console.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ __all__ = [
     "kernel_cmdline",
     "last_written",
     "newc_archive",
+    "recipe",
 ]
 
 READY_MARKER = "CONTROLPLANE-GUEST-READY"
@@ -74,6 +76,7 @@ BUSYBOX_PACKAGE = "busybox-static"
 # and busybox insmod does not resolve dependencies).
 MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
            "virtio_pci", "virtio_blk", "evdev", "button")
+_RECIPE_VERSION = "1"  # bump when the layout of the initramfs changes
 STEP_TIMEOUT = 300.0  # one apt-get download or dpkg-deb step
 
 _INIT = r"""#!/bin/sh
@@ -92,9 +95,24 @@ arg() {
 for m in @MODULES@; do
   if [ -e /lib/modules/$m.ko ]; then insmod /lib/modules/$m.ko || say "insmod $m failed"; fi
 done
+# acpid opens /dev/input/event0, 1, ... up to the first missing node, once: start it only
+# when the power button and every input device's event node are there.
 i=0
-while [ ! -e /dev/input/event0 ] && [ $i -lt 100 ]; do sleep 0.02; i=$((i+1)); done
-acpid -c /etc/acpi || say "acpid failed"
+while [ $i -lt 250 ]; do
+  want=$(grep -c 'Handlers=.*event' /proc/bus/input/devices)
+  have=$(ls /dev/input 2>/dev/null | grep -c '^event')
+  if grep -q 'Power Button' /proc/bus/input/devices && [ "$have" -ge "$want" ]; then break; fi
+  sleep 0.02; i=$((i+1))
+done
+[ $i -lt 250 ] || say "no power button after 5 s: a graceful shutdown will not work"
+if [ -n "$(arg debug)" ]; then
+  ls -l /dev/input; grep -E '^[NH]:' /proc/bus/input/devices
+  acpid -d -c /etc/acpi &
+else
+  # -l: busybox acpid exits at once when it cannot open its log (/var/log/acpid.log by
+  # default, absent here); the console also shows every event it handles.
+  acpid -f -c /etc/acpi -l /dev/console &
+fi
 s=$(arg slow_boot)
 if [ -n "$s" ]; then say "slow boot: sleeping $s s"; sleep "$s"; fi
 read up rest </proc/uptime
@@ -134,9 +152,17 @@ def _render(text: str) -> str:
             .replace("@POWEROFF@", POWEROFF_MARKER))
 
 
+def recipe() -> str:
+    """A digest of what the build puts into the initramfs besides the packages (init,
+    power-button handler, module list, layout version): a cache built from another recipe
+    is stale, so a change to the init script reaches every machine's cache by itself."""
+    text = "\0".join([_RECIPE_VERSION, _render(_INIT), _render(_POWER_BUTTON), *MODULES])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def kernel_cmdline(*, slow_boot: float | None = None, write_blocks: int | None = None,
                    write_pattern: int | None = None, probe: bool = False,
-                   quiet: bool = True) -> str:
+                   quiet: bool = True, debug: bool = False) -> str:
     """The guest's kernel command line: the console on the first serial port (where the
     domain's serial file and the probe read the markers) plus the ``cp.*`` behaviours."""
     words = ["console=ttyS0"]
@@ -156,6 +182,8 @@ def kernel_cmdline(*, slow_boot: float | None = None, write_blocks: int | None =
         words.append(f"cp.write_pattern={write_pattern}")
     if probe:
         words.append("cp.probe=1")
+    if debug:
+        words.append("cp.debug=1")
     return " ".join(words)
 
 
@@ -253,14 +281,14 @@ def _sums_text(kernel: Path, initrd: Path) -> str:
 
 
 def cached_image(directory: Path | None = None) -> GuestImage | None:
-    """The image in the cache when it is complete and its files match SHA256SUMS (about
-    20 ms: both files are hashed), else None."""
+    """The image in the cache when it is complete, was built from this :func:`recipe`
+    and its files match SHA256SUMS (about 20 ms: both files are hashed), else None."""
     image_dir = (directory or cache_dir()) / "image"
     try:
         manifest = json.loads((image_dir / "manifest.json").read_text())
         sums = (image_dir / "SHA256SUMS").read_text()
         kernel, initrd = image_dir / "vmlinuz", image_dir / "initrd.img"
-        if _sums_text(kernel, initrd) != sums:
+        if manifest.get("recipe") != recipe() or _sums_text(kernel, initrd) != sums:
             return None
     except (OSError, ValueError):
         return None
@@ -431,6 +459,7 @@ def build_image(directory: Path | None = None) -> GuestImage:
             "kernel_version": kernel_version,
             "busybox_version": _deb_field(bb_deb, "Version"),
             "modules": list(modules),
+            "recipe": recipe(),
             "sha256": hashlib.sha256(sums.encode()).hexdigest(),
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

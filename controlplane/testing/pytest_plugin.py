@@ -17,11 +17,23 @@ import pytest
 from controlplane.store.embedded import log_tail
 from controlplane.testing.agents import AgentProcess
 from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.libvirt import LibvirtHosts
 from controlplane.testing.nodes import NodeProcess
 from controlplane.testing.ports import free_port
 from controlplane.testing.proxy import TcpProxy
 
-__all__ = ["AgentFactory", "NodeFactory", "agents", "etcd", "etcd3", "nodes", "proxy_factory"]
+__all__ = [
+    "AgentFactory",
+    "NodeFactory",
+    "agents",
+    "etcd",
+    "etcd3",
+    "guest_image",
+    "libvirt_hosts",
+    "libvirt_system",
+    "nodes",
+    "proxy_factory",
+]
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _FACTORIES = pytest.StashKey[list["NodeFactory"]]()
@@ -209,3 +221,38 @@ def agents(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AgentFact
         factory.kill_all()
         if _test_failed(request):
             _print_logs("agent", [(a.name, a.log_path) for a in factory.all])
+
+
+# ---- libvirt: shared for the whole session (a daemon start and a guest boot are the
+# expensive parts; tests that need a booted guest share one per module themselves) ----
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Any:
+    """The guest image (kernel + initrd), built into its cache on first use."""
+    from controlplane.agent import guest
+
+    return guest.ensure_image()
+
+
+@pytest.fixture(scope="session")
+def libvirt_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibvirtHosts]:
+    """The pool of simulated libvirt hosts: ``libvirt_hosts.host(i)`` is host i (its session
+    daemon started on first use, as the Unix user ``cp-host-<i>``), shared by every test of
+    the session; ``libvirt_hosts.shared_dir(name)`` a directory every host can use for disks
+    and console files. At the end every domain is destroyed and every daemon stopped (the
+    daemon logs stay in the pool's ``logs/`` directory)."""
+    pool = LibvirtHosts(tmp_path_factory.mktemp("libvirt"))
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+@pytest.fixture(scope="session")
+def libvirt_system() -> str:
+    """The URI of the system daemon (qemu:///system), started the way these machines need
+    when it is not running."""
+    from controlplane.agent import libvirtd
+
+    return libvirtd.ensure_system_daemon()
