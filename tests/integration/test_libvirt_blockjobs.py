@@ -14,13 +14,16 @@ blockCommit + pivot for a live merge, blockJobInfo and BLOCK_JOB_2 events judged
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 
 import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
-from controlplane.agent.guest import WRITE_BLOCK  # noqa: E402
+from controlplane.agent.drivers.libvirt import disk_chain  # noqa: E402
+from controlplane.agent.guest import WRITE_BLOCK, kernel_cmdline  # noqa: E402
 from controlplane.storage import qemuimg  # noqa: E402
 from controlplane.storage.blockjobs import (  # noqa: E402
     BlockJobRunner,
@@ -30,10 +33,21 @@ from controlplane.storage.blockjobs import (  # noqa: E402
     judge,
     naive_judge,
 )
-from controlplane.testing.libvirt import LibvirtHosts  # noqa: E402
+from controlplane.testing import cluster as c  # noqa: E402
+from controlplane.testing.agents import AgentProcess  # noqa: E402
+from controlplane.testing.libvirt import (  # noqa: E402
+    LibvirtHosts,
+    destroy_domain,
+    shared_dir,
+    wait_console,
+)
 from controlplane.testing.libvirt_blockjobs import ChainGuest, disk_dir  # noqa: E402
-from controlplane.testing.qemu import pattern_matches  # noqa: E402
+from controlplane.testing.ports import free_port  # noqa: E402
+from controlplane.testing.qemu import pattern_matches, write_pattern  # noqa: E402
 from controlplane.testing.waiting import wait_until  # noqa: E402
+from controlplane.v1 import host_pb2, vm_pb2, volume_pb2  # noqa: E402
+
+MIB = 1 << 20
 
 WRITE_BLOCKS = 900  # 56 MiB: the writer (~150 blocks/s here under TCG) is busy for seconds
 PATTERN = 0xA5
@@ -150,3 +164,81 @@ def test_naive_cur_equals_end_says_done_right_after_blockcommit_while_ours_waits
     wait_until(lambda: judge(d.status("naive-1"), d.events("naive-1")) is Verdict.COMPLETED,
                DEADLINE, message="COMPLETED after the pivot")
     assert d.chain(guest.vm_id) == [base]
+
+
+# -- end to end: VolumeService.LiveSnapshot / LiveMerge on a libvirt VM ----------------------
+
+
+class LibvirtAgent(AgentProcess):
+    """``controlplane agent --backend libvirt`` for one host, with the nodes' image dir."""
+
+    def __init__(self, name: str, port: int, base_dir: str, *, host_id: str, uri: str,
+                 state: str, image_dir: str, cmdline: str) -> None:
+        self.host_id, self.uri, self.state = host_id, uri, state
+        self.image_dir, self.cmdline = image_dir, cmdline
+        super().__init__(name, port, base_dir)
+
+    @property
+    def host_ids(self) -> list[str]:
+        return [self.host_id]
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "controlplane", "agent", "--listen", self.address,
+                "--backend", "libvirt", "--host-id", self.host_id, "--libvirt-uri", self.uri,
+                "--accel", "tcg", "--state-dir", self.state, "--image-dir", self.image_dir,
+                "--guest-cmdline", self.cmdline, "--stop-timeout", "5"]
+
+
+def test_volume_service_live_snapshot_and_merge_on_a_libvirt_vm(guest, etcd, nodes,
+                                                               tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The VM's vda is its image's leaf from the image dir (the node names it in StartVm),
+    so the node's LiveSnapshot and LiveMerge run unchanged over AgentBlockJobsService."""
+    shared = disk_dir("cp-bj-e2e-")
+    try:
+        images = shared_dir(shared / "images")
+        node = nodes.start("mn-0", etcd.endpoints, extra_args=["--image-dir", str(images)])
+        agent = LibvirtAgent(
+            "lva", free_port(), str(tmp_path), host_id="bjh-0", uri=guest.host.uri,
+            state=str(shared_dir(shared / "state")), image_dir=str(images),
+            cmdline=kernel_cmdline(write_blocks=32, write_pattern=0x33)).start()
+        agent.wait_ready(30)
+        c.hosts(node).AddHost(host_pb2.AddHostRequest(host_id="bjh-0", address=agent.address),
+                              timeout=10)
+        c.vms(node).CreateVm(vm_pb2.CreateVmRequest(
+            vm_id="bj-vm", cpus=1, memory_mb=160,
+            image=vm_pb2.ImageInfo(image_id="bj-img", virtual_size=32 * MIB,
+                                   actual_size=MIB)), timeout=10)
+        v = c.volumes(node)
+        base = v.CreateImage(volume_pb2.CreateImageRequest(
+            image_id="bj-img", size_bytes=32 * MIB, vm_id="bj-vm"), timeout=30).chain[0].path
+        write_pattern(base, 8 * MIB, MIB, 0x11)
+        s1 = v.CreateSnapshot(volume_pb2.CreateSnapshotRequest(
+            image_id="bj-img", volume_id="s1"), timeout=30).chain[-1].path
+        c.vms(node).StartVm(vm_pb2.StartVmRequest(vm_id="bj-vm", host_id="bjh-0", wait=True),
+                            timeout=60)
+        dom = guest.host.connect().lookupByName("bj-vm")
+        assert disk_chain(dom.XMLDesc(0)) == [s1, base]  # vda is the image's leaf
+        wait_console(shared / "state" / "bj-vm.serial.log", "writer done at 32", 60)
+
+        job = v.LiveSnapshot(volume_pb2.LiveSnapshotRequest(image_id="bj-img",
+                                                            job_id="e2e-snap"), timeout=120).job
+        assert job.phase == "COMPLETED", job.error
+        assert pattern_matches(job.output, 0, 32 * WRITE_BLOCK, 0x33)  # the guest's writes
+        assert pattern_matches(job.output, 8 * MIB, MIB, 0x11)  # and the base's data
+
+        job = v.LiveMerge(volume_pb2.LiveMergeRequest(image_id="bj-img", volume_id="s1",
+                                                      job_id="e2e-merge"), timeout=120).job
+        assert job.phase == "COMPLETED", job.error
+        chain = v.GetVolumeChain(volume_pb2.GetVolumeChainRequest(image_id="bj-img"), timeout=5)
+        assert [x.volume_id for x in chain.chain] == ["base"]
+        assert disk_chain(dom.XMLDesc(0)) == [base]
+        assert pattern_matches(base, 0, 32 * WRITE_BLOCK, 0x33, force_share=True)
+        c.vms(node).StopVm(vm_pb2.StopVmRequest(vm_id="bj-vm", force=True, wait=True),
+                           timeout=60)
+        agent.kill()
+    finally:
+        try:
+            destroy_domain(guest.host.connect().lookupByName("bj-vm"))
+        except libvirt.libvirtError:
+            pass
+        shutil.rmtree(shared, ignore_errors=True)
