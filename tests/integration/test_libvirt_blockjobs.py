@@ -66,6 +66,7 @@ def guest():  # type: ignore[no-untyped-def]
             g.close()
     finally:
         pool.stop()
+        shutil.rmtree(pool.base_dir, ignore_errors=True)  # the daemon's log dir
 
 
 def runner(driver, records: list[JobRecord]) -> BlockJobRunner:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections.abc import Sequence
 
@@ -90,6 +91,7 @@ def measure(fill_mib: int = 32, runs: int = 3) -> dict[str, object]:
             guest.close()
     finally:
         pool.stop()
+        shutil.rmtree(pool.base_dir, ignore_errors=True)  # the daemon's log dir
     return out
 
 
