@@ -177,13 +177,15 @@ class Backend(Protocol):
     def list_vms(self, host_id: str) -> VmListing: ...
 
     def start_vm(self, host_id: str, vm_id: str, *, generation: int, op_id: str = "",
-                 cpus: int = 0, memory_mb: int = 0,
+                 cpus: int = 0, memory_mb: int = 0, disk: str = "",
                  caller_active: Callable[[], bool] = lambda: True) -> VmInfo:
         """Start the VM with ``generation`` and block until it runs.
 
         ``caller_active`` is asked once, just before the start begins: a start nobody waits
         for is refused (CallerGone). Once begun, the start completes even if the caller
         leaves. StaleGeneration for a generation below the host's high-water mark for the VM.
+        ``disk``: the top image of the VM's disk chain (the leaf of its image, from the node),
+        when it has one; a backend without disks ignores it.
         """
         ...
 

@@ -11,7 +11,13 @@ Backends (``controlplane agent --block-backend``):
   :class:`~controlplane.agent.drivers.qemu.QemuDriver`;
 - ``sim``: :class:`~controlplane.agent.drivers.sim.SimDriver` per disk (in memory; the
   nasty sequences are replayed by its scripts in the unit tests);
-- ``none``: the service answers UNIMPLEMENTED.
+- ``none``: the service answers UNIMPLEMENTED;
+- ``libvirt`` (not a ``--block-backend`` choice: ``agent --backend libvirt`` implies it):
+  the VM's disk is its domain's vda, driven by
+  :class:`~controlplane.agent.drivers.libvirt.LibvirtBlockDriver` over the LibvirtBackend's
+  connection. OpenDisk opens nothing (the domain runs already): it answers the chain the
+  domain uses, which the node compares with the image's leaf; CloseDisk only forgets the VM
+  here (the domain keeps running).
 
 Requests are checked before a backend sees them: vm ids are ids (`rpc.check_id`), job ids
 are names (`rpc.check_name`: a job id becomes a QMP job id and the name of the mirror
@@ -44,7 +50,8 @@ log = logging.getLogger(__name__)
 C = TypeVar("C")
 J = TypeVar("J")
 
-BLOCK_BACKENDS = ("qemu", "sim", "none")
+BLOCK_BACKENDS = ("qemu", "sim", "none")  # the --block-backend choices
+SERVICE_BACKENDS = (*BLOCK_BACKENDS, "libvirt")
 DISK = "disk0"
 
 
@@ -74,10 +81,14 @@ def _sim_disk(path: str) -> _Disk:
 
 
 class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
-    def __init__(self, backend: str) -> None:
-        if backend not in BLOCK_BACKENDS:
-            raise ValueError(f"block backend: one of {BLOCK_BACKENDS}")
+    def __init__(self, backend: str, driver: BlockJobDriver | None = None) -> None:
+        """``driver``: for ``libvirt``, the one driver on the host's domains."""
+        if backend not in SERVICE_BACKENDS:
+            raise ValueError(f"block backend: one of {SERVICE_BACKENDS}")
+        if (backend == "libvirt") != (driver is not None):
+            raise ValueError("a driver is given for the libvirt block backend, and only there")
         self.backend = backend
+        self.driver = driver
         self._disks: dict[str, _Disk] = {}
         self._lock = threading.Lock()
         # QEMU dies with the thread that started it (pdeathsig): start every QEMU from one
@@ -149,6 +160,11 @@ class AgentBlockJobsServiceServicer(pb_grpc.AgentBlockJobsServiceServicer):
         check_absolute(request.path, "path")
         with self._lock:
             disk = self._disks.get(request.vm_id)
+        if disk is None and self.driver is not None:
+            disk = _Disk(self.driver, request.vm_id, lambda: None)  # the domain's vda
+            self._chain(pb.OpenDiskResponse, request.vm_id, disk, context)  # the domain is there
+            with self._lock:
+                disk = self._disks.setdefault(request.vm_id, disk)
         if disk is None:
             opener = _qemu_disk if self.backend == "qemu" else _sim_disk
             try:

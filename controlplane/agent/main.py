@@ -78,6 +78,11 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                                        "seconds (libvirt)")
     add_env_argument(p, "--state-dir", type=argtypes.abspath, default=None, metavar="DIR",
                      help="per-VM disks and serial logs (libvirt); readable by the daemon")
+    add_env_argument(p, "--image-dir", type=argtypes.abspath, default=None, metavar="DIR",
+                     help="the management nodes' image directory as this host mounts it "
+                          "(libvirt): a VM whose image leaf the node names in StartVm runs "
+                          "on it as vda (live snapshot and merge then work on it); paths "
+                          "outside DIR are refused")
     add_env_argument(p, "--disk-mb", type=argtypes.integer, default=0, metavar="N",
                      help="each VM gets a blank N MiB qcow2 disk as vda (libvirt; 0: none)")
     add_env_argument(p, "--guest-kernel", default="", metavar="PATH",
@@ -89,7 +94,9 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="kernel command line of the guests (libvirt; default: the project "
                           "guest's, console on ttyS0)")
     add_env_argument(p, "--block-backend", choices=("qemu", "sim", "none"), default="sim",
-                     help="block jobs on VM disks (AgentBlockJobs): qemu runs one "
+                     help="block jobs on VM disks (AgentBlockJobs) for the sim backend "
+                          "(libvirt always drives its domains' vda through libvirt): qemu "
+                          "runs one "
                           "qemu-system-x86_64 -machine none per opened disk, driven over QMP "
                           "(needs Debian's qemu-system-x86); sim keeps disks in memory; none "
                           "answers UNIMPLEMENTED")

@@ -123,7 +123,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         vm = self.backend.start_vm(
             request.host_id, request.vm_id, generation=request.generation,
             op_id=request.op_id, cpus=request.cpus, memory_mb=request.memory_mb,
-            caller_active=context.is_active)
+            disk=request.disk_path, caller_active=context.is_active)
         return _vm_response(agent_pb2.AgentServiceStartVmResponse, request.host_id, vm)
 
     @_mapped()
@@ -249,9 +249,14 @@ class AgentServer:
 
     def __init__(self, backend: Backend, listen: str, max_workers: int = MAX_WORKERS,
                  block_backend: str = "sim", *, tls: Transport) -> None:
+        """``block_backend`` is for the sim backend; a backend with its own block driver
+        (libvirt: ``block_driver()``) uses it for its VMs' disks whatever is asked."""
         self.backend = backend
         self.listen = listen
-        self.block_jobs = AgentBlockJobsServiceServicer(block_backend)
+        block_driver = getattr(backend, "block_driver", None)
+        self.block_jobs = (AgentBlockJobsServiceServicer("libvirt", block_driver())
+                           if block_driver is not None
+                           else AgentBlockJobsServiceServicer(block_backend))
         self.rpc = RpcServer(listen, tls=tls, max_workers=max_workers)
         self.port = 0
         self._stopped = False
@@ -319,6 +324,7 @@ def build_libvirt_backend(args: argparse.Namespace) -> Backend:
     return LibvirtBackend(
         args.host_id, args.libvirt_uri, accel=accel.resolve_accel(args.accel, image),
         stop_timeout=args.stop_timeout, state_dir=args.state_dir or "",
+        image_dir=args.image_dir or "",
         disk_mb=args.disk_mb, kernel=kernel, initrd=initrd,
         cmdline=args.guest_cmdline or guest.kernel_cmdline())
 

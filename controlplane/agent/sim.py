@@ -275,7 +275,7 @@ class SimBackend:
         return VmListing(vms, ops, report_ops)
 
     def start_vm(self, host_id: str, vm_id: str, *, generation: int, op_id: str = "",
-                 cpus: int = 0, memory_mb: int = 0,
+                 cpus: int = 0, memory_mb: int = 0, disk: str = "",
                  caller_active: Callable[[], bool] = lambda: True) -> VmInfo:
         check_vm_id(vm_id)
         if generation < 0:

@@ -60,16 +60,21 @@ def qemu_io(
     fmt: str = "qcow2",
     image_opts: bool = False,
     timeout: float = 60.0,
+    force_share: bool = False,
 ) -> str:
     """Run ``qemu-io -f fmt -c CMD ... path`` and return its output (stdout and stderr).
 
     With ``image_opts`` ``path`` is an option string (``driver=qcow2,file.filename=...``)
-    passed with ``--image-opts`` instead of ``-f``. Raises :class:`QemuIoError` on a non-zero
-    exit or when the output reports a failed read, write or pattern check."""
+    passed with ``--image-opts`` instead of ``-f``. ``force_share`` (``-U``) reads an image a
+    running QEMU holds open (its write lock): what is on the file, so flush first. Raises
+    :class:`QemuIoError` on a non-zero exit or when the output reports a failed read, write
+    or pattern check."""
     if not commands:
         raise ValueError("qemu_io needs at least one command")
     cmd = ["qemu-io"]
     cmd += ["--image-opts"] if image_opts else ["-f", fmt]
+    if force_share:
+        cmd += ["-r", "-U"]  # force-share needs a read-only open
     for command in commands:
         cmd += ["-c", command]
     cmd.append(path)
@@ -96,13 +101,15 @@ def write_pattern(
 
 
 def pattern_matches(
-    path: str, offset: int, length: int, pattern: int, *, fmt: str = "qcow2"
+    path: str, offset: int, length: int, pattern: int, *, fmt: str = "qcow2",
+    force_share: bool = False,
 ) -> bool:
     """Whether the image reads ``length`` bytes of ``pattern`` at ``offset`` through its whole
     chain. False when the pattern check fails; other failures (a missing backing file, a read
     error) raise, since they say nothing about the data."""
     try:
-        qemu_io(path, f"read -P {pattern:#x} {offset} {length}", fmt=fmt)
+        qemu_io(path, f"read -P {pattern:#x} {offset} {length}", fmt=fmt,
+                force_share=force_share)
     except QemuIoError as exc:
         other = [f for f in _FAILURES if f != _PATTERN_FAILED and f in exc.output]
         if _PATTERN_FAILED in exc.output and not other:

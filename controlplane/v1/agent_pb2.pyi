@@ -175,7 +175,7 @@ class AgentServiceListVmsRequest(_message.Message):
     def __init__(self, host_id: _Optional[str] = ...) -> None: ...
 
 class AgentServiceStartVmRequest(_message.Message):
-    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force")
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force", "disk_path")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     OP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,7 @@ class AgentServiceStartVmRequest(_message.Message):
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    DISK_PATH_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     vm_id: str
     op_id: str
@@ -190,7 +191,8 @@ class AgentServiceStartVmRequest(_message.Message):
     cpus: int
     memory_mb: int
     force: bool
-    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+    disk_path: str
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ..., disk_path: _Optional[str] = ...) -> None: ...
 
 class AgentServiceStartVmResponse(_message.Message):
     __slots__ = ("host_id", "vm")

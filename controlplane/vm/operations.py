@@ -30,7 +30,7 @@ from controlplane import errors, metrics, names, wiretime
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
 from controlplane.store.errors import StoreError
-from controlplane.v1 import agent_pb2, host_pb2, vm_pb2
+from controlplane.v1 import agent_pb2, host_pb2, vm_pb2, volume_pb2
 from controlplane.vm import ha, states
 from controlplane.vm.records import op_view
 from controlplane.vm.sync import Restart, op_status
@@ -222,6 +222,28 @@ class Operations:
 
     # -- run ------------------------------------------------------------------------
 
+    def disk_of(self, vm: vm_pb2.Vm) -> str | None:
+        """The path of the leaf of the VM's image (``images/<vm.image.image_id>``, when that
+        image belongs to this VM): the agent runs the VM on it (libvirt: vda), so live
+        snapshot and merge work on the chain the image record describes. "" when the VM has
+        no such image; None when etcd cannot be read (the start fails rather than run the VM
+        on the wrong disk)."""
+        image_id = vm.image.image_id
+        if not image_id:
+            return ""
+        try:
+            kv = self.ctx.store.get(self.ctx.keys.image(image_id))
+        except StoreError as exc:
+            log.warning("vm %s: image %s not read: %s", vm.vm_id, image_id, exc)
+            return None
+        if kv is None:
+            return ""
+        image = volume_pb2.Image.FromString(kv.value)
+        if image.vm_id != vm.vm_id:
+            return ""
+        leaf = next((v for v in image.volumes if v.volume_id == image.leaf_id), None)
+        return leaf.path if leaf is not None else ""
+
     def submit(self, begun: Begun, force: bool = False) -> futures.Future[vm_pb2.Vm]:
         return self._pool.submit(self.execute, begun, force)
 
@@ -232,13 +254,17 @@ class Operations:
         host = self.ctx.host_record(vm.host_id)
         event, outcome, detail = operation.failure, "failed", ""
         devices = None
+        disk = self.disk_of(vm) if op.kind == "start" and host is not None else ""
         if host is None:
             detail = f"host {vm.host_id} is gone"
+        elif disk is None:
+            detail = f"cannot read the record of image {vm.image.image_id} (etcd)"
         else:
             method = AGENT_CALLS[op.kind]
             request = getattr(agent_pb2, f"AgentService{method}Request")(
                 host_id=vm.host_id, vm_id=vm.vm_id, op_id=op.op_id, generation=vm.generation,
-                cpus=vm.cpus, memory_mb=vm.memory_mb, force=force)
+                cpus=vm.cpus, memory_mb=vm.memory_mb, force=force,
+                **({"disk_path": disk} if disk else {}))
             try:
                 self._call_agent(host.address, method, request, wiretime.seconds(op.deadline))
                 event, outcome = operation.success, "completed"

@@ -167,9 +167,6 @@ def test_lifecycle_device_info_pause_resume_and_graceful_stop(daemons, image,
         b.close()
 
 
-@pytest.mark.xfail(strict=False, reason="the guest's init (agent/guest.py, lv1) starts acpid "
-                   "once /dev/input/event0 exists, which is the PS/2 keyboard under q35; the "
-                   "ACPI power button (event2) appears later and acpid never opens it")
 def test_graceful_stop_is_the_guest_powering_itself_off(daemons, image, state_root) -> None:
     b = backend(daemons[0], image, state_root, name="bg", stop_timeout=8.0)
     try:

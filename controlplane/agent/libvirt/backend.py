@@ -44,12 +44,13 @@ metadata cached by domain UUID, read only for domains not seen before).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import libvirt
@@ -72,6 +73,7 @@ from controlplane.agent.backend import (
     VmState,
     check_vm_id,
 )
+from controlplane.agent.drivers.libvirt import BlockJobEvents, LibvirtBlockDriver, grant_group_rw
 from controlplane.agent.events import EventHub
 from controlplane.agent.libvirt import states
 from controlplane.agent.libvirt.domain import (
@@ -84,6 +86,7 @@ from controlplane.agent.libvirt.domain import (
     read_meta,
 )
 from controlplane.errors import Failed
+from controlplane.paths import inside
 
 __all__ = ["HypervisorFailed", "LibvirtBackend"]
 
@@ -144,6 +147,7 @@ class LibvirtBackend:
 
     def __init__(self, host_id: str, uri: str, *, accel: str = "tcg",
                  stop_timeout: float = 30.0, state_dir: str = "", disk_mb: int = 0,
+                 image_dir: str = "",
                  kernel: str = "", initrd: str = "", cmdline: str = "",
                  default_cpus: int = 1, default_memory_mb: int = 256,
                  clock: Callable[[], float] = time.time,
@@ -157,6 +161,7 @@ class LibvirtBackend:
         self.stop_timeout = stop_timeout
         self.state_dir = state_dir
         self.disk_mb = disk_mb
+        self.image_dir = image_dir
         self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
         self.default_cpus, self.default_memory_mb = default_cpus, default_memory_mb
         self.events = EventHub(clock)
@@ -170,6 +175,11 @@ class LibvirtBackend:
         self._conn: Any = None
         self._conn_lock = threading.Lock()
         self._callback_id: int | None = None
+        self._block_callback_id: int | None = None
+        # Block-job events (VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2) for the block driver, on the
+        # same connections and the same event loop as the lifecycle events.
+        self.block_events = BlockJobEvents()
+        self._flushing: set[str] = set()  # domains the block driver pauses to flush
         self._reconnecting = False
         self._fenced = False
         self._closed = False
@@ -203,6 +213,7 @@ class LibvirtBackend:
                 conn.registerCloseCallback(self._closed_cb, None)
                 self._callback_id = conn.domainEventRegisterAny(
                     None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None)
+                self._block_callback_id = self.block_events.register(conn)
                 with self._lock:
                     self._meta.clear()
                 self._rediscover(conn)
@@ -434,7 +445,18 @@ class LibvirtBackend:
                 log.info("host %s vm %s op %s: %s failed: %s", self.host_id, vm_id,
                          op.info.op_id, kind, op.error)
 
-    def _disk(self, vm_id: str) -> tuple[str, ...]:
+    def _disk(self, vm_id: str, disk: str = "") -> tuple[str, ...]:
+        """vda: the VM's image leaf the node named (inside ``image_dir``), else a blank
+        per-VM disk of ``disk_mb`` in the state dir, else none."""
+        if disk:
+            if not self.image_dir or not inside(self.image_dir, disk):
+                raise InvalidArgument(
+                    f"disk {disk!r} of vm {vm_id} is not inside this agent's image "
+                    f"directory ({self.image_dir or 'none: --image-dir is not set'})")
+            if not os.path.isfile(disk):
+                raise InvalidArgument(f"disk {disk!r} of vm {vm_id} does not exist")
+            grant_group_rw(disk)  # the leaf is written by the host user's QEMU
+            return (disk,)
         if not self.disk_mb or not self.state_dir:
             return ()
         path = os.path.join(self.state_dir, f"{vm_id}.qcow2")
@@ -480,6 +502,8 @@ class LibvirtBackend:
                     continue  # not ours (another tool's domain on a shared daemon)
                 state = states.vm_state(stats.get("state.state", 0),
                                         stats.get("state.reason", 0), meta.stopped)
+                if state == PAUSED and dom.name() in self._flushing:
+                    state = RUNNING  # paused for milliseconds by a block flush, not by a user
                 if state is not None:
                     vms.append(VmInfo(dom.name(), state, meta.generation))
         except libvirt.libvirtError as exc:
@@ -489,7 +513,7 @@ class LibvirtBackend:
         return VmListing(tuple(vms), ops, True)
 
     def start_vm(self, host_id: str, vm_id: str, *, generation: int, op_id: str = "",
-                 cpus: int = 0, memory_mb: int = 0,
+                 cpus: int = 0, memory_mb: int = 0, disk: str = "",
                  caller_active: Callable[[], bool] = lambda: True) -> VmInfo:
         check_vm_id(vm_id)
         if generation < 0:
@@ -526,7 +550,7 @@ class LibvirtBackend:
                 xml = build_domain(
                     vm_id, cpus=cpus or self.default_cpus,
                     memory_mb=memory_mb or self.default_memory_mb, meta=new,
-                    accel=self.accel, disks=self._disk(vm_id), kernel=self.kernel,
+                    accel=self.accel, disks=self._disk(vm_id, disk), kernel=self.kernel,
                     initrd=self.initrd, cmdline=self.cmdline,
                     serial_log=self.serial_log(vm_id),
                     uuid=dom.UUIDString() if dom is not None else "")
@@ -682,6 +706,22 @@ class LibvirtBackend:
         self.events.publish(host_id, reason="fenced")
         return sorted(killed)
 
+    def block_driver(self) -> LibvirtBlockDriver:
+        """The block-job driver on this host's domains (their vda), over this backend's
+        connection and events: the agent's AgentBlockJobsService uses it for its VMs."""
+        return LibvirtBlockDriver(self._connection, self.block_events,
+                                  pausing=self._flush_pause)
+
+    @contextlib.contextmanager
+    def _flush_pause(self, vm_id: str) -> Iterator[None]:
+        with self._lock:
+            self._flushing.add(vm_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._flushing.discard(vm_id)
+
     def power_on(self) -> None:
         """The fenced host is back (its domains stay shut off, as after a power cycle)."""
         self._fenced = False
@@ -696,8 +736,9 @@ class LibvirtBackend:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
-                if self._callback_id is not None:
-                    conn.domainEventDeregisterAny(self._callback_id)
+                for callback in (self._callback_id, self._block_callback_id):
+                    if callback is not None:
+                        conn.domainEventDeregisterAny(callback)
                 conn.unregisterCloseCallback()
             except libvirt.libvirtError:
                 pass
