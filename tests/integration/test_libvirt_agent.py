@@ -29,6 +29,7 @@ from controlplane.agent.libvirt.backend import LibvirtBackend  # noqa: E402
 from controlplane.agent.libvirt.domain import VmMeta, build_domain  # noqa: E402
 from controlplane.testing import cluster as c  # noqa: E402
 from controlplane.testing.agents import AgentProcess, vm_copies  # noqa: E402
+from controlplane.testing.pki import server_args  # noqa: E402
 from controlplane.testing.ports import free_port  # noqa: E402
 from controlplane.testing.waiting import wait_until  # noqa: E402
 from controlplane.v1 import config_pb2, host_pb2, vm_pb2  # noqa: E402
@@ -249,7 +250,7 @@ class LibvirtAgent(AgentProcess):
         return [sys.executable, "-m", "controlplane", "agent", "--listen", self.address,
                 "--backend", "libvirt", "--host-id", self.host_id, "--libvirt-uri",
                 self.uri, "--accel", "tcg", "--state-dir", self.state, "--disk-mb", "16",
-                "--stop-timeout", "10"]
+                "--stop-timeout", "10", *server_args(self.tls)]
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ from controlplane.testing.libvirt import (  # noqa: E402
     wait_console,
 )
 from controlplane.testing.libvirt_blockjobs import ChainGuest, disk_dir  # noqa: E402
+from controlplane.testing.pki import server_args  # noqa: E402
 from controlplane.testing.ports import free_port  # noqa: E402
 from controlplane.testing.qemu import pattern_matches, write_pattern  # noqa: E402
 from controlplane.testing.waiting import wait_until  # noqa: E402
@@ -187,7 +188,8 @@ class LibvirtAgent(AgentProcess):
         return [sys.executable, "-m", "controlplane", "agent", "--listen", self.address,
                 "--backend", "libvirt", "--host-id", self.host_id, "--libvirt-uri", self.uri,
                 "--accel", "tcg", "--state-dir", self.state, "--image-dir", self.image_dir,
-                "--guest-cmdline", self.cmdline, "--stop-timeout", "5"]
+                "--guest-cmdline", self.cmdline, "--stop-timeout", "5",
+                *server_args(self.tls)]
 
 
 def test_volume_service_live_snapshot_and_merge_on_a_libvirt_vm(guest, etcd, nodes,
