@@ -310,7 +310,10 @@ class LibvirtBackend:
                     "domain %s: %s", self.host_id, name, meta.generation, meta.op_id,
                     meta.op_kind, "active" if active else "inactive", action.value)
         try:
-            if action is states.Resolution.CREATE:
+            if meta.op_kind == "start" and self.boot_timeout and action in (
+                    states.Resolution.CREATE, states.Resolution.CLEAR):
+                self._resume_start(dom, name, meta, boot=action is states.Resolution.CREATE)
+            elif action is states.Resolution.CREATE:
                 dom.create()
                 self._set_meta(dom, meta.cleared(stopped=False))
             elif action is states.Resolution.DESTROY:
@@ -326,6 +329,39 @@ class LibvirtBackend:
         except libvirt.libvirtError as exc:
             log.error("host %s vm %s: resolving op %s failed: %s", self.host_id, name,
                       meta.op_id, exc)
+
+    def _resume_start(self, dom: Any, name: str, meta: VmMetadata, boot: bool) -> None:
+        """A start the dead agent left while its guest booted (or before it booted it):
+        the op is this process's now, in progress (listed) until the guest is ready, as it
+        would have been had the agent lived; then the metadata is cleared."""
+        op = _Op(OpInfo(meta.op_id, name, "start", meta.generation, meta.op_started))
+        with self._lock:
+            if name in self._ops:
+                return
+            self._ops[name] = op
+        try:
+            if boot:
+                _unlink(self.serial_log(name))
+                dom.create()
+        except BaseException:
+            self._finish(op)
+            raise
+
+        def run() -> None:
+            try:
+                self._wait_guest_ready(op, dom, name)
+                with self._vm_lock(name):
+                    if not op.abort.is_set():
+                        self._set_meta(dom, meta.cleared(stopped=False))
+                op.result = VmInfo(name, RUNNING, meta.generation)
+            except Exception as exc:  # noqa: BLE001 - logged; the pull reads the state
+                op.error = exc
+                log.error("host %s vm %s: resumed start %s failed: %s", self.host_id, name,
+                          meta.op_id, exc)
+            finally:
+                self._finish(op)
+
+        threading.Thread(target=run, name=f"resume-start {name}", daemon=True).start()
 
     # -- metadata --------------------------------------------------------------------
 
