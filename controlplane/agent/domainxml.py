@@ -14,25 +14,32 @@ What the XML holds, and why:
 - ``<features><acpi/></features>``: without it libvirt passes ``-no-acpi`` and a graceful
   shutdown (the ACPI power button) never reaches the guest.
 - the disk: the top of the VM's chain as virtio ``vda`` (qcow2; libvirt follows the backing
-  chain recorded in the image).
+  chain recorded in the image); none when :attr:`DomainSpec.disk` is empty.
 - one NIC with user-mode networking (``<interface type='user'>``): needs no bridge, no
-  network, no host setup.
+  network, no host setup. Its MAC is derived from the VM id (:func:`mac_for`), so a VM
+  keeps it on every host and after every restart.
 - the first serial port to a file (:attr:`DomainSpec.console_log`): tests and the backend
-  wait on the guest's ready marker there.
-- ``<metadata>``: :data:`NAMESPACE` ``vm`` with the VM id, its generation and the op id of
-  the operation that defined it. The generation is what survives an agent restart and
-  tells a stray older copy from the current one (DESIGN.md section 10). The same element is
-  what ``virDomainSetMetadata(VIR_DOMAIN_METADATA_ELEMENT, metadata_xml(...), PREFIX,
-  NAMESPACE)`` writes on a live domain and ``virDomainGetMetadata`` returns (both without
-  the namespace, which libvirt adds and strips): :func:`parse_metadata` reads either that
-  element or a whole domain XML.
+  wait on the guest's ready marker there (a pty when it is empty).
+- no kernel (firmware boot) when :attr:`DomainSpec.kernel` is empty.
+- ``<metadata>``: :data:`NAMESPACE` ``vm`` with the VM id, its generation, the operation in
+  progress (id, kind, start time) and whether a crash was acknowledged by a stop. The
+  generation is what survives an agent restart and tells a stray older copy from the
+  current one (DESIGN.md section 10); the op is written before the libvirt call that
+  carries it out, so the next agent process can finish it (``agent/libvirt/states.py``).
+  The same element is what ``virDomainSetMetadata(VIR_DOMAIN_METADATA_ELEMENT,
+  metadata_xml(...), PREFIX, NAMESPACE)`` writes on a live domain and
+  ``virDomainGetMetadata`` returns (both without the namespace, which libvirt adds and
+  strips): :func:`parse_metadata` reads either that element or a whole domain XML.
 """
 
 from __future__ import annotations
 
+import hashlib
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from xml.sax.saxutils import escape, quoteattr
+
+from controlplane.agent.backend import Device
 
 __all__ = [
     "NAMESPACE",
@@ -40,8 +47,10 @@ __all__ = [
     "DeviceAddress",
     "DomainSpec",
     "VmMetadata",
+    "agent_devices",
     "device_addresses",
     "domain_xml",
+    "mac_for",
     "metadata_xml",
     "parse_domain",
     "parse_metadata",
@@ -56,18 +65,40 @@ _UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000**2,
 
 @dataclass(frozen=True)
 class VmMetadata:
-    """The project's part of a domain: whose VM it is, its generation, the op that made it."""
+    """The project's part of a domain: whose VM it is, its generation, the operation in
+    progress on it (``op_id``/``op_kind``/``op_started``, empty when none) and ``stopped``:
+    the agent stopped it (so a domain shut off with reason "crashed" is no longer CRASHED)."""
 
     vm_id: str
     generation: int
     op_id: str = ""
+    op_kind: str = ""
+    op_started: float = 0.0
+    stopped: bool = False
+
+    def with_op(self, op_id: str, kind: str, started: float) -> VmMetadata:
+        """This metadata with an operation in progress (written before carrying it out)."""
+        return replace(self, op_id=op_id, op_kind=kind, op_started=started)
+
+    def cleared(self, stopped: bool | None = None) -> VmMetadata:
+        """This metadata with the operation over (``stopped`` set when given)."""
+        return replace(self, op_id="", op_kind="", op_started=0.0,
+                       stopped=self.stopped if stopped is None else stopped)
+
+
+def mac_for(vm_id: str) -> str:
+    """A locally administered MAC derived from the VM id: the same on every host and after
+    every restart (libvirt would pick a random one at each define)."""
+    digest = hashlib.blake2b(vm_id.encode(), digest_size=3).hexdigest()
+    return "52:54:00:" + ":".join(digest[i:i + 2] for i in range(0, 6, 2))
 
 
 @dataclass(frozen=True)
 class DomainSpec:
     """Everything the domain XML is built from. ``disk``: the path of the top image of the
-    VM's chain; ``console_log``: the file the guest's first serial port writes to (it must be
-    writable by the user the daemon runs QEMUs as); ``uuid``: empty lets libvirt choose."""
+    VM's chain (empty: no disk); ``console_log``: the file the guest's first serial port
+    writes to (it must be writable by the user the daemon runs QEMUs as; empty: a pty);
+    ``kernel`` empty: a firmware boot; ``uuid``: empty lets libvirt choose."""
 
     vm_id: str
     cpus: int
@@ -82,6 +113,8 @@ class DomainSpec:
     op_id: str = ""
     uuid: str = ""
     disk_format: str = "qcow2"
+    op_kind: str = ""
+    op_started: float = 0.0
 
     def __post_init__(self) -> None:
         if self.accel not in ACCEL_TYPES:
@@ -90,13 +123,15 @@ class DomainSpec:
             raise ValueError("cpus and memory_mb must be >= 1")
         if self.generation < 0:
             raise ValueError("generation must be >= 0")
-        for name in ("vm_id", "disk", "kernel", "initrd", "console_log"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} must not be empty")
+        if not self.vm_id:
+            raise ValueError("vm_id must not be empty")
+        if self.initrd and not self.kernel:
+            raise ValueError("an initrd needs a kernel")
 
     @property
     def metadata(self) -> VmMetadata:
-        return VmMetadata(self.vm_id, self.generation, self.op_id)
+        return VmMetadata(self.vm_id, self.generation, self.op_id, self.op_kind,
+                          self.op_started)
 
 
 def _text(value: str) -> str:
@@ -116,12 +151,28 @@ def metadata_xml(meta: VmMetadata, *, declare: bool = False) -> str:
             f"<vm-id>{_text(meta.vm_id)}</vm-id>"
             f"<generation>{int(meta.generation)}</generation>"
             f"<op-id>{_text(meta.op_id)}</op-id>"
+            f"<op-kind>{_text(meta.op_kind)}</op-kind>"
+            f"<op-started>{float(meta.op_started)!r}</op-started>"
+            f"<stopped>{'1' if meta.stopped else '0'}</stopped>"
             f"</{tag}>")
 
 
 def domain_xml(spec: DomainSpec) -> str:
     """The domain XML for ``spec`` (see the module docstring for what is in it)."""
     uuid = f"  <uuid>{_text(spec.uuid)}</uuid>\n" if spec.uuid else ""
+    boot = "".join(f"\n    <{tag}>{_text(value)}</{tag}>" for tag, value in (
+        ("kernel", spec.kernel), ("initrd", spec.initrd), ("cmdline", spec.cmdline))
+        if spec.kernel and (value or tag == "kernel"))
+    disk = f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type={quoteattr(spec.disk_format)}/>
+      <source file={quoteattr(spec.disk)}/>
+      <target dev='vda' bus='virtio'/>
+    </disk>""" if spec.disk else ""
+    serial = f"""<serial type='file'>
+      <source path={quoteattr(spec.console_log)}/>
+      <target port='0'/>
+    </serial>""" if spec.console_log else "<serial type='pty'><target port='0'/></serial>"
     return f"""<domain type={quoteattr(ACCEL_TYPES[spec.accel])}>
   <name>{_text(spec.vm_id)}</name>
 {uuid}  <metadata>
@@ -130,10 +181,7 @@ def domain_xml(spec: DomainSpec) -> str:
   <memory unit='MiB'>{int(spec.memory_mb)}</memory>
   <vcpu>{int(spec.cpus)}</vcpu>
   <os>
-    <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{_text(spec.kernel)}</kernel>
-    <initrd>{_text(spec.initrd)}</initrd>
-    <cmdline>{_text(spec.cmdline)}</cmdline>
+    <type arch='x86_64' machine='q35'>hvm</type>{boot}
   </os>
   <features>
     <acpi/>
@@ -142,19 +190,12 @@ def domain_xml(spec: DomainSpec) -> str:
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type={quoteattr(spec.disk_format)}/>
-      <source file={quoteattr(spec.disk)}/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
+  <devices>{disk}
     <interface type='user'>
+      <mac address={quoteattr(mac_for(spec.vm_id))}/>
       <model type='virtio'/>
     </interface>
-    <serial type='file'>
-      <source path={quoteattr(spec.console_log)}/>
-      <target port='0'/>
-    </serial>
+    {serial}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
@@ -195,7 +236,15 @@ def parse_metadata(xml: str) -> VmMetadata | None:
             from None
     if gen < 0:
         raise ValueError(f"controlplane metadata generation {gen} is negative")
-    return VmMetadata(vm_id, gen, _child_text(elem, "op-id") or "")
+    started = (_child_text(elem, "op-started") or "0").strip() or "0"
+    try:
+        op_started = float(started)
+    except ValueError:
+        raise ValueError(f"controlplane metadata op-started {started!r} is not a number") \
+            from None
+    return VmMetadata(vm_id, gen, _child_text(elem, "op-id") or "",
+                      _child_text(elem, "op-kind") or "", op_started,
+                      (_child_text(elem, "stopped") or "0").strip() == "1")
 
 
 def _memory_mb(elem: ET.Element | None) -> int:
@@ -219,10 +268,8 @@ def parse_domain(xml: str) -> DomainSpec:
     if accel is None:
         raise ValueError(f"domain type {root.get('type')!r} is neither kvm nor qemu")
     disk = root.find("./devices/disk[@device='disk']/target[@dev='vda']/..")
-    if disk is None:
-        raise ValueError("domain XML without a vda disk")
-    source = disk.find("source")
-    driver = disk.find("driver")
+    source = disk.find("source") if disk is not None else None
+    driver = disk.find("driver") if disk is not None else None
     serial = root.find("./devices/serial/source")
     vcpu = root.find("vcpu")
     name = root.findtext("name")
@@ -241,7 +288,10 @@ def parse_domain(xml: str) -> DomainSpec:
         console_log=serial.get("path", "") if serial is not None else "",
         op_id=meta.op_id,
         uuid=root.findtext("uuid") or "",
-        disk_format=driver.get("type", "raw") if driver is not None else "raw",
+        disk_format=(driver.get("type", "raw") if driver is not None
+                     else "raw" if disk is not None else "qcow2"),
+        op_kind=meta.op_kind,
+        op_started=meta.op_started,
     )
 
 
@@ -273,3 +323,13 @@ def device_addresses(xml: str) -> list[DeviceAddress]:
             parts = [int(addr.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function")]
             out.append(DeviceAddress(kind, name, "{:04x}:{:02x}:{:02x}.{:x}".format(*parts)))
     return out
+
+
+def agent_devices(xml: str) -> list[Device]:
+    """The agent's device list (SyncVmDeviceInfo) from a live domain XML: disk0.. in target
+    order, nic0.. (with the MAC) in XML order, each with its PCI address."""
+    addresses = device_addresses(xml)
+    disks = [a for a in addresses if a.kind == "disk"]
+    nics = [a for a in addresses if a.kind == "nic"]
+    return [*(Device(f"disk{i}", a.pci) for i, a in enumerate(disks)),
+            *(Device(f"nic{i}", a.pci, a.name) for i, a in enumerate(nics))]

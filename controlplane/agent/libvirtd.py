@@ -40,16 +40,24 @@ from controlplane.procs import ChildProcess
 __all__ = [
     "SYSTEM_SOCKET",
     "SYSTEM_URI",
+    "SHARED_GROUP",
     "HostUser",
     "SessionDaemon",
+    "destroy_all",
+    "ensure_group",
     "ensure_host_user",
     "ensure_system_daemon",
     "session_socket",
     "session_uri",
+    "share",
+    "shared_dir",
     "socket_answers",
 ]
 
 SYSTEM_URI = "qemu:///system"
+# Every host user is a member: the files guests of several simulated hosts open (disks,
+# overlays, console files) live in directories of this group (see shared_dir).
+SHARED_GROUP = "cphosts"
 SYSTEM_SOCKET = "/var/run/libvirt/libvirt-sock"
 _SYSTEM_DIRS = ("/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt/qemu",
                 "/var/cache/libvirt")
@@ -152,6 +160,65 @@ def ensure_system_daemon(timeout: float = 30.0) -> str:
     _run("libvirtd -d", ["libvirtd", "-d"])
     _wait_socket(SYSTEM_SOCKET, timeout, "libvirtd (system)", "/var/log/libvirt/")
     return SYSTEM_URI
+
+
+def ensure_group(name: str) -> int:
+    """The gid of group ``name``, created (a system group) when missing."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        _run(f"groupadd {name}", ["groupadd", "--system", name])
+        return grp.getgrnam(name).gr_gid
+
+
+def shared_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` (created with its parents) as a directory every host user can read and
+    write: group SHARED_GROUP, mode 2775 (new files inherit the group). Its parents get
+    o+x so the users can reach it (temporary directories are often 0700)."""
+    gid = ensure_group(SHARED_GROUP)
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    os.chown(p, -1, gid)
+    os.chmod(p, 0o2775)
+    for parent in p.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(parent, (mode & 0o7777) | 0o001)
+    return p
+
+
+def share(path: str | os.PathLike[str]) -> Path:
+    """A file made by root, made readable and writable by every host user (group
+    SHARED_GROUP, g+rw). Disks, overlays and console files of guests all need it."""
+    p = Path(path)
+    os.chown(p, -1, ensure_group(SHARED_GROUP))
+    os.chmod(p, (p.stat().st_mode & 0o7777) | 0o660)
+    return p
+
+
+def destroy_all(uri: str, undefine: bool = False) -> list[str]:
+    """Destroy every running domain of the daemon at ``uri`` (a simulated host's power-off:
+    its QEMUs die, the definitions stay, as on a real host losing power); ``undefine``
+    also removes every definition (a clean-up). The names of the domains that ran."""
+    import libvirt  # noqa: PLC0415 - only where libvirt is used
+
+    conn = libvirt.open(uri)
+    killed = []
+    try:
+        for dom in conn.listAllDomains(0):
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                    killed.append(dom.name())
+                if undefine:
+                    dom.undefine()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
+                                                libvirt.VIR_ERR_OPERATION_INVALID):
+                    raise
+    finally:
+        conn.close()
+    return sorted(killed)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,11 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_env_argument(p, "--stop-timeout", type=argtypes.non_negative_seconds, default=30.0,
                      metavar="S", help="a graceful stop (ACPI) destroys the guest after S "
                                        "seconds (libvirt)")
+    add_env_argument(p, "--boot-timeout", type=argtypes.non_negative_seconds, default=0.0,
+                     metavar="S", help="a start waits up to S seconds for the guest's ready "
+                                       "marker on its serial console, so Running means booted "
+                                       "(libvirt, the project's guest; 0: until the domain "
+                                       "runs)")
     add_env_argument(p, "--state-dir", type=argtypes.abspath, default=None, metavar="DIR",
                      help="per-VM disks and serial logs (libvirt); readable by the daemon")
     add_env_argument(p, "--image-dir", type=argtypes.abspath, default=None, metavar="DIR",

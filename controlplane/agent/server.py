@@ -323,8 +323,8 @@ def build_libvirt_backend(args: argparse.Namespace) -> Backend:
         kernel = initrd = ""
     return LibvirtBackend(
         args.host_id, args.libvirt_uri, accel=accel.resolve_accel(args.accel, image),
-        stop_timeout=args.stop_timeout, state_dir=args.state_dir or "",
-        image_dir=args.image_dir or "",
+        stop_timeout=args.stop_timeout, boot_timeout=getattr(args, "boot_timeout", 0.0),
+        state_dir=args.state_dir or "", image_dir=args.image_dir or "",
         disk_mb=args.disk_mb, kernel=kernel, initrd=initrd,
         cmdline=args.guest_cmdline or guest.kernel_cmdline())
 

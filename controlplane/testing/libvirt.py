@@ -26,15 +26,16 @@ module, and so the pytest plugin, works on a machine without libvirt-python.
 
 from __future__ import annotations
 
-import grp
 import os
-import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controlplane.agent import domainxml, guest, libvirtd
+from controlplane.testing.agents import AgentProcess
+from controlplane.testing.pki import server_args
 from controlplane.testing.waiting import WaitTimeout
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PREFIX",
     "SHARED_GROUP",
+    "LibvirtAgent",
     "LibvirtHost",
     "LibvirtHosts",
     "destroy_domain",
@@ -51,42 +53,11 @@ __all__ = [
     "wait_console",
 ]
 
-SHARED_GROUP = "cphosts"
+SHARED_GROUP = libvirtd.SHARED_GROUP
 DEFAULT_PREFIX = os.environ.get("CONTROLPLANE_LIBVIRT_PREFIX", "cp-host-")
-
-
-def _ensure_group(name: str) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        subprocess.run(["groupadd", "--system", name], check=True, timeout=60,
-                       stdin=subprocess.DEVNULL, capture_output=True)
-        return grp.getgrnam(name).gr_gid
-
-
-def shared_dir(path: str | os.PathLike[str]) -> Path:
-    """``path`` (created with its parents) as a directory every host user can read and
-    write: group SHARED_GROUP, mode 2775 (new files inherit the group). Its parents get
-    o+x so the users can reach it (pytest's tmp dirs are 0700)."""
-    gid = _ensure_group(SHARED_GROUP)
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    os.chown(p, -1, gid)
-    os.chmod(p, 0o2775)
-    for parent in p.resolve().parents:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            os.chmod(parent, (mode & 0o7777) | 0o001)
-    return p
-
-
-def share(path: str | os.PathLike[str]) -> Path:
-    """A file made by root, made readable and writable by every host user (group
-    SHARED_GROUP, g+rw). Disks, overlays and console files of guests all need it."""
-    p = Path(path)
-    os.chown(p, -1, _ensure_group(SHARED_GROUP))
-    os.chmod(p, (p.stat().st_mode & 0o7777) | 0o660)
-    return p
+shared_dir = libvirtd.shared_dir
+share = libvirtd.share
+_ensure_group = libvirtd.ensure_group
 
 
 def wait_console(path: str | os.PathLike[str], marker: str, timeout: float) -> str:
@@ -189,6 +160,11 @@ class LibvirtHost:
         self._conn = libvirt.open(self.uri)
         return self._conn
 
+    def qemu_pid(self, vm_id: str) -> int:
+        """The pid of the QEMU running domain ``vm_id`` (what a crash test kills -9)."""
+        run = Path(self.user.runtime_dir) / "libvirt" / "qemu" / "run"
+        return int((run / f"{vm_id}.pid").read_text().strip())
+
     def domains(self) -> dict[str, libvirt.virDomain]:
         return {d.name(): d for d in self.connect().listAllDomains()}
 
@@ -266,3 +242,43 @@ class LibvirtHosts:
     def stop(self) -> None:
         for host in list(self._hosts.values()):
             host.stop()
+
+
+class LibvirtAgent(AgentProcess):
+    """``controlplane agent --backend libvirt`` for one simulated host: host id ``host_id``,
+    its daemon ``host``, per-VM disks (``disk_mb``) and console files in ``state_dir``
+    (a :func:`shared_dir`). ``boot_timeout``: a start waits for the guest's ready marker
+    (so Running means the guest has booted); ``cmdline``: the guests' kernel command line
+    (``guest.kernel_cmdline(slow_boot=S)`` makes every start on this host slow).
+    A restarted libvirt agent finds its VMs again (they live in libvirt)."""
+
+    def __init__(self, name: str, port: int, base_dir: str, host_id: str, host: LibvirtHost,
+                 state_dir: str | os.PathLike[str], *, disk_mb: int = 16,
+                 stop_timeout: float = 10.0, boot_timeout: float = 0.0, cmdline: str = "",
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.host_id, self.host, self.state_dir = host_id, host, str(state_dir)
+        self.disk_mb, self.stop_timeout, self.boot_timeout = disk_mb, stop_timeout, \
+            boot_timeout
+        self.cmdline = cmdline
+        super().__init__(name, port, base_dir, extra_args=extra_args)
+
+    @property
+    def host_ids(self) -> list[str]:
+        return [self.host_id]
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "controlplane", "agent", "--listen", self.address,
+                "--backend", "libvirt", "--host-id", self.host_id, "--libvirt-uri",
+                self.host.uri, "--accel", "tcg", "--state-dir", self.state_dir,
+                "--disk-mb", str(self.disk_mb), "--stop-timeout", repr(self.stop_timeout),
+                "--boot-timeout", repr(self.boot_timeout), "--log-level", self.log_level]
+        if self.cmdline:
+            argv += ["--guest-cmdline", self.cmdline]
+        return argv + server_args(self.tls) + list(self.extra_args)
+
+    def console(self, vm_id: str) -> str:
+        """The guest's console text so far ("" before the first boot)."""
+        try:
+            return (Path(self.state_dir) / f"{vm_id}.serial.log").read_text(errors="replace")
+        except OSError:
+            return ""

@@ -13,6 +13,8 @@ as its admin user: CONTROLPLANE_TLS_DIR points at that identity for the whole se
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -262,17 +264,21 @@ def guest_image() -> Any:
 
 
 @pytest.fixture(scope="session")
-def libvirt_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibvirtHosts]:
+def libvirt_hosts() -> Iterator[LibvirtHosts]:
     """The pool of simulated libvirt hosts: ``libvirt_hosts.host(i)`` is host i (its session
     daemon started on first use, as the Unix user ``cp-host-<i>``), shared by every test of
     the session; ``libvirt_hosts.shared_dir(name)`` a directory every host can use for disks
     and console files. At the end every domain is destroyed and every daemon stopped (the
     daemon logs stay in the pool's ``logs/`` directory)."""
-    pool = LibvirtHosts(tmp_path_factory.mktemp("libvirt"))
+    # Not under pytest's tmp dir: every pytest process on the machine resets its root to
+    # 0700, and then no host user can reach the guests' files.
+    base = tempfile.mkdtemp(prefix="cp-libvirt-")
+    pool = LibvirtHosts(base)
     try:
         yield pool
     finally:
         pool.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

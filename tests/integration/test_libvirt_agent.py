@@ -1,21 +1,14 @@
 """The libvirt backend on real libvirtd and real guests (QEMU TCG, the project's guest image).
 
-Two simulated hosts, each with its own per-host libvirt *session* daemon run as its own
-Unix user (so each has its own domain namespace), shared by every test of the module: guest
-boots cost ~2 s of CPU here, so the module boots few.
-
-INTERIM: the daemons come from ``_SessionDaemon`` below until lv1's
-controlplane/testing/libvirt.py fixtures land; then this module uses those.
+The simulated hosts are the harness's (``libvirt_hosts``: one session daemon per host, run
+as its own Unix user, so each has its own domain namespace), shared by every libvirt test
+of the session: guest boots cost ~2 s of CPU here, so the module boots few.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,13 +16,17 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
-from controlplane.agent import guest  # noqa: E402
+from controlplane.agent import domainxml, guest  # noqa: E402
 from controlplane.agent.backend import StaleGeneration, VmState  # noqa: E402
 from controlplane.agent.libvirt.backend import LibvirtBackend  # noqa: E402
-from controlplane.agent.libvirt.domain import VmMeta, build_domain  # noqa: E402
 from controlplane.testing import cluster as c  # noqa: E402
-from controlplane.testing.agents import AgentProcess, vm_copies  # noqa: E402
-from controlplane.testing.pki import server_args  # noqa: E402
+from controlplane.testing.agents import vm_copies  # noqa: E402
+from controlplane.testing.libvirt import (  # noqa: E402
+    LibvirtAgent,
+    LibvirtHost,
+    LibvirtHosts,
+    shared_dir,
+)
 from controlplane.testing.ports import free_port  # noqa: E402
 from controlplane.testing.waiting import wait_until  # noqa: E402
 from controlplane.v1 import config_pb2, host_pb2, vm_pb2  # noqa: E402
@@ -39,93 +36,27 @@ EVENT_DEADLINE = 5.0  # crash -> event / HA begun; the sync interval is 120 s, s
 # event explains it. Measured 1.6-2.2 s here, most of it libvirtd noticing QEMU died (see README)
 
 
-class _SessionDaemon:
-    """libvirtd --daemon as Unix user ``user`` (created if missing), its socket in
-    /run/user/UID/libvirt; stopped (by its pid) at teardown."""
-
-    def __init__(self, user: str) -> None:
-        self.user = user
-        if subprocess.run(["id", "-u", user], capture_output=True).returncode != 0:
-            subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
-        self.uid = pwd.getpwnam(user).pw_uid
-        self.runtime = Path(f"/run/user/{self.uid}")
-        self.runtime.mkdir(parents=True, exist_ok=True)
-        shutil.chown(self.runtime, user)
-        self.runtime.chmod(0o700)
-        self.uri = f"qemu+unix:///session?socket={self.runtime}/libvirt/libvirt-sock"
-
-    def start(self) -> _SessionDaemon:
-        if not self.alive():
-            subprocess.run(["runuser", "-u", self.user, "--", "env",
-                            f"XDG_RUNTIME_DIR={self.runtime}", f"HOME=/home/{self.user}",
-                            "libvirtd", "--daemon"], check=True, timeout=30)
-        wait_until(self.alive, 20, message=f"libvirtd of {self.user}")
-        return self
-
-    def pid(self) -> int | None:
-        try:
-            return int((self.runtime / "libvirt" / "libvirtd.pid").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def alive(self) -> bool:
-        try:
-            libvirt.open(self.uri).close()
-            return True
-        except libvirt.libvirtError:
-            return False
-
-    def qemu_pid(self, vm_id: str) -> int:
-        return int((self.runtime / "libvirt" / "qemu" / "run" / f"{vm_id}.pid").read_text())
-
-    def clean(self) -> None:
-        conn = libvirt.open(self.uri)
-        for dom in conn.listAllDomains(0):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        conn.close()
-
-    def stop(self) -> None:
-        pid = self.pid()
-        if pid:
-            os.kill(pid, signal.SIGTERM)
+@pytest.fixture(scope="module")
+def daemons(libvirt_hosts: LibvirtHosts) -> list[LibvirtHost]:
+    """Hosts 0 and 1 of the session's pool, without domains left by earlier tests."""
+    hosts = libvirt_hosts.hosts(2)
+    for host in hosts:
+        host.cleanup()
+    return hosts
 
 
 @pytest.fixture(scope="module")
-def image():  # type: ignore[no-untyped-def]
-    return guest.ensure_image()
-
-
-@pytest.fixture(scope="module")
-def daemons():  # type: ignore[no-untyped-def]
-    hosts = [_SessionDaemon(f"cp-lv2-h{i}").start() for i in range(2)]
-    for d in hosts:
-        d.clean()
-    yield hosts
-    for d in hosts:
-        d.clean()
-        d.stop()
-
-
-@pytest.fixture(scope="module")
-def state_root():  # type: ignore[no-untyped-def]
-    """Per-VM disks and serial logs. Not under pytest's tmp dir: its parent is 0700 and
-    every pytest process on the machine resets it, and each host's user must reach here."""
-    root = Path(tempfile.mkdtemp(prefix="cp-libvirt-"))
-    root.chmod(0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+def state_root(libvirt_hosts: LibvirtHosts) -> Path:
+    """Per-VM disks and serial logs, where every host's user can reach them."""
+    return libvirt_hosts.shared_dir("agent")
 
 
 def state_dir(root: Path, name: str) -> str:
-    path = root / name
-    path.mkdir(exist_ok=True)
-    path.chmod(0o777)
-    return str(path)
+    return str(shared_dir(root / name))
 
 
-def backend(daemon, image, root, name="b0", **kwargs):  # type: ignore[no-untyped-def]
+def backend(daemon: LibvirtHost, image: guest.GuestImage, root: Path, name: str = "b0",
+            **kwargs) -> LibvirtBackend:  # type: ignore[no-untyped-def]
     return LibvirtBackend("h0", daemon.uri, state_dir=state_dir(root, name), disk_mb=16,
                           kernel=str(image.kernel), initrd=str(image.initrd),
                           cmdline=guest.kernel_cmdline(), **kwargs)
@@ -138,9 +69,9 @@ def console(b: LibvirtBackend, vm_id: str) -> str:
         return ""
 
 
-def test_lifecycle_device_info_pause_resume_and_graceful_stop(daemons, image,
+def test_lifecycle_device_info_pause_resume_and_graceful_stop(daemons, guest_image,
                                                              state_root) -> None:
-    b = backend(daemons[0], image, state_root, stop_timeout=10.0)
+    b = backend(daemons[0], guest_image, state_root, stop_timeout=10.0)
     try:
         vm = b.start_vm("h0", "lv-a", generation=3, op_id="op-1", cpus=1, memory_mb=192)
         assert (vm.state, vm.generation) == (VmState.RUNNING, 3)
@@ -168,8 +99,9 @@ def test_lifecycle_device_info_pause_resume_and_graceful_stop(daemons, image,
         b.close()
 
 
-def test_graceful_stop_is_the_guest_powering_itself_off(daemons, image, state_root) -> None:
-    b = backend(daemons[0], image, state_root, name="bg", stop_timeout=8.0)
+def test_graceful_stop_is_the_guest_powering_itself_off(daemons, guest_image,
+                                                        state_root) -> None:
+    b = backend(daemons[0], guest_image, state_root, name="bg", stop_timeout=8.0)
     try:
         b.start_vm("h0", "lv-g", generation=1, memory_mb=128)
         wait_until(lambda: guest.READY_MARKER in console(b, "lv-g"), BOOT_DEADLINE,
@@ -181,23 +113,22 @@ def test_graceful_stop_is_the_guest_powering_itself_off(daemons, image, state_ro
         b.close()
 
 
-def test_a_start_the_dead_agent_left_half_done_is_completed_by_the_next(daemons, image,
-                                                                        state_root) -> None:
+def test_a_start_the_dead_agent_left_half_done_is_completed_by_the_next(
+        daemons, guest_image, state_root) -> None:
     """The agent died between define and boot: the domain is defined with the start op in
     its metadata. The next agent process boots it (a start once begun completes), once."""
     daemon = daemons[0]
-    conn = libvirt.open(daemon.uri)
-    meta = VmMeta(5).with_op("op-half", "start", time.time())
-    conn.defineXML(build_domain("lv-half", cpus=1, memory_mb=128, meta=meta,
-                                kernel=str(image.kernel), initrd=str(image.initrd),
-                                cmdline=guest.kernel_cmdline()))
-    conn.close()
-    b = backend(daemon, image, state_root, name="b1")
+    daemon.define(domainxml.DomainSpec(
+        vm_id="lv-half", cpus=1, memory_mb=128, disk="", generation=5, accel="tcg",
+        kernel=str(guest_image.kernel), initrd=str(guest_image.initrd),
+        cmdline=guest.kernel_cmdline(), console_log="", op_id="op-half", op_kind="start",
+        op_started=time.time()))
+    b = backend(daemon, guest_image, state_root, name="b1")
     try:
         listed = {v.vm_id: (v.state, v.generation) for v in b.list_vms("h0").vms}
         assert listed == {"lv-half": (VmState.RUNNING, 5)}
         assert b.list_vms("h0").ops == ()
-        again = backend(daemon, image, state_root, name="b1")  # and a third agent: no-op
+        again = backend(daemon, guest_image, state_root, name="b1")  # a third agent: no-op
         assert again.list_vms("h0").vms == b.list_vms("h0").vms
         again.close()
     finally:
@@ -205,8 +136,8 @@ def test_a_start_the_dead_agent_left_half_done_is_completed_by_the_next(daemons,
         b.close()
 
 
-def test_kill_9_of_qemu_is_seen_through_the_event(daemons, image, state_root) -> None:
-    b = backend(daemons[0], image, state_root, name="b2")
+def test_kill_9_of_qemu_is_seen_through_the_event(daemons, guest_image, state_root) -> None:
+    b = backend(daemons[0], guest_image, state_root, name="b2")
     try:
         b.start_vm("h0", "lv-k", generation=1, memory_mb=128)
         sub = b.events.subscribe()
@@ -233,34 +164,14 @@ def test_kill_9_of_qemu_is_seen_through_the_event(daemons, image, state_root) ->
 # -- through the cluster: node + one libvirt agent process per host ------------------------
 
 
-class LibvirtAgent(AgentProcess):
-    """``controlplane agent --backend libvirt`` for one host."""
-
-    def __init__(self, name: str, port: int, base_dir: str, host_id: str, uri: str,
-                 state: str) -> None:
-        self.host_id, self.uri, self.state = host_id, uri, state
-        super().__init__(name, port, base_dir)
-
-    @property
-    def host_ids(self) -> list[str]:
-        return [self.host_id]
-
-    def argv(self) -> list[str]:
-        import sys
-        return [sys.executable, "-m", "controlplane", "agent", "--listen", self.address,
-                "--backend", "libvirt", "--host-id", self.host_id, "--libvirt-uri",
-                self.uri, "--accel", "tcg", "--state-dir", self.state, "--disk-mb", "16",
-                "--stop-timeout", "10", *server_args(self.tls)]
-
-
 @pytest.fixture
 def lv_cluster(etcd, nodes, daemons, state_root, tmp_path):  # type: ignore[no-untyped-def]
     for d in daemons:
-        d.clean()
+        d.cleanup()
     node = nodes.start("mn-0", etcd.endpoints)
     agents = []
     for i, d in enumerate(daemons):
-        agent = LibvirtAgent(f"lv{i}", free_port(), str(tmp_path), f"lvh-{i}", d.uri,
+        agent = LibvirtAgent(f"lv{i}", free_port(), str(tmp_path), f"lvh-{i}", d,
                              state_dir(state_root, f"agent{i}"))
         agents.append(agent.start())
     for agent in agents:
@@ -278,6 +189,8 @@ def lv_cluster(etcd, nodes, daemons, state_root, tmp_path):  # type: ignore[no-u
     yield node, agents
     for agent in agents:
         agent.kill()
+    for d in daemons:
+        d.cleanup()
 
 
 def get_vm(node, vm_id: str) -> vm_pb2.Vm:

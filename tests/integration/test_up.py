@@ -7,13 +7,16 @@ import fcntl
 import ipaddress
 import json
 import os
+import pwd
 import queue
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import threading
 import time
@@ -21,12 +24,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyte
+import pytest
 
 from controlplane.channels import open_channel
 from controlplane.security.tls import ENV_TLS_DIR, TlsFiles
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import WaitTimeout, wait_until
-from controlplane.v1 import host_pb2, host_pb2_grpc, vm_pb2, vm_pb2_grpc
+from controlplane.v1 import (
+    config_pb2,
+    config_pb2_grpc,
+    host_pb2,
+    host_pb2_grpc,
+    vm_pb2,
+    vm_pb2_grpc,
+)
 
 # What `up` prints (stdout not a terminal) when a node's report changes.
 NODE_LINE = re.compile(r" (node-\d+) ready=(yes|no) epoch=(\d+) members=(\S+)")
@@ -444,3 +455,110 @@ def test_up_on_an_80x24_terminal_keeps_its_title_and_shows_an_exited_node(
                                         str(data_dir))
     finally:
         term.close()
+
+
+@pytest.mark.slow
+def test_up_with_the_libvirt_backend_runs_real_guests_and_powers_hosts_off_and_on() -> None:
+    """--backend libvirt --hosts 2 --vms 2: each host its own session daemon and agent, the
+    VMs Running as real guests (a domain running on each daemon); SIGUSR1 powers host-0 off
+    (its domain destroyed, its agent gone: the host is no longer connected), SIGUSR2 on
+    again (its HA VM runs again, exactly once); SIGTERM stops everything and removes the
+    domains. ~40 s: two daemons, three guest boots (slow tier)."""
+    libvirt = pytest.importorskip("libvirt")
+    from controlplane.agent import libvirtd
+
+    base = free_base_port(1, agent=True)
+    prefix = "cp-uptest-"
+    data_dir = Path(tempfile.mkdtemp(prefix="cp-up-libvirt-"))  # not pytest's tmp (0700)
+    proc = subprocess.Popen(
+        _up_cmd("--nodes", "1", "--hosts", "2", "--vms", "2", "--backend", "libvirt",
+                "--libvirt-user-prefix", prefix, "--base-port", str(base), "--lease-ttl", "2",
+                "--data-dir", str(data_dir)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(line.rstrip("\n")
+                                                           for line in proc.stdout or ()),
+                              daemon=True)
+    reader.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{base}",
+                                    options=[("grpc.max_reconnect_backoff_ms", 200)])
+    hosts_api = host_pb2_grpc.HostServiceStub(channel)
+    vms_api = vm_pb2_grpc.VmServiceStub(channel)
+
+    def running_domains() -> dict[str, list[str]]:
+        out = {}
+        for i in range(2):
+            uri = libvirtd.session_uri(pwd.getpwnam(f"{prefix}{i}").pw_uid)
+            conn = libvirt.open(uri)
+            try:
+                out[f"host-{i}"] = sorted(d.name() for d in conn.listAllDomains(
+                    libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            finally:
+                conn.close()
+        return out
+
+    def state() -> tuple[dict[str, int], dict[str, tuple[str, str, int]]]:
+        hosts = hosts_api.ListHosts(host_pb2.ListHostsRequest(), timeout=2).hosts
+        vms = vms_api.ListVms(vm_pb2.ListVmsRequest(), timeout=2).vms
+        return ({h.host_id: h.status for h in hosts},
+                {v.vm_id: (v.state, v.host_id, v.generation) for v in vms})
+
+    connected = host_pb2.HOST_STATUS_CONNECTED
+    try:
+        def fleet() -> bool:
+            assert proc.poll() is None, "\n".join(output)
+            hosts, vms = state()
+            return hosts == {"host-0": connected, "host-1": connected} and vms == {
+                "vm-0000": ("Running", "host-0", 1), "vm-0001": ("Running", "host-1", 1)}
+
+        wait_until(fleet, 120, interval=0.2, message="2 hosts CONNECTED, 2 VMs Running")
+        assert running_domains() == {"host-0": ["vm-0000"], "host-1": ["vm-0001"]}
+        config = config_pb2_grpc.ConfigServiceStub(channel)
+        for key, value in {"vm.syncInterval": "1", "host.pingTimeout": "1",
+                           "host.pingFailures": "2"}.items():  # a dead host seen in seconds
+            config.UpdateConfig(config_pb2.UpdateConfigRequest(key=key, value=value),
+                                timeout=5)
+        for host_id in ("host-0", "host-1"):  # a pull now: the next waits the new interval
+            hosts_api.ReconnectHost(host_pb2.ReconnectHostRequest(host_id=host_id), timeout=10)
+
+        proc.send_signal(signal.SIGUSR1)  # host-0 off
+        wait_until(lambda: any("host-0 powered off" in line for line in output), 30,
+                   message="host-0 powered off")
+        assert running_domains()["host-0"] == []
+        wait_until(lambda: state()[0]["host-0"] != connected, 30,
+                   message="host-0 no longer connected")
+        proc.send_signal(signal.SIGUSR2)  # and on again
+        wait_until(lambda: state()[0]["host-0"] == connected, 60,
+                   message="host-0 connected again")
+        # the HA VM (vm-0000) runs again, once, with the next generation
+        final = wait_until(lambda: (s := state()[1])["vm-0000"][0] == "Running"
+                           and s["vm-0000"][2] == 2 and s, 90, interval=0.2,
+                           message="vm-0000 Running again after the power cycle")
+        domains = running_domains()
+        assert sum(d.count("vm-0000") for d in domains.values()) == 1, domains
+        assert "vm-0000" in domains[final["vm-0000"][1]]
+
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        reader.join(timeout=5)
+        text = "\n".join(output)
+        assert code == 0, text
+        assert output[-1].endswith("stopped cleanly"), text
+        uids = {pwd.getpwnam(f"{prefix}{i}").pw_uid for i in range(2)}
+        left = [p.name for p in Path("/proc").iterdir()
+                if p.name.isdigit() and _owner(p) in uids]
+        assert not left, f"processes of the host users left (QEMU, libvirtd): {left}"
+    finally:
+        channel.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _owner(proc_dir: Path) -> int | None:
+    try:
+        return proc_dir.stat().st_uid
+    except OSError:
+        return None

@@ -22,7 +22,7 @@ specs = st.builds(
     vm_id=_VM_ID,
     cpus=st.integers(1, 64),
     memory_mb=st.integers(1, 1 << 20),
-    disk=_PATH,
+    disk=st.one_of(st.just(""), _PATH),
     generation=st.integers(0, 2**63 - 1),
     accel=st.sampled_from(["kvm", "tcg"]),
     kernel=_PATH,
@@ -32,7 +32,9 @@ specs = st.builds(
     op_id=st.one_of(st.just(""), _TEXT),
     uuid=st.one_of(st.just(""), st.uuids().map(str)),
     disk_format=st.sampled_from(["qcow2", "raw"]),
-)
+    op_kind=st.sampled_from(["", "start", "stop", "destroy"]),
+    op_started=st.floats(0, 4e9, allow_nan=False),
+).filter(lambda spec: spec.disk or spec.disk_format == "qcow2")  # no disk: no format
 
 
 @given(specs)
@@ -42,8 +44,9 @@ def test_the_spec_round_trips_through_the_xml(spec: dx.DomainSpec) -> None:
     assert dx.parse_metadata(xml) == spec.metadata
 
 
-@given(st.builds(dx.VmMetadata, _VM_ID, st.integers(0, 2**63 - 1), st.one_of(st.just(""),
-                                                                            _TEXT)))
+@given(st.builds(dx.VmMetadata, _VM_ID, st.integers(0, 2**63 - 1),
+                 st.one_of(st.just(""), _TEXT), st.sampled_from(["", "start", "stop"]),
+                 st.floats(0, 4e9, allow_nan=False), st.booleans()))
 def test_the_metadata_element_round_trips_in_both_shapes(meta: dx.VmMetadata) -> None:
     assert dx.parse_metadata(dx.metadata_xml(meta)) == meta  # as virDomainGetMetadata
     assert dx.parse_metadata(dx.metadata_xml(meta, declare=True)) == meta
@@ -115,6 +118,36 @@ def test_the_spec_refuses_what_cannot_be_a_domain() -> None:
                 kernel="/k", initrd="/i", cmdline="", console_log="/c")
     with pytest.raises(ValueError, match="resolve auto"):
         dx.DomainSpec(**{**base, "accel": "auto"})
-    for field, value in (("cpus", 0), ("memory_mb", 0), ("generation", -1), ("disk", "")):
+    for field, value in (("cpus", 0), ("memory_mb", 0), ("generation", -1), ("vm_id", "")):
         with pytest.raises(ValueError):
             dx.DomainSpec(**{**base, field: value})
+    with pytest.raises(ValueError, match="needs a kernel"):
+        dx.DomainSpec(**{**base, "kernel": ""})
+
+
+def test_what_may_be_left_out_is_left_out_of_the_xml() -> None:
+    """No disk, no kernel (a firmware boot), no console file (a pty): the backend's options
+    without --disk-mb, with --guest-kernel none, without --state-dir."""
+    spec = dx.DomainSpec("v", 1, 64, "", 0, "tcg", "", "", "", "")
+    root = ET.fromstring(dx.domain_xml(spec))
+    assert root.find("./devices/disk") is None and root.find("./os/kernel") is None
+    assert root.find("./devices/serial").get("type") == "pty"
+    assert dx.parse_domain(dx.domain_xml(spec)) == spec
+
+
+def test_the_mac_is_the_vm_s_own_on_every_host() -> None:
+    xml = dx.domain_xml(dx.DomainSpec("vm-1", 1, 64, "", 0, "tcg", "", "", "", ""))
+    mac = ET.fromstring(xml).find("./devices/interface/mac").get("address")
+    assert mac == dx.mac_for("vm-1") != dx.mac_for("vm-2")
+    assert mac.startswith("52:54:00:")
+
+
+def test_an_op_and_a_stop_survive_in_the_metadata() -> None:
+    meta = dx.VmMetadata("v", 3).with_op("op-1", "start", 12.5)
+    assert dx.parse_metadata(dx.metadata_xml(meta)) == meta
+    done = meta.cleared(stopped=True)
+    assert (done.op_id, done.op_kind, done.op_started, done.stopped) == ("", "", 0.0, True)
+    assert dx.parse_metadata(dx.metadata_xml(done, declare=True)) == done
+    # what lv1's first version wrote (no op kind, start, stopped) still reads
+    old = "<vm><vm-id>v</vm-id><generation>2</generation><op-id>x</op-id></vm>"
+    assert dx.parse_metadata(old) == dx.VmMetadata("v", 2, "x")

@@ -1,5 +1,5 @@
 """The libvirt backend's pure pieces: libvirt states onto VmState, lifecycle events, the
-resolution of an op a dead agent left, and the domain metadata/device readers. No libvirt
+resolution of an op a dead agent left, and the device list from a live domain's XML. No libvirt
 import: these run where the binding is not installed."""
 
 from __future__ import annotations
@@ -8,15 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controlplane.agent.backend import VmState
+from controlplane.agent.domainxml import agent_devices
 from controlplane.agent.libvirt import states
-from controlplane.agent.libvirt.domain import (
-    VmMeta,
-    build_domain,
-    devices_of,
-    mac_of,
-    meta_xml,
-    read_meta,
-)
 from controlplane.agent.libvirt.states import Resolution, event_state, resolve_op, vm_state
 
 ACTIVE = (states.NOSTATE, states.RUNNING, states.BLOCKED, states.SHUTDOWN)
@@ -72,24 +65,6 @@ def test_event_state(event, detail):
         assert state == VmState.RUNNING
 
 
-ids = st.text("abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=40)
-
-
-@given(st.integers(0, 2**62), ids | st.just(""), st.sampled_from(["", "start", "stop"]),
-       st.floats(0, 2e9, allow_nan=False), st.booleans())
-def test_metadata_round_trips_alone_and_inside_a_domain(gen, op_id, kind, started, stopped):
-    meta = VmMeta(gen, op_id, kind, started, stopped)
-    assert read_meta(meta_xml(meta).replace("<vm ", "<vm xmlns='urn:controlplane:vm:1' ")) \
-        == meta
-    assert read_meta(meta_xml(meta)) == meta  # as virDomainGetMetadata answers it
-    xml = build_domain("vm-1", cpus=2, memory_mb=256, meta=meta, disks=("/d/a.qcow2",))
-    assert read_meta(xml) == meta
-
-
-def test_a_domain_without_our_metadata_is_not_ours():
-    assert read_meta("<domain><name>x</name><metadata/></domain>") is None
-
-
 def test_devices_from_live_xml():
     xml = """<domain><devices>
       <disk type='file' device='disk'><target dev='vda'/>
@@ -98,10 +73,5 @@ def test_devices_from_live_xml():
       <interface type='user'><mac address='52:54:00:aa:bb:cc'/>
         <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></interface>
     </devices></domain>"""
-    assert [tuple(d) for d in devices_of(xml)] == [
+    assert [tuple(d) for d in agent_devices(xml)] == [
         ("disk0", "0000:04:00.0", ""), ("nic0", "0000:01:00.0", "52:54:00:aa:bb:cc")]
-
-
-def test_mac_is_stable_and_local():
-    assert mac_of("vm-1") == mac_of("vm-1") != mac_of("vm-2")
-    assert mac_of("vm-1").startswith("52:54:00:")

@@ -5,8 +5,9 @@ a real host; on a test machine each simulated host has its own session daemon, s
 its own domain namespace). The domain name is the VM id: libvirt itself then guarantees at
 most one copy of a VM per host, whatever the agent believes.
 
-What survives an agent restart lives in libvirt, in each domain's ``<metadata>`` (see
-``domain.py``): the generation the VM was started with and the operation in progress (id,
+What survives an agent restart lives in libvirt, in each domain's ``<metadata>``
+(``agent/domainxml.py`` builds the domain XML, reads the metadata and the device
+addresses): the generation the VM was started with and the operation in progress (id,
 kind, start time), written before the libvirt call that carries it out. At every
 (re)connection the backend rediscovers every domain of its daemon and resolves the ops a
 dead agent left (``states.resolve_op``: a start that had defined but not booted the domain
@@ -16,13 +17,14 @@ in the metadata of its domain (still defined after a stop) and, once a destroy u
 it, in this process's memory.
 
 Lifecycle: start = define from the VM (cpus, memory, a per-VM qcow2 disk when ``disk_mb``
-is set, the guest kernel/initramfs when given, one virtio NIC on user networking) then
-boot; graceful stop = ACPI shutdown, then destroy after ``stop_timeout``; force stop =
-destroy; reboot = a hardware reset (guest-independent); pause/resume = suspend/resume;
-destroy = destroy + undefine (+ the per-VM disk). A stopped VM stays defined (shut off) and
-is not listed, as a stopped VM is absent from the sim's host. libvirt states map onto
-VmState in ``states.vm_state`` (a QEMU killed -9 is shut off with reason "crashed": CRASHED
-until stopped or destroyed).
+is set, the guest kernel/initramfs when given, one virtio NIC on user networking) then boot
+(with ``boot_timeout``, a start answers once the guest printed its ready marker on the
+serial console; the op is in progress meanwhile); graceful stop = ACPI shutdown, then
+destroy after ``stop_timeout``; force stop = destroy; reboot = a hardware reset (guest-
+independent); pause/resume = suspend/resume; destroy = destroy + undefine (+ the per-VM
+disk). A stopped VM stays defined (shut off) and is not listed, as a stopped VM is absent
+from the sim's host. libvirt states map onto VmState in ``states.vm_state`` (a QEMU killed
+-9 is shut off with reason "crashed": CRASHED until stopped or destroyed).
 
 Fence: destroy every domain of this daemon and mark the host powered off (every call but
 fence then answers HostUnreachable) until ``power_on`` or a restart of the agent (a host
@@ -73,18 +75,19 @@ from controlplane.agent.backend import (
     VmState,
     check_vm_id,
 )
+from controlplane.agent.domainxml import (
+    NAMESPACE,
+    PREFIX,
+    DomainSpec,
+    VmMetadata,
+    agent_devices,
+    domain_xml,
+    metadata_xml,
+    parse_metadata,
+)
 from controlplane.agent.drivers.libvirt import BlockJobEvents, LibvirtBlockDriver, grant_group_rw
 from controlplane.agent.events import EventHub
 from controlplane.agent.libvirt import states
-from controlplane.agent.libvirt.domain import (
-    META_KEY,
-    META_NS,
-    VmMeta,
-    build_domain,
-    devices_of,
-    meta_xml,
-    read_meta,
-)
 from controlplane.errors import Failed
 from controlplane.paths import inside
 
@@ -95,6 +98,7 @@ log = logging.getLogger(__name__)
 RUNNING, PAUSED, CRASHED, STOPPED = VmState.RUNNING, VmState.PAUSED, VmState.CRASHED, \
     VmState.STOPPED
 POLL = 0.05  # seconds between state checks while a graceful stop waits
+BOOT_POLL = 0.05  # seconds between reads of the console while a start waits for the guest
 KEEPALIVE = (2, 3)  # seconds between keepalives, missed ones before the link is dead
 
 
@@ -146,8 +150,8 @@ class LibvirtBackend:
     name = "libvirt"
 
     def __init__(self, host_id: str, uri: str, *, accel: str = "tcg",
-                 stop_timeout: float = 30.0, state_dir: str = "", disk_mb: int = 0,
-                 image_dir: str = "",
+                 stop_timeout: float = 30.0, boot_timeout: float = 0.0,
+                 state_dir: str = "", disk_mb: int = 0, image_dir: str = "",
                  kernel: str = "", initrd: str = "", cmdline: str = "",
                  default_cpus: int = 1, default_memory_mb: int = 256,
                  clock: Callable[[], float] = time.time,
@@ -159,6 +163,10 @@ class LibvirtBackend:
         self.uri = uri
         self.accel = accel
         self.stop_timeout = stop_timeout
+        if boot_timeout and not state_dir:
+            raise InvalidArgument("waiting for the guest (boot_timeout) needs a state_dir "
+                                  "for its console file")
+        self.boot_timeout = boot_timeout
         self.state_dir = state_dir
         self.disk_mb = disk_mb
         self.image_dir = image_dir
@@ -171,7 +179,7 @@ class LibvirtBackend:
         self._ops: dict[str, _Op] = {}
         self._hwm: dict[str, int] = {}
         self._vm_locks: dict[str, threading.Lock] = {}
-        self._meta: dict[str, tuple[str, VmMeta | None]] = {}  # uuid -> (name, meta)
+        self._meta: dict[str, tuple[str, VmMetadata | None]] = {}  # uuid -> (name, meta)
         self._conn: Any = None
         self._conn_lock = threading.Lock()
         self._callback_id: int | None = None
@@ -305,14 +313,17 @@ class LibvirtBackend:
             if meta.op_kind and not running_here:
                 self._resolve(dom, name, meta)
 
-    def _resolve(self, dom: Any, name: str, meta: VmMeta) -> None:
+    def _resolve(self, dom: Any, name: str, meta: VmMetadata) -> None:
         active = bool(dom.isActive())
         action = states.resolve_op(meta.op_kind, active)
         log.warning("host %s vm %s gen %d: op %s (%s) left unfinished by a previous agent; "
                     "domain %s: %s", self.host_id, name, meta.generation, meta.op_id,
                     meta.op_kind, "active" if active else "inactive", action.value)
         try:
-            if action is states.Resolution.CREATE:
+            if meta.op_kind == "start" and self.boot_timeout and action in (
+                    states.Resolution.CREATE, states.Resolution.CLEAR):
+                self._resume_start(dom, name, meta, boot=action is states.Resolution.CREATE)
+            elif action is states.Resolution.CREATE:
                 dom.create()
                 self._set_meta(dom, meta.cleared(stopped=False))
             elif action is states.Resolution.DESTROY:
@@ -329,30 +340,68 @@ class LibvirtBackend:
             log.error("host %s vm %s: resolving op %s failed: %s", self.host_id, name,
                       meta.op_id, exc)
 
+    def _resume_start(self, dom: Any, name: str, meta: VmMetadata, boot: bool) -> None:
+        """A start the dead agent left while its guest booted (or before it booted it):
+        the op is this process's now, in progress (listed) until the guest is ready, as it
+        would have been had the agent lived; then the metadata is cleared."""
+        op = _Op(OpInfo(meta.op_id, name, "start", meta.generation, meta.op_started))
+        with self._lock:
+            if name in self._ops:
+                return
+            self._ops[name] = op
+        try:
+            if boot:
+                _unlink(self.serial_log(name))
+                dom.create()
+        except BaseException:
+            self._finish(op)
+            raise
+
+        def run() -> None:
+            try:
+                self._wait_guest_ready(op, dom, name)
+                with self._vm_lock(name):
+                    if not op.abort.is_set():
+                        self._set_meta(dom, meta.cleared(stopped=False))
+                op.result = VmInfo(name, RUNNING, meta.generation)
+            except Exception as exc:  # noqa: BLE001 - logged; the pull reads the state
+                op.error = exc
+                log.error("host %s vm %s: resumed start %s failed: %s", self.host_id, name,
+                          meta.op_id, exc)
+            finally:
+                self._finish(op)
+
+        threading.Thread(target=run, name=f"resume-start {name}", daemon=True).start()
+
     # -- metadata --------------------------------------------------------------------
 
-    def _read_meta(self, dom: Any) -> VmMeta | None:
+    def _read_meta(self, dom: Any) -> VmMetadata | None:
         key = dom.UUIDString()
         with self._lock:
             cached = self._meta.get(key)
         if cached is not None:
             return cached[1]
         try:
-            meta = read_meta(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, META_NS, 0))
+            meta = parse_metadata(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                               NAMESPACE, 0))
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
                 raise
             meta = None  # not a domain of ours
+        except ValueError as exc:  # ours but unreadable: never guess a generation
+            log.error("host %s domain %s: unreadable metadata, left alone: %s",
+                      self.host_id, dom.name(), exc)
+            meta = None
         with self._lock:
             self._meta[key] = (dom.name(), meta)
         return meta
 
-    def _set_meta(self, dom: Any, meta: VmMeta) -> None:
+    def _set_meta(self, dom: Any, meta: VmMetadata) -> None:
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
         if dom.isActive():
             flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, meta_xml(meta), META_KEY,
-                        META_NS, flags)
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata_xml(meta), PREFIX,
+                        NAMESPACE, flags)
         with self._lock:
             self._meta[dom.UUIDString()] = (dom.name(), meta)
 
@@ -378,7 +427,7 @@ class LibvirtBackend:
                 return None
             raise
 
-    def _state_of(self, dom: Any, meta: VmMeta | None) -> VmState | None:
+    def _state_of(self, dom: Any, meta: VmMetadata | None) -> VmState | None:
         state, reason = dom.state()
         return states.vm_state(state, reason, bool(meta and meta.stopped))
 
@@ -445,7 +494,7 @@ class LibvirtBackend:
                 log.info("host %s vm %s op %s: %s failed: %s", self.host_id, vm_id,
                          op.info.op_id, kind, op.error)
 
-    def _disk(self, vm_id: str, disk: str = "") -> tuple[str, ...]:
+    def _disk(self, vm_id: str, disk: str = "") -> str:
         """vda: the VM's image leaf the node named (inside ``image_dir``), else a blank
         per-VM disk of ``disk_mb`` in the state dir, else none."""
         if disk:
@@ -456,15 +505,15 @@ class LibvirtBackend:
             if not os.path.isfile(disk):
                 raise InvalidArgument(f"disk {disk!r} of vm {vm_id} does not exist")
             grant_group_rw(disk)  # the leaf is written by the host user's QEMU
-            return (disk,)
+            return disk
         if not self.disk_mb or not self.state_dir:
-            return ()
+            return ""
         path = os.path.join(self.state_dir, f"{vm_id}.qcow2")
         if not os.path.exists(path):
             from controlplane.storage import qemuimg  # noqa: PLC0415 - only with disks
             qemuimg.create(path, size=self.disk_mb << 20)
             os.chmod(path, 0o666)  # a session daemon runs as the host's own user
-        return (path,)
+        return path
 
     def _remove_disk(self, vm_id: str) -> None:
         if self.state_dir:
@@ -546,24 +595,60 @@ class LibvirtBackend:
                         return VmInfo(vm_id, state or RUNNING, generation)  # idempotent
                 with self._lock:
                     self._hwm[vm_id] = max(generation, self._hwm.get(vm_id, -1))
-                new = VmMeta(generation).with_op(op.info.op_id, "start", op.info.started_at)
-                xml = build_domain(
-                    vm_id, cpus=cpus or self.default_cpus,
-                    memory_mb=memory_mb or self.default_memory_mb, meta=new,
-                    accel=self.accel, disks=self._disk(vm_id, disk), kernel=self.kernel,
+                spec = DomainSpec(
+                    vm_id=vm_id, cpus=cpus or self.default_cpus,
+                    memory_mb=memory_mb or self.default_memory_mb, disk=self._disk(vm_id, disk),
+                    generation=generation, accel=self.accel, kernel=self.kernel,
                     initrd=self.initrd, cmdline=self.cmdline,
-                    serial_log=self.serial_log(vm_id),
+                    console_log=self.serial_log(vm_id), op_id=op.info.op_id,
+                    op_kind="start", op_started=op.info.started_at,
                     uuid=dom.UUIDString() if dom is not None else "")
-                dom = conn.defineXML(xml)
+                new = spec.metadata
+                dom = conn.defineXML(domain_xml(spec))
                 with self._lock:
                     self._meta[dom.UUIDString()] = (vm_id, new)
                 if op.abort.is_set():
                     raise Aborted(f"start of vm {vm_id} on host {host_id} aborted")
+                if self.boot_timeout:
+                    _unlink(self.serial_log(vm_id))  # the marker must be this boot's
                 dom.create()
+                if not self.boot_timeout:
+                    self._set_meta(dom, new.cleared(stopped=False))
+                    return VmInfo(vm_id, RUNNING, generation)
+            self._wait_guest_ready(op, dom, vm_id)  # not under the VM's lock: a plug aborts
+            with self._vm_lock(vm_id):
+                if op.abort.is_set():
+                    raise Aborted(f"start of vm {vm_id} on host {host_id} aborted")
                 self._set_meta(dom, new.cleared(stopped=False))
             return VmInfo(vm_id, RUNNING, generation)
 
         return self._run(conn, vm_id, "start", op_id, generation, body)
+
+    def _wait_guest_ready(self, op: _Op, dom: Any, vm_id: str) -> None:
+        """Until the guest prints its ready marker on the serial console (``boot_timeout``
+        set): a start then answers once the guest has booted, and the op stays in progress
+        (listed, and in the metadata) meanwhile, as a slow start on any hypervisor. A
+        guest that is slower than the timeout is left running (logged); one that died
+        while booting fails the start."""
+        from controlplane.agent.guest import READY_MARKER  # noqa: PLC0415 - a file read
+
+        path = self.serial_log(vm_id)
+        deadline = time.monotonic() + self.boot_timeout
+        while not op.abort.is_set():
+            try:
+                with open(path, "rb") as console:
+                    if READY_MARKER.encode() in console.read():
+                        return
+            except FileNotFoundError:
+                pass
+            if not dom.isActive():
+                raise HypervisorFailed(f"host {self.host_id} vm {vm_id}: the guest died "
+                                       "while booting")
+            if time.monotonic() >= deadline:
+                log.warning("host %s vm %s: no ready marker after %.0fs; taken as running",
+                            self.host_id, vm_id, self.boot_timeout)
+                return
+            op.abort.wait(BOOT_POLL)
 
     def _refuse_stale(self, vm_id: str, generation: int, seen: int | None = None) -> None:
         with self._lock:
@@ -672,9 +757,10 @@ class LibvirtBackend:
             dom = self._lookup(conn, vm_id)
             if dom is None or not dom.isActive() or self._read_meta(dom) is None:
                 raise VmNotFound(f"vm {vm_id} is not running on host {host_id}")
-            return devices_of(dom.XMLDesc(0))
+            return agent_devices(dom.XMLDesc(0))
         except libvirt.libvirtError as exc:
             raise self._broken(conn, exc) from exc
+
 
     def fence(self, host_id: str) -> list[str]:
         if host_id != self.host_id:
@@ -743,6 +829,13 @@ class LibvirtBackend:
             except libvirt.libvirtError:
                 pass
             _quiet_close(conn)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _quiet_close(conn: Any) -> None:

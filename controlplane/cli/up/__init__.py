@@ -6,7 +6,8 @@ SIGTERM to every node first so each revokes its lease while etcd is still there,
 Children die with `up` (PR_SET_PDEATHSIG through procs.spawn), so even `kill -9` of `up`
 leaves no orphans behind.
 
-With --hosts H, one sim agent process serving host-0..host-{H-1} runs beside the nodes, and a
+With --hosts H, one sim agent process serving host-0..host-{H-1} runs beside the nodes (with
+--backend libvirt: H libvirt session daemons and H agents, real guests; libvirt_hosts.py), and a
 background thread registers those hosts and creates --vms V VMs through the public gRPC API of
 whichever nodes are ready (so a demo exercises the same paths an operator's calls take).
 
@@ -64,7 +65,17 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     up.add_argument("--vms", type=int, default=0, metavar="V",
                     help="create and start V VMs on those hosts (needs --hosts; at most 100000)")
     up.add_argument("--agent-port", type=int, default=None,
-                    help="the sim agent listens on 127.0.0.1:AGENT_PORT (default BASE_PORT+200)")
+                    help="the sim agent listens on 127.0.0.1:AGENT_PORT (default BASE_PORT+200); "
+                    "with --backend libvirt, host i's agent on AGENT_PORT+i")
+    up.add_argument("--backend", choices=("sim", "libvirt"), default="sim",
+                    help="sim (default): one sim agent serves every host; libvirt: real guests, "
+                    "each host its own libvirt session daemon (as Unix user "
+                    "LIBVIRT_USER_PREFIX<i>) and its own agent; SIGUSR1 to `up` powers off "
+                    "the first host that is on, SIGUSR2 powers on the first that is off "
+                    "(needs root; at most 8 hosts and 32 VMs)")
+    up.add_argument("--libvirt-user-prefix", default="cp-up-",
+                    help="with --backend libvirt, host i's daemon runs as this user + i "
+                    "(created if missing; default cp-up-)")
     up.add_argument("--insecure", action="store_true",
                     help="run everything in PLAINTEXT, without certificates (default: mutual "
                     "TLS, a CA and certificates in DATA_DIR/tls, the admin identity in "

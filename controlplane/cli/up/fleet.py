@@ -68,12 +68,16 @@ class FleetBuilder:
     """Registers the agent's hosts, then creates `vms` VMs round-robin over them, started,
     HA never-stop for every other one."""
 
-    def __init__(self, agent_address: str, host_ids: list[str], vms: int,
+    def __init__(self, agent_address: str | list[str], host_ids: list[str], vms: int,
                  endpoints: list[str], ready_addresses: Callable[[], list[str]],
-                 reporter: Reporter, stopping: threading.Event, *, tls: Transport) -> None:
-        self.agent_address = agent_address
+                 reporter: Reporter, stopping: threading.Event, *, cpus: int = 0,
+                 memory_mb: int = 0, tls: Transport) -> None:
+        # one agent for every host (sim), or host i's agent at agent_address[i] (libvirt)
+        self.agent_addresses = (list(agent_address) if isinstance(agent_address, list)
+                                else [agent_address] * len(host_ids))
         self.host_ids = host_ids
         self.vms = vms
+        self.cpus, self.memory_mb = cpus, memory_mb  # 0: the node's defaults
         self.ready_addresses = ready_addresses  # nodes ready now (the wait for the first)
         self.reporter = reporter
         self.stopping = stopping  # set when `up` stops: give up between calls
@@ -177,7 +181,8 @@ class FleetBuilder:
     def _add_host(self, host_id: str) -> None:
         """AddHost; an existing host (a reused --data-dir, or a retry after a lost answer)
         counts as registered."""
-        request = host_pb2.AddHostRequest(host_id=host_id, address=self.agent_address)
+        address = self.agent_addresses[self.host_ids.index(host_id)]
+        request = host_pb2.AddHostRequest(host_id=host_id, address=address)
         try:
             self._retried(lambda client: client.hosts.AddHost(request),
                           _RETRYABLE - {grpc.StatusCode.NOT_FOUND})
@@ -197,7 +202,8 @@ class FleetBuilder:
         request = vm_pb2.CreateVmRequest(
             vm_id=vm_id,
             ha=vm_pb2.HA_LEVEL_NEVER_STOP if index % 2 == 0 else vm_pb2.HA_LEVEL_UNSPECIFIED,
-            image=VM_IMAGE, host_id=host_id, start=True, wait=False)
+            image=VM_IMAGE, host_id=host_id, start=True, wait=False, cpus=self.cpus,
+            memory_mb=self.memory_mb)
         try:
             self._retried(lambda client: client.vms.CreateVm(request), _RETRYABLE)
             return

@@ -8,15 +8,19 @@ and raises UsageError (exit code 2).
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from dataclasses import dataclass
 
 from controlplane.cli import common
 
-__all__ = ["MAX_HOSTS", "MAX_VMS", "Ports", "UsageError", "check_args", "port_in_use"]
+__all__ = ["MAX_HOSTS", "MAX_LIBVIRT_HOSTS", "MAX_LIBVIRT_VMS", "MAX_VMS", "Ports", "UsageError",
+           "check_args", "port_in_use"]
 
 MAX_HOSTS = 10_000
 MAX_VMS = 100_000
+MAX_LIBVIRT_HOSTS = 8  # each one a libvirt daemon and an agent on this machine
+MAX_LIBVIRT_VMS = 32  # each one a real guest (QEMU, 128 MiB)
 
 
 # Bad sizes, clashing or occupied ports: `controlplane` reports it like an argparse error
@@ -35,6 +39,7 @@ class Ports:
     metrics_base: int
     etcd: int | None
     agent: int | None
+    agents: int = 1  # agent processes on agent, agent+1, ... (libvirt: one per host)
 
     def node(self, index: int) -> int:
         return self.base + index
@@ -52,7 +57,8 @@ class Ports:
             wanted += [(self.etcd, "etcd client", "127.0.0.1"),
                        (self.etcd + 1, "etcd peer", "127.0.0.1")]
         if self.agent is not None:
-            wanted.append((self.agent, "agent", "127.0.0.1"))
+            wanted += [(self.agent + i, "agent" if self.agents == 1 else f"agent of host-{i}",
+                        "127.0.0.1") for i in range(self.agents)]
         return wanted
 
 
@@ -77,6 +83,17 @@ def check_args(a: argparse.Namespace) -> Ports:
     if a.vms > 0 and a.hosts == 0:
         raise UsageError("--vms needs --hosts: VMs are started on the hosts of the sim "
                          "agent that --hosts starts")
+    libvirt = getattr(a, "backend", "sim") == "libvirt"
+    if libvirt:
+        if a.hosts > MAX_LIBVIRT_HOSTS:
+            raise UsageError(f"--backend libvirt: at most {MAX_LIBVIRT_HOSTS} hosts (each "
+                             f"runs a libvirt daemon here), got {a.hosts}")
+        if a.vms > MAX_LIBVIRT_VMS:
+            raise UsageError(f"--backend libvirt: at most {MAX_LIBVIRT_VMS} VMs (each is a "
+                             f"real guest), got {a.vms}")
+        if os.geteuid() != 0:
+            raise UsageError("--backend libvirt needs root (it creates one Unix user and "
+                             "libvirt daemon per host)")
     base = a.base_port
     ports = Ports(
         base=base,
@@ -85,6 +102,7 @@ def check_args(a: argparse.Namespace) -> Ports:
         etcd=None if a.etcd is not None else (base + 1000 if a.etcd_port is None
                                               else a.etcd_port),
         agent=None if a.hosts == 0 else (base + 200 if a.agent_port is None else a.agent_port),
+        agents=a.hosts if libvirt else 1,
     )
     seen: dict[int, str] = {}
     for port, what, _host in ports.wanted():

@@ -104,13 +104,16 @@ class NodeView:
 
 @dataclass(frozen=True)
 class AgentView:
-    """The sim agent process."""
+    """The sim agent process (or, ``backend`` libvirt, the per-host agents: ``running`` of
+    them up, ``address`` the first one's)."""
 
     address: str
     hosts: int
     host_prefix: str
     pid: int | None = None
     exit_code: int | None = None
+    backend: str = "sim"
+    running: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,11 +216,16 @@ def render(s: ScreenState) -> RenderableType:
     if s.agent is not None:
         a = s.agent
         line = Text(f"agent {a.address} ")
-        if a.exit_code is not None:
+        if a.backend == "libvirt":
+            line = Text(f"agents {a.address}.. · {a.running}/{a.hosts} running · {a.hosts} "
+                        f"libvirt hosts {a.host_prefix}0..{a.host_prefix}{a.hosts - 1}")
+        elif a.exit_code is not None:
             line.append(f"exited ({exit_text(a.exit_code)})", style=_RED)
         else:
             line.append(f"pid {a.pid or '-'}")
-        line.append(f" · {a.hosts} sim hosts {a.host_prefix}0..{a.host_prefix}{a.hosts - 1}")
+        if a.backend != "libvirt":
+            line.append(f" · {a.hosts} sim hosts {a.host_prefix}0..{a.host_prefix}"
+                        f"{a.hosts - 1}")
         parts += [Text(""), line]
     elif s.fleet or s.progress or s.building:
         parts.append(Text(""))

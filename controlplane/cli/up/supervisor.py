@@ -1,6 +1,7 @@
 """The supervisor of `controlplane up`: start the children, watch them, stop them in order.
 
-Start: etcd (waited for: nodes would only retry), the agent, every node (not waited for), then
+Start: etcd (waited for: nodes would only retry), the agent (with --backend libvirt: each
+host's daemon and agent, libvirt_hosts.py), every node (not waited for), then
 the fleet thread. Watch: every POLL_INTERVAL, GetRing and readiness of every node at once
 (futures: a frozen node costs one timeout per poll, not one each); an unexpected exit is an
 event and makes the exit code 1, and the others keep running. Stop: SIGTERM to every node at
@@ -35,6 +36,7 @@ from controlplane.cli.up.children import (
 )
 from controlplane.cli.up.fleet import FLEET_CALL_TIMEOUT, FleetBuilder, FleetSummary
 from controlplane.cli.up.layout import UsageError, check_args
+from controlplane.cli.up.libvirt_hosts import VM_MEMORY_MB, LibvirtHostSet
 from controlplane.cli.up.retry import wait_for
 from controlplane.cli.up.screen import (
     AgentView,
@@ -45,7 +47,7 @@ from controlplane.cli.up.screen import (
     ScreenState,
 )
 from controlplane.procs import exit_text, log_tail
-from controlplane.serving import health_status
+from controlplane.serving import ServingProcess, health_status
 from controlplane.store.embedded import EtcdServer
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
@@ -87,9 +89,16 @@ class Supervisor:
         self.views = {n.node_id: NodeView(n.node_id, n.address, n.log_path)
                       for n in self.nodes}
         self._reported: dict[str, tuple] = {}  # node id -> state last printed as a line
-        self.agent = (AgentChild(ports.agent, args.hosts, self.data_dir, self.pki.agent,
-                                 self.pki.admin)
-                      if ports.agent is not None else None)
+        self.libvirt: LibvirtHostSet | None = None  # --backend libvirt: hosts of their own
+        self.agent: AgentChild | None = None
+        if ports.agent is not None and getattr(args, "backend", "sim") == "libvirt":
+            self.libvirt = LibvirtHostSet(args.hosts, ports.agent, self.data_dir,
+                                          args.libvirt_user_prefix, self.pki.agent,
+                                          self.pki.admin)
+        elif ports.agent is not None:
+            self.agent = AgentChild(ports.agent, args.hosts, self.data_dir, self.pki.agent,
+                                    self.pki.admin)
+        self.power_requests: list[str] = []  # "off"/"on", from SIGUSR1/SIGUSR2
         self._agent_exit: int | None = None
         self.fleet: FleetBuilder | None = None
         self.summary = FleetSummary(POLL_INTERVAL)
@@ -130,6 +139,8 @@ class Supervisor:
             agent.start()
             self.say(f"agent starting on {agent.address} (pid {agent.pid}, "
                      f"{agent.hosts} sim hosts {HOST_PREFIX}0.., log {agent.log_path})")
+        if self.libvirt is not None and not self.stopping.is_set():
+            self.libvirt.start(self.say)
         for node in self.nodes:
             if self.stopping.is_set():
                 return
@@ -141,6 +152,13 @@ class Supervisor:
             self.fleet = FleetBuilder(agent.address, agent.host_ids, self.args.vms,
                                       [n.address for n in self.nodes], self._ready_addresses,
                                       self.report, self.stopping, tls=self.pki.admin)
+            self.fleet.start()
+        lv = self.libvirt
+        if lv is not None and not self.stopping.is_set():
+            self.fleet = FleetBuilder([a.address for a in lv.agents], lv.host_ids,
+                                      self.args.vms, [n.address for n in self.nodes],
+                                      self._ready_addresses, self.report, self.stopping,
+                                      cpus=1, memory_mb=VM_MEMORY_MB, tls=self.pki.admin)
             self.fleet.start()
 
     def _wait_etcd(self, etcd: EtcdServer) -> None:
@@ -175,13 +193,17 @@ class Supervisor:
         if self.agent is not None and self.agent.is_running():
             self.agent.send_stop()
             self._reap(self.agent, AGENT_STOP_TIMEOUT, AGENT_STOP_TIMEOUT)
+        if self.libvirt is not None:
+            self.libvirt.stop_agents(
+                lambda a: self._reap(a, AGENT_STOP_TIMEOUT, AGENT_STOP_TIMEOUT))
+            self.libvirt.stop_daemons(self.say)
         if self.etcd is not None and not self._etcd_lost and self.etcd.pid is not None:
             self.etcd.stop()
             self.say("etcd stopped")
         if self.temp_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def _reap(self, child: NodeChild | AgentChild, wait: float, limit: float) -> None:
+    def _reap(self, child: ServingProcess, wait: float, limit: float) -> None:
         """Wait for a child sent SIGTERM; SIGKILL when it outlasts `wait`. Anything but a
         clean exit 0 makes `up` exit 1."""
         code = child.wait(wait)
@@ -214,6 +236,8 @@ class Supervisor:
                 self._agent_exit = code
                 report.event(f"agent exited unexpectedly ({exit_text(code)}); its hosts will "
                              f"be Disconnected (log {agent.log_path})")
+        if self.libvirt is not None:
+            self._poll_libvirt(self.libvirt)
         ready = next((n for n in self.nodes if self.views[n.node_id].ready and n.is_running()),
                      None)
         self.summary.ask(ready.channel() if ready is not None else None)
@@ -251,6 +275,27 @@ class Supervisor:
             self._fleet_reported = line
             self.say(f"fleet: {line}")
 
+    def _poll_libvirt(self, lv: LibvirtHostSet) -> None:
+        """Agents that died by themselves; the power requests the signals left."""
+        for host_id, code, log_path in lv.poll():
+            self.report.event(f"{host_id}: agent exited unexpectedly ({exit_text(code)}); "
+                              f"the host will be Disconnected (log {log_path})")
+        while self.power_requests:
+            what = self.power_requests.pop(0)
+            index = lv.next_on() if what == "off" else lv.next_off()
+            if index is None:
+                self.say(f"power {what}: no host is {'on' if what == 'off' else 'off'}")
+                continue
+            host_id = lv.host_ids[index]
+            if what == "off":
+                killed = lv.power_off(index)
+                self.say(f"{host_id} powered off: agent killed, domains destroyed "
+                         f"({', '.join(killed) or 'none'})")
+            else:
+                lv.power_on(index)
+                self.say(f"{host_id} powered on: agent starting "
+                         f"(pid {lv.agents[index].pid})")
+
     def screen_state(self) -> ScreenState:
         """What the live screen shows now."""
         agent = self.agent
@@ -261,7 +306,11 @@ class Supervisor:
             logs_dir=os.path.join(self.data_dir, "logs"),
             uptime=time.monotonic() - self.started_at,
             agent=(AgentView(agent.address, agent.hosts, HOST_PREFIX, agent.pid,
-                             self._agent_exit) if agent is not None else None),
+                             self._agent_exit) if agent is not None
+                   else AgentView(self.libvirt.agents[0].address, self.libvirt.count,
+                                  HOST_PREFIX, backend="libvirt",
+                                  running=self.libvirt.running())
+                   if self.libvirt is not None and self.libvirt.agents else None),
             fleet=self.summary.line, progress=self.report.progress,
             building=self.report.building, events=self.report.events,
         )
@@ -312,10 +361,19 @@ def run_up(args: argparse.Namespace) -> int:
     # Before the Supervisor exists, so a signal at any time after this still cleans up.
     previous = {sig: signal.signal(sig, on_signal)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    power: list[str] = []
+    if getattr(args, "backend", "sim") == "libvirt":
+        # power a simulated host off/on (the poll loop does it: no work in a handler)
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1,
+                                                 lambda *_: power.append("off"))
+        previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2,
+                                                 lambda *_: power.append("on"))
     try:
         # A UsageError (bad sizes, busy ports) goes up to `controlplane`'s one usage-error
         # printer (exit 2); nothing has been started yet.
-        return Supervisor(args, stopping, signals).run()
+        supervisor = Supervisor(args, stopping, signals)
+        supervisor.power_requests = power
+        return supervisor.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
