@@ -27,7 +27,7 @@ import pyte
 import pytest
 
 from controlplane.channels import open_channel
-from controlplane.security.tls import ENV_TLS_DIR, TlsFiles
+from controlplane.security.tls import ENV_TLS_DIR, PLAINTEXT, TlsFiles
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import WaitTimeout, wait_until
 from controlplane.v1 import (
@@ -473,16 +473,15 @@ def test_up_with_the_libvirt_backend_runs_real_guests_and_powers_hosts_off_and_o
     proc = subprocess.Popen(
         _up_cmd("--nodes", "1", "--hosts", "2", "--vms", "2", "--backend", "libvirt",
                 "--libvirt-user-prefix", prefix, "--base-port", str(base), "--lease-ttl", "2",
-                "--data-dir", str(data_dir)),
+                "--data-dir", str(data_dir), "--insecure"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    )  # fmt: skip  (plaintext: this test is about guests; TLS is tested above)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(line.rstrip("\n")
                                                            for line in proc.stdout or ()),
                               daemon=True)
     reader.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{base}",
-                                    options=[("grpc.max_reconnect_backoff_ms", 200)])
+    channel = open_channel(f"127.0.0.1:{base}", tls=PLAINTEXT)
     hosts_api = host_pb2_grpc.HostServiceStub(channel)
     vms_api = vm_pb2_grpc.VmServiceStub(channel)
 

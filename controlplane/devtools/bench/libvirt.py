@@ -110,7 +110,7 @@ def measure(vms: int = 6, boots: int = 3, crashes: int = 3, sync_interval: float
         for agent in agents:
             agent.wait_ready(60)
             client.hosts.AddHost(host_pb2.AddHostRequest(host_id=agent.host_id,
-                                                         address=agent.address)).host
+                                                         address=agent.address))
         wait_until(lambda: all(h.status == host_pb2.HOST_STATUS_CONNECTED for h in
                                client.hosts.ListHosts(host_pb2.ListHostsRequest()).hosts),
                    30, message="hosts connected")
@@ -128,7 +128,7 @@ def measure(vms: int = 6, boots: int = 3, crashes: int = 3, sync_interval: float
             started = time.monotonic()
             client.vms.CreateVm(vm_pb2.CreateVmRequest(
                 vm_id=f"bvm-{i}", image=img, host_id=agent.host_id, cpus=1, memory_mb=128,
-                start=True, wait=True)).vm
+                start=True, wait=True))
             starts.append(time.monotonic() - started)
             state = client.vms.GetVm(vm_pb2.GetVmRequest(vm_id=f"bvm-{i}")).vm.state
             if state != "Running":
