@@ -64,7 +64,7 @@ class AgentProcess(ServingProcess):
         # None: this agent's own certificate from the harness PKI; PLAINTEXT: --insecure
         self.tls = tls if tls is not None else harness_pki().agent(name)
         super().__init__(name, os.path.join(self.base_dir, f"{name}.log"),
-                         client_tls=client_transport(self.tls))
+                         client_tls=client_transport(self.tls, as_node=True))
 
     @property
     def address(self) -> str:

@@ -2,7 +2,8 @@
 to the processes the harness starts and to the tests that call them.
 
 Every node, agent and MDS the harness starts gets its own certificate (`node:<id>`,
-`agent:<name>`, `mds:<name>`) and a test calls them as the user `admin` (role admin), so
+`agent:<name>`, `mds:<name>`) and a test calls them as the user `admin` (role admin), or
+agents and MDS, whose services take only node certificates, as `node:harness`, so
 the suite runs over mutual TLS exactly as a deployment does. Issued once per identity and
 kept (an ECDSA key takes about a millisecond; a restarted node presents the same files).
 
@@ -31,7 +32,7 @@ from controlplane.security.tls import (
     server_credentials,
 )
 
-__all__ = ["ADMIN", "HarnessPki", "harness_pki", "server_args", "use_pki"]
+__all__ = ["ADMIN", "HARNESS_NODE", "HarnessPki", "harness_pki", "server_args", "use_pki"]
 
 ADMIN = "admin"
 
@@ -111,7 +112,13 @@ def server_args(tls: Transport) -> list[str]:
     return ["--ca", tls.ca, "--cert", tls.cert, "--key", tls.key]
 
 
-def client_transport(server: Transport) -> Transport:
+HARNESS_NODE = "harness"
+
+
+def client_transport(server: Transport, as_node: bool = False) -> Transport:
     """What a test talks to a process serving `server` with: plaintext to plaintext, else
-    the admin identity."""
-    return PLAINTEXT if isinstance(server, Plaintext) else harness_pki().admin()
+    the admin identity, or (`as_node`, for agents and MDS, whose services only node
+    certificates may call) the node identity `node:harness`, as a node would."""
+    if isinstance(server, Plaintext):
+        return PLAINTEXT
+    return harness_pki().node(HARNESS_NODE) if as_node else harness_pki().admin()
