@@ -64,7 +64,8 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     up.add_argument("--vms", type=int, default=0, metavar="V",
                     help="create and start V VMs on those hosts (needs --hosts; at most 100000)")
     up.add_argument("--agent-port", type=int, default=None,
-                    help="the sim agent listens on 127.0.0.1:AGENT_PORT (default BASE_PORT+200)")
+                    help="the sim agent listens on 127.0.0.1:AGENT_PORT (default BASE_PORT+200), "
+                         "its fault injection (SimControl) on AGENT_PORT+1")
     up.add_argument("--insecure", action="store_true",
                     help="run everything in PLAINTEXT, without certificates (default: mutual "
                     "TLS, a CA and certificates in DATA_DIR/tls, the admin identity in "

@@ -147,5 +147,7 @@ class AgentChild(ServingProcess):
             "--backend", "sim",
             "--hosts", str(self.hosts),
             "--host-prefix", HOST_PREFIX,
+            # fault injection on a port of its own (AGENT_PORT+1), never the agent's
+            "--sim-control-listen", f"127.0.0.1:{self.port + 1}",
             *tls_args(self.tls),
         ]  # fmt: skip

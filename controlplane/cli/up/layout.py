@@ -52,7 +52,8 @@ class Ports:
             wanted += [(self.etcd, "etcd client", "127.0.0.1"),
                        (self.etcd + 1, "etcd peer", "127.0.0.1")]
         if self.agent is not None:
-            wanted.append((self.agent, "agent", "127.0.0.1"))
+            wanted += [(self.agent, "agent", "127.0.0.1"),
+                       (self.agent + 1, "agent sim control", "127.0.0.1")]
         return wanted
 
 
