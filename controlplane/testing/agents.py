@@ -70,7 +70,8 @@ class AgentProcess(ServingProcess):
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
         # None: this agent's own certificate from the harness PKI; PLAINTEXT: --insecure
-        self.tls = tls if tls is not None else harness_pki().agent(name)
+        # (its certificate names its hosts: host_prefix*, so nodes accept its reports)
+        self.tls = tls if tls is not None else harness_pki().agent(name, (f"{host_prefix}*",))
         super().__init__(name, os.path.join(self.base_dir, f"{name}.log"),
                          client_tls=client_transport(self.tls, as_node=True))
 

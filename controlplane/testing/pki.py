@@ -16,6 +16,7 @@ use in a temporary directory removed at exit (`harness_pki`).
 from __future__ import annotations
 
 import atexit
+import hashlib
 import shutil
 import tempfile
 import threading
@@ -44,24 +45,32 @@ class HarnessPki:
         self.base = Path(base)
         if not (self.base / pki.CA_DIR / pki.CERT_FILE).exists():
             pki.init_ca(self.base, name="controlplane-test")
-        self._issued: dict[tuple[str, str, str | None], TlsFiles] = {}
+        self._issued: dict[tuple[str, str, str | None, tuple[str, ...]], TlsFiles] = {}
         self._lock = threading.Lock()
 
-    def files(self, kind: str, name: str, role: str | None = None) -> TlsFiles:
-        """The identity's files, issued on first use."""
-        key = (kind, name, role)
+    def files(self, kind: str, name: str, role: str | None = None,
+              hosts: tuple[str, ...] = ()) -> TlsFiles:
+        """The identity's files, issued on first use (`hosts`: an agent's host SANs; the
+        same name with other hosts is another identity, in a directory of its own)."""
+        key = (kind, name, role, hosts)
         with self._lock:
             files = self._issued.get(key)
             if files is None:
-                out = pki.issue_identity(self.base, kind, name, role=role)
+                out = None
+                if hosts:
+                    tag = hashlib.sha256("\n".join(hosts).encode()).hexdigest()[:8]
+                    out = self.base / f"{pki.identity_dir(kind, name)}-hosts-{tag}"
+                out = pki.issue_identity(self.base, kind, name, role=role, hosts=hosts,
+                                         out=out)
                 files = self._issued[key] = TlsFiles.from_dir(out)
         return files
 
     def node(self, node_id: str) -> TlsFiles:
         return self.files("node", node_id)
 
-    def agent(self, name: str) -> TlsFiles:
-        return self.files("agent", name)
+    def agent(self, name: str, hosts: tuple[str, ...] = ()) -> TlsFiles:
+        """An agent's identity; `hosts` the hosts it may speak for beyond its name."""
+        return self.files("agent", name, hosts=hosts)
 
     def mds(self, name: str) -> TlsFiles:
         return self.files("mds", name)

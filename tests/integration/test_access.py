@@ -10,7 +10,10 @@ serving, and nothing is written.
   certificate: from a user it is refused, so a reader cannot claim to be admin; from a node
   the owner judges the caller it names, not the node;
 - a forwarded read reaches the owner as the reader who asked, and is served;
-- SimControl is not on the agent's port.
+- SimControl is not on the agent's port;
+- an agent speaks only for the hosts its certificate names (NodeRestriction): registering
+  it for another host fails, and an impostor on a host's address gets its reports refused
+  and cannot steer HA.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from controlplane.v1 import (
     blockjob_pb2_grpc,
     cluster_pb2,
     cluster_pb2_grpc,
+    config_pb2,
+    host_pb2,
     vm_pb2,
     vm_pb2_grpc,
 )
@@ -164,3 +169,45 @@ def test_a_node_passes_on_its_callers_identity_and_the_owner_judges_it(
         assert code_of(lambda: stub.GetVm(vm_pb2.GetVmRequest(vm_id="vm-n"), metadata=bad,
                                           timeout=5)) is grpc.StatusCode.UNAUTHENTICATED
     assert c.vms(a).GetVm(vm_pb2.GetVmRequest(vm_id="vm-n"), timeout=5).vm.vm_id == "vm-n"
+
+
+FAST = {"vm.syncInterval": "0.3", "host.pingTimeout": "1", "host.pingFailures": "2"}
+
+
+def test_an_agent_speaks_only_for_the_hosts_its_certificate_names(
+        pki: HarnessPki, etcd: EtcdCluster, nodes: NodeFactory, agents: AgentFactory) -> None:
+    """NodeRestriction: a sim agent would answer for any host it serves; the node believes
+    it only for the hosts its certificate names (here CN agent:h-1, no host SANs)."""
+    node = nodes.start("acl-h", etcd.endpoints)
+    for key, value in FAST.items():
+        c.config(node).UpdateConfig(config_pb2.UpdateConfigRequest(key=key, value=value),
+                                    timeout=5)
+    real = agents.start("real", hosts=2, host_prefix="h-")  # certificate: host SAN h-*
+    impostor = agents.start("imp", hosts=2, host_prefix="h-", tls=pki.agent("h-1"))
+    hosts = c.hosts(node)
+    hosts.AddHost(host_pb2.AddHostRequest(host_id="h-1", address=impostor.address), timeout=10)
+    with pytest.raises(grpc.RpcError) as refused:
+        hosts.AddHost(host_pb2.AddHostRequest(host_id="h-0", address=impostor.address),
+                      timeout=10)
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "may not speak for host 'h-0'" in refused.value.details()
+    assert code_of(lambda: hosts.GetHost(host_pb2.GetHostRequest(host_id="h-0"), timeout=5)
+                   ) is grpc.StatusCode.NOT_FOUND
+    # h-0 registered with its real agent, an HA VM on it
+    hosts.AddHost(host_pb2.AddHostRequest(host_id="h-0", address=real.address), timeout=10)
+    c.vms(node).CreateVm(vm_pb2.CreateVmRequest(
+        vm_id="db", image=IMAGE, ha=vm_pb2.HA_LEVEL_NEVER_STOP, host_id="h-0", start=True,
+        wait=True), timeout=10)
+    # The real agent dies and an impostor with h-1's certificate takes its port: it reports
+    # h-0 empty (read as a crash, HA would restart db elsewhere) and would take a fence.
+    real.kill()
+    agents.start("imp2", hosts=2, host_prefix="h-", port=real.port, tls=pki.agent("h-1"))
+    wait_until(lambda: f"the agent at {real.address} presents 'agent:h-1', which may not "
+               "speak for host 'h-0'" in node.log_text(), timeout=20,
+               message="the node never refused the impostor's reports")
+    wait_until(lambda: "fence failed" in node.log_text(), timeout=20,
+               message="HA never tried (and failed) to fence h-0 through the impostor")
+    db = c.vms(node).GetVm(vm_pb2.GetVmRequest(vm_id="db"), timeout=5).vm
+    assert db.host_id == "h-0" and db.generation == 1  # not restarted on the impostor's word
+    status = hosts.GetHost(host_pb2.GetHostRequest(host_id="h-0"), timeout=5).host.status
+    assert status != host_pb2.HOST_STATUS_CONNECTED

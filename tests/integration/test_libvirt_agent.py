@@ -29,7 +29,7 @@ from controlplane.agent.libvirt.backend import LibvirtBackend  # noqa: E402
 from controlplane.agent.libvirt.domain import VmMeta, build_domain  # noqa: E402
 from controlplane.testing import cluster as c  # noqa: E402
 from controlplane.testing.agents import AgentProcess, vm_copies  # noqa: E402
-from controlplane.testing.pki import server_args  # noqa: E402
+from controlplane.testing.pki import harness_pki, server_args  # noqa: E402
 from controlplane.testing.ports import free_port  # noqa: E402
 from controlplane.testing.waiting import wait_until  # noqa: E402
 from controlplane.v1 import config_pb2, host_pb2, vm_pb2  # noqa: E402
@@ -239,7 +239,8 @@ class LibvirtAgent(AgentProcess):
     def __init__(self, name: str, port: int, base_dir: str, host_id: str, uri: str,
                  state: str) -> None:
         self.host_id, self.uri, self.state = host_id, uri, state
-        super().__init__(name, port, base_dir)
+        # one certificate per host, CN agent:<host-id>: the libvirt way (NodeRestriction)
+        super().__init__(name, port, base_dir, tls=harness_pki().agent(host_id))
 
     @property
     def host_ids(self) -> list[str]:

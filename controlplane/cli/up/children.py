@@ -56,8 +56,9 @@ def up_pki(data_dir: str, node_ids: list[str], agent: bool, insecure: bool) -> U
         pki.init_ca(base, name="controlplane-up")
     nodes: dict[str, Transport] = {
         n: TlsFiles.from_dir(pki.issue_identity(base, "node", n)) for n in node_ids}
-    agent_tls: Transport = (TlsFiles.from_dir(pki.issue_identity(base, "agent", "agent"))
-                            if agent else PLAINTEXT)
+    # the sim agent speaks for host-0.. (a host SAN `host-*`: controlplane.security.x509)
+    agent_tls: Transport = (TlsFiles.from_dir(pki.issue_identity(
+        base, "agent", "agent", hosts=[f"{HOST_PREFIX}*"])) if agent else PLAINTEXT)
     admin_dir = pki.issue_identity(base, "user", "admin", role="admin")
     return UpPki(nodes, agent_tls, TlsFiles.from_dir(admin_dir), admin_dir)
 
