@@ -77,9 +77,13 @@ class AgentClients:
                                     ) from exc
         if speaks_for(cert, host_id):
             return
-        cn, _ = subject_of(cert)
-        reason = (f"the agent at {address} presents {cn!r}, which may not speak for host "
-                  f"{host_id!r}: its reports and calls for that host are refused")
+        cn, o = subject_of(cert)
+        if o != "agent":
+            reason = (f"{address} is not a host agent (it presents {cn!r}, not an agent "
+                      "certificate)")
+        else:
+            reason = (f"the agent at {address} presents {cn!r}, which may not speak for "
+                      f"host {host_id!r}: its reports and calls for that host are refused")
         with self._lock:
             first = (address, host_id) not in self._logged
             self._logged.add((address, host_id))
