@@ -1,10 +1,55 @@
-"""Clients of the host agents: one channel per agent address, reused by every caller."""
+"""Clients of the host agents: one channel per agent address, reused by every caller.
+
+Agents speak only for their hosts (NodeRestriction, issue 12): `stub(address, host_id)`
+first checks that the certificate the agent at `address` presents names `host_id`
+(`controlplane.security.x509.speaks_for`; read by `security.peercert`, cached per address
+while the node's channel to it stays connected: any reconnect reads it again). An agent
+that may not speak for the host gets no call: the caller sees
+`NotThisHostsAgent`, a grpc.RpcError with PERMISSION_DENIED, on the same path as any failed
+call to the agent, so a pull, an operation or a fence through it fails like an unreachable
+agent (its reports are never applied, and HA gets no proof from it). Without TLS
+(`--insecure`) there is no certificate and no check.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+
+import grpc
+
 from controlplane.channels import ChannelPool
-from controlplane.security.tls import Transport
+from controlplane.security.peercert import PeerCertificates
+from controlplane.security.tls import TlsFiles, Transport
+from controlplane.security.x509 import speaks_for, subject_of
 from controlplane.v1 import agent_pb2_grpc, blockjob_pb2_grpc
+
+__all__ = ["CHECK_TIMEOUT", "AgentClients", "NotThisHostsAgent"]
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT = 2.0
+
+
+class NotThisHostsAgent(grpc.RpcError):
+    """The agent at an address may not speak for the host asked about (or its certificate
+    could not be read): raised instead of making the call."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple:
+        return ()
+
+    def initial_metadata(self) -> tuple:
+        return ()
 
 
 class AgentClients:
@@ -14,8 +59,60 @@ class AgentClients:
 
     def __init__(self, *, tls: Transport) -> None:
         self._pool = ChannelPool(tls=tls)
+        self._certs = PeerCertificates(tls) if isinstance(tls, TlsFiles) else None
+        self._logged: set[tuple[str, str]] = set()
+        self._watched: dict[int, grpc.Channel] = {}  # channels whose state clears the cache
+        self._lock = threading.Lock()
 
-    def stub(self, address: str) -> agent_pb2_grpc.AgentServiceStub:
+    def check(self, address: str, host_id: str) -> None:
+        """NotThisHostsAgent unless the agent at `address` may speak for `host_id`."""
+        if self._certs is None:
+            return
+        self._watch(address)
+        try:
+            cert = self._certs.get(address, CHECK_TIMEOUT)
+        except (OSError, ValueError) as exc:
+            raise NotThisHostsAgent(grpc.StatusCode.UNAVAILABLE,
+                                    f"agent at {address}: cannot read its certificate: {exc}"
+                                    ) from exc
+        if speaks_for(cert, host_id):
+            return
+        cn, o = subject_of(cert)
+        if o != "agent":
+            reason = (f"{address} is not a host agent (it presents {cn!r}, not an agent "
+                      "certificate)")
+        else:
+            reason = (f"the agent at {address} presents {cn!r}, which may not speak for "
+                      f"host {host_id!r}: its reports and calls for that host are refused")
+        with self._lock:
+            first = (address, host_id) not in self._logged
+            self._logged.add((address, host_id))
+        if first:
+            log.error("%s", reason, extra={"host_id": host_id})
+        raise NotThisHostsAgent(grpc.StatusCode.PERMISSION_DENIED, reason)
+
+    def _watch(self, address: str) -> None:
+        """Forget the address's certificate whenever its channel leaves READY: a reconnect
+        may reach another process (an impostor on a dead agent's port), so the next call
+        reads the certificate again rather than trusting the one of the old connection."""
+        channel = self._pool.get(address)
+        with self._lock:
+            if id(channel) in self._watched:
+                return
+            self._watched[id(channel)] = channel
+        certs = self._certs
+        assert certs is not None
+
+        def on_state(state: grpc.ChannelConnectivity) -> None:
+            if state is not grpc.ChannelConnectivity.READY:
+                certs.forget(address)
+        channel.subscribe(on_state, try_to_connect=False)
+
+    def stub(self, address: str, host_id: str | None = None
+             ) -> agent_pb2_grpc.AgentServiceStub:
+        """The agent's stub; with `host_id`, only once its certificate names that host."""
+        if host_id is not None:
+            self.check(address, host_id)
         return self._pool.stub(agent_pb2_grpc.AgentServiceStub, address)
 
     def block_jobs(self, address: str) -> blockjob_pb2_grpc.AgentBlockJobsServiceStub:

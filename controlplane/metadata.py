@@ -3,6 +3,8 @@ the server builder all read or write them.
 
 - FORWARDED_BY: set on a call a node forwards to the owner (the receiver never forwards
   again).
+- CALLER: on a forwarded call, the original caller's identity (`Identity.header()`): the
+  owner applies the access policy to it, and believes it only from a node certificate.
 - EPOCH: the ring epoch of the node that answers, in trailing metadata: on a forwarded call
   (the sender's epoch), on FAILED_PRECONDITION "not the owner", and on an answer a node
   forwarded for a caller (a client routing on a stale ring learns it is stale).
@@ -17,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["EPOCH", "FORWARDED_BY", "UNREACHABLE", "epoch_in", "has"]
+__all__ = ["CALLER", "EPOCH", "FORWARDED_BY", "UNREACHABLE", "epoch_in", "has", "value_of"]
 
 FORWARDED_BY = "x-controlplane-forwarded-by"
+CALLER = "x-controlplane-caller"
 EPOCH = "x-controlplane-epoch"
 UNREACHABLE = "x-controlplane-unreachable"
 
@@ -37,3 +40,11 @@ def epoch_in(metadata: Iterable[tuple[str, Any]] | None) -> int:
 
 def has(metadata: Iterable[tuple[str, Any]] | None, key: str) -> bool:
     return any(k == key for k, _ in metadata or ())
+
+
+def value_of(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str | None:
+    """The first str value of `key` in `metadata`, None when absent."""
+    for k, value in metadata or ():
+        if k == key and isinstance(value, str):
+            return value
+    return None

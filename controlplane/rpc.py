@@ -16,6 +16,13 @@ need exactly one place to attach credentials and interceptors.
   client reads the constraints in the schema and nothing is written past them;
 - the domain-error interceptor: a handler that raises a `controlplane.errors` kind (or a
   StoreError) answers with the status code `STATUS` gives it, never UNKNOWN;
+- access control (`Access`, over TLS only): the caller's identity from its certificate
+  (`controlplane.security.identity`) against the per-method table
+  (`controlplane.security.policy`): UNAUTHENTICATED without a usable identity,
+  PERMISSION_DENIED for one the table refuses, each logged once per (identity, reason). A
+  forwarded call is judged as its original caller (metadata CALLER), believed only from a
+  node certificate. With `--insecure` there is no identity and no policy (the start warning
+  says so);
 - a clean RuntimeError naming the address when the port cannot be bound;
 - its transport (`controlplane.security.tls`), bound here and nowhere else: mutual TLS that
   requires and verifies a client certificate signed by the CA (the files reloaded when they
@@ -51,7 +58,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
-from typing import Any, Protocol, overload
+from typing import Any, NoReturn, Protocol, overload
 
 import grpc
 import protovalidate
@@ -59,7 +66,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane import errors
-from controlplane.metadata import UNREACHABLE
+from controlplane.metadata import CALLER, FORWARDED_BY, UNREACHABLE, value_of
+from controlplane.security import policy
+from controlplane.security.identity import Identity, peer_identity
 from controlplane.security.tls import (
     Plaintext,
     ReloadingServerConfig,
@@ -330,6 +339,83 @@ class DomainErrors(grpc.ServerInterceptor):
         return handler
 
 
+# -- access control ----------------------------------------------------------------------
+
+MAX_LOGGED_REFUSALS = 10_000  # distinct (identity, reason) pairs remembered for logging
+
+
+class Access(grpc.ServerInterceptor):
+    """The access policy on every call of a TLS server (module docstring; the table is
+    `controlplane.security.policy`). The identity is read in the handler (the auth context
+    is the call's), before the behaviour runs: a refused call writes nothing."""
+
+    def __init__(self) -> None:
+        self._logged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        kind = next(k for k in _KINDS if getattr(handler, k) is not None)
+        behaviour = getattr(handler, kind)
+        check = self.check
+        if getattr(behaviour, "experimental_non_blocking", False):  # Health.Watch
+            def non_blocking(request: Any, context: grpc.ServicerContext,
+                             send_response_callback: Callable[[Any], None]) -> Any:
+                check(method, context)
+                return behaviour(request, context, send_response_callback)
+            non_blocking.experimental_non_blocking = True  # type: ignore[attr-defined]
+            return handler._replace(**{kind: non_blocking})
+
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            check(method, context)
+            return behaviour(request, context)
+        return handler._replace(**{kind: checked})
+
+    def check(self, method: str, context: grpc.ServicerContext) -> Identity:
+        """The identity the call is judged as; aborts the call when the policy refuses."""
+        peer = peer_identity(context)
+        if peer is None:
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "(no identity)",
+                         "no usable client certificate: it names no node, agent, mds or "
+                         "user identity")
+        metadata = context.invocation_metadata()
+        caller = peer
+        header = value_of(metadata, CALLER)
+        if header is not None or value_of(metadata, FORWARDED_BY) is not None:
+            if peer.kind != "node":
+                self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(peer),
+                             f"forwarded-call metadata ({CALLER}, {FORWARDED_BY}) is "
+                             f"accepted only from node certificates; {peer} is a {peer.kind}")
+            if header is not None:
+                original = Identity.from_header(header)
+                if original is None:
+                    self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, str(peer),
+                                 f"forwarded call from {peer} names no identity in {CALLER}")
+                caller = original
+        reason = policy.decide(caller, method)
+        if reason is not None:
+            via = f" (forwarded by {peer})" if caller is not peer else ""
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(caller),
+                         reason + via)
+        return caller
+
+    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, who: str,
+                reason: str) -> NoReturn:
+        key = (who, reason)
+        with self._lock:
+            first = key not in self._logged and len(self._logged) < MAX_LOGGED_REFUSALS
+            if first:
+                self._logged.add(key)
+        if first:
+            log.warning("refused %s (%s): %s (logged once per identity and reason)",
+                        who, code.name, reason)
+        context.abort(code, reason[:MAX_DETAILS])
+        raise AssertionError("context.abort returned")  # it raises; for the type checker
+
+
 # -- admission (the "Limits" of the module docstring) -------------------------------------
 
 DEFAULT_MAX_STREAMS = 64
@@ -555,7 +641,9 @@ class RpcServer:
         self.server = grpc.server(
             self.unary_pool,
             # Admission first: it sees the final behaviour and names the pool it runs on.
-            interceptors=[admission, *interceptors, DomainErrors()],
+            # Access next: a refused call reaches no other interceptor or handler.
+            interceptors=[admission, *([] if isinstance(tls, Plaintext) else [Access()]),
+                          *interceptors, DomainErrors()],
             options=[("grpc.so_reuseport", 0), *options],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
@@ -588,8 +676,8 @@ class RpcServer:
             raise RuntimeError(f"cannot listen on {self.listen}")
         if isinstance(self.tls, Plaintext):
             log.warning("serving PLAINTEXT on %s (--insecure): no certificates, no "
-                        "authentication; anyone who reaches this port can call every method",
-                        self.listen)
+                        "authentication, no access policy; anyone who reaches this port "
+                        "can call every method", self.listen)
         else:
             log.info("serving mutual TLS on %s (client certificates required, CA %s)",
                      self.listen, self.tls.ca)

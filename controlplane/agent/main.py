@@ -121,6 +121,10 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="memory (MiB) each host reports in Ping")
     add_env_argument(p, "--seed", type=argtypes.integer, default=None, metavar="N",
                      help="seed of the sim's failure injection (unset: random)")
+    add_env_argument(p, "--sim-control-listen", type=argtypes.listen_address, default=None,
+                     metavar="HOST:PORT",
+                     help="serve the sim's fault injection (SimControl) on this address of "
+                          "its own, never on --listen (unset: not served at all)")
     add_flags(p, [*log_flags(), *metrics_flags()])
     add_tls_flags(p)
     return p

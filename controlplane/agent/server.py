@@ -1,4 +1,5 @@
-"""The agent's gRPC server: AgentService over any Backend, SimControl over the sim.
+"""The agent's gRPC server: AgentService over any Backend; SimControl over the sim, on a
+port of its own (``--sim-control-listen``) or not at all.
 
 The servicers are thin: they turn requests into backend calls and backend exceptions into
 status codes (one table, ``STATUS_OF``), and build responses straight from the backend's
@@ -42,6 +43,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+SIM_CONTROL_WORKERS = 4
 SIM_CONTROL = agent_pb2.DESCRIPTOR.services_by_name["SimControlService"].full_name
 BLOCK_JOBS = blockjob_pb2.DESCRIPTOR.services_by_name["AgentBlockJobsService"].full_name
 MAX_WORKERS = 256
@@ -248,9 +250,20 @@ class AgentServer:
     reflection, over one backend."""
 
     def __init__(self, backend: Backend, listen: str, max_workers: int = MAX_WORKERS,
-                 block_backend: str = "sim", *, tls: Transport) -> None:
+                 block_backend: str = "sim", *, tls: Transport,
+                 sim_control_listen: str | None = None) -> None:
         """``block_backend`` is for the sim backend; a backend with its own block driver
-        (libvirt: ``block_driver()``) uses it for its VMs' disks whatever is asked."""
+        (libvirt: ``block_driver()``) uses it for its VMs' disks whatever is asked.
+
+        ``sim_control_listen``: where the sim's fault injection (SimControl) is served, on a
+        server of its own (same transport, policy admin); never on ``listen``, so what a
+        node reaches (AgentService, node certificates only) offers no fault injection.
+        None: not served."""
+        if sim_control_listen and not isinstance(backend, SimBackend):
+            raise ValueError("--sim-control-listen is for the sim backend only")
+        self.sim_rpc = (RpcServer(sim_control_listen, tls=tls, max_workers=SIM_CONTROL_WORKERS)
+                        if sim_control_listen else None)
+        self.sim_port = 0
         self.backend = backend
         self.listen = listen
         block_driver = getattr(backend, "block_driver", None)
@@ -267,10 +280,18 @@ class AgentServer:
                      AgentServicer(self.backend), AGENT_SERVICE)
         self.rpc.add(blockjob_pb2_grpc.add_AgentBlockJobsServiceServicer_to_server, self.block_jobs,
                      BLOCK_JOBS)
-        if isinstance(self.backend, SimBackend):
-            self.rpc.add(agent_pb2_grpc.add_SimControlServiceServicer_to_server,
-                         SimControlServiceServicer(self.backend), SIM_CONTROL)
         self.port = self.rpc.start()
+        if self.sim_rpc is not None:
+            assert isinstance(self.backend, SimBackend)  # __init__ refused anything else
+            self.sim_rpc.add(agent_pb2_grpc.add_SimControlServiceServicer_to_server,
+                             SimControlServiceServicer(self.backend), SIM_CONTROL)
+            try:
+                self.sim_port = self.sim_rpc.start()
+            except RuntimeError:
+                self.rpc.stop(0)
+                raise
+            log.info("sim control (fault injection) on %s (port %d)",
+                     self.sim_rpc.listen, self.sim_port)
         hosts = self.backend.host_ids()
         log.info("agent (%s backend) listening on %s (port %d), serving %d hosts: %s",
                  self.backend.name, self.listen, self.port, len(hosts),
@@ -286,6 +307,8 @@ class AgentServer:
         self.rpc.health.enter_graceful_shutdown()
         self.backend.close()
         self.block_jobs.close()
+        if self.sim_rpc is not None:
+            self.sim_rpc.stop(0)
         self.rpc.stop(grace)
         log.info("agent stopped")
 
@@ -332,4 +355,5 @@ def build_libvirt_backend(args: argparse.Namespace) -> Backend:
 def serve_agent(args: argparse.Namespace, tls: Transport) -> AgentServer:
     """Build the backend from the parsed ``agent`` command line and start serving."""
     return AgentServer(build_backend(args), args.listen,
-                       block_backend=getattr(args, "block_backend", "sim"), tls=tls).start()
+                       block_backend=getattr(args, "block_backend", "sim"), tls=tls,
+                       sim_control_listen=getattr(args, "sim_control_listen", None)).start()

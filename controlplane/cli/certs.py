@@ -67,6 +67,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--san", action="append", default=[], metavar="HOST",
                    help="an extra subject alternative name: an IP address or a DNS name "
                         "(repeatable; 127.0.0.1, ::1 and localhost are always in)")
+    p.add_argument("--host", action="append", default=[], metavar="ID",
+                   help="(agents) a host the agent may speak for besides the one its name "
+                        "is, or a prefix ending in '*' (a sim agent: host-*); repeatable")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="write the files here instead of DIR/<identity>")
     p.set_defaults(run=cmd_issue)
@@ -95,7 +98,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_issue(args: argparse.Namespace) -> int:
     try:
         out = pki.issue_identity(args.dir, args.kind, args.name, role=args.role,
-                                 days=args.days, sans=args.san, out=args.out)
+                                 days=args.days, sans=args.san, hosts=args.host,
+                                 out=args.out)
     except (FileNotFoundError, ValueError, OSError) as exc:
         return _fail(str(exc))
     cn = cx509.common_name(args.kind, args.name)

@@ -1,7 +1,9 @@
 """Forward a call to the owner of its resource: the one helper every routed service uses.
 
 Protocol: the first node asked looks the owner up in its ring. If it is not the owner it
-forwards the call with two metadata entries: who forwarded it and the ring epoch it used.
+forwards the call with metadata entries: who forwarded it, the ring epoch it used, and who
+asked (the caller's identity, CALLER: the owner applies the access policy to that caller, and
+believes the entry only from a node certificate, see `controlplane.rpc.Access`).
 The receiver never forwards again; it checks that it owns the resource at its own epoch and
 otherwise refuses with FAILED_PRECONDITION carrying its epoch. The sender then waits until
 its own view has caught up with that epoch (or re-lists), and retries a bounded number of
@@ -36,8 +38,9 @@ from controlplane.channels import ChannelPool
 from controlplane.cluster.ring import Ring
 from controlplane.cluster.table import MemberTable
 from controlplane.cluster.view import ClusterView
-from controlplane.metadata import EPOCH, FORWARDED_BY, UNREACHABLE, epoch_in, has
+from controlplane.metadata import CALLER, EPOCH, FORWARDED_BY, UNREACHABLE, epoch_in, has
 from controlplane.rpc import NO_DEADLINE_CAP, remaining
+from controlplane.security.identity import peer_identity
 from controlplane.security.tls import Transport
 
 log = logging.getLogger(__name__)
@@ -212,6 +215,10 @@ class Router:
             return local(ring, False), 0
         started = time.monotonic()
         deadline = started + max(remaining(context, ROUTE_CAP) - 0.05, 0.0)
+        # The owner judges the call as our caller, not as us (controlplane.rpc.Access):
+        # without it, any reader could act as a node by calling a node that forwards.
+        caller = peer_identity(context)
+        passed_on = ((CALLER, caller.header()),) if caller is not None else ()
         retries = 0
         stale = 0
         last: list[Failure] = []
@@ -231,7 +238,7 @@ class Router:
                 if last:
                     raise _Retry(last[-1])  # out of time: given up with what we met
                 raise RouteError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline spent routing")
-            metadata = ((FORWARDED_BY, self.node_id), (EPOCH, str(ring.epoch)))
+            metadata = ((FORWARDED_BY, self.node_id), (EPOCH, str(ring.epoch)), *passed_on)
             try:
                 response = remote(self.channel(info.address), metadata, left)
             except grpc.RpcError as err:

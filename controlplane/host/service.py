@@ -40,11 +40,13 @@ class HostServicer(pb_grpc.HostServiceServicer):
 
         def local() -> host_pb2.AddHostResponse:
             try:
-                ping = self.ctx.agents.stub(request.address).Ping(
+                ping = self.ctx.agents.stub(request.address, request.host_id).Ping(
                     agent_pb2.PingRequest(host_id=request.host_id),
                     timeout=min(self.ctx.config.get("host.pingTimeout"),
                                 remaining(context)))
             except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    raise errors.Refused(err.details() or "refused") from err
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     raise errors.Refused(f"the agent at {request.address} does not serve host "
                                          f"{request.host_id!r}") from err

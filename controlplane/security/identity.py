@@ -34,6 +34,23 @@ class Identity:
     def __str__(self) -> str:
         return self.name if self.kind == "user" else f"{self.kind}:{self.name}"
 
+    def header(self) -> str:
+        """This identity as the CALLER metadata value of a forwarded call: "kind role name"
+        (names hold no space)."""
+        return f"{self.kind} {self.role} {self.name}"
+
+    @staticmethod
+    def from_header(value: str) -> Identity | None:
+        """The identity a CALLER value names (the inverse of `header`), None when it names
+        none this project issues."""
+        kind, _, rest = value.partition(" ")
+        role, _, name = rest.partition(" ")
+        if kind not in KINDS or not name or " " in name:
+            return None
+        if kind == "user":
+            return identity_of(name, role)
+        return Identity(kind, name, kind) if role == kind else None
+
 
 def identity_of(common_name: str, organization: str) -> Identity | None:
     """The identity a (CN, O) pair names, None when it names none this project issues (a

@@ -80,6 +80,7 @@ def identity_dir(kind: str, name: str) -> str:
 
 def issue_identity(base: str | Path, kind: str, name: str, *, role: str | None = None,
                    days: int = cx509.LEAF_DAYS, sans: tuple[str, ...] | list[str] = (),
+                   hosts: tuple[str, ...] | list[str] = (),
                    out: str | Path | None = None, now: dt.datetime | None = None,
                    not_before: dt.datetime | None = None) -> Path:
     """A key and certificate for one identity, signed by the CA of `base`, written to `out`
@@ -88,5 +89,5 @@ def issue_identity(base: str | Path, kind: str, name: str, *, role: str | None =
     ca = read_ca(base)
     target = Path(out) if out is not None else Path(base) / identity_dir(kind, name)
     issued = cx509.issue(ca, kind, name, now or dt.datetime.now(dt.UTC), role=role,
-                         days=days, sans=sans, not_before=not_before)
+                         days=days, sans=sans, hosts=hosts, not_before=not_before)
     return write_identity(target, cx509.pem_cert(ca.cert), issued)

@@ -22,6 +22,12 @@ SANs: every leaf names 127.0.0.1, ::1 and localhost, plus the `sans` given (an I
 when it parses as one, else a DNS name). Servers are dialed by address and the client
 checks the address against these SANs (standard hostname verification, no target-name
 override), so a node reached as 10.0.0.5:7070 needs `--san 10.0.0.5` (or its DNS name).
+Agents speak only for their hosts (NodeRestriction): an agent certificate names the hosts
+it may report and act for, by its CN (`agent:<host-id>`: one certificate per host, the
+libvirt backend's way) and by URI SANs `urn:controlplane:host:<id>` or
+`urn:controlplane:host:<prefix>*` (the sim agent serving host-0..host-N: `host-*`), see
+`speaks_for`. URIs, not DNS names: hostname verification ignores them.
+
 Every leaf may act as server and client (nodes serve and forward; agents and MDS serve);
 a user's certificate is a client certificate only.
 """
@@ -38,8 +44,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["DEFAULT_SANS", "KINDS", "ROLES", "Issued", "Kind", "build_ca", "common_name",
-           "issue", "load_ca", "organization", "pem_cert", "pem_key", "subject_of"]
+__all__ = ["DEFAULT_SANS", "HOST_URI", "KINDS", "ROLES", "Issued", "Kind", "build_ca",
+           "common_name", "host_uri", "hosts_of", "issue", "load_ca", "organization",
+           "pem_cert", "pem_key", "speaks_for", "subject_of"]
 
 Kind = Literal["node", "agent", "mds", "user"]
 KINDS: tuple[str, ...] = ("node", "agent", "mds", "user")
@@ -138,13 +145,56 @@ def _san(value: str) -> x509.GeneralName:
     return x509.DNSName(value)
 
 
+HOST_URI = "urn:controlplane:host:"
+
+
+def host_uri(pattern: str) -> str:
+    """The URI SAN naming a host an agent may speak for: an id, or a prefix ending in '*'
+    (the sim agent serving host-0..host-N: `host-*`). ValueError for an empty or spaced
+    pattern, or a '*' anywhere but at the end."""
+    body = pattern[:-1] if pattern.endswith("*") else pattern
+    if not pattern or "*" in body or not pattern.isprintable() or " " in pattern \
+            or len(pattern) > 128:
+        raise ValueError(f"host {pattern[:64]!r}: an id, or a prefix ending in '*'")
+    return HOST_URI + pattern
+
+
+def hosts_of(cert: x509.Certificate) -> tuple[str, ...]:
+    """The host patterns an agent certificate names (its `host_uri` SANs), in order."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(uri[len(HOST_URI):]
+                 for uri in sans.get_values_for_type(x509.UniformResourceIdentifier)
+                 if uri.startswith(HOST_URI))
+
+
+def speaks_for(cert: x509.Certificate, host_id: str) -> bool:
+    """May the agent presenting `cert` report and act for `host_id` (NodeRestriction)? Only
+    an agent certificate, and only when its CN is `agent:<host_id>` (one certificate per
+    host: the libvirt backend) or a host SAN names the id or a prefix of it (`host-*`)."""
+    cn, o = subject_of(cert)
+    if o != "agent":
+        return False
+    if cn == f"agent:{host_id}":
+        return True
+    return any(host_id.startswith(p[:-1]) if p.endswith("*") else host_id == p
+               for p in hosts_of(cert))
+
+
 def issue(ca: Issued, kind: str, name: str, now: dt.datetime, *, role: str | None = None,
           days: int = LEAF_DAYS, sans: tuple[str, ...] | list[str] = (),
+          hosts: tuple[str, ...] | list[str] = (),
           not_before: dt.datetime | None = None) -> Issued:
     """A key and a certificate for one identity, signed by `ca`, valid from `not_before`
     (default: `now` less BACKDATE) for `days` after `now`. `not_before` and a negative
-    `days` exist so tests can make not-yet-valid and expired certificates."""
+    `days` exist so tests can make not-yet-valid and expired certificates. `hosts` (agents
+    only) are the hosts the agent may speak for beyond its own name (`host_uri`)."""
     cn, o = common_name(kind, name), organization(kind, role)
+    if hosts and kind != "agent":
+        raise ValueError(f"hosts are for agent certificates, not {kind}")
+    host_names = [x509.UniformResourceIdentifier(host_uri(h)) for h in dict.fromkeys(hosts)]
     names = list(dict.fromkeys([*DEFAULT_SANS, *sans]))
     key = _key()
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -166,7 +216,8 @@ def issue(ca: Issued, kind: str, name: str, now: dt.datetime, *, role: str | Non
                 content_commitment=False, key_encipherment=False, data_encipherment=False,
                 key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]),
+            .add_extension(x509.SubjectAlternativeName([*(_san(n) for n in names),
+                                                        *host_names]),
                            critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)

@@ -2,7 +2,8 @@
 
 Real processes, like the management nodes: what the tests exercise is a management plane
 talking gRPC to agents that can be slow, crash (kill -9), be cut off or fenced. The sim's
-fault injection is reached through :meth:`AgentProcess.sim` (the SimControl service).
+fault injection is reached through :meth:`AgentProcess.sim` (the SimControl service, on a
+port of its own: `--sim-control-listen`, never the agent's port).
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+import grpc
+
+from controlplane.channels import open_channel
 from controlplane.security.tls import Transport
 from controlplane.serving import ServingProcess
 from controlplane.testing.pki import client_transport, harness_pki, server_args
+from controlplane.testing.ports import free_port
 from controlplane.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["AgentProcess", "vm_copies"]
@@ -45,8 +50,11 @@ class AgentProcess(ServingProcess):
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         tls: Transport | None = None,
+        sim_port: int | None = None,
     ) -> None:
         self.port = port
+        self.sim_port = sim_port if sim_port is not None else free_port()
+        self._sim_channel: grpc.Channel | None = None
         self.base_dir = str(base_dir)
         self.hosts = hosts
         self.host_prefix = host_prefix
@@ -62,13 +70,18 @@ class AgentProcess(ServingProcess):
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
         # None: this agent's own certificate from the harness PKI; PLAINTEXT: --insecure
-        self.tls = tls if tls is not None else harness_pki().agent(name)
+        # (its certificate names its hosts: host_prefix*, so nodes accept its reports)
+        self.tls = tls if tls is not None else harness_pki().agent(name, (f"{host_prefix}*",))
         super().__init__(name, os.path.join(self.base_dir, f"{name}.log"),
-                         client_tls=client_transport(self.tls))
+                         client_tls=client_transport(self.tls, as_node=True))
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sim_address(self) -> str:
+        return f"127.0.0.1:{self.sim_port}"
 
     @property
     def host_ids(self) -> list[str]:
@@ -87,6 +100,7 @@ class AgentProcess(ServingProcess):
             "--reboot-delay", repr(float(self.reboot_delay)),
             "--pause-delay", repr(float(self.pause_delay)),
             "--log-level", self.log_level,
+            "--sim-control-listen", self.sim_address,
         ]  # fmt: skip
         if not self.report_ops:
             argv.append("--no-report-ops")
@@ -101,8 +115,21 @@ class AgentProcess(ServingProcess):
     def stub(self) -> agent_pb2_grpc.AgentServiceStub:
         return agent_pb2_grpc.AgentServiceStub(self.channel())
 
+    def sim_channel(self) -> grpc.Channel:
+        """The shared channel to SimControl's own port, as admin (its policy level)."""
+        if self._sim_channel is None:
+            self._sim_channel = open_channel(self.sim_address, self.channel_options,
+                                             tls=client_transport(self.tls))
+        return self._sim_channel
+
     def sim(self) -> agent_pb2_grpc.SimControlServiceStub:
-        return agent_pb2_grpc.SimControlServiceStub(self.channel())
+        return agent_pb2_grpc.SimControlServiceStub(self.sim_channel())
+
+    def close_channel(self) -> None:
+        super().close_channel()
+        if self._sim_channel is not None:
+            self._sim_channel.close()
+            self._sim_channel = None
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else f"exited({self.returncode})"

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from controlplane.agent import domainxml, guest, libvirtd
 from controlplane.testing.agents import AgentProcess
-from controlplane.testing.pki import server_args
+from controlplane.testing.pki import harness_pki, server_args
 from controlplane.testing.waiting import WaitTimeout
 
 if TYPE_CHECKING:
@@ -260,7 +260,9 @@ class LibvirtAgent(AgentProcess):
         self.disk_mb, self.stop_timeout, self.boot_timeout = disk_mb, stop_timeout, \
             boot_timeout
         self.cmdline = cmdline
-        super().__init__(name, port, base_dir, extra_args=extra_args)
+        # one certificate per host, CN agent:<host-id>: what NodeRestriction checks
+        super().__init__(name, port, base_dir, extra_args=extra_args,
+                         tls=harness_pki().agent(host_id))
 
     @property
     def host_ids(self) -> list[str]:

@@ -50,7 +50,7 @@ class MdsProcess(ServingProcess):
         # None: this mds's own certificate from the harness PKI; PLAINTEXT: --insecure
         self.tls = tls if tls is not None else harness_pki().mds(name)
         super().__init__(name, os.path.join(self.base_dir, f"{name}.log"),
-                         client_tls=client_transport(self.tls))
+                         client_tls=client_transport(self.tls, as_node=True))
 
     @property
     def address(self) -> str:

@@ -2,7 +2,8 @@
 to the processes the harness starts and to the tests that call them.
 
 Every node, agent and MDS the harness starts gets its own certificate (`node:<id>`,
-`agent:<name>`, `mds:<name>`) and a test calls them as the user `admin` (role admin), so
+`agent:<name>`, `mds:<name>`) and a test calls them as the user `admin` (role admin), or
+agents and MDS, whose services take only node certificates, as `node:harness`, so
 the suite runs over mutual TLS exactly as a deployment does. Issued once per identity and
 kept (an ECDSA key takes about a millisecond; a restarted node presents the same files).
 
@@ -15,6 +16,7 @@ use in a temporary directory removed at exit (`harness_pki`).
 from __future__ import annotations
 
 import atexit
+import hashlib
 import shutil
 import tempfile
 import threading
@@ -31,7 +33,7 @@ from controlplane.security.tls import (
     server_credentials,
 )
 
-__all__ = ["ADMIN", "HarnessPki", "harness_pki", "server_args", "use_pki"]
+__all__ = ["ADMIN", "HARNESS_NODE", "HarnessPki", "harness_pki", "server_args", "use_pki"]
 
 ADMIN = "admin"
 
@@ -43,24 +45,32 @@ class HarnessPki:
         self.base = Path(base)
         if not (self.base / pki.CA_DIR / pki.CERT_FILE).exists():
             pki.init_ca(self.base, name="controlplane-test")
-        self._issued: dict[tuple[str, str, str | None], TlsFiles] = {}
+        self._issued: dict[tuple[str, str, str | None, tuple[str, ...]], TlsFiles] = {}
         self._lock = threading.Lock()
 
-    def files(self, kind: str, name: str, role: str | None = None) -> TlsFiles:
-        """The identity's files, issued on first use."""
-        key = (kind, name, role)
+    def files(self, kind: str, name: str, role: str | None = None,
+              hosts: tuple[str, ...] = ()) -> TlsFiles:
+        """The identity's files, issued on first use (`hosts`: an agent's host SANs; the
+        same name with other hosts is another identity, in a directory of its own)."""
+        key = (kind, name, role, hosts)
         with self._lock:
             files = self._issued.get(key)
             if files is None:
-                out = pki.issue_identity(self.base, kind, name, role=role)
+                out = None
+                if hosts:
+                    tag = hashlib.sha256("\n".join(hosts).encode()).hexdigest()[:8]
+                    out = self.base / f"{pki.identity_dir(kind, name)}-hosts-{tag}"
+                out = pki.issue_identity(self.base, kind, name, role=role, hosts=hosts,
+                                         out=out)
                 files = self._issued[key] = TlsFiles.from_dir(out)
         return files
 
     def node(self, node_id: str) -> TlsFiles:
         return self.files("node", node_id)
 
-    def agent(self, name: str) -> TlsFiles:
-        return self.files("agent", name)
+    def agent(self, name: str, hosts: tuple[str, ...] = ()) -> TlsFiles:
+        """An agent's identity; `hosts` the hosts it may speak for beyond its name."""
+        return self.files("agent", name, hosts=hosts)
 
     def mds(self, name: str) -> TlsFiles:
         return self.files("mds", name)
@@ -111,7 +121,13 @@ def server_args(tls: Transport) -> list[str]:
     return ["--ca", tls.ca, "--cert", tls.cert, "--key", tls.key]
 
 
-def client_transport(server: Transport) -> Transport:
+HARNESS_NODE = "harness"
+
+
+def client_transport(server: Transport, as_node: bool = False) -> Transport:
     """What a test talks to a process serving `server` with: plaintext to plaintext, else
-    the admin identity."""
-    return PLAINTEXT if isinstance(server, Plaintext) else harness_pki().admin()
+    the admin identity, or (`as_node`, for agents and MDS, whose services only node
+    certificates may call) the node identity `node:harness`, as a node would."""
+    if isinstance(server, Plaintext):
+        return PLAINTEXT
+    return harness_pki().node(HARNESS_NODE) if as_node else harness_pki().admin()

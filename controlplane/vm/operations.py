@@ -293,7 +293,8 @@ class Operations:
     def _call_agent(self, address: str, method: str, request: object, deadline: float) -> object:
         if self._stopping.is_set():
             raise errors.Unreachable("node stopping")
-        stub = self.ctx.agents.stub(address)
+        # NodeRestriction: only an agent whose certificate names the request's host
+        stub = self.ctx.agents.stub(address, getattr(request, "host_id", None) or None)
         return getattr(stub, method)(request, timeout=max(0.1, deadline - time.time()))
 
     def finish(self, begun: Begun, event: str, outcome: str, detail: str,
@@ -373,8 +374,8 @@ class Operations:
                 with trial:
                     if self._stopping.is_set():
                         return None
-                    answer = self.ctx.agents.stub(address).SyncVmDeviceInfo(request,
-                                                                           timeout=timeout)
+                    answer = self.ctx.agents.stub(address, request.host_id
+                                                  ).SyncVmDeviceInfo(request, timeout=timeout)
                     return agent_pb2.DeviceInfo(devices=answer.devices)
         except grpc.RpcError as err:
             metrics.DEVICE_INFO.labels("failed").inc()
@@ -555,7 +556,7 @@ class Operations:
         request = agent_pb2.AgentServiceStopVmRequest(
             host_id=host_id, vm_id=vm_id, generation=generation, force=True, op_id=new_op_id())
         try:
-            self.ctx.agents.stub(host.address).StopVm(
+            self.ctx.agents.stub(host.address, host_id).StopVm(
                 request, timeout=self.ctx.config.get("host.pingTimeout"))
         except grpc.RpcError as err:
             log.warning("stray VM %s on %s not stopped: %s", vm_id, host_id, err.details(),

@@ -162,7 +162,7 @@ class HostTracker:
         # Records as they are before the pull: every write compares these revisions.
         records = [vm_view(e.value, e.mod_revision) for e in self.ctx.vms.by_index(host_id)]
         try:
-            reply = self.ctx.agents.stub(host.address).ListVms(
+            reply = self.ctx.agents.stub(host.address, host_id).ListVms(
                 agent_pb2.AgentServiceListVmsRequest(host_id=host_id),
                 timeout=self.ctx.config.get("host.pingTimeout"))
         except grpc.RpcError as err:
@@ -276,7 +276,7 @@ class HostTracker:
 
     def _fence_and_restart(self, host: host_pb2.Host, state: HostState) -> Applied:
         try:
-            reply = self.ctx.agents.stub(host.address).Fence(
+            reply = self.ctx.agents.stub(host.address, host.host_id).Fence(
                 agent_pb2.FenceRequest(host_id=host.host_id),
                 timeout=self.ctx.config.get("host.pingTimeout"))
         except grpc.RpcError as err:

@@ -210,19 +210,20 @@ class Fleet:
     def heal(self) -> None:
         """Clear injected faults and bring back what later methods need (best effort)."""
         self.revive()
-        agent, mds = self.agent.channel(), self.mds.channel()
+        mds = self.mds.channel()
         self.quiet("SimMdsControlService", "Reset", {"volumes": False}, mds)
         self.quiet("StorageMdsService", "CreateVolume", {"volume_id": "vol-0", "size_bytes": MiB},
                    mds)
         self.quiet("SimMdsControlService", "SetVolumeClients", {"volume_id": "vol-0", "clients": [
             {"client_id": self.agent.host_ids[0], "address": "127.0.0.1"}]}, mds)
+        sim = self.agent.sim_channel()
         self.quiet("SimControlService", "Configure", {
             "start_delay": "0s", "stop_delay": "0s", "reboot_delay": "0s", "pause_delay": "0s",
-            "device_info_failure_rate": 0, "report_ops": True}, agent)
+            "device_info_failure_rate": 0, "report_ops": True}, sim)
         for host_id in self.agent.host_ids:
             self.quiet("SimControlService", "SetHostCondition", {"host_id": host_id,
                                                                  "condition": 1},
-                       agent)
+                       sim)
         listed = self.quiet("ConfigService", "ListConfig", {})
         for entry in fz.records(listed, "key") if listed is not None else ():
             want = SETTINGS.get(entry.key, getattr(entry, "default_value", entry.value))
@@ -254,10 +255,11 @@ class Fleet:
         self.quiet("SimMdsControlService", "SetFault", {"method": "", "mode": 3},
                    self.mds.channel())
         self.quiet("SimControlService", "SetHostCondition", {"host_id": self.agent.host_ids[2],
-                                                      "condition": 3}, self.agent.channel())
+                                                      "condition": 3},
+                   self.agent.sim_channel())
         self.quiet("SimControlService", "Configure", {"start_delay": "2s", "stop_delay": "2s",
                                                "device_info_failure_rate": 0.3},
-                   self.agent.channel())
+                   self.agent.sim_channel())
 
     def down_mds(self) -> list[str]:
         return [a for a in self.down if valid_address(a) and a != self.down_agent_address]
@@ -385,7 +387,8 @@ def _build(f: Fleet, gone: AgentProcess, mds_gone: MdsProcess) -> Iterator[Fleet
              str(f.tmp_path / "outside.qcow2"), str(f.tmp_path.parent / "fuzz-abs" / "x")]
     all_hosts = [*f.agent.host_ids, *gone.host_ids]
     vm_ids = ["vm-run", "vm-ha", "vm-stopped", "vm-idle", "vm-gone"]
-    services = sorted({name for p in f.processes for name in fz.served_services(p.channel())})
+    targets = [*f.processes, SimPort(f.agent)]
+    services = sorted({name for p in targets for name in fz.served_services(p.channel())})
     kinds: dict[str, list[str]] = {
         "vm_id": vm_ids, "host_id": all_hosts, "client_id": all_hosts,
         "image_id": ["img-free", "img-run"], "volume_id": ["base", "s1", "vol-0"],
@@ -400,10 +403,32 @@ def _build(f: Fleet, gone: AgentProcess, mds_gone: MdsProcess) -> Iterator[Fleet
     }
     for kind, ids in kinds.items():
         f.pool.add(kind, *ids)
-    for proc in f.processes:
+    for proc in targets:
         for name in fz.served_services(proc.channel()):
             f.served.setdefault(name, []).append(proc)
     yield f
+
+
+@dataclass
+class SimPort:
+    """The agent's SimControl port (`--sim-control-listen`, not the agent's own) as a fuzz
+    target: fuzzed like a process, restarted with its agent."""
+
+    agent: AgentProcess
+
+    @property
+    def name(self) -> str:
+        return f"{self.agent.name} sim control"
+
+    @property
+    def address(self) -> str:
+        return self.agent.sim_address
+
+    def channel(self) -> grpc.Channel:
+        return self.agent.sim_channel()
+
+    def is_running(self) -> bool:
+        return self.agent.is_running()
 
 
 # -- the run ------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from controlplane.testing.libvirt import (  # noqa: E402
     wait_console,
 )
 from controlplane.testing.libvirt_blockjobs import ChainGuest, disk_dir  # noqa: E402
-from controlplane.testing.pki import server_args  # noqa: E402
+from controlplane.testing.pki import harness_pki, server_args  # noqa: E402
 from controlplane.testing.ports import free_port  # noqa: E402
 from controlplane.testing.qemu import pattern_matches, write_pattern  # noqa: E402
 from controlplane.testing.waiting import wait_until  # noqa: E402
@@ -178,7 +178,8 @@ class LibvirtAgent(AgentProcess):
                  state: str, image_dir: str, cmdline: str) -> None:
         self.host_id, self.uri, self.state = host_id, uri, state
         self.image_dir, self.cmdline = image_dir, cmdline
-        super().__init__(name, port, base_dir)
+        # one certificate per host, CN agent:<host-id>: the libvirt way (NodeRestriction)
+        super().__init__(name, port, base_dir, tls=harness_pki().agent(host_id))
 
     @property
     def host_ids(self) -> list[str]:

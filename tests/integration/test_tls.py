@@ -195,20 +195,27 @@ class WhoAmI(cluster_pb2_grpc.ClusterServiceServicer):
 @pytest.mark.parametrize(("kind", "name", "role", "expected"), [
     ("user", "alice", "reader", Identity("user", "alice", "reader")),
     ("node", "node-7", None, Identity("node", "node-7", "node")),
-    ("agent", "host-3", None, Identity("agent", "host-3", "agent")),
+    ("agent", "host-3", None, None),  # read, and refused: agents call no node service
 ])
 def test_the_server_reads_the_callers_identity_from_its_certificate(
-        pki: HarnessPki, kind: str, name: str, role: str | None, expected: Identity) -> None:
+        pki: HarnessPki, kind: str, name: str, role: str | None,
+        expected: Identity | None) -> None:
     """peer_identity: the one reading of the verified peer certificate (CN, O), which the
-    access policy of the next step keys on."""
+    access policy keys on (an agent's certificate passes no level of it)."""
     server = RpcServer("127.0.0.1:0", tls=pki.node("whoami"))
     server.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, WhoAmI(),
                "controlplane.v1.ClusterService")
     port = server.start()
     try:
         with open_channel(f"127.0.0.1:{port}", tls=pki.files(kind, name, role)) as channel:
-            answer = cluster_pb2_grpc.ClusterServiceStub(channel).WhoOwns(
-                cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=5)
+            stub = cluster_pb2_grpc.ClusterServiceStub(channel)
+            if expected is None:
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.WhoOwns(cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=5)
+                assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+                assert f"{kind}:{name}" in refused.value.details()
+                return
+            answer = stub.WhoOwns(cluster_pb2.WhoOwnsRequest(resource_id="r"), timeout=5)
         assert answer.owner == repr(expected)
     finally:
         server.stop(0)

@@ -70,6 +70,9 @@ class Context:
     def invocation_metadata(self) -> tuple:
         return self.metadata
 
+    def auth_context(self) -> dict:
+        return {}  # a plaintext caller: no identity to pass on
+
     def time_remaining(self) -> float:
         return self.remaining
 

@@ -203,3 +203,27 @@ def test_a_pool_reopens_its_channels_after_a_rotation(tmp_path, monkeypatch) -> 
         assert pool.rotations == 1
     finally:
         pool.close()
+
+
+def test_an_agent_speaks_for_its_named_host_and_its_host_sans(ca) -> None:
+    """NodeRestriction's names: CN agent:<host> (one certificate per host, libvirt) and URI
+    SANs for ids or prefixes (a sim agent); no other kind speaks for any host."""
+    own = cx509.issue(ca, "agent", "h-1", NOW).cert
+    assert cx509.speaks_for(own, "h-1")
+    assert not cx509.speaks_for(own, "h-0") and not cx509.speaks_for(own, "h-10")
+    assert cx509.hosts_of(own) == ()
+    sim = cx509.issue(ca, "agent", "sim", NOW, hosts=["rack1-*", "db-7"]).cert
+    assert cx509.hosts_of(sim) == ("rack1-*", "db-7")
+    assert cx509.speaks_for(sim, "rack1-0") and cx509.speaks_for(sim, "rack1-999")
+    assert cx509.speaks_for(sim, "db-7")
+    assert not cx509.speaks_for(sim, "db-70") and not cx509.speaks_for(sim, "rack2-0")
+    assert "urn:controlplane:host:db-7" in [
+        str(v) for v in sim.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.UniformResourceIdentifier)]
+    assert not cx509.speaks_for(cx509.issue(ca, "node", "h-1", NOW).cert, "h-1")
+    for bad in ("", "a*b", "has space", "**"):
+        with pytest.raises(ValueError):
+            cx509.host_uri(bad)
+    with pytest.raises(ValueError, match="agent"):
+        cx509.issue(ca, "node", "n", NOW, hosts=["h-*"])

@@ -65,8 +65,9 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     up.add_argument("--vms", type=int, default=0, metavar="V",
                     help="create and start V VMs on those hosts (needs --hosts; at most 100000)")
     up.add_argument("--agent-port", type=int, default=None,
-                    help="the sim agent listens on 127.0.0.1:AGENT_PORT (default BASE_PORT+200); "
-                    "with --backend libvirt, host i's agent on AGENT_PORT+i")
+                    help="the sim agent listens on 127.0.0.1:AGENT_PORT (default BASE_PORT+200), "
+                    "its fault injection (SimControl) on AGENT_PORT+1; with --backend "
+                    "libvirt, host i's agent on AGENT_PORT+i")
     up.add_argument("--backend", choices=("sim", "libvirt"), default="sim",
                     help="sim (default): one sim agent serves every host; libvirt: real guests, "
                     "each host its own libvirt session daemon (as Unix user "

@@ -56,8 +56,9 @@ def up_pki(data_dir: str, node_ids: list[str], agent: bool, insecure: bool) -> U
         pki.init_ca(base, name="controlplane-up")
     nodes: dict[str, Transport] = {
         n: TlsFiles.from_dir(pki.issue_identity(base, "node", n)) for n in node_ids}
-    agent_tls: Transport = (TlsFiles.from_dir(pki.issue_identity(base, "agent", "agent"))
-                            if agent else PLAINTEXT)
+    # the sim agent speaks for host-0.. (a host SAN `host-*`: controlplane.security.x509)
+    agent_tls: Transport = (TlsFiles.from_dir(pki.issue_identity(
+        base, "agent", "agent", hosts=[f"{HOST_PREFIX}*"])) if agent else PLAINTEXT)
     admin_dir = pki.issue_identity(base, "user", "admin", role="admin")
     return UpPki(nodes, agent_tls, TlsFiles.from_dir(admin_dir), admin_dir)
 
@@ -147,5 +148,7 @@ class AgentChild(ServingProcess):
             "--backend", "sim",
             "--hosts", str(self.hosts),
             "--host-prefix", HOST_PREFIX,
+            # fault injection on a port of its own (AGENT_PORT+1), never the agent's
+            "--sim-control-listen", f"127.0.0.1:{self.port + 1}",
             *tls_args(self.tls),
         ]  # fmt: skip

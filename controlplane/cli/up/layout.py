@@ -57,8 +57,12 @@ class Ports:
             wanted += [(self.etcd, "etcd client", "127.0.0.1"),
                        (self.etcd + 1, "etcd peer", "127.0.0.1")]
         if self.agent is not None:
-            wanted += [(self.agent + i, "agent" if self.agents == 1 else f"agent of host-{i}",
-                        "127.0.0.1") for i in range(self.agents)]
+            if self.agents == 1:  # the sim agent, and its fault injection beside it
+                wanted += [(self.agent, "agent", "127.0.0.1"),
+                           (self.agent + 1, "agent sim control", "127.0.0.1")]
+            else:  # --backend libvirt: one agent per host
+                wanted += [(self.agent + i, f"agent of host-{i}", "127.0.0.1")
+                           for i in range(self.agents)]
         return wanted
 
 
