@@ -74,7 +74,8 @@ class ManagementNode:
         self.log_context = log_context
         self.keys = Keys(settings.prefix)
         self.store = Store(settings.etcd, timeout=settings.etcd_timeout,
-                           keepalive=max(1.0, min(5.0, settings.lease_ttl / 2)))
+                           keepalive=max(1.0, min(5.0, settings.lease_ttl / 2)),
+                           tls=settings.etcd_tls)
         self.registration = Registration(
             self.store, self.keys, settings.node_id, settings.advertise, settings.lease_ttl,
             on_incarnation=self._on_incarnation,

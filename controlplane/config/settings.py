@@ -26,7 +26,7 @@ import configargparse
 
 from controlplane.config import argtypes
 from controlplane.rpc import DEFAULT_MAX_STREAMS
-from controlplane.security.tls import TlsMissing, Transport, transport_from
+from controlplane.security.tls import TlsFiles, TlsMissing, Transport, transport_from
 from controlplane.store.keys import DEFAULT_PREFIX
 
 __all__ = [
@@ -70,6 +70,10 @@ class Settings:
     max_streams: int = DEFAULT_MAX_STREAMS
     # mutual TLS files, or PLAINTEXT (--insecure): for the server and every channel it opens
     tls: Transport = field(kw_only=True)
+    # the client certificate for etcd (store.client.etcd_transport): --etcd-tls-dir, else
+    # this node's own certificate (the harness's and up's etcd trust the same CA), None
+    # for plaintext
+    etcd_tls: TlsFiles | None = field(default=None, kw_only=True)
 
 
 def env_name(flag: str) -> str:
@@ -217,7 +221,11 @@ SERVE_FLAGS: list[Flag] = [
          "address other nodes reach this one at (default: --listen, with 0.0.0.0 replaced by "
          "this host's name)"),
     Flag("--etcd", argtypes.endpoints, "127.0.0.1:2379",
-         "etcd endpoints, comma-separated HOST:PORT"),
+         "etcd endpoints, comma-separated HOST:PORT (TLS when this node has a certificate; "
+         "https://HOST:PORT requires it, http:// forces plaintext)"),
+    Flag("--etcd-tls-dir", str, None,
+         "directory (ca.crt, tls.crt, tls.key) of the client certificate for etcd "
+         "(default: this node's own, from --tls-dir/--cert)"),
     Flag("--lease-ttl", argtypes.lease_ttl, 10, "membership lease TTL in seconds"),
     *metrics_flags(),
     Flag("--reconcile-interval", argtypes.positive_float, 3.0,
@@ -268,5 +276,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         image_dir=args.image_dir,
         max_streams=args.max_streams,
-        tls=transport_from_args(args),
+        tls=(tls := transport_from_args(args)),
+        etcd_tls=(TlsFiles.from_dir(args.etcd_tls_dir) if args.etcd_tls_dir
+                  else tls if isinstance(tls, TlsFiles) else None),
     )

@@ -10,6 +10,7 @@ Names, the Kubernetes way (x509 client certificates: CN = user, O = groups):
 | node  | node:<id>      | node                     |
 | agent | agent:<id>     | agent                    |
 | mds   | mds:<name>     | mds                      |
+| etcd  | etcd:<member>  | etcd                     |
 | user  | <name>         | reader, operator or admin |
 
 so one function (`controlplane.security.identity.identity_of`) reads any of them back.
@@ -41,8 +42,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = ["DEFAULT_SANS", "KINDS", "ROLES", "Issued", "Kind", "build_ca", "common_name",
            "issue", "load_ca", "organization", "pem_cert", "pem_key", "subject_of"]
 
-Kind = Literal["node", "agent", "mds", "user"]
-KINDS: tuple[str, ...] = ("node", "agent", "mds", "user")
+Kind = Literal["node", "agent", "mds", "etcd", "user"]
+# etcd: an etcd member's server and peer certificate (issued by the same CA, so nodes check
+# etcd as they check each other); no method of ours accepts it.
+KINDS: tuple[str, ...] = ("node", "agent", "mds", "etcd", "user")
 ROLES: tuple[str, ...] = ("reader", "operator", "admin")
 DEFAULT_SANS: tuple[str, ...] = ("127.0.0.1", "::1", "localhost")
 CA_DAYS = 3650

@@ -15,6 +15,7 @@ use in a temporary directory removed at exit (`harness_pki`).
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 import threading
@@ -24,6 +25,7 @@ import grpc
 
 from controlplane.security import pki
 from controlplane.security.tls import (
+    ENV_TLS_DIR,
     PLAINTEXT,
     Plaintext,
     TlsFiles,
@@ -101,6 +103,9 @@ def harness_pki() -> HarnessPki:
             base = tempfile.mkdtemp(prefix="controlplane-pki-")
             atexit.register(shutil.rmtree, base, True)
             _current = HarnessPki(base)
+            # what the pytest plugin does for a session: the client library and a Store
+            # (the harness's etcd wants a client certificate) find the admin identity
+            os.environ.setdefault(ENV_TLS_DIR, str(_current.admin_dir))
         return _current
 
 

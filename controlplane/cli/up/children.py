@@ -44,6 +44,7 @@ class UpPki:
     agent: Transport
     admin: Transport
     admin_dir: Path | None  # what the user exports as CONTROLPLANE_TLS_DIR
+    etcd: TlsFiles | None = None  # the embedded etcd member's certificate
 
 
 def up_pki(data_dir: str, node_ids: list[str], agent: bool, insecure: bool) -> UpPki:
@@ -59,7 +60,8 @@ def up_pki(data_dir: str, node_ids: list[str], agent: bool, insecure: bool) -> U
     agent_tls: Transport = (TlsFiles.from_dir(pki.issue_identity(base, "agent", "agent"))
                             if agent else PLAINTEXT)
     admin_dir = pki.issue_identity(base, "user", "admin", role="admin")
-    return UpPki(nodes, agent_tls, TlsFiles.from_dir(admin_dir), admin_dir)
+    etcd_tls = TlsFiles.from_dir(pki.issue_identity(base, "etcd", "up"))
+    return UpPki(nodes, agent_tls, TlsFiles.from_dir(admin_dir), admin_dir, etcd_tls)
 
 
 def tls_args(tls: Transport) -> list[str]:
@@ -69,12 +71,14 @@ def tls_args(tls: Transport) -> list[str]:
     return ["--ca", tls.ca, "--cert", tls.cert, "--key", tls.key]
 
 
-def embedded_etcd(data_dir: str, port: int) -> EtcdServer:
+def embedded_etcd(data_dir: str, port: int, tls: TlsFiles | None = None) -> EtcdServer:
     """The single-member etcd of a local cluster: data in DATA/etcd, log in DATA/etcd.log,
-    client port `port`, peer port `port`+1."""
+    client port `port`, peer port `port`+1; with `tls` (not --insecure) client and peer
+    TLS with client certificates required, /health on port+2."""
     return EtcdServer(
         "up", os.path.join(data_dir, "etcd"), client_port=port, peer_port=port + 1,
         extra_args=ETCD_ARGS, log_path=os.path.join(data_dir, "etcd.log"), with_parent=True,
+        tls=tls, metrics_port=port + 2 if tls is not None else None,
     )
 
 

@@ -73,13 +73,16 @@ class Supervisor:
         self.temp_dir = args.data_dir is None
         self.data_dir = (tempfile.mkdtemp(prefix="controlplane-up-") if self.temp_dir
                          else os.path.abspath(args.data_dir))
-        self.etcd: EtcdServer | None = (embedded_etcd(self.data_dir, ports.etcd)
-                                        if ports.etcd is not None else None)
-        self._etcd_lost = False  # exited while running: reported once, nothing to stop
-        self.etcd_endpoints: str = self.etcd.endpoint if self.etcd else args.etcd
         node_ids = [f"node-{i}" for i in range(args.nodes)]
         self.pki = up_pki(self.data_dir, node_ids, ports.agent is not None,
                           getattr(args, "insecure", False))
+        self.etcd: EtcdServer | None = (embedded_etcd(self.data_dir, ports.etcd, self.pki.etcd)
+                                        if ports.etcd is not None else None)
+        self._etcd_lost = False  # exited while running: reported once, nothing to stop
+        # the scheme spelled out (https://, or http:// with --insecure): a node neither
+        # falls back to plaintext nor tries TLS with a certificate from the environment
+        self.etcd_endpoints: str = (f"{self.etcd.scheme}://{self.etcd.endpoint}"
+                                    if self.etcd else args.etcd)
         self.nodes = [NodeChild(node_id, ports.node(i), ports.metrics(i),
                                 self.etcd_endpoints, args.lease_ttl, self.data_dir,
                                 self.pki.nodes[node_id], self.pki.admin)
