@@ -320,6 +320,27 @@ class Store:
         request = etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease)
         return self.run(lambda t: self._unary("kvstub", "Put", request, t).header.revision, budget)
 
+    def first_keys(self, prefix: str, limit: int, budget: float | None = None
+                   ) -> tuple[list[str], int]:
+        """(the first `limit` keys under prefix in key order, how many keys the prefix holds
+        in all): a bounded collection finds its oldest entries without reading values."""
+        raw = prefix.encode()
+        request = etcdrpc.RangeRequest(key=raw, range_end=etcd_utils.prefix_range_end(raw),
+                                       keys_only=True, limit=max(limit, 1))
+
+        def attempt(t: float) -> tuple[list[str], int]:
+            resp = self._unary("kvstub", "Range", request, t)
+            keys = [kv.key.decode() for kv in resp.kvs][:limit] if limit > 0 else []
+            return keys, resp.count
+
+        return self.run(attempt, budget)
+
+    def delete_range(self, start: str, end: str, budget: float | None = None) -> int:
+        """Delete every key in [start, end); returns how many were deleted."""
+        request = etcdrpc.DeleteRangeRequest(key=start.encode(), range_end=end.encode())
+        return self.run(lambda t: self._unary("kvstub", "DeleteRange", request, t).deleted,
+                        budget)
+
     def delete(self, key: str, budget: float | None = None) -> tuple[bool, int]:
         request = etcdrpc.DeleteRangeRequest(key=key.encode())
 
