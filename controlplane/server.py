@@ -36,6 +36,7 @@ from controlplane.storage.primary import MdsHealthChecker
 from controlplane.storage.primary_service import StorageServicer
 from controlplane.storage.service import VolumeServicer
 from controlplane.store import Keys, Store
+from controlplane.store.auth import EtcdLogin
 from controlplane.store.cache import PrefixCache
 from controlplane.v1 import (
     audit_pb2,
@@ -80,7 +81,9 @@ class ManagementNode:
         self.keys = Keys(settings.prefix)
         self.store = Store(settings.etcd, timeout=settings.etcd_timeout,
                            keepalive=max(1.0, min(5.0, settings.lease_ttl / 2)),
-                           tls=settings.etcd_tls)
+                           tls=settings.etcd_tls,
+                           login=(EtcdLogin(settings.etcd_user, settings.etcd_password)
+                                  if settings.etcd_user else None))
         self.registration = Registration(
             self.store, self.keys, settings.node_id, settings.advertise, settings.lease_ttl,
             on_incarnation=self._on_incarnation,

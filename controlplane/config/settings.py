@@ -17,6 +17,7 @@ The parser a flag is added to must be an :class:`EnvArgumentParser` (for sub-com
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,9 @@ class Settings:
     # this node's own certificate (the harness's and up's etcd trust the same CA), None
     # for plaintext
     etcd_tls: TlsFiles | None = field(default=None, kw_only=True)
+    # etcd auth (store/auth.py): "" for none (a TLS store then acts as its certificate's CN)
+    etcd_user: str = field(default="", kw_only=True)
+    etcd_password: str = field(default="", kw_only=True, repr=False)
 
 
 def env_name(flag: str) -> str:
@@ -226,6 +230,10 @@ SERVE_FLAGS: list[Flag] = [
     Flag("--etcd-tls-dir", str, None,
          "directory (ca.crt, tls.crt, tls.key) of the client certificate for etcd "
          "(default: this node's own, from --tls-dir/--cert)"),
+    Flag("--etcd-user", str, "",
+         "etcd user to act as (a role limited to --prefix); its password from "
+         "--etcd-password-file or CONTROLPLANE_ETCD_PASSWORD"),
+    Flag("--etcd-password-file", str, None, "file holding the --etcd-user password"),
     Flag("--lease-ttl", argtypes.lease_ttl, 10, "membership lease TTL in seconds"),
     *metrics_flags(),
     Flag("--reconcile-interval", argtypes.positive_float, 3.0,
@@ -279,4 +287,26 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         tls=(tls := transport_from_args(args)),
         etcd_tls=(TlsFiles.from_dir(args.etcd_tls_dir) if args.etcd_tls_dir
                   else tls if isinstance(tls, TlsFiles) else None),
+        etcd_user=args.etcd_user,
+        etcd_password=etcd_password(args),
     )
+
+
+def etcd_password(args: argparse.Namespace) -> str:
+    """The --etcd-user password: the file's first line, else CONTROLPLANE_ETCD_PASSWORD (a
+    variable, not a flag: a flag's value shows in `ps`). A usage error for a user without
+    one, or a password file that cannot be read."""
+    if not args.etcd_user:
+        return ""
+    if args.etcd_password_file:
+        try:
+            with open(args.etcd_password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as exc:
+            _usage_error(args, f"--etcd-password-file: {exc}")
+    else:
+        password = os.environ.get(ENV_PREFIX + "ETCD_PASSWORD", "")
+    if not password:
+        _usage_error(args, "--etcd-user needs a password: --etcd-password-file FILE or "
+                           f"{ENV_PREFIX}ETCD_PASSWORD")
+    return password

@@ -35,6 +35,7 @@ from pyetcd import utils as etcd_utils
 
 from controlplane.channels import reconnect_options
 from controlplane.security.tls import TlsFiles, TlsMissing, channel_credentials, transport_from_env
+from controlplane.store.auth import EtcdLogin, TokenCredentials, stale_token
 from controlplane.store.errors import LeaseLost, StoreError, StoreUnavailable
 from controlplane.store.retry import AttemptPolicy
 
@@ -167,13 +168,24 @@ class Store:
         keepalive: float = 5.0,
         first_timeout: float = 0.5,
         tls: TlsFiles | None = None,
+        login: EtcdLogin | None = None,
     ) -> None:
-        """`tls`: the client certificate for https:// endpoints (see etcd_credentials);
-        ignored for plaintext ones."""
+        """`tls`: the client certificate (see etcd_transport). `login`: act as this etcd
+        user (store/auth.py), over TLS only; without one, a TLS store is the user its
+        certificate's CN names when etcd has auth on."""
         self.endpoints = parse_endpoints(endpoints)
         self.tls = etcd_transport(endpoints, tls)
         self.secure = self.tls is not None
         creds = channel_credentials(self.tls) if self.tls is not None else None
+        self.auth: TokenCredentials | None = None
+        if login is not None:
+            if creds is None:
+                raise ValueError("an etcd login needs TLS to etcd (a password does not "
+                                 "cross plaintext): give a certificate or https://")
+            self.auth = TokenCredentials(login, [f"{h}:{p}" for h, p in self.endpoints],
+                                         creds, timeout)
+            creds = grpc.composite_channel_credentials(
+                creds, grpc.metadata_call_credentials(self.auth, name="etcd-token"))
         self.timeout = timeout
         self.budget = budget
         self.policy = AttemptPolicy.short_first(first_timeout, timeout)
@@ -238,6 +250,9 @@ class Store:
         if code in _TRANSIENT or _server_deadline(code, details or ""):
             self.endpoint_failed()
             return StoreUnavailable(f"etcd {where}: {code.name}: {details}")
+        if self.auth is not None and stale_token(details or ""):
+            self.auth.invalidate()  # the retry authenticates again
+            return StoreUnavailable(f"etcd {where}: token no longer valid: {details}")
         if _overloaded(code, details or ""):
             return StoreUnavailable(f"etcd {where}: overloaded: {details}")
         if details and "lease not found" in details:

@@ -15,8 +15,6 @@ from controlplane.channels import ChannelPool, reconnect_options
 from controlplane.security.tls import Transport
 from controlplane.testing.nodes import NodeProcess
 from controlplane.testing.pki import harness_pki
-from controlplane.v1 import cluster_pb2 as pb
-from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 from controlplane.v1 import (
     audit_pb2_grpc,
     config_pb2_grpc,
@@ -25,6 +23,8 @@ from controlplane.v1 import (
     vm_pb2_grpc,
     volume_pb2_grpc,
 )
+from controlplane.v1 import cluster_pb2 as pb
+from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 
 # One pool per transport for every test of the process (thread-safe: tests start threads
 # that ask nodes); a short reconnect backoff, since nodes restart in tests.

@@ -6,19 +6,30 @@ Secure as a deployment's: client and peer TLS with client certificates required
 identity (CONTROLPLANE_TLS_DIR). `endpoints` stays bare `host:port` (a Store with a
 certificate dials it with TLS; a TcpProxy forwards it as bytes); `urls` spells https://.
 `tls=False` gives the old plaintext cluster.
+
+`auth=True` (with TLS) also turns etcd auth on after the start (store/auth.py): a user
+`controlplane` whose role may touch only `auth_prefix`, its password in
+`<base_dir>/etcd-password`; `node_args()` are the flags a node logs in with. Then a client
+without a login acts as its certificate's CN (the admin identity: no such etcd user, so
+refused): tests opt in, the default cluster has no auth.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import time
 from collections.abc import Sequence
 from types import TracebackType
 
-from controlplane.security.tls import TlsFiles
+import grpc
+
+from controlplane.security.tls import TlsFiles, channel_credentials
+from controlplane.store.auth import ROOT, EtcdLogin, enable_auth
 from controlplane.store.embedded import EtcdServer, etcd_binary
+from controlplane.store.keys import DEFAULT_PREFIX
 from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_ports
 
@@ -35,7 +46,11 @@ class EtcdCluster:
     def __init__(
         self, base_dir: str, size: int = 1, extra_args: Sequence[str] = TEST_ETCD_ARGS,
         tls: bool = True,
+        auth: bool = False,
+        auth_prefix: str = DEFAULT_PREFIX,
     ) -> None:
+        if auth and not tls:
+            raise ValueError("etcd auth needs TLS (passwords do not cross plaintext)")
         if size < 1:
             raise ValueError("size must be >= 1")
         self.base_dir = str(base_dir)
@@ -47,6 +62,9 @@ class EtcdCluster:
         )
         pki = harness_pki() if tls else None
         self.tls: TlsFiles | None = pki.files("user", "etcd-admin", "admin") if pki else None
+        self.auth_prefix = auth_prefix
+        self.login = EtcdLogin("controlplane", secrets.token_urlsafe(16)) if auth else None
+        self.password_file = os.path.join(self.base_dir, "etcd-password")
         self.members: list[EtcdServer] = [
             EtcdServer(
                 name,
@@ -80,10 +98,26 @@ class EtcdCluster:
                 m.start()
             for m in self.members:
                 m.wait_ready(timeout=max(0.1, deadline - time.monotonic()))
+            if self.login is not None:
+                self._enable_auth()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _enable_auth(self) -> None:
+        assert self.login is not None
+        with open(self.password_file, "w", encoding="utf-8") as f:
+            f.write(self.login.password + "\n")
+        root = harness_pki().files("user", ROOT, "admin")  # CN root: etcd's root user
+        with grpc.secure_channel(self.members[0].endpoint, channel_credentials(root)) as ch:
+            enable_auth(ch, self.auth_prefix, self.login)
+
+    def node_args(self) -> list[str]:
+        """The flags a node reaches this cluster with (its etcd login, if auth is on)."""
+        if self.login is None:
+            return []
+        return ["--etcd-user", self.login.user, "--etcd-password-file", self.password_file]
 
     def stop(self) -> None:
         for m in self.members:
