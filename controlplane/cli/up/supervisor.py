@@ -27,10 +27,12 @@ from dataclasses import replace
 import grpc
 
 from controlplane.cli.up.children import (
+    ETCD_USER,
     HOST_PREFIX,
     AgentChild,
     NodeChild,
     embedded_etcd,
+    setup_etcd_auth,
     up_pki,
 )
 from controlplane.cli.up.fleet import FLEET_CALL_TIMEOUT, FleetBuilder, FleetSummary
@@ -47,6 +49,7 @@ from controlplane.cli.up.screen import (
 from controlplane.procs import exit_text, log_tail
 from controlplane.serving import health_status
 from controlplane.store.embedded import EtcdServer
+from controlplane.store.keys import DEFAULT_PREFIX
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 
@@ -85,7 +88,8 @@ class Supervisor:
                                     if self.etcd else args.etcd)
         self.nodes = [NodeChild(node_id, ports.node(i), ports.metrics(i),
                                 self.etcd_endpoints, args.lease_ttl, self.data_dir,
-                                self.pki.nodes[node_id], self.pki.admin)
+                                self.pki.nodes[node_id], self.pki.admin,
+                                self.pki.etcd_password_file if self.etcd else None)
                       for i, node_id in enumerate(node_ids)]
         self.views = {n.node_id: NodeView(n.node_id, n.address, n.log_path)
                       for n in self.nodes}
@@ -126,6 +130,10 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             self.say(f"etcd ready on {self.etcd.endpoint}")
+            if self.pki.etcd is not None:
+                setup_etcd_auth(self.pki, self.etcd.endpoint, DEFAULT_PREFIX)
+                self.say("etcd: client and peer TLS, nodes log in as the etcd user "
+                         f"{ETCD_USER!r} (a role limited to {DEFAULT_PREFIX})")
         else:
             self.say(f"using etcd at {self.etcd_endpoints}")
         agent = self.agent
