@@ -109,6 +109,11 @@ class EtcdServer(ChildProcess):
         port = self.metrics_port if self.metrics_port is not None else self.client_port
         return f"{self.host}:{port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """Where /metrics and /health are served in plaintext (the metrics port with TLS)."""
+        return f"http://{self.health_endpoint}"
+
     def tls_args(self) -> list[str]:
         if self.tls is None:
             return []

@@ -104,8 +104,11 @@ def harness_pki() -> HarnessPki:
             atexit.register(shutil.rmtree, base, True)
             _current = HarnessPki(base)
             # what the pytest plugin does for a session: the client library and a Store
-            # (the harness's etcd wants a client certificate) find the admin identity
-            os.environ.setdefault(ENV_TLS_DIR, str(_current.admin_dir))
+            # (the harness's etcd wants a client certificate) find the admin identity of
+            # this CA, the one every process the harness starts trusts (an inherited
+            # CONTROLPLANE_TLS_DIR, e.g. of the pytest session that runs a bench, names
+            # another CA's)
+            os.environ[ENV_TLS_DIR] = str(_current.admin_dir)
         return _current
 
 
