@@ -71,13 +71,22 @@ def resource_of(request: object) -> str:
     return ""
 
 
+# Every text field of a record is clipped: a refused request may name a resource id of a
+# megabyte (the record of a hostile call must stay a small etcd value and log line).
+MAX_FIELD = 256
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_FIELD else text[:MAX_FIELD - 3] + "..."
+
+
 def build_record(identity: Identity | None, method: str, resource_id: str,
                  code: grpc.StatusCode, at: float, node_id: str) -> audit_pb2.AuditRecord:
-    """The record of one call (pure)."""
+    """The record of one call (pure); text fields clipped to MAX_FIELD characters."""
     return audit_pb2.AuditRecord(
-        who=str(identity) if identity else "", role=identity.role if identity else "",
-        method=method, resource_id=resource_id, code=code.name, time=wiretime.stamp(at),
-        node_id=node_id)
+        who=_clip(str(identity)) if identity else "", role=identity.role if identity else "",
+        method=_clip(method), resource_id=_clip(resource_id), code=code.name,
+        time=wiretime.stamp(at), node_id=_clip(node_id))
 
 
 class AuditInterceptor(grpc.ServerInterceptor):

@@ -63,6 +63,9 @@ def test_a_record() -> None:
     assert (anonymous.who, anonymous.role) == ("", "")
     assert build_record(Identity("node", "node-1", "node"), "/x.S/M", "", grpc.StatusCode.OK,
                         0.0, "n").who == "node:node-1"
+    hostile = build_record(None, "/x.S/M", "v" * 1_000_000, grpc.StatusCode.INVALID_ARGUMENT,
+                           0.0, "n")
+    assert len(hostile.resource_id) == 256 and hostile.ByteSize() < 1024
 
 
 def _records(n: int) -> list[tuple[str, audit_pb2.AuditRecord]]:
