@@ -66,6 +66,8 @@ from controlplane.metadata import UNREACHABLE, epoch_in, has
 from controlplane.rpc import valid_address
 from controlplane.security.tls import Transport, transport_from_env
 from controlplane.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     cluster_pb2,
     cluster_pb2_grpc,
     config_pb2,
@@ -264,6 +266,7 @@ class Client:
         self.volumes = _Service(self, volume_pb2, "VolumeService",
                                 volume_pb2_grpc.VolumeServiceStub)
         self.health = _Service(self, health_pb2, "Health", health_pb2_grpc.HealthStub)
+        self.audit = _Service(self, audit_pb2, "AuditService", audit_pb2_grpc.AuditServiceStub)
 
     @property
     def endpoint(self) -> str:

@@ -642,8 +642,10 @@ class RpcServer:
             self.unary_pool,
             # Admission first: it sees the final behaviour and names the pool it runs on.
             # Access next: a refused call reaches no other interceptor or handler.
-            interceptors=[admission, *([] if isinstance(tls, Plaintext) else [Access()]),
-                          *interceptors, DomainErrors()],
+            # The caller's interceptors (metrics, audit) see the access check's refusals too:
+            # a PERMISSION_DENIED is counted and audited like any other answer.
+            interceptors=[admission, *interceptors,
+                          *([] if isinstance(tls, Plaintext) else [Access()]), DomainErrors()],
             options=[("grpc.so_reuseport", 0), *options],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )

@@ -28,14 +28,19 @@ from controlplane.host.service import HostServicer
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
 from controlplane.rpc import MetricsInterceptor, RpcServer, serve_metrics, serve_until_signal
+from controlplane.security.audit import AuditInterceptor, AuditWriter
+from controlplane.security.audit_service import AuditServicer
 from controlplane.storage.images import ImageManager
 from controlplane.storage.livejobs import LiveJobs
 from controlplane.storage.primary import MdsHealthChecker
 from controlplane.storage.primary_service import StorageServicer
 from controlplane.storage.service import VolumeServicer
 from controlplane.store import Keys, Store
+from controlplane.store.auth import EtcdLogin
 from controlplane.store.cache import PrefixCache
 from controlplane.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     cluster_pb2,
     cluster_pb2_grpc,
     config_pb2,
@@ -65,6 +70,7 @@ SERVICES = (
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
     volume_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -74,7 +80,10 @@ class ManagementNode:
         self.log_context = log_context
         self.keys = Keys(settings.prefix)
         self.store = Store(settings.etcd, timeout=settings.etcd_timeout,
-                           keepalive=max(1.0, min(5.0, settings.lease_ttl / 2)))
+                           keepalive=max(1.0, min(5.0, settings.lease_ttl / 2)),
+                           tls=settings.etcd_tls,
+                           login=(EtcdLogin(settings.etcd_user, settings.etcd_password)
+                                  if settings.etcd_user else None))
         self.registration = Registration(
             self.store, self.keys, settings.node_id, settings.advertise, settings.lease_ttl,
             on_incarnation=self._on_incarnation,
@@ -113,10 +122,14 @@ class ManagementNode:
         self.mds_checker = MdsHealthChecker(self.owner, self.storages, enabled=lambda: self.ready)
         self.image_manager = ImageManager(self.owner, settings.image_dir)
         self.live_jobs = LiveJobs(self.image_manager, self.owner.agents.block_jobs)
+        # every mutating call, recorded in etcd (bounded by the live audit.maxRecords)
+        self.audit = AuditWriter(self.store, self.keys, settings.node_id,
+                                 lambda: self.config.get("audit.maxRecords"))
         self.rpc = RpcServer(settings.listen, tls=settings.tls, max_workers=32,
                              max_streams=settings.max_streams,
                              interceptors=[MetricsInterceptor(metrics.RPCS,
-                                                                metrics.RPCS_IN_FLIGHT)])
+                                                                metrics.RPCS_IN_FLIGHT),
+                                           AuditInterceptor(self.audit, settings.node_id)])
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._view_started = threading.Event()
@@ -143,6 +156,9 @@ class ManagementNode:
         rpc.add(volume_pb2_grpc.add_VolumeServiceServicer_to_server,
                 VolumeServicer(self.image_manager, self.router, self.images, self.live_jobs),
                 SERVICES[5])
+        rpc.add(audit_pb2_grpc.add_AuditServiceServicer_to_server,
+                AuditServicer(self.store, self.keys), SERVICES[6])
+        self.audit.start()
         rpc.start(ready=False)
         serve_metrics(self.settings.metrics_port,
                       metrics_bind_address(self.settings.metrics_address, self.settings.listen))
@@ -194,6 +210,7 @@ class ManagementNode:
                  time.monotonic() - started, grace)
         self.vm_servicer.stop()
         self.rpc.stop(grace)
+        self.audit.stop()
         self.operations.stop()
         for cache in (self.vms, self.ops, self.hosts, self.config_cache, self.storages,
                       self.images):

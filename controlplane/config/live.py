@@ -186,6 +186,11 @@ SETTINGS: Mapping[str, Setting] = _settings(
         "Seconds between health checks of each primary storage's MDS (by the storage's "
         "owner); an MDS that fails one check is skipped by calls until one passes.",
     ),
+    Setting(
+        "audit.maxRecords", int, 10000, 10, 1_000_000,
+        "Audit records of mutating calls kept in etcd; past this count the oldest are "
+        "dropped (every node trims after its writes).",
+    ),
 )
 
 

@@ -17,6 +17,7 @@ The parser a flag is added to must be an :class:`EnvArgumentParser` (for sub-com
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import configargparse
 
 from controlplane.config import argtypes
 from controlplane.rpc import DEFAULT_MAX_STREAMS
-from controlplane.security.tls import TlsMissing, Transport, transport_from
+from controlplane.security.tls import TlsFiles, TlsMissing, Transport, transport_from
 from controlplane.store.keys import DEFAULT_PREFIX
 
 __all__ = [
@@ -70,6 +71,13 @@ class Settings:
     max_streams: int = DEFAULT_MAX_STREAMS
     # mutual TLS files, or PLAINTEXT (--insecure): for the server and every channel it opens
     tls: Transport = field(kw_only=True)
+    # the client certificate for etcd (store.client.etcd_transport): --etcd-tls-dir, else
+    # this node's own certificate (the harness's and up's etcd trust the same CA), None
+    # for plaintext
+    etcd_tls: TlsFiles | None = field(default=None, kw_only=True)
+    # etcd auth (store/auth.py): "" for none (a TLS store then acts as its certificate's CN)
+    etcd_user: str = field(default="", kw_only=True)
+    etcd_password: str = field(default="", kw_only=True, repr=False)
 
 
 def env_name(flag: str) -> str:
@@ -217,7 +225,15 @@ SERVE_FLAGS: list[Flag] = [
          "address other nodes reach this one at (default: --listen, with 0.0.0.0 replaced by "
          "this host's name)"),
     Flag("--etcd", argtypes.endpoints, "127.0.0.1:2379",
-         "etcd endpoints, comma-separated HOST:PORT"),
+         "etcd endpoints, comma-separated HOST:PORT (TLS when this node has a certificate; "
+         "https://HOST:PORT requires it, http:// forces plaintext)"),
+    Flag("--etcd-tls-dir", str, None,
+         "directory (ca.crt, tls.crt, tls.key) of the client certificate for etcd "
+         "(default: this node's own, from --tls-dir/--cert)"),
+    Flag("--etcd-user", str, "",
+         "etcd user to act as (a role limited to --prefix); its password from "
+         "--etcd-password-file or CONTROLPLANE_ETCD_PASSWORD"),
+    Flag("--etcd-password-file", str, None, "file holding the --etcd-user password"),
     Flag("--lease-ttl", argtypes.lease_ttl, 10, "membership lease TTL in seconds"),
     *metrics_flags(),
     Flag("--reconcile-interval", argtypes.positive_float, 3.0,
@@ -268,5 +284,29 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         image_dir=args.image_dir,
         max_streams=args.max_streams,
-        tls=transport_from_args(args),
+        tls=(tls := transport_from_args(args)),
+        etcd_tls=(TlsFiles.from_dir(args.etcd_tls_dir) if args.etcd_tls_dir
+                  else tls if isinstance(tls, TlsFiles) else None),
+        etcd_user=args.etcd_user,
+        etcd_password=etcd_password(args),
     )
+
+
+def etcd_password(args: argparse.Namespace) -> str:
+    """The --etcd-user password: the file's first line, else CONTROLPLANE_ETCD_PASSWORD (a
+    variable, not a flag: a flag's value shows in `ps`). A usage error for a user without
+    one, or a password file that cannot be read."""
+    if not args.etcd_user:
+        return ""
+    if args.etcd_password_file:
+        try:
+            with open(args.etcd_password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as exc:
+            _usage_error(args, f"--etcd-password-file: {exc}")
+    else:
+        password = os.environ.get(ENV_PREFIX + "ETCD_PASSWORD", "")
+    if not password:
+        _usage_error(args, "--etcd-user needs a password: --etcd-password-file FILE or "
+                           f"{ENV_PREFIX}ETCD_PASSWORD")
+    return password

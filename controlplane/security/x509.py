@@ -10,6 +10,7 @@ Names, the Kubernetes way (x509 client certificates: CN = user, O = groups):
 | node  | node:<id>      | node                     |
 | agent | agent:<id>     | agent                    |
 | mds   | mds:<name>     | mds                      |
+| etcd  | etcd:<member>  | etcd                     |
 | user  | <name>         | reader, operator or admin |
 
 so one function (`controlplane.security.identity.identity_of`) reads any of them back.
@@ -48,8 +49,10 @@ __all__ = ["DEFAULT_SANS", "HOST_URI", "KINDS", "ROLES", "Issued", "Kind", "buil
            "common_name", "host_uri", "hosts_of", "issue", "load_ca", "organization",
            "pem_cert", "pem_key", "speaks_for", "subject_of"]
 
-Kind = Literal["node", "agent", "mds", "user"]
-KINDS: tuple[str, ...] = ("node", "agent", "mds", "user")
+Kind = Literal["node", "agent", "mds", "etcd", "user"]
+# etcd: an etcd member's server and peer certificate (issued by the same CA, so nodes check
+# etcd as they check each other); no method of ours accepts it.
+KINDS: tuple[str, ...] = ("node", "agent", "mds", "etcd", "user")
 ROLES: tuple[str, ...] = ("reader", "operator", "admin")
 DEFAULT_SANS: tuple[str, ...] = ("127.0.0.1", "::1", "localhost")
 CA_DAYS = 3650

@@ -11,6 +11,10 @@ endpoint handling and its generated stubs, with three things changed on purpose:
   whole 3 s attempt.
 - gRPC keepalive pings on the channel, so a silently black-holed connection is noticed and
   reconnection backs off to at most one second instead of gRPC's default two minutes.
+
+Transport: TLS with a client certificate (etcd runs with `--client-cert-auth`) unless the
+endpoints say `http://` or no certificate is at hand (`etcd_transport` has the rule). All
+endpoints of one store use the same transport: a cluster half behind TLS is a mistake.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pyetcd import exceptions as etcd_exceptions
 from pyetcd import utils as etcd_utils
 
 from controlplane.channels import reconnect_options
+from controlplane.security.tls import TlsFiles, TlsMissing, channel_credentials, transport_from_env
+from controlplane.store.auth import EtcdLogin, TokenCredentials, stale_token
 from controlplane.store.errors import LeaseLost, StoreError, StoreUnavailable
 from controlplane.store.retry import AttemptPolicy
 
@@ -99,6 +105,39 @@ def parse_endpoints(spec: str | Sequence[str]) -> list[tuple[str, int]]:
     return result
 
 
+def endpoint_scheme(spec: str | Sequence[str]) -> str | None:
+    """"https" or "http" when the endpoints name one (every one that names a scheme agrees),
+    None when none does; ValueError for a mix."""
+    items = [i.strip() for i in (spec.split(",") if isinstance(spec, str) else spec)]
+    schemes = {i.split("://", 1)[0] for i in items if "://" in i}
+    if len(schemes) > 1:
+        raise ValueError(f"etcd endpoints {spec!r} mix https:// and http://: use one scheme")
+    return schemes.pop() if schemes else None
+
+
+def etcd_transport(spec: str | Sequence[str], tls: TlsFiles | None) -> TlsFiles | None:
+    """The client certificate to dial etcd with, None for plaintext. Secure by default, as
+    every other hop: `https://` needs a certificate (`tls`, else the identity
+    CONTROLPLANE_TLS_DIR or _CA/_CERT/_KEY names, as the client library finds one), bare
+    `host:port` uses TLS whenever there is one, and only `http://` forces plaintext.
+    ValueError for https:// with no certificate."""
+    scheme = endpoint_scheme(spec)
+    if scheme == "http":
+        return None
+    if tls is None:
+        try:
+            found = transport_from_env()
+        except TlsMissing as exc:
+            found = None
+            reason = str(exc)
+        else:
+            reason = "the environment says --insecure"
+        tls = found if isinstance(found, TlsFiles) else None
+        if tls is None and scheme == "https":
+            raise ValueError(f"https:// etcd endpoints need a client certificate: {reason}")
+    return tls
+
+
 def _channel_options(keepalive_s: float) -> list[tuple[str, int]]:
     ms = int(keepalive_s * 1000)
     return [
@@ -128,15 +167,32 @@ class Store:
         budget: float = 5.0,
         keepalive: float = 5.0,
         first_timeout: float = 0.5,
+        tls: TlsFiles | None = None,
+        login: EtcdLogin | None = None,
     ) -> None:
+        """`tls`: the client certificate (see etcd_transport). `login`: act as this etcd
+        user (store/auth.py), over TLS only; without one, a TLS store is the user its
+        certificate's CN names when etcd has auth on."""
         self.endpoints = parse_endpoints(endpoints)
+        self.tls = etcd_transport(endpoints, tls)
+        self.secure = self.tls is not None
+        creds = channel_credentials(self.tls) if self.tls is not None else None
+        self.auth: TokenCredentials | None = None
+        if login is not None:
+            if creds is None:
+                raise ValueError("an etcd login needs TLS to etcd (a password does not "
+                                 "cross plaintext): give a certificate or https://")
+            self.auth = TokenCredentials(login, [f"{h}:{p}" for h, p in self.endpoints],
+                                         creds, timeout)
+            creds = grpc.composite_channel_credentials(
+                creds, grpc.metadata_call_credentials(self.auth, name="etcd-token"))
         self.timeout = timeout
         self.budget = budget
         self.policy = AttemptPolicy.short_first(first_timeout, timeout)
         # With one endpoint there is nothing to fail over to: never blacklist it.
         time_retry = 1.0 if len(self.endpoints) > 1 else 0.0
         eps = [
-            pyetcd.Endpoint(h, p, secure=False, time_retry=time_retry,
+            pyetcd.Endpoint(h, p, secure=self.secure, creds=creds, time_retry=time_retry,
                             opts=_channel_options(keepalive))
             for h, p in self.endpoints
         ]
@@ -150,7 +206,8 @@ class Store:
         self.requests: dict[str, int] = {}
 
     def __repr__(self) -> str:
-        return f"Store({','.join(f'{h}:{p}' for h, p in self.endpoints)})"
+        scheme = "https://" if self.secure else ""
+        return f"Store({','.join(f'{scheme}{h}:{p}' for h, p in self.endpoints)})"
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -193,6 +250,9 @@ class Store:
         if code in _TRANSIENT or _server_deadline(code, details or ""):
             self.endpoint_failed()
             return StoreUnavailable(f"etcd {where}: {code.name}: {details}")
+        if self.auth is not None and stale_token(details or ""):
+            self.auth.invalidate()  # the retry authenticates again
+            return StoreUnavailable(f"etcd {where}: token no longer valid: {details}")
         if _overloaded(code, details or ""):
             return StoreUnavailable(f"etcd {where}: overloaded: {details}")
         if details and "lease not found" in details:
@@ -274,6 +334,27 @@ class Store:
         """Write key; returns the revision of the write."""
         request = etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease)
         return self.run(lambda t: self._unary("kvstub", "Put", request, t).header.revision, budget)
+
+    def first_keys(self, prefix: str, limit: int, budget: float | None = None
+                   ) -> tuple[list[str], int]:
+        """(the first `limit` keys under prefix in key order, how many keys the prefix holds
+        in all): a bounded collection finds its oldest entries without reading values."""
+        raw = prefix.encode()
+        request = etcdrpc.RangeRequest(key=raw, range_end=etcd_utils.prefix_range_end(raw),
+                                       keys_only=True, limit=max(limit, 1))
+
+        def attempt(t: float) -> tuple[list[str], int]:
+            resp = self._unary("kvstub", "Range", request, t)
+            keys = [kv.key.decode() for kv in resp.kvs][:limit] if limit > 0 else []
+            return keys, resp.count
+
+        return self.run(attempt, budget)
+
+    def delete_range(self, start: str, end: str, budget: float | None = None) -> int:
+        """Delete every key in [start, end); returns how many were deleted."""
+        request = etcdrpc.DeleteRangeRequest(key=start.encode(), range_end=end.encode())
+        return self.run(lambda t: self._unary("kvstub", "DeleteRange", request, t).deleted,
+                        budget)
 
     def delete(self, key: str, budget: float | None = None) -> tuple[bool, int]:
         request = etcdrpc.DeleteRangeRequest(key=key.encode())

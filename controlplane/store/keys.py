@@ -104,6 +104,12 @@ class Keys:
         """Prefix of one VM's HA audit records: audit/<vm_id>/<decided_at>-<op_id>."""
         return f"{self.collection('audit')}{vm_id}/"
 
+    @property
+    def call_audit(self) -> str:
+        """The audit trail of mutating calls: calls/<time_ns>-<node_id>-<seq>, so key order
+        is time order (security/audit.py)."""
+        return self.collection("calls")
+
     @staticmethod
     def last_segment(key: str | bytes) -> str:
         """The id at the end of a resource key."""

@@ -15,15 +15,16 @@ from controlplane.channels import ChannelPool, reconnect_options
 from controlplane.security.tls import Transport
 from controlplane.testing.nodes import NodeProcess
 from controlplane.testing.pki import harness_pki
-from controlplane.v1 import cluster_pb2 as pb
-from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 from controlplane.v1 import (
+    audit_pb2_grpc,
     config_pb2_grpc,
     host_pb2_grpc,
     storage_pb2_grpc,
     vm_pb2_grpc,
     volume_pb2_grpc,
 )
+from controlplane.v1 import cluster_pb2 as pb
+from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 
 # One pool per transport for every test of the process (thread-safe: tests start threads
 # that ask nodes); a short reconnect backoff, since nodes restart in tests.
@@ -64,6 +65,10 @@ def vms(address: str | NodeProcess) -> vm_pb2_grpc.VmServiceStub:
 
 def hosts(address: str | NodeProcess) -> host_pb2_grpc.HostServiceStub:
     return _stub(host_pb2_grpc.HostServiceStub, address)
+
+
+def audit(address: str | NodeProcess) -> audit_pb2_grpc.AuditServiceStub:
+    return _stub(audit_pb2_grpc.AuditServiceStub, address)
 
 
 def config(address: str | NodeProcess) -> config_pb2_grpc.ConfigServiceStub:

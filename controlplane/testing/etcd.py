@@ -1,15 +1,36 @@
-"""Throwaway etcd clusters (1 or 3 members) on loopback for tests."""
+"""Throwaway etcd clusters (1 or 3 members) on loopback for tests.
+
+Secure as a deployment's: client and peer TLS with client certificates required
+(`--client-cert-auth`), each member with an `etcd:<name>` certificate from the harness CA
+(testing/pki.py), so a node presents its own certificate and a test's Store the admin
+identity (CONTROLPLANE_TLS_DIR). `endpoints` stays bare `host:port` (a Store with a
+certificate dials it with TLS; a TcpProxy forwards it as bytes); `urls` spells https://.
+`tls=False` gives the old plaintext cluster.
+
+`auth=True` (with TLS) also turns etcd auth on after the start (store/auth.py): a user
+`controlplane` whose role may touch only `auth_prefix`, its password in
+`<base_dir>/etcd-password`; `node_args()` are the flags a node logs in with. Then a client
+without a login acts as its certificate's CN (the admin identity: no such etcd user, so
+refused): tests opt in, the default cluster has no auth.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import time
 from collections.abc import Sequence
 from types import TracebackType
 
+import grpc
+
+from controlplane.security.tls import TlsFiles, channel_credentials
+from controlplane.store.auth import ROOT, EtcdLogin, enable_auth
 from controlplane.store.embedded import EtcdServer, etcd_binary
+from controlplane.store.keys import DEFAULT_PREFIX
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_ports
 
 __all__ = ["TEST_ETCD_ARGS", "EtcdCluster"]
@@ -23,24 +44,37 @@ class EtcdCluster:
     """A set of etcd members started together, with one data dir and log each under base_dir."""
 
     def __init__(
-        self, base_dir: str, size: int = 1, extra_args: Sequence[str] = TEST_ETCD_ARGS
+        self, base_dir: str, size: int = 1, extra_args: Sequence[str] = TEST_ETCD_ARGS,
+        tls: bool = True,
+        auth: bool = False,
+        auth_prefix: str = DEFAULT_PREFIX,
     ) -> None:
+        if auth and not tls:
+            raise ValueError("etcd auth needs TLS (passwords do not cross plaintext)")
         if size < 1:
             raise ValueError("size must be >= 1")
         self.base_dir = str(base_dir)
-        ports = free_ports(2 * size)
+        ports = free_ports(3 * size)
         names = [f"m{i}" for i in range(size)]
+        scheme = "https" if tls else "http"
         peers = ",".join(
-            f"{name}=http://127.0.0.1:{ports[2 * i + 1]}" for i, name in enumerate(names)
+            f"{name}={scheme}://127.0.0.1:{ports[3 * i + 1]}" for i, name in enumerate(names)
         )
+        pki = harness_pki() if tls else None
+        self.tls: TlsFiles | None = pki.files("user", "etcd-admin", "admin") if pki else None
+        self.auth_prefix = auth_prefix
+        self.login = EtcdLogin("controlplane", secrets.token_urlsafe(16)) if auth else None
+        self.password_file = os.path.join(self.base_dir, "etcd-password")
         self.members: list[EtcdServer] = [
             EtcdServer(
                 name,
                 os.path.join(self.base_dir, name),
-                client_port=ports[2 * i],
-                peer_port=ports[2 * i + 1],
+                client_port=ports[3 * i],
+                peer_port=ports[3 * i + 1],
                 initial_cluster=peers,
                 extra_args=extra_args,
+                tls=pki.files("etcd", name) if pki else None,
+                metrics_port=ports[3 * i + 2] if pki else None,
             )
             for i, name in enumerate(names)
         ]
@@ -49,6 +83,11 @@ class EtcdCluster:
     def endpoints(self) -> str:
         """All client endpoints, in the comma-separated form clients and ``--etcd`` take."""
         return ",".join(m.endpoint for m in self.members)
+
+    @property
+    def urls(self) -> str:
+        """All client endpoints with their scheme (https:// with TLS)."""
+        return ",".join(m.client_url for m in self.members)
 
     def start(self, timeout: float = 20.0) -> EtcdCluster:
         """Start every member at once (a member of 3 cannot be healthy alone), then wait."""
@@ -59,10 +98,26 @@ class EtcdCluster:
                 m.start()
             for m in self.members:
                 m.wait_ready(timeout=max(0.1, deadline - time.monotonic()))
+            if self.login is not None:
+                self._enable_auth()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _enable_auth(self) -> None:
+        assert self.login is not None
+        with open(self.password_file, "w", encoding="utf-8") as f:
+            f.write(self.login.password + "\n")
+        root = harness_pki().files("user", ROOT, "admin")  # CN root: etcd's root user
+        with grpc.secure_channel(self.members[0].endpoint, channel_credentials(root)) as ch:
+            enable_auth(ch, self.auth_prefix, self.login)
+
+    def node_args(self) -> list[str]:
+        """The flags a node reaches this cluster with (its etcd login, if auth is on)."""
+        if self.login is None:
+            return []
+        return ["--etcd-user", self.login.user, "--etcd-password-file", self.password_file]
 
     def stop(self) -> None:
         for m in self.members:
@@ -85,7 +140,8 @@ class EtcdCluster:
     def _leader_once(self, running: list[EtcdServer]) -> tuple[int | None, str]:
         cmd = [
             etcd_binary("etcdctl"),
-            "--endpoints=" + ",".join(m.endpoint for m in running),
+            "--endpoints=" + ",".join(m.client_url for m in running),
+            *self.etcdctl_tls_args(),
             "--dial-timeout=1s",
             "--command-timeout=2s",
             "endpoint", "status", "-w", "json",
@@ -97,7 +153,7 @@ class EtcdCluster:
             statuses = json.loads(out.stdout or b"[]")
         except (subprocess.TimeoutExpired, ValueError) as exc:
             return None, f"etcdctl: {exc}"
-        by_endpoint = {m.endpoint: i for i, m in enumerate(self.members)}
+        by_endpoint = {m.client_url: i for i, m in enumerate(self.members)}
         for entry in statuses:
             status = entry.get("Status", {})
             leader = status.get("leader")
@@ -106,6 +162,12 @@ class EtcdCluster:
                 if index is not None:
                     return index, ""
         return None, f"etcdctl rc={out.returncode}: {out.stdout!r} {out.stderr[-500:]!r}"
+
+    def etcdctl_tls_args(self) -> list[str]:
+        """etcdctl's flags for this cluster's client certificate (none without TLS)."""
+        if self.tls is None:
+            return []
+        return ["--cacert", self.tls.ca, "--cert", self.tls.cert, "--key", self.tls.key]
 
     def __enter__(self) -> EtcdCluster:
         return self.start()

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from controlplane.channels import reconnect_options
-from controlplane.security.tls import Transport
+from controlplane.security.tls import Plaintext, Transport
 from controlplane.serving import ServingProcess
 from controlplane.testing.pki import client_transport, harness_pki, server_args
 
@@ -73,6 +73,10 @@ class NodeProcess(ServingProcess):
             argv += ["--reconcile-interval", _num(self.reconcile_interval)]
         if self.prefix is not None:
             argv += ["--prefix", self.prefix]
+        if isinstance(self.tls, Plaintext) and not self.etcd.startswith("http://"):
+            # an --insecure node still reaches the harness's TLS etcd with a certificate
+            node_dir = os.path.dirname(harness_pki().node(self.node_id).cert)
+            argv += ["--etcd-tls-dir", node_dir]
         return argv + server_args(self.tls) + list(self.extra_args)
 
     def terminate(self, timeout: float = 15.0) -> int:

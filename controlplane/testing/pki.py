@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import os
 import shutil
 import tempfile
 import threading
@@ -26,6 +27,7 @@ import grpc
 
 from controlplane.security import pki
 from controlplane.security.tls import (
+    ENV_TLS_DIR,
     PLAINTEXT,
     Plaintext,
     TlsFiles,
@@ -111,6 +113,12 @@ def harness_pki() -> HarnessPki:
             base = tempfile.mkdtemp(prefix="controlplane-pki-")
             atexit.register(shutil.rmtree, base, True)
             _current = HarnessPki(base)
+            # what the pytest plugin does for a session: the client library and a Store
+            # (the harness's etcd wants a client certificate) find the admin identity of
+            # this CA, the one every process the harness starts trusts (an inherited
+            # CONTROLPLANE_TLS_DIR, e.g. of the pytest session that runs a bench, names
+            # another CA's)
+            os.environ[ENV_TLS_DIR] = str(_current.admin_dir)
         return _current
 
 

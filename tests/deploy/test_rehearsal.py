@@ -25,6 +25,7 @@ from controlplane.security.tls import PLAINTEXT
 from controlplane.store import Keys, Store
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.nodes import NodeProcess
+from controlplane.testing.pki import harness_pki
 from controlplane.testing.ports import free_port
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import cluster_pb2 as pb
@@ -57,6 +58,8 @@ def pod(name: str, etcd: str, base_dir: str) -> Pod:
     assert env["CONTROLPLANE_NODE_ID"] == name
     # the manifests run plaintext until their certificates land (deploy/base/configmap.yaml)
     assert env["CONTROLPLANE_INSECURE"] == "true"
+    # the harness's etcd wants a client certificate even from a plaintext node
+    env["CONTROLPLANE_ETCD_TLS_DIR"] = os.path.dirname(harness_pki().node(name).cert)
     return Pod(name, port, etcd, base_dir, env=env, tls=PLAINTEXT)
 
 

@@ -49,7 +49,8 @@ def test_etcd_binary_is_shipped_and_missing_one_is_explained() -> None:
 def test_single_member_cluster(etcd: EtcdCluster) -> None:
     assert len(etcd.members) == 1
     assert etcd.endpoints == etcd.members[0].endpoint
-    assert http_health(etcd.endpoints)
+    assert etcd.urls == f"https://{etcd.members[0].endpoint}"
+    assert http_health(etcd.members[0].health_endpoint)
     assert etcd.leader_index() == 0
 
 
@@ -57,17 +58,18 @@ def test_paused_member_stops_answering_and_resumes(etcd: EtcdCluster) -> None:
     member = etcd.members[0]
     member.pause()
     try:
-        assert not http_health(member.endpoint, timeout=0.3)
+        assert not http_health(member.health_endpoint, timeout=0.3)
         assert member.is_running()
     finally:
         member.resume()
-    wait_until(lambda: http_health(member.endpoint), timeout=5, message="etcd after SIGCONT")
+    wait_until(lambda: http_health(member.health_endpoint), timeout=5, message="etcd after SIGCONT")
 
 
 def test_three_members_survive_losing_the_leader(etcd3: EtcdCluster) -> None:
     endpoints = etcd3.endpoints.split(",")
     assert len(endpoints) == len(set(endpoints)) == 3
-    assert all(http_health(ep) for ep in endpoints)
+    health = [m.health_endpoint for m in etcd3.members]
+    assert all(http_health(ep) for ep in health)
 
     leader = etcd3.leader_index()
     assert leader in (0, 1, 2)
@@ -76,7 +78,7 @@ def test_three_members_survive_losing_the_leader(etcd3: EtcdCluster) -> None:
 
     others = [m for i, m in enumerate(etcd3.members) if i != leader]
     wait_until(
-        lambda: all(http_health(m.endpoint) for m in others),
+        lambda: all(http_health(m.health_endpoint) for m in others),
         timeout=10,
         message="the two remaining members to elect a leader",
     )
@@ -85,7 +87,7 @@ def test_three_members_survive_losing_the_leader(etcd3: EtcdCluster) -> None:
 
     etcd3.members[leader].restart()  # same data dir: rejoins as a follower
     assert etcd3.members[leader].is_running()
-    wait_until(lambda: all(http_health(ep) for ep in endpoints), timeout=10)
+    wait_until(lambda: all(http_health(ep) for ep in health), timeout=10)
 
 
 def test_member_that_dies_on_start_reports_its_log(tmp_path: Path) -> None:
@@ -331,7 +333,7 @@ def test_stop_leaves_no_threads_and_is_idempotent(echo: EchoServer) -> None:
 def test_proxy_in_front_of_etcd(
     etcd: EtcdCluster, proxy_factory: Callable[[str], TcpProxy]
 ) -> None:
-    proxy = proxy_factory(etcd.endpoints)
+    proxy = proxy_factory(etcd.members[0].health_endpoint)
     assert http_health(proxy.address)
     proxy.blackhole()
     assert not http_health(proxy.address, timeout=0.3)

@@ -427,7 +427,7 @@ def test_up_on_an_80x24_terminal_keeps_its_title_and_shows_an_exited_node(
         assert row is not None
         # the title line carries its counters: it did not wrap
         assert "3 nodes" in lines[row] and "lease 2s" in lines[row], _screen(lines)
-        assert lines[row + 1].startswith("etcd 127.0.0.1:"), _screen(lines)
+        assert lines[row + 1].startswith("etcd https://127.0.0.1:"), _screen(lines)
         assert any(line.startswith("NODE ") and line.rstrip().endswith("FENCED")
                    for line in lines[row:]), _screen(lines)
         assert any("Ctrl-C to stop" in line for line in lines[row:]), _screen(lines)

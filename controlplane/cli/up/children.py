@@ -13,14 +13,24 @@ tells the user to export as CONTROLPLANE_TLS_DIR) a certificate; `up` itself cal
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from controlplane.channels import LARGE_MESSAGE_OPTIONS
 from controlplane.security import pki
-from controlplane.security.tls import PLAINTEXT, Plaintext, TlsFiles, Transport
+from controlplane.security.tls import (
+    PLAINTEXT,
+    Plaintext,
+    TlsFiles,
+    Transport,
+    channel_credentials,
+)
 from controlplane.serving import ServingProcess
+from controlplane.store.auth import ROOT, EtcdLogin, enable_auth
 from controlplane.store.embedded import EtcdServer
 
 __all__ = ["CHANNEL_OPTIONS", "ETCD_ARGS", "HOST_PREFIX", "AgentChild", "NodeChild",
@@ -34,6 +44,10 @@ CHANNEL_OPTIONS = LARGE_MESSAGE_OPTIONS
 # etcd closes connections whose clients ping more often than every 5 s ("too_many_pings");
 # nodes ping every min(5, ttl/2) s, so short TTLs need a lower floor.
 ETCD_ARGS = ("--grpc-keepalive-min-time=500ms",)
+# the embedded etcd's auth: the nodes' user (a role limited to the key prefix), and the CN
+# of the certificate `up` sets it up with
+ETCD_USER = "controlplane"
+ETCD_ROOT = ROOT
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,9 @@ class UpPki:
     agent: Transport
     admin: Transport
     admin_dir: Path | None  # what the user exports as CONTROLPLANE_TLS_DIR
+    etcd: TlsFiles | None = None  # the embedded etcd member's certificate
+    etcd_root: TlsFiles | None = None  # CN root: sets up etcd auth (store/auth.py)
+    etcd_password_file: Path | None = None  # the nodes' etcd user's password
 
 
 def up_pki(data_dir: str, node_ids: list[str], agent: bool, insecure: bool) -> UpPki:
@@ -60,7 +77,31 @@ def up_pki(data_dir: str, node_ids: list[str], agent: bool, insecure: bool) -> U
     agent_tls: Transport = (TlsFiles.from_dir(pki.issue_identity(
         base, "agent", "agent", hosts=[f"{HOST_PREFIX}*"])) if agent else PLAINTEXT)
     admin_dir = pki.issue_identity(base, "user", "admin", role="admin")
-    return UpPki(nodes, agent_tls, TlsFiles.from_dir(admin_dir), admin_dir)
+    etcd_tls = TlsFiles.from_dir(pki.issue_identity(base, "etcd", "up"))
+    root = TlsFiles.from_dir(pki.issue_identity(base, "user", ETCD_ROOT, role="admin"))
+    password_file = base / "etcd-password"
+    if not password_file.exists():  # kept with the data dir: etcd has the user already
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+    return UpPki(nodes, agent_tls, TlsFiles.from_dir(admin_dir), admin_dir, etcd_tls, root,
+                 password_file)
+
+
+def etcd_login(pki_: UpPki) -> EtcdLogin | None:
+    """The etcd user the nodes log in as (None with --insecure or an external etcd)."""
+    if pki_.etcd_password_file is None:
+        return None
+    return EtcdLogin(ETCD_USER, pki_.etcd_password_file.read_text().strip())
+
+
+def setup_etcd_auth(pki_: UpPki, endpoint: str, prefix: str) -> None:
+    """Turn the embedded etcd's auth on (idempotent: a reused data dir has it on already)."""
+    login = etcd_login(pki_)
+    if login is None or pki_.etcd_root is None:
+        return
+    with grpc.secure_channel(endpoint, channel_credentials(pki_.etcd_root)) as channel:
+        enable_auth(channel, prefix, login)
 
 
 def tls_args(tls: Transport) -> list[str]:
@@ -70,12 +111,14 @@ def tls_args(tls: Transport) -> list[str]:
     return ["--ca", tls.ca, "--cert", tls.cert, "--key", tls.key]
 
 
-def embedded_etcd(data_dir: str, port: int) -> EtcdServer:
+def embedded_etcd(data_dir: str, port: int, tls: TlsFiles | None = None) -> EtcdServer:
     """The single-member etcd of a local cluster: data in DATA/etcd, log in DATA/etcd.log,
-    client port `port`, peer port `port`+1."""
+    client port `port`, peer port `port`+1; with `tls` (not --insecure) client and peer
+    TLS with client certificates required, /health on port+2."""
     return EtcdServer(
         "up", os.path.join(data_dir, "etcd"), client_port=port, peer_port=port + 1,
         extra_args=ETCD_ARGS, log_path=os.path.join(data_dir, "etcd.log"), with_parent=True,
+        tls=tls, metrics_port=port + 2 if tls is not None else None,
     )
 
 
@@ -86,7 +129,9 @@ class NodeChild(ServingProcess):
     channel_options = CHANNEL_OPTIONS
 
     def __init__(self, node_id: str, port: int, metrics_port: int, etcd: str, lease_ttl: int,
-                 data_dir: str, tls: Transport, client_tls: Transport) -> None:
+                 data_dir: str, tls: Transport, client_tls: Transport,
+                 etcd_password_file: Path | None = None) -> None:
+        self.etcd_password_file = etcd_password_file
         self.node_id = node_id
         self.port = port
         self.metrics_port = metrics_port
@@ -115,6 +160,8 @@ class NodeChild(ServingProcess):
             # one directory for every node: on one box it is "mounted everywhere"
             "--image-dir", os.path.join(self.data_dir, "images"),
             *tls_args(self.tls),
+            *(["--etcd-user", ETCD_USER, "--etcd-password-file", str(self.etcd_password_file)]
+              if self.etcd_password_file is not None else []),
         ]  # fmt: skip
 
 

@@ -55,7 +55,8 @@ class Ports:
                        for i in range(self.nodes)]
         if self.etcd is not None:
             wanted += [(self.etcd, "etcd client", "127.0.0.1"),
-                       (self.etcd + 1, "etcd peer", "127.0.0.1")]
+                       (self.etcd + 1, "etcd peer", "127.0.0.1"),
+                       (self.etcd + 2, "etcd health", "127.0.0.1")]
         if self.agent is not None:
             if self.agents == 1:  # the sim agent, and its fault injection beside it
                 wanted += [(self.agent, "agent", "127.0.0.1"),

@@ -28,10 +28,12 @@ from dataclasses import replace
 import grpc
 
 from controlplane.cli.up.children import (
+    ETCD_USER,
     HOST_PREFIX,
     AgentChild,
     NodeChild,
     embedded_etcd,
+    setup_etcd_auth,
     up_pki,
 )
 from controlplane.cli.up.fleet import FLEET_CALL_TIMEOUT, FleetBuilder, FleetSummary
@@ -49,6 +51,7 @@ from controlplane.cli.up.screen import (
 from controlplane.procs import exit_text, log_tail
 from controlplane.serving import ServingProcess, health_status
 from controlplane.store.embedded import EtcdServer
+from controlplane.store.keys import DEFAULT_PREFIX
 from controlplane.v1 import cluster_pb2 as pb
 from controlplane.v1 import cluster_pb2_grpc as pb_grpc
 
@@ -75,16 +78,20 @@ class Supervisor:
         self.temp_dir = args.data_dir is None
         self.data_dir = (tempfile.mkdtemp(prefix="controlplane-up-") if self.temp_dir
                          else os.path.abspath(args.data_dir))
-        self.etcd: EtcdServer | None = (embedded_etcd(self.data_dir, ports.etcd)
-                                        if ports.etcd is not None else None)
-        self._etcd_lost = False  # exited while running: reported once, nothing to stop
-        self.etcd_endpoints: str = self.etcd.endpoint if self.etcd else args.etcd
         node_ids = [f"node-{i}" for i in range(args.nodes)]
         self.pki = up_pki(self.data_dir, node_ids, ports.agent is not None,
                           getattr(args, "insecure", False))
+        self.etcd: EtcdServer | None = (embedded_etcd(self.data_dir, ports.etcd, self.pki.etcd)
+                                        if ports.etcd is not None else None)
+        self._etcd_lost = False  # exited while running: reported once, nothing to stop
+        # the scheme spelled out (https://, or http:// with --insecure): a node neither
+        # falls back to plaintext nor tries TLS with a certificate from the environment
+        self.etcd_endpoints: str = (f"{self.etcd.scheme}://{self.etcd.endpoint}"
+                                    if self.etcd else args.etcd)
         self.nodes = [NodeChild(node_id, ports.node(i), ports.metrics(i),
                                 self.etcd_endpoints, args.lease_ttl, self.data_dir,
-                                self.pki.nodes[node_id], self.pki.admin)
+                                self.pki.nodes[node_id], self.pki.admin,
+                                self.pki.etcd_password_file if self.etcd else None)
                       for i, node_id in enumerate(node_ids)]
         self.views = {n.node_id: NodeView(n.node_id, n.address, n.log_path)
                       for n in self.nodes}
@@ -132,6 +139,10 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             self.say(f"etcd ready on {self.etcd.endpoint}")
+            if self.pki.etcd is not None:
+                setup_etcd_auth(self.pki, self.etcd.endpoint, DEFAULT_PREFIX)
+                self.say("etcd: client and peer TLS, nodes log in as the etcd user "
+                         f"{ETCD_USER!r} (a role limited to {DEFAULT_PREFIX})")
         else:
             self.say(f"using etcd at {self.etcd_endpoints}")
         agent = self.agent

@@ -305,7 +305,7 @@ def start_rig(stack: contextlib.ExitStack, args: argparse.Namespace, tmp: str,
     return Rig(transport, nodes, pickers, vm_ids, owner_addresses,
                {"nodes": [n.pid for n in nodes], "agent": [agent.pid],
                 "etcd": [m.pid for m in etcd.members]},
-               etcd.members[0].client_url, etcd.endpoints, routed,
+               etcd.members[0].metrics_url, etcd.endpoints, routed,
                [n.metrics_port for n in nodes if n.metrics_port] + [agent_metrics], calls)
 
 
