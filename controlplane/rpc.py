@@ -641,7 +641,6 @@ class RpcServer:
         self.server = grpc.server(
             self.unary_pool,
             # Admission first: it sees the final behaviour and names the pool it runs on.
-            # Access next: a refused call reaches no other interceptor or handler.
             # The caller's interceptors (metrics, audit) see the access check's refusals too:
             # a PERMISSION_DENIED is counted and audited like any other answer.
             interceptors=[admission, *interceptors,
