@@ -41,10 +41,20 @@ def hosts(libvirt_hosts: LibvirtHosts) -> Iterator[list[LibvirtHost]]:
         host.cleanup()
 
 
+@pytest.fixture
+def started():  # type: ignore[no-untyped-def]
+    """The agents a test started, killed when it ends however it ends (a failed assert
+    must not leave agent processes behind)."""
+    agents: list[LibvirtAgent] = []
+    yield agents
+    for agent in agents:
+        agent.kill()
+
+
 def start_agents(hosts: list[LibvirtHost], libvirt_hosts: LibvirtHosts,
-                 tmp_path: Path, name: str) -> list[LibvirtAgent]:
+                 tmp_path: Path, name: str, started: list[LibvirtAgent]) -> list[LibvirtAgent]:
     """Host 0 boots slowly, host 1 (the spare HA could pick) quickly."""
-    agents = []
+    agents = started
     for i, host in enumerate(hosts):
         cmdline = guest.kernel_cmdline(slow_boot=SLOW_BOOT if i == 0 else None)
         agent = LibvirtAgent(f"{name}{i}", free_port(), str(tmp_path), f"{name}-h{i}", host,
@@ -81,10 +91,10 @@ def get_vm(node, vm_id: str) -> vm_pb2.Vm:  # type: ignore[no-untyped-def]
 
 
 def test_node_killed_while_a_real_guest_boots_slowly_no_ha_one_copy(
-        etcd, nodes, hosts, libvirt_hosts, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        etcd, nodes, hosts, libvirt_hosts, tmp_path, started) -> None:  # type: ignore[no-untyped-def]
     mns = [nodes.start(f"mn-{i}", etcd.endpoints, lease_ttl=TTL) for i in range(3)]
     wait_until(lambda: all(len(c.ring(n).members) == 3 for n in mns), 10)
-    slow, spare = agents = start_agents(hosts, libvirt_hosts, tmp_path, "seed")
+    slow, spare = agents = start_agents(hosts, libvirt_hosts, tmp_path, "seed", started)
     configure(mns[0], **{"vm.syncInterval": "0.3", "host.pingTimeout": "1",
                          "vm.orphanedSkipTimeout": "600"})
     add_hosts(mns[0], agents)
@@ -119,9 +129,9 @@ def test_node_killed_while_a_real_guest_boots_slowly_no_ha_one_copy(
 
 
 def test_agent_killed_9_and_restarted_mid_start_loses_nothing_and_starts_no_second_copy(
-        etcd, nodes, hosts, libvirt_hosts, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        etcd, nodes, hosts, libvirt_hosts, tmp_path, started) -> None:  # type: ignore[no-untyped-def]
     node = nodes.start("mn-0", etcd.endpoints, lease_ttl=TTL)
-    slow, spare = agents = start_agents(hosts, libvirt_hosts, tmp_path, "akill")
+    slow, spare = agents = start_agents(hosts, libvirt_hosts, tmp_path, "akill", started)
     configure(node, **{"vm.syncInterval": "0.5", "host.pingTimeout": "2",
                        "host.pingFailures": "3"})
     add_hosts(node, agents)
