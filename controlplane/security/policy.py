@@ -41,6 +41,8 @@ _TABLE: dict[str, dict[str, str]] = {
     "grpc.reflection.v1alpha.ServerReflection": {"*": "reader"},
     "grpc.reflection.v1.ServerReflection": {"*": "reader"},
     _V1 + "ClusterService": {"*": "reader"},
+    # who did what is for the operators who may change things (Kubernetes: audit is admin)
+    _V1 + "AuditService": {"ListAuditRecords": "admin"},
     _V1 + "ConfigService": {"GetConfig": "reader", "ListConfig": "reader",
                             "UpdateConfig": "admin"},
     _V1 + "HostService": {"GetHost": "reader", "ListHosts": "reader",
