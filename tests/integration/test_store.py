@@ -19,7 +19,9 @@ def test_unreachable_etcd_fails_within_budget() -> None:
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
         store.list_prefix("/x/")
-    assert time.monotonic() - started < 2.5
+    # bounded by the budget (1 s), not by a TCP timeout of minutes; the slack is for a
+    # loaded machine (TLS to the closed port included)
+    assert time.monotonic() - started < 5.0
     store.close()
 
 
@@ -80,9 +82,9 @@ def test_watch_resumes_after_etcd_restart_without_gaps(etcd: EtcdCluster) -> Non
     wait_until(lambda: len(got) == 3, timeout=5)
     etcd.members[0].stop()
     etcd.members[0].restart()
-    store.put("/w/4", b"x", budget=10)
-    store.delete("/w/1")
-    wait_until(lambda: len(got) == 5, timeout=10)
+    store.put("/w/4", b"x", budget=30)
+    store.delete("/w/1", budget=30)
+    wait_until(lambda: len(got) == 5, timeout=30)
     assert [k for _, k, _ in got] == ["/w/1", "/w/2", "/w/3", "/w/4", "/w/1"]
     assert [kind for kind, _, _ in got][-1] == "delete"
     revisions = [r for _, _, r in got]
