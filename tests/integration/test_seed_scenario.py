@@ -110,10 +110,12 @@ def test_node_killed_while_ha_vm_is_starting(case, etcd, nodes, agents) -> None:
         # HA could not tell; the generation guard leaves exactly one copy once the late
         # start on the first host has finished and been stopped as a stray
         assert (final.host_id, final.generation) == (other, 2)
-        audit = wait_until(lambda: any(r.action == "stop-stray" for r in (
-            a := c.vms(survivor).ListHaAudit(vm_pb2.ListHaAuditRequest(vm_id=vm_id),
-                                             timeout=5).records)) and a,
-            START_DELAY + 30,
+        def stray_stopped():  # type: ignore[no-untyped-def]
+            records = c.vms(survivor).ListHaAudit(vm_pb2.ListHaAuditRequest(vm_id=vm_id),
+                                                  timeout=5).records
+            return any(r.action == "stop-stray" for r in records) and records
+
+        audit = wait_until(stray_stopped, START_DELAY + 30,
             message="the late copy on the first host is stopped as a stray")
         assert [a.action for a in audit] == ["restart", "stop-stray"], [str(a) for a in audit]
         assert audit[1].from_host == origin and audit[1].generation == 1
