@@ -139,3 +139,11 @@ def enable_auth(channel: grpc.Channel, prefix: str, login: EtcdLogin,
     add_user(channel, login, [role], timeout)
     auth.AuthEnable(etcdrpc.AuthEnableRequest(), timeout=timeout)
     log.info("etcd auth enabled: user %r limited to %s", login.user, prefix)
+
+
+def enable_auth_at(endpoint: str, root_credentials: grpc.ChannelCredentials, prefix: str,
+                   login: EtcdLogin, timeout: float = 5.0) -> None:
+    """`enable_auth` over a channel of its own to `endpoint` (store/ is the one place a
+    channel to etcd is opened)."""
+    with grpc.secure_channel(endpoint, root_credentials) as channel:
+        enable_auth(channel, prefix, login, timeout)

@@ -18,8 +18,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from controlplane.channels import LARGE_MESSAGE_OPTIONS
 from controlplane.security import pki
 from controlplane.security.tls import (
@@ -30,7 +28,7 @@ from controlplane.security.tls import (
     channel_credentials,
 )
 from controlplane.serving import ServingProcess
-from controlplane.store.auth import ROOT, EtcdLogin, enable_auth
+from controlplane.store.auth import ROOT, EtcdLogin, enable_auth_at
 from controlplane.store.embedded import EtcdServer
 
 __all__ = ["CHANNEL_OPTIONS", "ETCD_ARGS", "HOST_PREFIX", "AgentChild", "NodeChild",
@@ -100,8 +98,7 @@ def setup_etcd_auth(pki_: UpPki, endpoint: str, prefix: str) -> None:
     login = etcd_login(pki_)
     if login is None or pki_.etcd_root is None:
         return
-    with grpc.secure_channel(endpoint, channel_credentials(pki_.etcd_root)) as channel:
-        enable_auth(channel, prefix, login)
+    enable_auth_at(endpoint, channel_credentials(pki_.etcd_root), prefix, login)
 
 
 def tls_args(tls: Transport) -> list[str]:
