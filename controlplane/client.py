@@ -29,7 +29,10 @@ an UNAVAILABLE marked `controlplane.metadata.UNREACHABLE` means a dependency of 
 agent, etcd, an MDS) is out of reach and the call may have had effects: it is raised at once,
 as the nodes' router does. A FAILED_PRECONDITION carrying a newer ring epoch is retried too
 (real nodes send it only to a forwarded call, never to a client: a guard, see call_unary).
-Server streams are not retried: a stream cannot be resumed midway.
+Server streams are not retried: a stream cannot be resumed midway. A retried call may have
+had effects the first time (its owner died after beginning the op): every request type with
+a `request_id` gets one per call (`with_request_id`, the same for each retry), and the node
+answers a retry with the op its first attempt began (AIP-155), not with "busy".
 
 Transport: `tls=` is the client's identity, `TlsFiles` (mutual TLS: the nodes' CA, the
 client's certificate and key, e.g. `TlsFiles.from_dir("<up data dir>/tls/admin")`) or
@@ -50,6 +53,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -158,6 +162,25 @@ def list_all(call: Callable[..., M], request: Any, field: str, **kwargs: Any) ->
     merged.ClearField(field)
     getattr(merged, field).extend(items)
     return merged
+
+
+def with_request_id(request: M) -> M:
+    """The request with an idempotency key (AIP-155), when its type has a `request_id` and
+    the caller gave none: a copy, so every retry of this call sends the same key.
+
+    Why: an attempt can die after the node began the op (its owner killed mid-call, a
+    connection cut); the retry must join that op, not be refused as busy with it nor begin
+    a second one. A CreateVm without a vm_id gets one here too (the node's own form), so
+    the retry names the same VM, and the call is routed straight to its owner."""
+    fields = request.DESCRIPTOR.fields_by_name  # type: ignore[attr-defined]
+    if "request_id" not in fields or request.request_id:  # type: ignore[attr-defined]
+        return request
+    keyed = type(request)()
+    keyed.CopyFrom(request)  # type: ignore[attr-defined]
+    keyed.request_id = uuid.uuid4().hex  # type: ignore[attr-defined]
+    if isinstance(keyed, vm_pb2.CreateVmRequest) and not keyed.vm_id:
+        keyed.vm_id = f"vm-{uuid.uuid4().hex[:12]}"
+    return keyed
 
 
 def resource_field(service: ServiceDescriptor, method: MethodDescriptor) -> str | None:
@@ -496,6 +519,7 @@ class Client:
         Raises the last grpc.RpcError when every attempt failed."""
         budget = self.timeout if timeout is _DEFAULT else timeout
         deadline = None if budget is None else time.monotonic() + float(budget)  # type: ignore[arg-type]
+        request = with_request_id(request)
         resource_id = getattr(request, resource) if resource else ""
 
         def attempt() -> Any:

@@ -30,23 +30,25 @@ class ImageInfo(_message.Message):
     def __init__(self, image_id: _Optional[str] = ..., virtual_size: _Optional[int] = ..., actual_size: _Optional[int] = ...) -> None: ...
 
 class LastOp(_message.Message):
-    __slots__ = ("op_id", "kind", "outcome", "node_id", "finished_at", "detail")
+    __slots__ = ("op_id", "kind", "outcome", "node_id", "finished_at", "detail", "request_id")
     OP_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     op_id: str
     kind: str
     outcome: str
     node_id: str
     finished_at: _timestamp_pb2.Timestamp
     detail: str
-    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., outcome: _Optional[str] = ..., node_id: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., outcome: _Optional[str] = ..., node_id: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Vm(_message.Message):
-    __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op")
+    __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op", "create_request_id")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +66,7 @@ class Vm(_message.Message):
     STATE_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_OP_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
+    CREATE_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     name: str
     state: str
@@ -81,10 +84,11 @@ class Vm(_message.Message):
     state_changed_at: _timestamp_pb2.Timestamp
     last_op: LastOp
     op: Op
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ...) -> None: ...
+    create_request_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ..., create_request_id: _Optional[str] = ...) -> None: ...
 
 class Op(_message.Message):
-    __slots__ = ("op_id", "vm_id", "kind", "node_id", "incarnation", "started_at", "deadline", "host_id", "generation", "orphaned_at")
+    __slots__ = ("op_id", "vm_id", "kind", "node_id", "incarnation", "started_at", "deadline", "host_id", "generation", "orphaned_at", "request_id")
     OP_ID_FIELD_NUMBER: _ClassVar[int]
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +99,7 @@ class Op(_message.Message):
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     ORPHANED_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     op_id: str
     vm_id: str
     kind: str
@@ -105,7 +110,8 @@ class Op(_message.Message):
     host_id: str
     generation: int
     orphaned_at: _timestamp_pb2.Timestamp
-    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host_id: _Optional[str] = ..., generation: _Optional[int] = ..., orphaned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host_id: _Optional[str] = ..., generation: _Optional[int] = ..., orphaned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class HaAudit(_message.Message):
     __slots__ = ("vm_id", "decided_at", "node_id", "action", "from_host", "to_host", "generation", "reason", "evidence", "op_id")
@@ -132,7 +138,7 @@ class HaAudit(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., action: _Optional[str] = ..., from_host: _Optional[str] = ..., to_host: _Optional[str] = ..., generation: _Optional[int] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Iterable[str]] = ..., op_id: _Optional[str] = ...) -> None: ...
 
 class CreateVmRequest(_message.Message):
-    __slots__ = ("vm_id", "name", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "host_id", "start", "wait")
+    __slots__ = ("vm_id", "name", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "host_id", "start", "wait", "request_id")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HA_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +149,7 @@ class CreateVmRequest(_message.Message):
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     name: str
     ha: HaLevel
@@ -153,7 +160,8 @@ class CreateVmRequest(_message.Message):
     host_id: str
     start: bool
     wait: bool
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., host_id: _Optional[str] = ..., start: _Optional[bool] = ..., wait: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., host_id: _Optional[str] = ..., start: _Optional[bool] = ..., wait: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ListVmsRequest(_message.Message):
     __slots__ = ("host_id", "state", "page_size", "page_token")
@@ -222,14 +230,16 @@ class CreateVmResponse(_message.Message):
     def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
 
 class StartVmRequest(_message.Message):
-    __slots__ = ("vm_id", "wait", "host_id")
+    __slots__ = ("vm_id", "wait", "host_id", "request_id")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     wait: bool
     host_id: str
-    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., host_id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., host_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StartVmResponse(_message.Message):
     __slots__ = ("vm",)
@@ -238,14 +248,16 @@ class StartVmResponse(_message.Message):
     def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
 
 class StopVmRequest(_message.Message):
-    __slots__ = ("vm_id", "wait", "force")
+    __slots__ = ("vm_id", "wait", "force", "request_id")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     wait: bool
     force: bool
-    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., force: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StopVmResponse(_message.Message):
     __slots__ = ("vm",)
@@ -254,12 +266,14 @@ class StopVmResponse(_message.Message):
     def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
 
 class RebootVmRequest(_message.Message):
-    __slots__ = ("vm_id", "wait")
+    __slots__ = ("vm_id", "wait", "request_id")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     wait: bool
-    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RebootVmResponse(_message.Message):
     __slots__ = ("vm",)
@@ -268,12 +282,14 @@ class RebootVmResponse(_message.Message):
     def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
 
 class PauseVmRequest(_message.Message):
-    __slots__ = ("vm_id", "wait")
+    __slots__ = ("vm_id", "wait", "request_id")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     wait: bool
-    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PauseVmResponse(_message.Message):
     __slots__ = ("vm",)
@@ -282,12 +298,14 @@ class PauseVmResponse(_message.Message):
     def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
 
 class ResumeVmRequest(_message.Message):
-    __slots__ = ("vm_id", "wait")
+    __slots__ = ("vm_id", "wait", "request_id")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     wait: bool
-    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ResumeVmResponse(_message.Message):
     __slots__ = ("vm",)
@@ -296,14 +314,16 @@ class ResumeVmResponse(_message.Message):
     def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
 
 class DestroyVmRequest(_message.Message):
-    __slots__ = ("vm_id", "wait", "force")
+    __slots__ = ("vm_id", "wait", "force", "request_id")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     wait: bool
     force: bool
-    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., force: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DestroyVmResponse(_message.Message):
     __slots__ = ("vm",)

@@ -52,6 +52,9 @@ class Begun:
     revision: int  # mod_revision of both the VM record and the op record
     # Begun by HA: a failed outcome also writes a restart-failed audit record (same txn).
     ha_from: str | None = None
+    # A retry of the call that began `op` (same request_id): nothing new to run. `op` is
+    # empty when that op has finished already (`vm.last_op` says how).
+    joined: bool = False
 
 
 def new_op_id() -> str:
@@ -67,6 +70,7 @@ class Operations:
         self._stopping = threading.Event()
         self._device_syncs: set[str] = set()
         self._lock = threading.Lock()
+        self._running: dict[str, futures.Future[vm_pb2.Vm]] = {}  # op id -> its execution
         # The lock keys of a VM's images (from the node: its image cache knows them). A
         # start compares them absent in its begin txn, and an offline image operation
         # checks the VM after taking its lock: whichever commits first wins, never both.
@@ -101,13 +105,20 @@ class Operations:
 
     # -- begin ----------------------------------------------------------------------
 
-    def begin(self, vm_id: str, kind: str, host_id: str = "", force: bool = False) -> Begun:
+    def begin(self, vm_id: str, kind: str, host_id: str = "", force: bool = False,
+              request_id: str = "") -> Begun:
         """Record the operation (state + op) in one fenced CAS txn; raises a
         `controlplane.errors` kind when refused.
 
         A lost compare may be our own write: a txn attempt that timed out (an etcd leader
         change) can still be committed, and the store's retry of it then fails its compare.
-        So the re-read first checks whether the op in etcd is the one we tried to write."""
+        So the re-read first checks whether the op in etcd is the one we tried to write.
+
+        `request_id` (the caller's idempotency key): when the op in flight, or the VM's last
+        finished op, was begun by a call with the same key, the answer is that op (`joined`)
+        instead of a refusal. A client whose first attempt died with the connection (an
+        owner killed mid-call) cannot know whether the op began; its retry must not fail
+        as "busy with" its own op, nor begin a second one."""
         tried: set[str] = set()  # op ids of our txns that lost their compare
         for attempt in range(5):
             # First from the watch-fed caches (no etcd read): the CAS proves them current.
@@ -119,11 +130,16 @@ class Operations:
                          "lost)", vm_id, kind, op.op_id,
                          extra={"vm_id": vm_id, "host_id": op.host_id, "op_id": op.op_id})
                 return Begun(vm, op, op_rev)
+            if request_id and vm is not None:
+                joined = self._joined(vm, op, op_rev, kind, request_id)
+                if joined is not None:
+                    return joined
             locks = self.image_locks(vm_id) if kind == "start" else []
             try:
                 if vm is None:
                     raise errors.NotFound(f"no VM {vm_id!r}")
                 new, record = self._prepare(vm, op, op_rev, kind, host_id)
+                record.request_id = request_id
                 if not cached:
                     self._check_images_free(vm_id, locks)
             except errors.DomainError:
@@ -149,6 +165,30 @@ class Operations:
                      extra={"vm_id": vm_id, "host_id": new.host_id, "op_id": record.op_id})
             return Begun(new, record, result.revision)
         raise errors.Busy(f"VM {vm_id} kept changing; retry")
+
+    @staticmethod
+    def _joined(vm: vm_pb2.Vm, op: vm_pb2.Op | None, op_rev: int, kind: str,
+                request_id: str) -> Begun | None:
+        """The op a call with this `request_id` began already, if any (see `begin`)."""
+        if op is not None and op.request_id == request_id:
+            began_kind = op.kind
+        elif vm.last_op.request_id == request_id:  # finished (another op may run now)
+            began_kind = vm.last_op.kind
+        else:
+            return None
+        if began_kind != kind:
+            raise errors.Invalid(f"request_id {errors.shown(request_id)} began a {began_kind} "
+                                 f"of VM {vm.vm_id}, not a {kind}")
+        op_id = op.op_id if op is not None and op.request_id == request_id else vm.last_op.op_id
+        log.info("vm %s: %s with request %s joins op %s", vm.vm_id, kind, request_id, op_id,
+                 extra={"vm_id": vm.vm_id, "host_id": vm.host_id, "op_id": op_id})
+        ours = op is not None and op.request_id == request_id
+        return Begun(vm, op if ours else vm_pb2.Op(), op_rev, joined=True)  # type: ignore[arg-type]
+
+    def running(self, op_id: str) -> futures.Future[vm_pb2.Vm] | None:
+        """The execution of op `op_id` when this node runs it (for a joined call to wait)."""
+        with self._lock:
+            return self._running.get(op_id)
 
     def _check_images_free(self, vm_id: str, locks: list[str]) -> None:
         for key in locks:
@@ -245,7 +285,17 @@ class Operations:
         return leaf.path if leaf is not None else ""
 
     def submit(self, begun: Begun, force: bool = False) -> futures.Future[vm_pb2.Vm]:
-        return self._pool.submit(self.execute, begun, force)
+        future = self._pool.submit(self.execute, begun, force)
+        op_id = begun.op.op_id
+        with self._lock:
+            self._running[op_id] = future
+
+        def forget(_: futures.Future[vm_pb2.Vm]) -> None:
+            with self._lock:
+                self._running.pop(op_id, None)
+
+        future.add_done_callback(forget)
+        return future
 
     def execute(self, begun: Begun, force: bool = False) -> vm_pb2.Vm:
         """Call the agent, then record the outcome. Returns the VM as finally written."""
@@ -327,7 +377,7 @@ class Operations:
                 new.devices.CopyFrom(devices)
             new.last_op.CopyFrom(vm_pb2.LastOp(
                 op_id=op.op_id, kind=op.kind, outcome=outcome, node_id=self.ctx.node_id,
-                finished_at=wiretime.now(), detail=detail))
+                finished_at=wiretime.now(), detail=detail, request_id=op.request_id))
             writes = [t.put(keys.vm(vm_id), new.SerializeToString()), t.delete(keys.op(vm_id))]
             if begun.ha_from is not None and outcome == "failed":
                 # The failed attempt is part of the retry state the next attempt reads.

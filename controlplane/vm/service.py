@@ -146,29 +146,57 @@ class VmServicer(pb_grpc.VmServiceServicer):
                            state="Created", ha=request.ha, cpus=request.cpus or 1,
                            memory_mb=request.memory_mb or 512, image=request.image,
                            root_disk_offering_size=request.root_disk_offering_size,
-                           root_disk_size=disk, created_at=now, state_changed_at=now)
+                           root_disk_size=disk, created_at=now, state_changed_at=now,
+                           create_request_id=request.request_id)
             key = self.ctx.keys.vm(request.vm_id)
-            self.ctx.write(
-                [t.absent(key)], [t.put(key, vm.SerializeToString())],
-                errors.Exists(f"VM {request.vm_id!r} already exists"))
-            log.info("vm %s created (root disk %d bytes, ha %s)", vm.vm_id, disk,
-                     names.short(vm_pb2.HaLevel, vm.ha), extra={"vm_id": vm.vm_id})
+            exists = errors.Exists(f"VM {request.vm_id!r} already exists")
+            try:
+                self.ctx.write([t.absent(key)], [t.put(key, vm.SerializeToString())], exists)
+            except errors.Exists:
+                vm = self._created_by(request)  # a retry of the call that created it?
+                if vm is None:
+                    raise
+            else:
+                log.info("vm %s created (root disk %d bytes, ha %s)", vm.vm_id, disk,
+                         names.short(vm_pb2.HaLevel, vm.ha), extra={"vm_id": vm.vm_id})
             if request.start:
                 vm = self._operate(vm.vm_id, "start", context, request.wait,
-                                   host_id=request.host_id)
+                                   host_id=request.host_id, request_id=request.request_id)
             return vm_pb2.CreateVmResponse(vm=vm)
 
         return route_unary(self.router, pb_grpc.VmServiceStub, "CreateVm", request.vm_id,
                            request, context, local)
 
+    def _created_by(self, request: vm_pb2.CreateVmRequest) -> vm_pb2.Vm | None:
+        """The VM record, when the call with this request's `request_id` created it (a
+        client retrying a create whose answer it lost); else None."""
+        if not request.request_id:
+            return None
+        vm, _, _, _ = self.operations.read(request.vm_id)
+        if vm is None or vm.create_request_id != request.request_id:
+            return None
+        log.info("vm %s: create with request %s answered again", vm.vm_id, request.request_id,
+                 extra={"vm_id": vm.vm_id})
+        return vm
+
     # -- operations -----------------------------------------------------------------
 
     def _operate(self, vm_id: str, kind: str, context: grpc.ServicerContext, wait: bool,
-                 host_id: str = "", force: bool = False) -> vm_pb2.Vm:
-        begun = self.operations.begin(vm_id, kind, host_id=host_id, force=force)
-        future = self.operations.submit(begun, force)
+                 host_id: str = "", force: bool = False, request_id: str = "") -> vm_pb2.Vm:
+        begun = self.operations.begin(vm_id, kind, host_id=host_id, force=force,
+                                      request_id=request_id)
         answer = vm_pb2.Vm()
         answer.CopyFrom(begun.vm)
+        if begun.joined:
+            # A retry of the call that began the op: wait for it when this node runs it;
+            # an op of another node (a dead owner's orphan) is answered as in flight.
+            future = self.operations.running(begun.op.op_id) if begun.op.op_id else None
+            if future is None:
+                if begun.op.op_id:
+                    answer.op.CopyFrom(begun.op)
+                return answer
+        else:
+            future = self.operations.submit(begun, force)
         answer.op.CopyFrom(begun.op)
         if wait:
             # Answer "still in flight" well before the caller's deadline, so a loaded
@@ -190,7 +218,8 @@ class VmServicer(pb_grpc.VmServiceServicer):
         return route_unary(
             self.router, pb_grpc.VmServiceStub, method, request.vm_id, request, context,
             lambda: answer(vm=self._operate(request.vm_id, kind, context, request.wait,
-                                            host_id=host_id, force=force)))
+                                            host_id=host_id, force=force,
+                                            request_id=request.request_id)))
 
     def StartVm(self, request: vm_pb2.StartVmRequest, context: grpc.ServicerContext
                 ) -> vm_pb2.StartVmResponse:

@@ -100,6 +100,7 @@ class Syncer:
             vm.last_op.CopyFrom(vm_pb2.LastOp(
                 op_id=action.op.op_id, kind=action.op.kind, outcome=action.op_outcome,
                 node_id=self.ctx.node_id, finished_at=wiretime.now(),
+                request_id=op.request_id if op else "",
                 detail=f"op of {action.op.node_id} incarnation {action.op.incarnation}"
                 + (f", orphaned at {wiretime.seconds(op.orphaned_at):.3f}"
                    if op and op.HasField("orphaned_at") else "")))
