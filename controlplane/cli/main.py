@@ -19,7 +19,18 @@ from collections.abc import Callable, Sequence
 
 from controlplane import __version__
 from controlplane.agent.main import add_agent_parser, run_agent
-from controlplane.cli import audit, certs, cluster, common, config, etcd, hosts, images, storage, vms
+from controlplane.cli import (
+    audit,
+    certs,
+    cluster,
+    common,
+    config,
+    etcd,
+    hosts,
+    images,
+    storage,
+    vms,
+)
 from controlplane.cli.up import add_up_parser, run_up
 from controlplane.config import argtypes
 from controlplane.config.settings import (
