@@ -55,6 +55,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
@@ -438,6 +439,12 @@ class Health(health.HealthServicer):
             name: health_pb2.HealthCheckResponse(status=status)
             for name, status in statuses.items()})
 
+    def serving(self, service: str) -> bool:
+        """Is `service` SERVING (what Check would answer)? For the HTTP probes
+        (`serve_metrics`), which must say exactly what grpc.health.v1 says."""
+        with self._lock:
+            return self._server_status.get(service) == SERVING
+
 
 class StreamBudget:
     """A count of open streams with a cap. `try_acquire` never waits: a stream beyond the
@@ -741,14 +748,48 @@ def serve_until_signal(start: Callable[[], Stoppable],
     return 0
 
 
-def serve_metrics(port: int, address: str) -> None:
-    """Serve the Prometheus endpoint when `port` is set (0: off). RuntimeError when it
-    cannot be bound (a start inside serve_until_signal then exits 1 with that line)."""
+# HTTP paths of the probes on the metrics port -> the grpc.health.v1 service they report
+HTTP_PROBES = {"/livez": "liveness", "/readyz": "readiness"}
+
+
+def serve_metrics(port: int, address: str, health: Health | None = None) -> None:
+    """Serve the Prometheus endpoint when `port` is set (0: off); with `health`, also
+    `HTTP_PROBES`: 200 "ok" while that grpc.health.v1 service is SERVING, else 503.
+
+    Why health over plain HTTP here: Kubernetes' own probes (grpc, httpGet) speak no mutual
+    TLS, and the gRPC port requires a client certificate. The metrics port is plaintext
+    already (Prometheus scrapes it), so it answers the probes too: no extra port, no exec of
+    a Python interpreter per probe, and it tells nothing beyond two booleans (deploy/README).
+    RuntimeError when the port cannot be bound (a start inside serve_until_signal then exits
+    1 with that line)."""
     if not port:
         return
-    from prometheus_client import start_http_server
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        service = HTTP_PROBES.get(environ.get("PATH_INFO", ""))
+        if health is None or service is None:
+            return metrics_app(environ, start_response)
+        ok = health.serving(service)
+        body = b"ok\n" if ok else b"not serving\n"
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's
+            pass  # a probe every 2 s is not a log line
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
 
     try:
-        start_http_server(port, addr=address)
+        httpd = make_server(address, port, app, Server, handler_class=Quiet)
     except OSError as exc:
         raise RuntimeError(f"cannot serve metrics on {address}:{port}: {exc}") from exc
+    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()

@@ -161,7 +161,8 @@ class ManagementNode:
         self.audit.start()
         rpc.start(ready=False)
         serve_metrics(self.settings.metrics_port,
-                      metrics_bind_address(self.settings.metrics_address, self.settings.listen))
+                      metrics_bind_address(self.settings.metrics_address, self.settings.listen),
+                      health=rpc.health)
         log.info("listening on %s (advertised %s), etcd %s, lease ttl %ds",
                  self.settings.listen, self.settings.advertise, self.settings.etcd,
                  self.settings.lease_ttl)

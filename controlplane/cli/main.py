@@ -19,7 +19,18 @@ from collections.abc import Callable, Sequence
 
 from controlplane import __version__
 from controlplane.agent.main import add_agent_parser, run_agent
-from controlplane.cli import audit, certs, cluster, common, config, hosts, images, storage, vms
+from controlplane.cli import (
+    audit,
+    certs,
+    cluster,
+    common,
+    config,
+    etcd,
+    hosts,
+    images,
+    storage,
+    vms,
+)
 from controlplane.cli.up import add_up_parser, run_up
 from controlplane.config import argtypes
 from controlplane.config.settings import (
@@ -165,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_parsers(sub)
     certs.add_parsers(sub)
     audit.add_parsers(sub)
+    etcd.add_parsers(sub)
     _add_bench_parsers(sub)
     _add_completion_parser(sub, parser)
     return parser

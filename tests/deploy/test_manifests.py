@@ -116,7 +116,16 @@ def find(docs: list[Doc], kind: str, name: str) -> Doc:
 
 
 def workloads(docs: list[Doc]) -> list[Doc]:
-    return [d for d in docs if d["kind"] in ("StatefulSet", "Deployment", "DaemonSet")]
+    return [d for d in docs if d["kind"] in ("StatefulSet", "Deployment", "DaemonSet", "Job")]
+
+
+# API groups of the custom resources used (cert-manager, Prometheus Operator): their CRDs
+# are not in kubernetes-validate, so test_tls_manifests.py checks their structure itself.
+CUSTOM_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")
+
+
+def custom_resource(doc: Doc) -> bool:
+    return doc["apiVersion"].startswith(CUSTOM_GROUPS)
 
 
 def main_container(workload: Doc) -> Doc:
@@ -240,6 +249,8 @@ def test_every_document_validates_against_kubernetes_1_37(
     docs = rendered[target]
     assert docs
     for doc in docs:
+        if custom_resource(doc):
+            continue  # no schema in kubernetes-validate: test_tls_manifests checks these
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -322,7 +333,7 @@ def test_mn_etcd_endpoints_are_the_etcd_members(
     etcd = find(docs, "StatefulSet", ETCD)
     env = pod_environment(docs, mn, main_container(mn), f"{MN}-0")
     client_port = container_ports(etcd)["client"]
-    members = {f"{ETCD}-{i}.{etcd['spec']['serviceName']}:{client_port}"
+    members = {f"https://{ETCD}-{i}.{etcd['spec']['serviceName']}:{client_port}"
                for i in range(etcd["spec"]["replicas"])}
     assert set(env["CONTROLPLANE_ETCD"].split(",")) == members
 
@@ -331,23 +342,31 @@ def test_mn_etcd_endpoints_are_the_etcd_members(
 
 
 @pytest.mark.parametrize("target", ["base", *OVERLAYS])
-def test_probes_are_grpc_health_on_the_serving_port(
+def test_probes_are_http_health_on_the_metrics_port(
         rendered: dict[str, list[Doc]], target: str) -> None:
+    """The gRPC port is mutual TLS, which the kubelet's probes cannot speak: they ask the
+    plaintext metrics port, whose /livez and /readyz follow grpc.health.v1 `liveness` and
+    `readiness` (controlplane/rpc.py HTTP_PROBES; tests/integration/test_http_probes.py)."""
+    from controlplane.rpc import HTTP_PROBES
+
     docs = rendered[target]
     mn = find(docs, "StatefulSet", MN)
     container = main_container(mn)
-    grpc_port = container_ports(mn)["grpc"]
+    ports = container_ports(mn)
     expected = {"livenessProbe": "liveness", "readinessProbe": "readiness",
                 "startupProbe": "liveness"}
     for probe_name, service in expected.items():
         if probe_name == "startupProbe" and probe_name not in container:
             continue
-        probe = container[probe_name]["grpc"]
-        assert isinstance(probe["port"], int), f"{probe_name}: the port must be a number"
-        assert probe["port"] == grpc_port, f"{probe_name} probes {probe['port']}"
-        assert probe["service"] == service
+        probe = container[probe_name]
+        assert set(probe) & {"grpc", "httpGet", "exec", "tcpSocket"} == {"httpGet"}, probe_name
+        port = probe["httpGet"]["port"]
+        assert port in ("metrics", ports["metrics"]), f"{probe_name} probes port {port}"
+        assert HTTP_PROBES[probe["httpGet"]["path"]] == service, probe_name
+        assert probe["httpGet"].get("scheme", "HTTP") == "HTTP"
     env = pod_environment(docs, mn, container, f"{MN}-0")
-    assert env["CONTROLPLANE_LISTEN"].rpartition(":")[2] == str(grpc_port)
+    assert env["CONTROLPLANE_LISTEN"].rpartition(":")[2] == str(ports["grpc"])
+    assert env["CONTROLPLANE_METRICS_PORT"] == str(ports["metrics"])
 
 
 @pytest.mark.parametrize("target", ["base", *OVERLAYS])
@@ -381,7 +400,9 @@ def test_the_command_parses_the_rendered_pod_environment(
     settings = serve_settings(docs, f"{MN}-1")
     ports = container_ports(mn)
     assert settings["node_id"] == f"{MN}-1"
-    assert settings["advertise"] == f"{FAKE_POD_IP}:{ports['grpc']}"
+    namespace = mn["metadata"].get("namespace", "default")
+    assert settings["advertise"] == (f"{MN}-1.{mn['spec']['serviceName']}.{namespace}.svc:"
+                                     f"{ports['grpc']}")
     assert settings["listen"] == f"0.0.0.0:{ports['grpc']}"
     assert settings["metrics_port"] == ports["metrics"]
     # scraped from outside the pod: the metrics follow the 0.0.0.0 listen host
@@ -390,8 +411,12 @@ def test_the_command_parses_the_rendered_pod_environment(
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
     assert annotations["prometheus.io/path"] == "/metrics"
-    # plaintext on purpose until the cert-manager Certificates land (configmap.yaml)
-    assert settings["tls"] == "PLAINTEXT"
+    # mutual TLS, and the etcd client identity of its own (test_tls_manifests checks the
+    # directories against the mounts)
+    assert isinstance(settings["tls"], dict), settings["tls"]  # TlsFiles, not PLAINTEXT
+    assert settings["tls"]["cert"].endswith("/tls.crt")
+    assert isinstance(settings["etcd_tls"], dict) and settings["etcd_tls"] != settings["tls"]
+    assert settings["etcd_user"] == ""  # etcd takes the client certificate's CN
     if target == "overlays/dev":
         assert (settings["lease_ttl"], settings["log_format"]) == (5, "text")
     if target == "overlays/prod":
@@ -520,14 +545,14 @@ def test_etcd_bootstraps_from_its_stable_pod_names(
     args = container["args"]
     ports = container_ports(etcd)
     domain = spec["serviceName"]
-    expected = ",".join(f"{ETCD}-{i}=http://{ETCD}-{i}.{domain}:{ports['peer']}"
+    expected = ",".join(f"{ETCD}-{i}=https://{ETCD}-{i}.{domain}:{ports['peer']}"
                         for i in range(spec["replicas"]))
     assert spec["replicas"] == 3
     assert flag(args, "initial-cluster") == expected
     assert flag(args, "name") == "$(POD_NAME)"
-    assert flag(args, "initial-advertise-peer-urls") == f"http://$(POD_NAME).{domain}:" \
+    assert flag(args, "initial-advertise-peer-urls") == f"https://$(POD_NAME).{domain}:" \
         f"{ports['peer']}"
-    assert flag(args, "advertise-client-urls") == f"http://$(POD_NAME).{domain}:" \
+    assert flag(args, "advertise-client-urls") == f"https://$(POD_NAME).{domain}:" \
         f"{ports['client']}"
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} \
         in container["env"]

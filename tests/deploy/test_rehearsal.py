@@ -4,9 +4,11 @@ Three `controlplane serve` processes get their settings only from the environmen
 rendered dev overlay gives a pod (ConfigMap via envFrom, downward API pod name as node id),
 with only what differs on one machine replaced: every "pod" is on 127.0.0.1, so each gets
 its own port, and etcd is the test's. A Service is emulated the way
-Kubernetes does it: clients go round-robin to endpoints whose readiness probe last said
-SERVING, and retry another endpoint on UNAVAILABLE. The pods are then rolled one at a time,
-highest ordinal first, each SIGTERMed and restarted and waited for Ready before the next.
+Kubernetes does it: clients go round-robin to endpoints whose readiness probe (the
+manifests' httpGet /readyz on the metrics port) last answered 200, and retry another
+endpoint on UNAVAILABLE. Calls are mutual TLS, as in the cluster. The pods are then rolled
+one at a time, highest ordinal first, each SIGTERMed and restarted and waited for Ready
+before the next.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import itertools
 import os
 import sys
 import threading
+import urllib.request
 
 import grpc
 from test_manifests import DEPLOY, MN, find, main_container, pod_environment, render
 
 from controlplane.channels import open_channel
 from controlplane.cluster.view import ClusterView
-from controlplane.security.tls import PLAINTEXT
 from controlplane.store import Keys, Store
 from controlplane.testing.etcd import EtcdCluster
 from controlplane.testing.nodes import NodeProcess
@@ -46,21 +48,32 @@ def pod(name: str, etcd: str, base_dir: str) -> Pod:
     workload = find(docs, "StatefulSet", MN)
     env = pod_environment(docs, workload, main_container(workload), name)
     port = free_port()
+    tls = harness_pki().node(name)  # where the pod has cert-manager's Secrets mounted
     local = {
         "CONTROLPLANE_LISTEN": f"127.0.0.1:{port}",
         "CONTROLPLANE_ADVERTISE": f"127.0.0.1:{port}",
         "CONTROLPLANE_ETCD": etcd,
-        "CONTROLPLANE_METRICS_PORT": "0",
+        "CONTROLPLANE_METRICS_PORT": str(free_port()),  # the probes' port
         "CONTROLPLANE_IMAGE_DIR": os.path.join(base_dir, "images"),  # the volume's mount
+        "CONTROLPLANE_TLS_DIR": os.path.dirname(tls.cert),
+        "CONTROLPLANE_ETCD_TLS_DIR": os.path.dirname(tls.cert),
     }
     assert set(local) <= set(env), "the manifest no longer sets what the rehearsal overrides"
+    assert "CONTROLPLANE_INSECURE" not in env  # the pods run mutual TLS only
     env.update(local)
     assert env["CONTROLPLANE_NODE_ID"] == name
-    # the manifests run plaintext until their certificates land (deploy/base/configmap.yaml)
-    assert env["CONTROLPLANE_INSECURE"] == "true"
-    # the harness's etcd wants a client certificate even from a plaintext node
-    env["CONTROLPLANE_ETCD_TLS_DIR"] = os.path.dirname(harness_pki().node(name).cert)
-    return Pod(name, port, etcd, base_dir, env=env, tls=PLAINTEXT)
+    return Pod(name, port, etcd, base_dir, env=env, tls=tls,
+               metrics_port=int(env["CONTROLPLANE_METRICS_PORT"]))
+
+
+def ready(pod: Pod) -> bool:
+    """The readiness probe as the kubelet runs it: GET /readyz on the metrics port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{pod.metrics_port}/readyz",
+                                    timeout=0.3) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
 
 
 class ServiceClient:
@@ -79,14 +92,14 @@ class ServiceClient:
     def probe_loop(self) -> None:
         """The endpoints controller: readiness every 100 ms."""
         while not self.stop.wait(0.1):
-            self.ready = [p for p in self.pods if p.is_running() and p.health(timeout=0.3)
-                          == "SERVING"]
+            self.ready = [p for p in self.pods if p.is_running() and ready(p)]
 
     def _stub(self, address: str) -> pb_grpc.ClusterServiceStub:
         if address not in self._channels:
             # A client of a Service that rolls should not back off for long from an endpoint
             # that restarted (gRPC's default reconnect backoff grows to 120 s).
-            self._channels[address] = open_channel(address, tls=PLAINTEXT, options=[
+            self._channels[address] = open_channel(address, tls=harness_pki().admin(),
+                                                   options=[
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 500),
