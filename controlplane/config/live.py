@@ -229,6 +229,12 @@ SETTINGS: Mapping[str, Setting] = _settings(
         choices=("spread", "pack"),
     ),
     Setting(
+        "placement.hostSubsetSize", int, 3, 1, 100,
+        "Placement picks among this many best hosts (by a stable hash of the VM id, Nova's "
+        "host_subset_size): concurrent starts then spread over them instead of all racing "
+        "for the one best host's allocation record. 1: always the best.",
+    ),
+    Setting(
         "host.maintenancePolicy", str, "migrate", None, None,
         "What a host maintenance does with each VM when the call names no policy: migrate "
         "(to a host placement picks; stopped when none fits) or stop.",

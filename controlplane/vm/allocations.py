@@ -153,8 +153,8 @@ class Allocations:
 
     def decide(self, vm: vm_pb2.Vm, *, exclude: Sequence[str] = (), prefer: str = "",
                fallback_to_excluded: bool = False,
-               fresh: Mapping[str, tuple[host_pb2.HostAllocation | None, int]] = {}
-               ) -> placement.Decision:
+               fresh: Mapping[str, tuple[host_pb2.HostAllocation | None, int]] = {},
+               salt: str = "") -> placement.Decision:
         """Where `vm` would go now. A VM's own entry on a host (a leftover, or the
         placement being redone) does not count against it there."""
         views = []
@@ -170,7 +170,9 @@ class Allocations:
             views.append(view)
         return placement.place(views, request_of(vm), self.ratios(), weigher=self.weigher(),
                                exclude=exclude, prefer=prefer,
-                               fallback_to_excluded=fallback_to_excluded)
+                               fallback_to_excluded=fallback_to_excluded,
+                               subset=int(self.ctx.config.get("placement.hostSubsetSize")),
+                               salt=salt or vm.vm_id)
 
     def explain(self, vm: vm_pb2.Vm, decision: placement.Decision) -> str:
         return f"VM {vm.vm_id}: {decision.explain(request_of(vm), self.ratios())}"

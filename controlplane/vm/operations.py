@@ -252,8 +252,9 @@ class Operations:
                 scheduling_refused = "no new placements" in why
                 raise (errors.Refused if scheduling_refused else errors.Exhausted)(why)
             return wanted
+        # the salt changes with each lost race: a loser tries another of the best hosts
         decision = self.allocations.decide(vm, prefer=vm.host_id, fresh=fresh,
-                                           exclude=exclude)
+                                           exclude=exclude, salt=f"{vm.vm_id}/{len(fresh)}")
         if decision.host_id is None:
             message = self.allocations.explain(vm, decision)
             raise (errors.Exhausted if decision.best is not None else errors.Refused)(message)

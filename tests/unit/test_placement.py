@@ -195,3 +195,28 @@ def test_after_reconcile_the_record_is_exactly_what_holds_the_host(
     assert {a.vm_id for a in fixed.vms} == {v for v, vm in vms.items()
                                             if vm.host_id == "h" and allocations.holds(vm)}
     assert allocations.drift("h", fixed, vms) == allocations.Drift((), ())
+
+
+@given(hosts(min_size=1), request_st, ratios_st, st.sampled_from(placement.WEIGHERS),
+       st.integers(1, 5), st.text(max_size=8))
+@settings(max_examples=300)
+def test_a_subset_pick_is_among_the_best_and_deterministic(
+        fleet: list[HostView], request: Request, ratios: Ratios, weigher: str, subset: int,
+        salt: str) -> None:
+    decision = place(fleet, request, ratios, weigher=weigher, subset=subset, salt=salt)
+    if decision.host_id is None:
+        return
+    passed = [h for h in fleet if placement.reject_reason(h, request, ratios) is None]
+    sign = 1.0 if weigher == placement.SPREAD else -1.0
+    ranked = sorted(passed, key=lambda h: (-sign * placement.weight(h, request, ratios),
+                                           h.host_id))
+    assert decision.host_id in {h.host_id for h in ranked[:subset]}
+    assert place(list(reversed(fleet)), request, ratios, weigher=weigher, subset=subset,
+                 salt=salt) == decision
+
+
+def test_a_subset_spreads_different_vms_over_the_best_hosts() -> None:
+    fleet = [HostView(f"h{i}", 8, 8192) for i in range(4)]
+    picks = {place(fleet, Request(1, 512), Ratios(), subset=3, salt=f"vm-{i}").host_id
+             for i in range(40)}
+    assert picks == {"h0", "h1", "h2"}

@@ -73,6 +73,7 @@ def _create(client: Client, vm_ids: list[str]) -> None:
 def _start_all(client: Client, vm_ids: list[str], clients: int) -> tuple[Counter[str], float]:
     import grpc
 
+    from controlplane.devtools.bench.fleet.common import progress
     from controlplane.v1 import vm_pb2
 
     todo = list(vm_ids)
@@ -90,6 +91,8 @@ def _start_all(client: Client, vm_ids: list[str], clients: int) -> tuple[Counter
                 code = "OK"
             except grpc.RpcError as err:
                 code = err.code().name
+                if code not in ("RESOURCE_EXHAUSTED",):
+                    progress(f"{vm_id}: {code}: {err.details()}")
             with lock:
                 codes[code] += 1
 
@@ -152,7 +155,7 @@ def placement_figures(args: argparse.Namespace, base: str) -> dict[str, Any]:
         progress(f"filling {filled} of {slots} slots")
         fill_ids = [f"fill-{i:05d}" for i in range(filled)]
         _create(client, fill_ids)
-        _start_all(client, fill_ids, args.clients)
+        fill_codes, _ = _start_all(client, fill_ids, args.clients)
         timed = [f"vm-{i:05d}" for i in range(int((slots - filled) * 1.2) + 1)]
         _create(client, timed)
         progress(f"starting {len(timed)} VMs onto {slots - filled} free slots")
@@ -162,6 +165,10 @@ def placement_figures(args: argparse.Namespace, base: str) -> dict[str, Any]:
                         "starts_per_s": codes.get("OK", 0) / seconds if seconds else 0.0,
                         "calls_per_s": len(timed) / seconds if seconds else 0.0,
                         "over_committed_hosts": _over_commits(client, agent),
+                        "fill_codes": dict(fill_codes),
+                        "allocated_cpus": sum(
+                            client.hosts.GetHost(host_pb2.GetHostRequest(host_id=h)).host
+                            .allocated_cpus for h in agent.host_ids),
                         "clients": args.clients, "nodes": args.nodes}
         runs = []
         for policy, name in ((host_pb2.MAINTENANCE_POLICY_MIGRATE, "migrate"),
@@ -195,7 +202,9 @@ def run_placement_bench(args: argparse.Namespace) -> int:
           f"({f['calls_per_s']:.1f} calls/s; {f['starts']} starts onto "
           f"{f['slots'] - f['filled_before']} free slots of {f['slots']} on {f['hosts']} hosts, "
           f"{f['clients']} clients, {f['nodes']} nodes): {f['codes']}")
-    print(f"over-committed hosts             {f['over_committed_hosts']}")
+    print(f"over-committed hosts             {f['over_committed_hosts']} (cpus reserved "
+          f"afterwards: {f['allocated_cpus']} of {f['slots']}; the fill's starts: "
+          f"{f['fill_codes']})")
     for run in figures["maintenance"]:
         print(f"maintenance, policy {run['policy']:<8}    {run['seconds']:.2f} s to empty a "
               f"host of {run['vms']} VMs ({run['migrated']} migrated, {run['stopped']} "
