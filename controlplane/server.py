@@ -24,6 +24,7 @@ from controlplane.cluster.table import Change, MemberTable
 from controlplane.cluster.view import ClusterView
 from controlplane.config.service import ConfigServicer, live_config
 from controlplane.config.settings import Settings, metrics_bind_address
+from controlplane.host.maintenance import MaintenanceLoop
 from controlplane.host.service import HostServicer
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
@@ -54,6 +55,7 @@ from controlplane.v1 import (
     volume_pb2,
     volume_pb2_grpc,
 )
+from controlplane.vm.allocations import Allocations
 from controlplane.vm.hostevents import HostEventWatcher
 from controlplane.vm.operations import Operations
 from controlplane.vm.service import VmServicer
@@ -109,10 +111,17 @@ class ManagementNode:
                                   AgentClients(tls=settings.tls), settings.tls)
         self.images = PrefixCache(self.store, self.keys.images, volume_pb2.Image.FromString,
                                   index=lambda image: image.vm_id, name="images")
-        self.operations = Operations(self.owner, image_locks=lambda vm_id: [
+        self.allocation_cache = PrefixCache(self.store, self.keys.allocations,
+                                            host_pb2.HostAllocation.FromString,
+                                            name="allocations")
+        self.allocations = Allocations(self.owner, self.allocation_cache)
+        self.operations = Operations(self.owner, self.allocations, image_locks=lambda vm_id: [
             self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)])
         self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations),
-                                   enabled=lambda: self.ready)
+                                   enabled=lambda: self.ready,
+                                   allocations=self.allocations)
+        self.maintenance = MaintenanceLoop(self.owner, self.operations,
+                                           enabled=lambda: self.ready)
         self.host_events = HostEventWatcher(
             self.owner, self.tracker.poke,
             enabled=lambda: (self.ready and not self.registration.fenced
@@ -145,7 +154,8 @@ class ManagementNode:
         rpc = self.rpc
         rpc.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, servicer, SERVICES[0])
         rpc.add(host_pb2_grpc.add_HostServiceServicer_to_server,
-                HostServicer(self.owner, self.router, self.tracker), SERVICES[1])
+                HostServicer(self.owner, self.router, self.tracker, self.allocations,
+                             self.maintenance), SERVICES[1])
         rpc.add(vm_pb2_grpc.add_VmServiceServicer_to_server, self.vm_servicer, SERVICES[2])
         rpc.add(config_pb2_grpc.add_ConfigServiceServicer_to_server,
                 ConfigServicer(self.store, self.keys, self.config_cache, self.config),
@@ -175,7 +185,7 @@ class ManagementNode:
         try:
             self.view.start()
             for cache in (self.config_cache, self.hosts, self.ops, self.vms, self.storages,
-                          self.images):
+                          self.images, self.allocation_cache):
                 cache.start()
         except Exception:  # noqa: BLE001 - a cache start raises only what retries cannot mend
             if not self._stopping.is_set():
@@ -188,6 +198,7 @@ class ManagementNode:
                 self.registration.stop(revoke=True)  # out of the ring: peers own our share
             return
         self.tracker.start()
+        self.maintenance.start()
         self.host_events.start()
         self.mds_checker.start()
         self._view_started.set()
@@ -205,6 +216,7 @@ class ManagementNode:
         self.rpc.health.enter_graceful_shutdown()
         self.host_events.stop()
         self.tracker.stop()
+        self.maintenance.stop()
         self.mds_checker.stop()
         self.registration.stop(revoke=True)
         log.info("left the cluster in %.3fs; draining calls for up to %.1fs",
@@ -214,7 +226,7 @@ class ManagementNode:
         self.audit.stop()
         self.operations.stop()
         for cache in (self.vms, self.ops, self.hosts, self.config_cache, self.storages,
-                      self.images):
+                      self.images, self.allocation_cache):
             cache.stop()
         self.owner.agents.close()
         self.view.stop()

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
-Value = int | float | bool
+Value = int | float | bool | str
 
 _INT = re.compile(r"[+-]?[0-9]+")
 # Plain decimal, optional exponent: float() alone would also take "nan", "inf", "1_0", " 1".
@@ -38,15 +38,26 @@ class Setting:
     by a restart, so a nonsense one (a 0 s sync interval) is refused at the door."""
 
     key: str
-    kind: type  # int, float or bool
+    kind: type  # int, float, bool or str (a str setting is one of `choices`)
     default: Value
     minimum: int | float | None = None
     maximum: int | float | None = None
     help: str = ""
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in (int, float, bool):
-            raise TypeError(f"{self.key}: kind must be int, float or bool, not {self.kind!r}")
+        if self.kind not in (int, float, bool, str):
+            raise TypeError(f"{self.key}: kind must be int, float, bool or str, not "
+                            f"{self.kind!r}")
+        if self.kind is str:
+            # a word from a fixed list (spread|pack): free text has no one reading
+            if (not self.choices or self.minimum is not None or self.maximum is not None
+                    or self.default not in self.choices):
+                raise TypeError(f"{self.key}: a str setting needs choices holding its "
+                                "default, and no range")
+            return
+        if self.choices:
+            raise TypeError(f"{self.key}: only a str setting has choices")
         default = self.default
         if self.kind is float and type(default) is int:
             object.__setattr__(self, "default", float(default))
@@ -62,6 +73,8 @@ class Setting:
 
     def describe_range(self) -> str:
         """The allowed values, as error messages and help show them."""
+        if self.kind is str:
+            return "one of " + ", ".join(self.choices)
         if self.minimum is None or self.maximum is None:  # bool (__post_init__ checks)
             return "true or false"
         low, high = format_value(self, self.minimum), format_value(self, self.maximum)
@@ -79,6 +92,11 @@ class Setting:
                              f"expected {self.describe_range()}")
         stripped = text.strip()
         value: Value
+        if self.kind is str:
+            if stripped not in self.choices:
+                raise ValueError(f"{self.key}: {text!r} is not a choice; expected "
+                                 f"{self.describe_range()}")
+            return stripped
         if self.kind is bool:
             if stripped not in _BOOLS:
                 raise ValueError(f"{self.key}: {text!r} is not a boolean; expected true or false")
@@ -109,6 +127,10 @@ class Setting:
 def format_value(setting: Setting, value: Value) -> str:
     """The canonical text of a value: what defaults and answers show, and what parse reads
     back to the same value (600.0 -> "600", 0.5 -> "0.5", True -> "true")."""
+    if setting.kind is str:
+        if value not in setting.choices:
+            raise TypeError(f"{setting.key}: {value!r} is not one of {setting.choices}")
+        return str(value)
     if setting.kind is bool:
         if type(value) is not bool:
             raise TypeError(f"{setting.key}: {value!r} is not a bool")
@@ -185,6 +207,38 @@ SETTINGS: Mapping[str, Setting] = _settings(
         "storage.mdsCheckInterval", float, 10.0, 0.2, 3600.0,
         "Seconds between health checks of each primary storage's MDS (by the storage's "
         "owner); an MDS that fails one check is skipped by calls until one passes.",
+    ),
+    Setting(
+        "host.cpuAllocationRatio", float, 4.0, 0.1, 64.0,
+        "Virtual cpus placement may reserve per physical cpu of a host (Nova's "
+        "cpu_allocation_ratio): a host of 8 cpus takes VMs of 32 cpus in all at 4.",
+    ),
+    Setting(
+        "host.memoryAllocationRatio", float, 1.0, 0.1, 16.0,
+        "Memory placement may reserve per MB of a host's memory (after "
+        "host.reservedMemoryMb); above 1 over-commits memory.",
+    ),
+    Setting(
+        "host.reservedMemoryMb", int, 512, 0, 1 << 26,
+        "MB of each host's memory kept for the host itself: never reserved by VMs.",
+    ),
+    Setting(
+        "placement.weigher", str, "spread", None, None,
+        "Which host placement picks among those that fit: spread (the most free cpus and "
+        "memory, Nova's default) or pack (the least: fill hosts one by one).",
+        choices=("spread", "pack"),
+    ),
+    Setting(
+        "placement.hostSubsetSize", int, 3, 1, 100,
+        "Placement picks among this many best hosts (by a stable hash of the VM id, Nova's "
+        "host_subset_size): concurrent starts then spread over them instead of all racing "
+        "for the one best host's allocation record. 1: always the best.",
+    ),
+    Setting(
+        "host.maintenancePolicy", str, "migrate", None, None,
+        "What a host maintenance does with each VM when the call names no policy: migrate "
+        "(to a host placement picks; stopped when none fits) or stop.",
+        choices=("migrate", "stop"),
     ),
     Setting(
         "audit.maxRecords", int, 10000, 10, 1_000_000,

@@ -1,30 +1,44 @@
-"""HostService: add, inspect, remove and reconnect hosts; changes run on the host's owner."""
+"""HostService: add, inspect, remove and reconnect hosts, enable and disable them and put
+them into maintenance; changes run on the host's owner."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import grpc
 
 from controlplane import errors, paging, wiretime
 from controlplane.cluster.routing import Router, route_unary
+from controlplane.host.maintenance import POLICY_ENUM, MaintenanceLoop
 from controlplane.owner import OwnerContext
 from controlplane.rpc import check_address, check_id, remaining
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
 from controlplane.v1 import host_pb2_grpc as pb_grpc
+from controlplane.vm.allocations import Allocations, holds
 from controlplane.vm.sync import UNTRACKED
 from controlplane.vm.tracker import HostTracker
 
+_S = host_pb2
+ENABLED_STATES = (_S.HOST_SCHEDULING_STATE_UNSPECIFIED, _S.HOST_SCHEDULING_STATE_ENABLED)
+IN_MAINTENANCE = (_S.HOST_SCHEDULING_STATE_PREPARING_MAINTENANCE,
+                  _S.HOST_SCHEDULING_STATE_MAINTENANCE)
+
 
 class HostServicer(pb_grpc.HostServiceServicer):
-    def __init__(self, ctx: OwnerContext, router: Router, tracker: HostTracker) -> None:
+    def __init__(self, ctx: OwnerContext, router: Router, tracker: HostTracker,
+                 allocations: Allocations, maintenance: MaintenanceLoop) -> None:
         self.ctx = ctx
         self.router = router
         self.tracker = tracker
+        self.allocations = allocations
+        self.maintenance = maintenance
 
     def _answer(self, host: host_pb2.Host) -> host_pb2.Host:
-        out = host_pb2.Host()
-        out.CopyFrom(host)
+        out = self.allocations.describe(host)  # with used/total cpus and memory
         out.owner = self.ctx.owner_of(host.host_id)
+        if not out.scheduling:
+            out.scheduling = host_pb2.HOST_SCHEDULING_STATE_ENABLED
         return out
 
     def _read(self, host_id: str, context: grpc.ServicerContext) -> tuple[host_pb2.Host, int]:
@@ -127,4 +141,90 @@ class HostServicer(pb_grpc.HostServiceServicer):
                                                                                context)[0]))
 
         return route_unary(self.router, pb_grpc.HostServiceStub, "ReconnectHost",
+                           request.host_id, request, context, local)
+
+    # -- scheduling: enable, disable, maintenance -------------------------------------
+
+    def _set_scheduling(self, host_id: str, context: grpc.ServicerContext,
+                        change: Callable[[host_pb2.Host], bool]) -> host_pb2.Host:
+        """Read the host from etcd, let `change` edit it (False: nothing to write), write it
+        by CAS; the host as it is afterwards."""
+        for _ in range(5):
+            host, revision = self._read(host_id, context)
+            if not change(host):
+                return host
+            key = self.ctx.keys.host(host_id)
+            try:
+                result = self.ctx.write([t.mod_revision_is(key, revision)],
+                                        [t.put(key, host.SerializeToString())],
+                                        errors.Busy("host changed meanwhile; retry"))
+            except errors.Busy:
+                continue
+            self.ctx.hosts.wait_for_revision(result.revision, 2.0)
+            return host
+        raise errors.Busy(f"host {host_id} kept changing; retry")
+
+    def EnableHost(self, request: host_pb2.EnableHostRequest, context: grpc.ServicerContext
+                   ) -> host_pb2.EnableHostResponse:
+        check_id(request.host_id, "host_id")
+
+        def change(host: host_pb2.Host) -> bool:
+            if host.scheduling == _S.HOST_SCHEDULING_STATE_ENABLED:
+                return False
+            host.scheduling = _S.HOST_SCHEDULING_STATE_ENABLED
+            host.ClearField("maintenance")  # ends a maintenance, finished or not
+            return True
+
+        def local() -> host_pb2.EnableHostResponse:
+            return host_pb2.EnableHostResponse(
+                host=self._answer(self._set_scheduling(request.host_id, context, change)))
+
+        return route_unary(self.router, pb_grpc.HostServiceStub, "EnableHost",
+                           request.host_id, request, context, local)
+
+    def DisableHost(self, request: host_pb2.DisableHostRequest, context: grpc.ServicerContext
+                    ) -> host_pb2.DisableHostResponse:
+        check_id(request.host_id, "host_id")
+
+        def change(host: host_pb2.Host) -> bool:
+            if host.scheduling in IN_MAINTENANCE:
+                raise errors.Refused(f"host {host.host_id} is in maintenance; EnableHost ends it")
+            if host.scheduling == _S.HOST_SCHEDULING_STATE_DISABLED:
+                return False
+            host.scheduling = _S.HOST_SCHEDULING_STATE_DISABLED
+            return True
+
+        def local() -> host_pb2.DisableHostResponse:
+            return host_pb2.DisableHostResponse(
+                host=self._answer(self._set_scheduling(request.host_id, context, change)))
+
+        return route_unary(self.router, pb_grpc.HostServiceStub, "DisableHost",
+                           request.host_id, request, context, local)
+
+    def StartHostMaintenance(self, request: host_pb2.StartHostMaintenanceRequest,
+                             context: grpc.ServicerContext
+                             ) -> host_pb2.StartHostMaintenanceResponse:
+        check_id(request.host_id, "host_id")
+        policy = request.policy or POLICY_ENUM[str(self.ctx.config.get("host.maintenancePolicy"))]
+
+        def change(host: host_pb2.Host) -> bool:
+            if host.scheduling == _S.HOST_SCHEDULING_STATE_MAINTENANCE:
+                return False  # already empty
+            if host.scheduling == _S.HOST_SCHEDULING_STATE_PREPARING_MAINTENANCE:
+                if host.maintenance.policy == policy:
+                    return False
+                host.maintenance.policy = policy  # the rounds to come use the new policy
+                return True
+            vms = sum(1 for e in self.ctx.vms.by_index(host.host_id) if holds(e.value))
+            host.scheduling = _S.HOST_SCHEDULING_STATE_PREPARING_MAINTENANCE
+            host.maintenance.CopyFrom(host_pb2.HostMaintenance(
+                policy=policy, started_at=wiretime.now(), vms_at_start=vms))
+            return True
+
+        def local() -> host_pb2.StartHostMaintenanceResponse:
+            host = self._set_scheduling(request.host_id, context, change)
+            self.maintenance.poke(request.host_id)
+            return host_pb2.StartHostMaintenanceResponse(host=self._answer(host))
+
+        return route_unary(self.router, pb_grpc.HostServiceStub, "StartHostMaintenance",
                            request.host_id, request, context, local)

@@ -47,6 +47,10 @@ _TABLE: dict[str, dict[str, str]] = {
                             "UpdateConfig": "admin"},
     _V1 + "HostService": {"GetHost": "reader", "ListHosts": "reader",
                           "ReconnectHost": "operator",
+                          # day-to-day operation, not inventory: they change where VMs may
+                          # go and stop or move them, which an operator may do VM by VM
+                          "EnableHost": "operator", "DisableHost": "operator",
+                          "StartHostMaintenance": "operator",
                           "AddHost": "admin", "RemoveHost": "admin"},
     _V1 + "StorageService": {"GetPrimaryStorage": "reader", "ListPrimaryStorages": "reader",
                              "GetVolumeClients": "reader",

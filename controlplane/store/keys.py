@@ -70,6 +70,15 @@ class Keys:
         return f"{self.ops}{vm_id}"
 
     @property
+    def allocations(self) -> str:
+        """The cpus and memory reserved on each host: allocations/<host_id>
+        (host_pb2.HostAllocation, one record per host: the compare-and-swap of placement)."""
+        return self.collection("allocations")
+
+    def allocation(self, host_id: str) -> str:
+        return f"{self.allocations}{host_id}"
+
+    @property
     def config(self) -> str:
         return self.collection("config")
 

@@ -59,6 +59,21 @@ class HostServiceStub:
                 request_serializer=controlplane_dot_v1_dot_host__pb2.ReconnectHostRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_host__pb2.ReconnectHostResponse.FromString,
                 _registered_method=True)
+        self.EnableHost = channel.unary_unary(
+                '/controlplane.v1.HostService/EnableHost',
+                request_serializer=controlplane_dot_v1_dot_host__pb2.EnableHostRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_host__pb2.EnableHostResponse.FromString,
+                _registered_method=True)
+        self.DisableHost = channel.unary_unary(
+                '/controlplane.v1.HostService/DisableHost',
+                request_serializer=controlplane_dot_v1_dot_host__pb2.DisableHostRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_host__pb2.DisableHostResponse.FromString,
+                _registered_method=True)
+        self.StartHostMaintenance = channel.unary_unary(
+                '/controlplane.v1.HostService/StartHostMaintenance',
+                request_serializer=controlplane_dot_v1_dot_host__pb2.StartHostMaintenanceRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_host__pb2.StartHostMaintenanceResponse.FromString,
+                _registered_method=True)
 
 
 class HostServiceServicer:
@@ -99,6 +114,29 @@ class HostServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnableHost(self, request, context):
+        """Take new placements again (also ends a maintenance, finished or not).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableHost(self, request, context):
+        """No new placements; the VMs on the host stay where they are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartHostMaintenance(self, request, context):
+        """Disable the host and evacuate every VM on it (migrate or stop, by policy); the
+        host's owner carries it on (also after that owner died) until the host is
+        empty: scheduling MAINTENANCE. Progress is in the host's `maintenance`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +164,21 @@ def add_HostServiceServicer_to_server(servicer, server):
                     servicer.ReconnectHost,
                     request_deserializer=controlplane_dot_v1_dot_host__pb2.ReconnectHostRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_host__pb2.ReconnectHostResponse.SerializeToString,
+            ),
+            'EnableHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableHost,
+                    request_deserializer=controlplane_dot_v1_dot_host__pb2.EnableHostRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_host__pb2.EnableHostResponse.SerializeToString,
+            ),
+            'DisableHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableHost,
+                    request_deserializer=controlplane_dot_v1_dot_host__pb2.DisableHostRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_host__pb2.DisableHostResponse.SerializeToString,
+            ),
+            'StartHostMaintenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartHostMaintenance,
+                    request_deserializer=controlplane_dot_v1_dot_host__pb2.StartHostMaintenanceRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_host__pb2.StartHostMaintenanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +316,87 @@ class HostService:
             '/controlplane.v1.HostService/ReconnectHost',
             controlplane_dot_v1_dot_host__pb2.ReconnectHostRequest.SerializeToString,
             controlplane_dot_v1_dot_host__pb2.ReconnectHostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.HostService/EnableHost',
+            controlplane_dot_v1_dot_host__pb2.EnableHostRequest.SerializeToString,
+            controlplane_dot_v1_dot_host__pb2.EnableHostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.HostService/DisableHost',
+            controlplane_dot_v1_dot_host__pb2.DisableHostRequest.SerializeToString,
+            controlplane_dot_v1_dot_host__pb2.DisableHostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartHostMaintenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.HostService/StartHostMaintenance',
+            controlplane_dot_v1_dot_host__pb2.StartHostMaintenanceRequest.SerializeToString,
+            controlplane_dot_v1_dot_host__pb2.StartHostMaintenanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

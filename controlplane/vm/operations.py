@@ -16,6 +16,7 @@ The order is the whole point (seed: a VM restarted elsewhere while it was still 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from controlplane.store import txn as t
 from controlplane.store.errors import StoreError
 from controlplane.v1 import agent_pb2, host_pb2, vm_pb2, volume_pb2
 from controlplane.vm import ha, states
+from controlplane.vm.allocations import FREE_STATES, Allocations
 from controlplane.vm.records import op_view
 from controlplane.vm.sync import Restart, op_status
 
@@ -43,6 +45,11 @@ AGENT_CALLS = {"start": "StartVm", "stop": "StopVm", "reboot": "RebootVm", "paus
 DEFINITE_FAILURES = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED,
                      grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 DEVICE_INFO_AFTER = ("start", "reboot", "resume")
+# A start also compares the host's allocation record, which every start and stop on that
+# host rewrites: losing that race is normal under load, so a start tries more often (with a
+# short random pause, so the racers spread out) before it answers ABORTED.
+BEGIN_ATTEMPTS = {"start": 30}
+BEGIN_ATTEMPTS_DEFAULT = 5
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,12 @@ def new_op_id() -> str:
 
 
 class Operations:
-    def __init__(self, ctx: OwnerContext, *,
+    def __init__(self, ctx: OwnerContext, allocations: Allocations, *,
                  image_locks: Callable[[str], list[str]] = lambda vm_id: [],
                  workers: int = 64) -> None:
         self.ctx = ctx
+        # placement over capacity, settled by CAS on each host's allocation record
+        self.allocations = allocations
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="vm-op")
         self._stopping = threading.Event()
         self._device_syncs: set[str] = set()
@@ -120,7 +129,9 @@ class Operations:
         owner killed mid-call) cannot know whether the op began; its retry must not fail
         as "busy with" its own op, nor begin a second one."""
         tried: set[str] = set()  # op ids of our txns that lost their compare
-        for attempt in range(5):
+        # allocation records read from etcd after a lost compare (over the cached ones)
+        fresh: dict[str, tuple[host_pb2.HostAllocation | None, int]] = {}
+        for attempt in range(BEGIN_ATTEMPTS.get(kind, BEGIN_ATTEMPTS_DEFAULT)):
             # First from the watch-fed caches (no etcd read): the CAS proves them current.
             # A refusal or a lost CAS is decided again on an etcd read: a cache may lag.
             cached = attempt == 0
@@ -138,7 +149,7 @@ class Operations:
             try:
                 if vm is None:
                     raise errors.NotFound(f"no VM {vm_id!r}")
-                new, record = self._prepare(vm, op, op_rev, kind, host_id)
+                new, record = self._prepare(vm, op, op_rev, kind, host_id, fresh)
                 record.request_id = request_id
                 if not cached:
                     self._check_images_free(vm_id, locks)
@@ -146,16 +157,23 @@ class Operations:
                 if cached:
                     continue
                 raise
+            reserve_compares, reserve_puts = (
+                self.allocations.reserve(new, *fresh.get(new.host_id, self.allocations.record(
+                    new.host_id))) if kind == "start" else ([], []))
             try:
                 result = self.ctx.owner_txn(
                     [t.mod_revision_is(self.ctx.keys.vm(vm_id), vm_rev),
                      t.mod_revision_is(self.ctx.keys.op(vm_id), op_rev),
-                     *(t.absent(key) for key in locks)],
+                     *(t.absent(key) for key in locks), *reserve_compares],
                     [t.put(self.ctx.keys.vm(vm_id), new.SerializeToString()),
-                     t.put(self.ctx.keys.op(vm_id), record.SerializeToString())],
+                     t.put(self.ctx.keys.op(vm_id), record.SerializeToString()),
+                     *reserve_puts],
                 )
             except Conflict:
                 tried.add(record.op_id)
+                if kind == "start":
+                    self._refresh_allocation(new.host_id, fresh)
+                    self._stopping.wait(random.uniform(0, 0.002 * min(attempt + 1, 10)))
                 continue
             except Fenced as exc:
                 raise errors.Unreachable(str(exc)) from exc
@@ -198,8 +216,18 @@ class Operations:
                 raise errors.Refused(f"VM {vm_id}: image {image} is locked by "
                                      f"{kv.value.decode()} for an offline operation; retry later")
 
+    def _refresh_allocation(self, host_id: str,
+                            fresh: dict[str, tuple[host_pb2.HostAllocation | None, int]]) -> None:
+        """After a lost start txn: the host's allocation record from etcd (the cache may
+        lag behind the winner's write); left out when etcd does not answer."""
+        try:
+            fresh[host_id] = self.allocations.read(host_id)
+        except StoreError:
+            fresh.pop(host_id, None)
+
     def _prepare(self, vm: vm_pb2.Vm, op: vm_pb2.Op | None, op_rev: int, kind: str,
-                 host_id: str) -> tuple[vm_pb2.Vm, vm_pb2.Op]:
+                 host_id: str, fresh: dict[str, tuple[host_pb2.HostAllocation | None, int]]
+                 | None = None) -> tuple[vm_pb2.Vm, vm_pb2.Op]:
         """The VM record and op record `begin` writes; raises a `controlplane.errors` kind
         when the op is refused."""
         self._check_op_free(vm, op, op_rev, kind)
@@ -212,7 +240,7 @@ class Operations:
         new.ClearField("op")
         now = time.time()
         if kind == "start":
-            target = self.placement(vm, host_id)
+            target = self.placement(vm, host_id, fresh or {})
             if target != vm.host_id:
                 new.last_host_id = vm.host_id
             new.host_id = target
@@ -242,8 +270,14 @@ class Operations:
             raise errors.Refused(f"VM {vm.vm_id} is {vm.state} with operation {op.kind} {op.op_id} "
                                  f"of {op.node_id} in flight ({status}); cannot {kind} it now")
 
-    def placement(self, vm: vm_pb2.Vm, wanted: str) -> str:
-        """The host a start goes to; raises errors.Refused/NotFound when there is none to use."""
+    def placement(self, vm: vm_pb2.Vm, wanted: str,
+                  fresh: dict[str, tuple[host_pb2.HostAllocation | None, int]] | None = None,
+                  exclude: tuple[str, ...] = ()) -> str:
+        """The host a start goes to (vm/placement.py: filters, then the weigher; the VM's
+        previous host when it passes). Raises errors.NotFound (no such host), Refused (the
+        named host is not connected or takes no placements; no host at all) or Exhausted
+        (nothing fits: the message names the request and the best host's free room)."""
+        fresh = fresh or {}
         if wanted:
             host = self.ctx.host_record(wanted)
             if host is None:
@@ -251,14 +285,20 @@ class Operations:
             if host.status != host_pb2.HOST_STATUS_CONNECTED:
                 status = names.short(host_pb2.HostStatus, host.status)
                 raise errors.Refused(f"host {wanted} is {status}")
+            allocation = fresh[wanted][0] if wanted in fresh else \
+                self.allocations.record(wanted)[0]
+            why = self.allocations.check_host(vm, host, allocation)
+            if why is not None:
+                scheduling_refused = "no new placements" in why
+                raise (errors.Refused if scheduling_refused else errors.Exhausted)(why)
             return wanted
-        connected = self.ctx.connected_hosts()
-        if vm.host_id and vm.host_id in connected:
-            return vm.host_id
-        target = ha.pick_host(connected)
-        if target is None:
-            raise errors.Refused(f"no connected host to start VM {vm.vm_id} on")
-        return target
+        # the salt changes with each lost race: a loser tries another of the best hosts
+        decision = self.allocations.decide(vm, prefer=vm.host_id, fresh=fresh,
+                                           exclude=exclude, salt=f"{vm.vm_id}/{len(fresh)}")
+        if decision.host_id is None:
+            message = self.allocations.explain(vm, decision)
+            raise (errors.Exhausted if decision.best is not None else errors.Refused)(message)
+        return decision.host_id
 
     # -- run ------------------------------------------------------------------------
 
@@ -399,6 +439,9 @@ class Operations:
                 return None
             if devices is not None:
                 metrics.DEVICE_INFO.labels("stored").inc()
+            if new.state in FREE_STATES:
+                # stopped, destroyed, a start that failed: its share of the host is free
+                self.allocations.release(new.host_id, vm_id, new.generation)
             log.info("vm %s: op %s %s %s (%s)%s", vm_id, op.op_id, op.kind, outcome,
                      new.state, f": {detail}" if detail else "",
                      extra={"vm_id": vm_id, "host_id": new.host_id, "op_id": op.op_id})
@@ -502,9 +545,11 @@ class Operations:
                             self.ctx.config.get("ha.retryMaxDelay")):
             metrics.HA_DECISIONS.labels("backoff").inc()
             return None
-        target = ha.pick_host(self.ctx.connected_hosts(), exclude=action.from_host)
+        decision = self.allocations.decide(vm, exclude=(action.from_host,),
+                                           fallback_to_excluded=True)
+        target = decision.host_id
         if target is None:
-            self._no_host(action, vm, attempts)
+            self._no_host(action, vm, attempts, self.allocations.explain(vm, decision))
             return None
         state = vm.state
         for event in ("stopped", "starting"):
@@ -533,17 +578,22 @@ class Operations:
         compares = [t.mod_revision_is(keys.vm(vm.vm_id), action.vm.mod_revision),
                     t.mod_revision_is(keys.op(vm.vm_id),
                                       action.op.mod_revision if action.op else 0)]
+        # the restart reserves on the target in the same txn (a lost race: next round)
+        reserve_compares, reserve_puts = self.allocations.reserve(
+            new, *self.allocations.record(target))
         try:
-            result = self.ctx.owner_txn(compares, [
+            result = self.ctx.owner_txn([*compares, *reserve_compares], [
                 t.put(keys.vm(vm.vm_id), new.SerializeToString()),
                 t.put(keys.op(vm.vm_id), op.SerializeToString()),
-                self._audit_put(audit),
+                self._audit_put(audit), *reserve_puts,
             ])
         except (Conflict, Fenced) as exc:
             log.info("HA: restart of VM %s not taken (%s)", vm.vm_id, exc,
                      extra={"vm_id": vm.vm_id, "host_id": target, "op_id": op.op_id})
             return None
         metrics.HA_DECISIONS.labels("restart").inc()
+        if action.from_host != target:
+            self.allocations.release(action.from_host, vm.vm_id, vm.generation)
         log.warning("HA: restarting VM %s on %s (was on %s, generation %d): %s", vm.vm_id,
                     target, action.from_host, new.generation, "; ".join(action.evidence),
                     extra={"vm_id": vm.vm_id, "host_id": target, "op_id": op.op_id})
@@ -571,7 +621,8 @@ class Operations:
                                             audit.generation, audit.op_id))
         return ha.failed_attempts(records, vm.generation)
 
-    def _no_host(self, action: Restart, vm: vm_pb2.Vm, attempts: int) -> None:
+    def _no_host(self, action: Restart, vm: vm_pb2.Vm, attempts: int,
+                 why: str = "no connected host") -> None:
         """Audit an attempt that found no connected host (CAS on the VM: only while the VM
         is as the report saw it, so a VM placed meanwhile gets no stale record)."""
         now = time.time()
@@ -581,7 +632,7 @@ class Operations:
             vm_id=vm.vm_id, decided_at=wiretime.stamp(now), node_id=self.ctx.node_id,
             action=ha.NO_HOST,
             from_host=action.from_host, generation=vm.generation,
-            reason=f"no connected host to place the VM on; attempt {attempts + 1}, "
+            reason=f"no host to place the VM on ({why}); attempt {attempts + 1}, "
                    f"next in {delay:g} s or later",
             evidence=list(action.evidence), op_id=new_op_id())
         try:

@@ -140,7 +140,9 @@ class VmServicer(pb_grpc.VmServiceServicer):
         def local() -> vm_pb2.CreateVmResponse:
             if request.start:
                 # Refuse before writing: a create that fails to start must leave nothing.
-                self.operations.placement(vm_pb2.Vm(vm_id=request.vm_id), request.host_id)
+                self.operations.placement(vm_pb2.Vm(
+                    vm_id=request.vm_id, cpus=request.cpus or 1,
+                    memory_mb=request.memory_mb or 512), request.host_id)
             now = wiretime.now()
             vm = vm_pb2.Vm(vm_id=request.vm_id, name=request.name or request.vm_id,
                            state="Created", ha=request.ha, cpus=request.cpus or 1,

@@ -38,6 +38,7 @@ from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
 from controlplane.v1 import agent_pb2, host_pb2
 from controlplane.vm import ha
+from controlplane.vm.allocations import Allocations
 from controlplane.vm.records import AGENT_STATE_NAMES, op_view, vm_view
 from controlplane.vm.sync import (
     Report,
@@ -73,8 +74,10 @@ class HostTracker:
 
     def __init__(self, ctx: OwnerContext, syncer: Syncer, *,
                  enabled: Callable[[], bool] = lambda: True, workers: int = 16,
-                 tick: float = 0.05) -> None:
+                 tick: float = 0.05, allocations: Allocations | None = None) -> None:
         self.ctx = ctx
+        # the host's allocation record, reconciled from the VM records every round
+        self.allocations = allocations
         self.syncer = syncer
         self._states: dict[str, HostState] = {}
         self._lock = threading.Lock()
@@ -156,6 +159,10 @@ class HostTracker:
         host = self.ctx.host_record(host_id)
         if host is None:
             return SyncResult(host_id, False, 0.0, Applied())
+        if self.allocations is not None:
+            # from the records as the previous round left them (etcd only: also for a
+            # host we cannot reach, whose VMs HA moved away)
+            self.allocations.reconcile(host_id)
         if host.status == host_pb2.HOST_STATUS_FENCED:
             return SyncResult(host_id, False, time.monotonic() - started,
                               self._retry_fenced(host, state))

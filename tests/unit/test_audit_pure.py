@@ -16,7 +16,8 @@ from controlplane.v1 import audit_pb2, config_pb2, host_pb2, vm_pb2
 # Every mutating method a node serves. A new method fails this test until it is decided.
 MUTATING = {
     "ConfigService": {"UpdateConfig"},
-    "HostService": {"AddHost", "RemoveHost", "ReconnectHost"},
+    "HostService": {"AddHost", "RemoveHost", "ReconnectHost", "EnableHost", "DisableHost",
+                    "StartHostMaintenance"},
     "VmService": {"CreateVm", "StartVm", "StopVm", "RebootVm", "PauseVm", "ResumeVm",
                   "DestroyVm"},
     "StorageService": {"AddPrimaryStorage", "RemovePrimaryStorage"},

@@ -29,7 +29,7 @@ REQUIRED = {
     "vm.opTimeout": (float, 600.0, 1.0, 86400.0),
     "ha.enabled": (bool, True, None, None),
 }
-NUMERIC = sorted(key for key, item in SETTINGS.items() if item.kind is not bool)
+NUMERIC = sorted(key for key, item in SETTINGS.items() if item.kind in (int, float))
 
 
 def _stored(values: dict[str, str]) -> LiveConfig:
@@ -52,7 +52,7 @@ def test_every_default_parses_back_and_is_in_range(key: str) -> None:
     text = format_value(item, item.default)
     assert item.parse(text) == item.default
     assert type(item.parse(text)) is item.kind
-    if item.kind is not bool:
+    if item.kind in (int, float):
         assert item.minimum <= item.default <= item.maximum
 
 
@@ -136,6 +136,8 @@ def test_refused_with_a_message_naming_key_value_and_range(key: str, text: str,
     assert why in message
     if item.kind is bool:
         assert "true or false" in message
+    elif item.kind is str:
+        assert "one of" in message
     else:
         low, high = format_value(item, item.minimum), format_value(item, item.maximum)
         assert f"[{low}, {high}]" in message
@@ -160,6 +162,22 @@ def test_a_setting_with_a_bad_schema_is_refused() -> None:
     with pytest.raises(ValueError):
         Setting("x", float, math.nan, 0.0, 10.0, "")
     assert type(Setting("x", float, 5, 0, 10, "").default) is float
+    with pytest.raises(TypeError):
+        Setting("x", str, "c", None, None, "", choices=("a", "b"))  # default not a choice
+    with pytest.raises(TypeError):
+        Setting("x", int, 1, 0, 10, "", choices=("a",))
+
+
+def test_a_choice_setting() -> None:
+    weigher = SETTINGS["placement.weigher"]
+    assert weigher.default == "spread"
+    assert weigher.parse(" pack\n") == "pack"
+    assert format_value(weigher, "pack") == "pack"
+    with pytest.raises(ValueError, match="placement.weigher.*one of spread, pack"):
+        weigher.parse("Pack")
+    with pytest.raises(TypeError):
+        format_value(weigher, "fill")
+    assert SETTINGS["host.maintenancePolicy"].default == "migrate"
 
 
 # --- round trip -----------------------------------------------------------------------------
@@ -169,6 +187,8 @@ def in_range(draw: st.DrawFn) -> tuple[Setting, object]:
     item = SETTINGS[draw(st.sampled_from(sorted(SETTINGS)))]
     if item.kind is bool:
         return item, draw(st.booleans())
+    if item.kind is str:
+        return item, draw(st.sampled_from(item.choices))
     if item.kind is int:
         return item, draw(st.integers(item.minimum, item.maximum))
     value = draw(st.one_of(
