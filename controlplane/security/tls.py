@@ -283,6 +283,7 @@ class RotatingCredentials:
                 return False
             if self._creds is None:  # nothing good to keep: the next current() loads
                 self._signature = signature
+                self.rotations += 1
                 return True
             try:
                 pair = load_checked(self.files)
