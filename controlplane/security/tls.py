@@ -141,8 +141,8 @@ class CertificateNotValid(RuntimeError):
         self.not_after = cert.not_valid_after_utc
         self.expired = now > self.not_after
         state = (f"expired at {self.not_after.isoformat()}" if self.expired
-                 else f"not valid before {self.not_before.isoformat()}")
-        super().__init__(f"the certificate {path} ({self.subject}, serial {self.serial}) is "
+                 else f"is not valid before {self.not_before.isoformat()}")
+        super().__init__(f"the certificate {path} ({self.subject}, serial {self.serial}) "
                          f"{state} (now {now.isoformat(timespec='seconds')}): peers refuse "
                          "it; issue a new one (controlplane certs issue)")
 
