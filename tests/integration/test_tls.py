@@ -362,3 +362,45 @@ def test_a_client_pool_picks_up_rotated_files(node, pki: HarnessPki, tmp_path: P
         assert pool.rotations == 1
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("state", ["expired", "not yet valid"])
+def test_a_node_names_an_agent_certificate_that_does_not_verify(
+        pki: HarnessPki, tmp_path: Path, caplog: pytest.LogCaptureFixture, state: str) -> None:
+    """An agent presenting an expired (or not yet valid) certificate gets no call, and the
+    node's log line names the address, the reason, the certificate's subject and dates
+    (gRPC's failed handshake says none of it). The agent here is a bare gRPC server: ours
+    refuse to start with such a certificate."""
+    from concurrent import futures
+
+    from controlplane.agentclient import AgentClients, NotThisHostsAgent
+
+    out = tmp_path / "agent-bad"
+    now = dt.datetime.now(dt.UTC)
+    if state == "expired":
+        pki_files.issue_identity(pki.base, "agent", "h-bad", out=out, now=now, days=-1,
+                                 not_before=now - dt.timedelta(days=2))
+    else:
+        pki_files.issue_identity(pki.base, "agent", "h-bad", out=out,
+                                 now=now + dt.timedelta(days=2), days=30,
+                                 not_before=now + dt.timedelta(days=1))
+    files = TlsFiles.from_dir(out)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(Path(files.key).read_bytes(), Path(files.cert).read_bytes())],
+        root_certificates=Path(files.ca).read_bytes(), require_client_auth=True))
+    server.start()
+    clients = AgentClients(tls=pki.node("names-0"))
+    try:
+        with caplog.at_level("ERROR"):
+            for _ in range(2):
+                with pytest.raises(NotThisHostsAgent) as err:
+                    clients.stub(f"127.0.0.1:{port}", "h-bad")
+                assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert ("expired" if state == "expired" else "not yet valid") in err.value.details()
+        (line,) = [r for r in caplog.records if getattr(r, "peer", None)]  # once, not per call
+        assert line.peer == f"127.0.0.1:{port}" and line.host_id == "h-bad"
+        assert "CN=agent:h-bad" in line.subject and line.not_after and line.serial
+        assert "CN=agent:h-bad" in line.getMessage()
+    finally:
+        server.stop(0)
