@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -36,13 +34,18 @@ import pytest
 from controlplane.channels import ChannelPool, open_channel
 from controlplane.security import pki as pki_files
 from controlplane.security import x509 as cx509
-from controlplane.security.peercert import server_certificate
 from controlplane.security.tls import TlsFiles
 from controlplane.testing import cluster as c
 from controlplane.testing.etcd import EtcdCluster
-from controlplane.testing.pki import HarnessPki, SecretDir
+from controlplane.testing.pki import HarnessPki
 from controlplane.testing.ports import free_port
 from controlplane.testing.pytest_plugin import AgentFactory, NodeFactory
+from controlplane.testing.rotation import (
+    Callers,
+    RotatingIdentity,
+    pool_reloads_logged,
+    presented_serial,
+)
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import (
     cluster_pb2,
@@ -58,125 +61,10 @@ CALL_TIMEOUT = 15.0
 STEP_TIMEOUT = 20.0
 
 
-class Identity:
-    """One process's certificate directory, rewritten by the test in one of the layouts."""
-
-    def __init__(self, path: Path, layout: str, kind: str, name: str,
-                 role: str | None = None, hosts: tuple[str, ...] = ()) -> None:
-        self.path, self.layout = path, layout
-        self.kind, self.name, self.role, self.hosts = kind, name, role, hosts
-        self.secret = SecretDir(path) if layout == "secret" else None
-        self.issued: cx509.Issued | None = None
-
-    @property
-    def files(self) -> TlsFiles:
-        return TlsFiles.from_dir(self.path)
-
-    @property
-    def serial(self) -> int:
-        assert self.issued is not None
-        return self.issued.cert.serial_number
-
-    def issue(self, ca: cx509.Issued, bundle: bytes) -> None:
-        self.issued = cx509.issue(ca, self.kind, self.name, dt.datetime.now(dt.UTC),
-                                  role=self.role, hosts=self.hosts)
-        self.publish(bundle)
-
-    def publish(self, bundle: bytes) -> None:
-        assert self.issued is not None
-        if self.secret is not None:
-            self.secret.write(bundle, self.issued)
-        else:
-            pki_files.write_identity(self.path, bundle, self.issued)
-
-
-@dataclass
-class Callers:
-    """Threads calling the node without a pause; every failure is kept."""
-
-    pool: ChannelPool
-    address: str
-    vm_ids: list[str]
-    stop: threading.Event = field(default_factory=threading.Event)
-    failures: list[str] = field(default_factory=list)
-    ok: dict[str, list[float]] = field(default_factory=dict)
-    threads: list[threading.Thread] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _loop(self, name: str, calls: list[Callable[[], object]]) -> None:
-        self.ok[name] = []
-        i = 0
-        while not self.stop.is_set():
-            call = calls[i % len(calls)]
-            i += 1
-            try:
-                call()
-            except grpc.RpcError as exc:
-                with self.lock:
-                    self.failures.append(f"{name} at {time.monotonic():.3f}: {exc.code()} "
-                                         f"{exc.details()}")
-            except Exception as exc:  # noqa: BLE001 - a RuntimeError from the pool is a failure too
-                with self.lock:
-                    self.failures.append(f"{name}: {exc!r}")
-            else:
-                self.ok[name].append(time.monotonic())
-
-    def start(self) -> None:
-        def ring() -> object:
-            return self.pool.stub(cluster_pb2_grpc.ClusterServiceStub, self.address).GetRing(
-                cluster_pb2.GetRingRequest(), timeout=CALL_TIMEOUT)
-
-        def vms() -> object:
-            return self.pool.stub(vm_pb2_grpc.VmServiceStub, self.address).ListVms(
-                vm_pb2.ListVmsRequest(), timeout=CALL_TIMEOUT)
-
-        def get() -> object:
-            return self.pool.stub(vm_pb2_grpc.VmServiceStub, self.address).GetVm(
-                vm_pb2.GetVmRequest(vm_id=self.vm_ids[0]), timeout=CALL_TIMEOUT)
-
-        def cycle(vm_id: str) -> list[Callable[[], object]]:
-            def stop() -> object:
-                return self.pool.stub(vm_pb2_grpc.VmServiceStub, self.address).StopVm(
-                    vm_pb2.StopVmRequest(vm_id=vm_id, wait=True, force=True),
-                    timeout=CALL_TIMEOUT)
-
-            def start() -> object:
-                return self.pool.stub(vm_pb2_grpc.VmServiceStub, self.address).StartVm(
-                    vm_pb2.StartVmRequest(vm_id=vm_id, wait=True), timeout=CALL_TIMEOUT)
-            return [stop, start]
-
-        plans = {"reader-0": [ring, vms, get], "reader-1": [get, ring, vms]}
-        plans.update({f"vm-{vm_id}": cycle(vm_id) for vm_id in self.vm_ids})
-        for name, calls in plans.items():
-            thread = threading.Thread(target=self._loop, args=(name, calls), name=name,
-                                      daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def successes_since(self, name: str, since: float) -> int:
-        return sum(1 for t in self.ok.get(name, []) if t >= since)
-
-    def join(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(CALL_TIMEOUT + 5)
-
-
-def presented_serial(address: str, files: TlsFiles) -> int:
-    """The serial of the certificate the server at `address` presents to a new handshake."""
-    return server_certificate(address, files, 3.0).serial_number
-
-
 def reloads(metrics_port: int) -> float:
     text = c.scrape_metrics(metrics_port)
     found = re.search(r"^controlplane_tls_reloads_total (\S+)$", text, re.M)
     return float(found.group(1)) if found else 0.0
-
-
-def pool_reloads_logged(node, node_files: TlsFiles) -> list[str]:  # type: ignore[no-untyped-def]
-    """The serials the node's client pools took (its log lines), in order."""
-    return re.findall(rf"client certificate files {re.escape(node_files.cert)} reloaded: "
-                      r"serial (\w+)", node.log_text())
 
 
 @pytest.fixture
@@ -188,9 +76,11 @@ def fleet(request: pytest.FixtureRequest, etcd: EtcdCluster, nodes: NodeFactory,
     prefix = "rot-host-"
     node_id = f"rot-{layout}"
     ids = {
-        "node": Identity(tmp_path / "node", layout, "node", node_id),
-        "agent": Identity(tmp_path / "agent", layout, "agent", "rot-ag", hosts=(f"{prefix}*",)),
-        "client": Identity(tmp_path / "client", layout, "user", "rot-admin", role="admin"),
+        "node": RotatingIdentity(tmp_path / "node", layout, "node", node_id),
+        "agent": RotatingIdentity(tmp_path / "agent", layout, "agent", "rot-ag",
+                                  hosts=(f"{prefix}*",)),
+        "client": RotatingIdentity(tmp_path / "client", layout, "user", "rot-admin",
+                                   role="admin"),
     }
     for ident in ids.values():
         ident.issue(ca_a, bundle_a)
@@ -219,7 +109,7 @@ def fleet(request: pytest.FixtureRequest, etcd: EtcdCluster, nodes: NodeFactory,
 
 @pytest.mark.parametrize("fleet", ["secret", "files"], indirect=True)
 def test_rotation_under_continuous_calls_fails_no_call(fleet: dict) -> None:
-    ids: dict[str, Identity] = fleet["ids"]
+    ids: dict[str, RotatingIdentity] = fleet["ids"]
     node, agent, pool = fleet["node"], fleet["agent"], fleet["pool"]
     metrics_port = fleet["metrics_port"]
     ca_a: cx509.Issued = fleet["ca_a"]
@@ -234,8 +124,9 @@ def test_rotation_under_continuous_calls_fails_no_call(fleet: dict) -> None:
                   agent_serial: int | None = None, node_reloads: int | None = None) -> None:
         wait_until(lambda: pool.rotations >= rotations, STEP_TIMEOUT,
                    message=f"the client pool takes rotation {rotations}")
-        wait_until(lambda: len(pool_reloads_logged(node, ids["node"].files)) >= rotations,
-                   STEP_TIMEOUT, message=f"the node's agent pool takes rotation {rotations}")
+        wait_until(lambda: len(pool_reloads_logged(node.log_text(), ids["node"].files))
+                   >= rotations, STEP_TIMEOUT,
+                   message=f"the node's agent pool takes rotation {rotations}")
         if node_serial is not None:
             wait_until(lambda: presented_serial(node.address, client.files) == node_serial,
                        STEP_TIMEOUT, message="the node presents its new certificate")
@@ -247,14 +138,13 @@ def test_rotation_under_continuous_calls_fails_no_call(fleet: dict) -> None:
                        message=f"the node's server reloaded {node_reloads} times")
 
     try:
-        wait_until(lambda: all(callers.successes_since(n, 0) >= 2 for n in
-                               ("reader-0", "reader-1", *(f"vm-{v}" for v in callers.vm_ids))),
+        wait_until(lambda: all(callers.successes_since(n, 0) >= 2 for n in callers.names()),
                    STEP_TIMEOUT, message="every caller got calls through before the rotation")
         # 1. new leaves from the same CA
         for ident in ids.values():
             ident.issue(ca_a, bundle_a)
         step_done(1, ids["node"].serial, ids["agent"].serial, node_reloads=1)
-        assert pool_reloads_logged(node, ids["node"].files)[-1] == format(
+        assert pool_reloads_logged(node.log_text(), ids["node"].files)[-1] == format(
             ids["node"].serial, "x")
         # 2. the second CA beside the first, leaves unchanged
         both = bundle_a + bundle_b
