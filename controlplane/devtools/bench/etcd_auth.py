@@ -5,7 +5,9 @@ with and without `EtcdCluster(auth=True)`, interleaved so the machine's noise hi
 
 Printed per mode: start seconds (median, min, max), the first put's milliseconds (with
 auth: the Authenticate call, bcrypt at the harness's cost 4), and a get's mean
-microseconds over `--gets` calls (etcd checks the token on each).
+microseconds over `--gets` calls (etcd checks the token on each). `auth_cn` is a second
+store on the auth cluster that is authenticated by its certificate's CN (`root`), with no
+token: the difference to `auth` is what the token costs on our side, per call.
 """
 
 from __future__ import annotations
@@ -19,17 +21,34 @@ import time
 from collections.abc import Sequence
 
 from controlplane.store import Store
+from controlplane.store.auth import ROOT
 from controlplane.store.keys import DEFAULT_PREFIX
 from controlplane.testing.etcd import EtcdCluster
+from controlplane.testing.pki import harness_pki
 
 __all__ = ["main", "measure"]
 
 
 def measure(runs: int = 8, gets: int = 500) -> dict[str, object]:
+    modes = ("no_auth", "auth", "auth_cn")
     starts: dict[bool, list[float]] = {False: [], True: []}
-    firsts: dict[bool, list[float]] = {False: [], True: []}
-    per_get: dict[bool, list[float]] = {False: [], True: []}
+    firsts: dict[str, list[float]] = {m: [] for m in modes}
+    per_get: dict[str, list[float]] = {m: [] for m in modes}
     key = f"{DEFAULT_PREFIX}/bench/auth"
+    root = harness_pki().files("user", ROOT, "admin")  # CN root: etcd's root user
+
+    def timed(store: Store, mode: str) -> None:
+        try:
+            began = time.monotonic()
+            store.put(key, b"1")
+            firsts[mode].append(time.monotonic() - began)
+            began = time.monotonic()
+            for _ in range(gets):
+                store.get(key)
+            per_get[mode].append((time.monotonic() - began) / gets)
+        finally:
+            store.close()
+
     with tempfile.TemporaryDirectory(prefix="cp-bench-auth-") as tmp:
         for run in range(runs):
             for auth in (False, True):
@@ -37,25 +56,22 @@ def measure(runs: int = 8, gets: int = 500) -> dict[str, object]:
                 cluster = EtcdCluster(os.path.join(tmp, f"{run}-{auth}"), auth=auth).start()
                 try:
                     starts[auth].append(time.monotonic() - began)
-                    store = Store(cluster.urls, login=cluster.login)
-                    try:
-                        began = time.monotonic()
-                        store.put(key, b"1")
-                        firsts[auth].append(time.monotonic() - began)
-                        began = time.monotonic()
-                        for _ in range(gets):
-                            store.get(key)
-                        per_get[auth].append((time.monotonic() - began) / gets)
-                    finally:
-                        store.close()
+                    timed(Store(cluster.urls, login=cluster.login),
+                          "auth" if auth else "no_auth")
+                    if auth:
+                        timed(Store(cluster.urls, tls=root), "auth_cn")
                 finally:
                     cluster.stop()
-    return {("auth" if auth else "no_auth"): {
-        "start_s": {"median": round(statistics.median(starts[auth]), 3),
-                    "min": round(min(starts[auth]), 3), "max": round(max(starts[auth]), 3)},
-        "first_put_ms_median": round(1000 * statistics.median(firsts[auth]), 1),
-        "get_us_median": round(1e6 * statistics.median(per_get[auth])),
-    } for auth in (False, True)} | {"runs": runs, "gets": gets}
+    out: dict[str, object] = {}
+    for mode in modes:
+        started = starts[mode != "no_auth"]
+        out[mode] = {
+            "start_s": {"median": round(statistics.median(started), 3),
+                        "min": round(min(started), 3), "max": round(max(started), 3)},
+            "first_put_ms_median": round(1000 * statistics.median(firsts[mode]), 1),
+            "get_us_median": round(1e6 * statistics.median(per_get[mode])),
+        }
+    return out | {"runs": runs, "gets": gets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
