@@ -17,9 +17,15 @@ Reloading, so a rotated certificate is used without a restart:
   half-rotated pair, is kept out until the pair matches again). The same fetch counts the
   handshakes (`HANDSHAKES`, metric `controlplane_tls_handshakes_total`): channels are reused,
   so in steady state the count stands still;
-- clients: `channels.ChannelPool` compares `TlsFiles.signature()` at most once a second and
-  opens new channels (with the new files) once it changed; calls in flight finish on the
-  old channels, which are dropped, not closed.
+- clients: `RotatingCredentials` (used by `channels.ChannelPool` and the etcd store)
+  compares `TlsFiles.signature()` at most once a second and, once the files changed and
+  load, hands out new credentials, with which the owner opens new channels; calls in
+  flight finish on the old channels, which are dropped, not closed;
+- both refuse a set whose certificate is expired or not yet valid (`CertificateNotValid`:
+  an error line naming the file, subject, serial and dates) and keep the set in use, and a
+  server refuses to start with one (`check_own`): every peer would refuse it, so taking it
+  would turn a bad rotation into an outage. A client's first set, with nothing to keep,
+  is dialed anyway after the error line (the server is the judge).
 
 Server names: the client checks the server's certificate against the address it dialed
 (standard hostname verification; no target-name override anywhere): nodes, agents and MDS
