@@ -14,12 +14,13 @@ agent (its reports are never applied, and HA gets no proof from it). Without TLS
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 
 import grpc
 
 from controlplane.channels import ChannelPool
-from controlplane.security.peercert import PeerCertificates
+from controlplane.security.peercert import PeerCertificates, refused_certificate
 from controlplane.security.tls import TlsFiles, Transport
 from controlplane.security.x509 import speaks_for, subject_of
 from controlplane.v1 import agent_pb2_grpc, blockjob_pb2_grpc
@@ -61,6 +62,7 @@ class AgentClients:
         self._pool = ChannelPool(tls=tls)
         self._certs = PeerCertificates(tls) if isinstance(tls, TlsFiles) else None
         self._logged: set[tuple[str, str]] = set()
+        self._refusals_logged: set[tuple[str, str]] = set()  # (address, verify reason)
         self._watched: dict[int, grpc.Channel] = {}  # channels whose state clears the cache
         self._lock = threading.Lock()
 
@@ -71,6 +73,11 @@ class AgentClients:
         self._watch(address)
         try:
             cert = self._certs.get(address, CHECK_TIMEOUT)
+        except ssl.SSLCertVerificationError as exc:
+            self._log_refused(address, host_id, exc)
+            raise NotThisHostsAgent(grpc.StatusCode.UNAVAILABLE,
+                                    f"agent at {address}: its certificate does not verify: "
+                                    f"{exc.verify_message}") from exc
         except (OSError, ValueError) as exc:
             raise NotThisHostsAgent(grpc.StatusCode.UNAVAILABLE,
                                     f"agent at {address}: cannot read its certificate: {exc}"
@@ -90,6 +97,25 @@ class AgentClients:
         if first:
             log.error("%s", reason, extra={"host_id": host_id})
         raise NotThisHostsAgent(grpc.StatusCode.PERMISSION_DENIED, reason)
+
+    def _log_refused(self, address: str, host_id: str,
+                     exc: ssl.SSLCertVerificationError) -> None:
+        """One error line per (address, reason) saying which certificate the agent presents
+        and why it is refused (expired, not yet valid, another CA), with its subject and
+        dates as fields: gRPC's own failed handshake names neither."""
+        reason = str(exc.verify_message)
+        with self._lock:
+            first = (address, reason) not in self._refusals_logged
+            self._refusals_logged.add((address, reason))
+        if not first:
+            return
+        assert self._certs is not None
+        seen = refused_certificate(address, self._certs.tls, CHECK_TIMEOUT) or {}
+        log.error("the agent at %s presents a certificate that does not verify (%s): %s, "
+                  "valid %s .. %s", address, reason, seen.get("subject", "?"),
+                  seen.get("not_before", "?"), seen.get("not_after", "?"),
+                  extra={"host_id": host_id, "peer": address, "reason": reason,
+                         **{k: v for k, v in seen.items() if k != "peer"}})
 
     def _watch(self, address: str) -> None:
         """Forget the address's certificate whenever its channel leaves READY: a reconnect

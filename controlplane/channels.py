@@ -23,13 +23,17 @@ once the certificate files changed (checked at most every `ROTATION_CHECK` secon
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from controlplane.security.tls import Plaintext, Transport, channel_credentials
+from controlplane.security.tls import (
+    Plaintext,
+    RotatingCredentials,
+    Transport,
+    channel_credentials,
+)
 
 __all__ = ["CHANNEL_OPTIONS", "LARGE_MESSAGE_OPTIONS", "ChannelPool", "open_channel",
            "reconnect_options"]
@@ -56,14 +60,16 @@ ROTATION_CHECK = 1.0  # seconds between two looks at a pool's certificate files
 
 
 def open_channel(address: str, options: list[tuple[str, int]] | None = None, *,
-                 tls: Transport) -> grpc.Channel:
+                 tls: Transport, credentials: grpc.ChannelCredentials | None = None
+                 ) -> grpc.Channel:
     """The one place a channel to one of our processes is opened (the pool, the client
-    library and the harness all come here): mutual TLS with `tls`'s files (read now), or
-    plaintext for PLAINTEXT. RuntimeError when the files cannot be read or do not match."""
+    library and the harness all come here): mutual TLS with `tls`'s files (read now, unless
+    `credentials` already holds them: a pool's), or plaintext for PLAINTEXT. RuntimeError
+    when the files cannot be read or do not match."""
     opts = CHANNEL_OPTIONS if options is None else options
     if isinstance(tls, Plaintext):
         return grpc.insecure_channel(address, options=opts)
-    return grpc.secure_channel(address, channel_credentials(tls), options=opts)
+    return grpc.secure_channel(address, credentials or channel_credentials(tls), options=opts)
 
 
 class ChannelPool:
@@ -74,9 +80,12 @@ class ChannelPool:
     hot callers build them per call: the client library on every RPC, the VM tracker for
     every owned host every interval.
 
-    When `tls`'s files change (a rotation), the next use after the check interval opens
-    new channels; the old ones are dropped, not closed, so calls in flight on them finish
-    (gRPC frees a channel once nothing uses it)."""
+    Rotation (`security.tls.RotatingCredentials`): when `tls`'s files change and the new set
+    loads and is valid now, the next use after the check interval opens new channels with
+    it; the old ones are dropped, not closed, so calls in flight on them finish (gRPC frees
+    a channel once nothing uses it). A set that does not load yet (the new key beside the
+    old certificate, mid-replacement) or is expired / not yet valid leaves the channels as
+    they are: a bad rotation costs a log line, not the calls."""
 
     def __init__(self, options: list[tuple[str, int]] | None = None, *,
                  tls: Transport) -> None:
@@ -85,32 +94,26 @@ class ChannelPool:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[Callable[..., Any], str], Any] = {}
         self._lock = threading.Lock()
-        self.rotations = 0
-        self._signature = None if isinstance(tls, Plaintext) else tls.signature()
-        self._next_check = (float("inf") if isinstance(tls, Plaintext)
-                            else time.monotonic() + ROTATION_CHECK)
+        self.credentials = (None if isinstance(tls, Plaintext)
+                            else RotatingCredentials(tls, ROTATION_CHECK))
+
+    @property
+    def rotations(self) -> int:
+        """How many rotated sets of files this pool took."""
+        return 0 if self.credentials is None else self.credentials.rotations
 
     def _check_rotation(self) -> None:
-        now = time.monotonic()
-        if now < self._next_check:
-            return
-        self._next_check = now + ROTATION_CHECK
-        assert not isinstance(self.tls, Plaintext)
-        signature = self.tls.signature()
-        if signature is None or signature == self._signature:
+        if self.credentials is None or not self.credentials.check():
             return
         with self._lock:
-            if signature == self._signature:
-                return
-            self._signature = signature
             self._channels, self._stubs = {}, {}
-            self.rotations += 1
 
     def _channel_locked(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = open_channel(address, self.options,
-                                                             tls=self.tls)
+            channel = self._channels[address] = open_channel(
+                address, self.options, tls=self.tls,
+                credentials=None if self.credentials is None else self.credentials.current())
         return channel
 
     def get(self, address: str) -> grpc.Channel:

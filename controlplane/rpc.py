@@ -71,6 +71,7 @@ from controlplane.metadata import CALLER, FORWARDED_BY, UNREACHABLE, value_of
 from controlplane.security import policy
 from controlplane.security.identity import Identity, peer_identity
 from controlplane.security.tls import (
+    CertificateNotValid,
     Plaintext,
     ReloadingServerConfig,
     Transport,
@@ -739,6 +740,9 @@ def serve_until_signal(start: Callable[[], Stoppable],
         signal.signal(signum, on_signal)
     try:
         server = start()
+    except CertificateNotValid as exc:  # the file, subject and dates as fields too
+        log.error("refusing to start: %s", exc, extra=exc.fields())
+        return 1
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1

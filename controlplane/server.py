@@ -28,9 +28,16 @@ from controlplane.host.maintenance import MaintenanceLoop
 from controlplane.host.service import HostServicer
 from controlplane.logs import NodeContext
 from controlplane.owner import OwnerContext
-from controlplane.rpc import MetricsInterceptor, RpcServer, serve_metrics, serve_until_signal
+from controlplane.rpc import (
+    MetricsInterceptor,
+    RpcServer,
+    Stoppable,
+    serve_metrics,
+    serve_until_signal,
+)
 from controlplane.security.audit import AuditInterceptor, AuditWriter
 from controlplane.security.audit_service import AuditServicer
+from controlplane.security.tls import check_own
 from controlplane.storage.images import ImageManager
 from controlplane.storage.livejobs import LiveJobs
 from controlplane.storage.primary import MdsHealthChecker
@@ -299,5 +306,13 @@ class ManagementNode:
 
 
 def serve(settings: Settings, log_context: NodeContext | None = None) -> int:
-    """Run one node until SIGTERM/SIGINT; the `controlplane serve` command."""
-    return serve_until_signal(ManagementNode(settings, log_context).start)
+    """Run one node until SIGTERM/SIGINT; the `controlplane serve` command. Its own
+    certificates (gRPC's and etcd's) are checked first: an expired or not-yet-valid one
+    exits 1 with a line naming the file, before the node touches etcd."""
+    def start() -> Stoppable:
+        check_own(settings.tls)
+        if settings.etcd_tls is not None:
+            check_own(settings.etcd_tls)
+        return ManagementNode(settings, log_context).start()
+
+    return serve_until_signal(start)

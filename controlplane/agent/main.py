@@ -18,6 +18,7 @@ from controlplane.config.settings import (
     transport_from_args,
 )
 from controlplane.rpc import serve_metrics, serve_until_signal
+from controlplane.security.tls import check_own
 
 __all__ = ["add_agent_parser", "run_agent"]
 
@@ -139,6 +140,7 @@ def run_agent(args: argparse.Namespace) -> int:
     logs.setup(args.log_format, args.log_level, f"agent@{args.listen}")
 
     def start():  # type: ignore[no-untyped-def]
+        check_own(tls)  # an expired or not-yet-valid certificate: exit 1 naming the file
         serve_metrics(args.metrics_port,
                       metrics_bind_address(args.metrics_address, args.listen))
         return serve_agent(args, tls)

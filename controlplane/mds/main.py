@@ -25,6 +25,7 @@ from controlplane.config.settings import (
     transport_from_args,
 )
 from controlplane.rpc import serve_metrics, serve_until_signal
+from controlplane.security.tls import check_own
 
 __all__ = ["add_mds_parser", "main", "run_mds"]
 
@@ -83,6 +84,7 @@ def run_mds(args: argparse.Namespace) -> int:
         return 2
 
     def start():  # type: ignore[no-untyped-def]
+        check_own(tls)  # an expired or not-yet-valid certificate: exit 1 naming the file
         serve_metrics(args.metrics_port,
                       metrics_bind_address(args.metrics_address, args.listen))
         return MdsServer(args.listen, tls=tls).start()

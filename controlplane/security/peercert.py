@@ -23,7 +23,7 @@ from cryptography import x509 as cx509
 
 from controlplane.security.tls import TlsFiles
 
-__all__ = ["CHECK_TTL", "PeerCertificates", "server_certificate"]
+__all__ = ["CHECK_TTL", "PeerCertificates", "refused_certificate", "server_certificate"]
 
 CHECK_TTL = 30.0
 
@@ -43,6 +43,34 @@ def server_certificate(address: str, tls: TlsFiles, timeout: float) -> cx509.Cer
     if not der:
         raise ssl.SSLError(f"{address} presented no certificate")
     return cx509.load_der_x509_certificate(der)
+
+
+def refused_certificate(address: str, tls: TlsFiles, timeout: float
+                        ) -> dict[str, str] | None:
+    """What the server at HOST:PORT presents, read without verifying it, for the log line
+    that says why a verified handshake failed (an expired or not-yet-valid certificate, one
+    from another CA): {"peer", "subject", "issuer", "serial", "not_before", "not_after"},
+    None when even that cannot be read. Never a basis for trust: only for the message."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+        context.set_alpn_protocols(["h2"])
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=host) as conn:
+            der = conn.getpeercert(binary_form=True)
+        cert = cx509.load_der_x509_certificate(der) if der else None
+    except (OSError, ValueError):
+        return None
+    if cert is None:
+        return None
+    return {"peer": address, "subject": cert.subject.rfc4514_string(),
+            "issuer": cert.issuer.rfc4514_string(), "serial": format(cert.serial_number, "x"),
+            "not_before": cert.not_valid_before_utc.isoformat(),
+            "not_after": cert.not_valid_after_utc.isoformat()}
 
 
 class PeerCertificates:

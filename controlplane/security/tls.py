@@ -17,9 +17,15 @@ Reloading, so a rotated certificate is used without a restart:
   half-rotated pair, is kept out until the pair matches again). The same fetch counts the
   handshakes (`HANDSHAKES`, metric `controlplane_tls_handshakes_total`): channels are reused,
   so in steady state the count stands still;
-- clients: `channels.ChannelPool` compares `TlsFiles.signature()` at most once a second and
-  opens new channels (with the new files) once it changed; calls in flight finish on the
-  old channels, which are dropped, not closed.
+- clients: `RotatingCredentials` (used by `channels.ChannelPool` and the etcd store)
+  compares `TlsFiles.signature()` at most once a second and, once the files changed and
+  load, hands out new credentials, with which the owner opens new channels; calls in
+  flight finish on the old channels, which are dropped, not closed;
+- both refuse a set whose certificate is expired or not yet valid (`CertificateNotValid`:
+  an error line naming the file, subject, serial and dates) and keep the set in use, and a
+  server refuses to start with one (`check_own`): every peer would refuse it, so taking it
+  would turn a bad rotation into an outage. A client's first set, with nothing to keep,
+  is dialed anyway after the error line (the server is the judge).
 
 Server names: the client checks the server's certificate against the address it dialed
 (standard hostname verification; no target-name override anywhere): nodes, agents and MDS
@@ -29,9 +35,11 @@ are dialed by the address they advertise, so their certificates name that addres
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +50,10 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import Counter
 
 __all__ = ["ENV_CA", "ENV_CERT", "ENV_INSECURE", "ENV_KEY", "ENV_TLS_DIR", "HANDSHAKES",
-           "PLAINTEXT", "Plaintext", "ReloadingServerConfig", "TlsFiles", "TlsMissing",
-           "Transport", "channel_credentials", "describe", "load_pair", "server_credentials",
+           "PLAINTEXT", "RELOADS", "RELOAD_REFUSALS", "CertificateNotValid", "LoadedPair",
+           "Plaintext", "ReloadingServerConfig", "RotatingCredentials", "TlsFiles",
+           "TlsMissing", "Transport", "channel_credentials", "check_own", "describe",
+           "load_checked", "load_pair", "pair_credentials", "server_credentials",
            "transport_from", "transport_from_env"]
 
 log = logging.getLogger(__name__)
@@ -54,6 +64,10 @@ ENV_INSECURE = "CONTROLPLANE_INSECURE"
 
 HANDSHAKES = Counter("controlplane_tls_handshakes_total",
                      "TLS handshakes this process's server began (reused channels: none)")
+RELOADS = Counter("controlplane_tls_reloads_total",
+                  "times this process's server took rotated certificate files")
+RELOAD_REFUSALS = Counter("controlplane_tls_reload_refusals_total",
+                          "rotated certificate files refused (outside their validity period)")
 
 NO_TRANSPORT = ("no TLS identity: give --tls-dir DIR (a directory with ca.crt, tls.crt and "
                 "tls.key; or --ca/--cert/--key, or CONTROLPLANE_TLS_DIR) for mutual TLS, or "
@@ -119,13 +133,48 @@ def describe(transport: Transport) -> str:
         else f"mutual TLS ({Path(transport.cert).parent})"
 
 
-def load_pair(files: TlsFiles) -> tuple[bytes, bytes, bytes]:
-    """The files read and checked: PEM that parses, the key belongs to the certificate.
-    RuntimeError saying which is wrong. A certificate outside its validity period is
-    loaded (gRPC refuses it in the handshake) but logged as an error, since every peer
-    will refuse it."""
-    import datetime as dt
+class CertificateNotValid(RuntimeError):
+    """This process's own certificate is outside its validity period (expired, or not yet
+    valid): every peer would refuse it, so it is not loaded. The fields say which file,
+    whose certificate and when it is valid (they go into the log line as `extra=` fields:
+    `tls_file`, `subject`, `serial`, `not_before`, `not_after`)."""
 
+    def __init__(self, path: str, cert: x509.Certificate, now: dt.datetime) -> None:
+        self.path = path
+        self.subject = cert.subject.rfc4514_string()
+        self.serial = format(cert.serial_number, "x")
+        self.not_before = cert.not_valid_before_utc
+        self.not_after = cert.not_valid_after_utc
+        self.expired = now > self.not_after
+        state = (f"expired at {self.not_after.isoformat()}" if self.expired
+                 else f"is not valid before {self.not_before.isoformat()}")
+        super().__init__(f"the certificate {path} ({self.subject}, serial {self.serial}) "
+                         f"{state} (now {now.isoformat(timespec='seconds')}): peers refuse "
+                         "it; issue a new one (controlplane certs issue)")
+
+    def fields(self) -> dict[str, str]:
+        """The structured fields of the log line that reports it."""
+        return {"tls_file": self.path, "subject": self.subject, "serial": self.serial,
+                "not_before": self.not_before.isoformat(),
+                "not_after": self.not_after.isoformat()}
+
+
+@dataclass(frozen=True)
+class LoadedPair:
+    """The PEM bytes of one consistent set of files, and the certificate parsed."""
+
+    ca: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    cert: x509.Certificate
+
+    @property
+    def serial(self) -> str:
+        return format(self.cert.serial_number, "x")
+
+
+def _load(files: TlsFiles, now: dt.datetime | None
+          ) -> tuple[LoadedPair, CertificateNotValid | None]:
     ca, cert_pem, key_pem = files.read()
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
@@ -140,12 +189,41 @@ def load_pair(files: TlsFiles) -> tuple[bytes, bytes, bytes]:
                                            serialization.PublicFormat.SubjectPublicKeyInfo):
         raise RuntimeError(f"the key {files.key} does not belong to the certificate "
                            f"{files.cert}")
-    now = dt.datetime.now(dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
+    invalid = None
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        log.error("the certificate %s is not valid now (valid %s .. %s): peers will refuse it",
-                  files.cert, cert.not_valid_before_utc.isoformat(),
-                  cert.not_valid_after_utc.isoformat())
-    return ca, cert_pem, key_pem
+        invalid = CertificateNotValid(files.cert, cert, now)
+    return LoadedPair(ca, cert_pem, key_pem, cert), invalid
+
+
+def load_checked(files: TlsFiles, *, now: dt.datetime | None = None) -> LoadedPair:
+    """The files read and checked: PEM that parses, the key belongs to the certificate, and
+    the certificate is valid `now` (CertificateNotValid otherwise). RuntimeError saying
+    which is wrong: a caller that already holds a good set keeps it (a half-rotated pair,
+    the new key beside the old certificate, is one of these for a moment)."""
+    pair, invalid = _load(files, now)
+    if invalid is not None:
+        raise invalid
+    return pair
+
+
+def check_own(transport: Transport) -> None:
+    """A server's start-up check: CertificateNotValid (or RuntimeError for files that do not
+    load) before anything starts, so `serve`, `agent` and `mds` refuse to start with an
+    expired or not-yet-valid certificate instead of serving handshakes every peer fails."""
+    if isinstance(transport, TlsFiles):
+        load_checked(transport)
+
+
+def load_pair(files: TlsFiles) -> tuple[bytes, bytes, bytes]:
+    """(ca, cert, key) of `files`, checked as `load_checked` does, except that a certificate
+    outside its validity period is loaded (a client's first dial: the server is the judge,
+    and its refusal is the caller's answer) with an error line naming the file, subject and
+    dates (structured fields). RuntimeError for files that do not load."""
+    pair, invalid = _load(files, None)
+    if invalid is not None:
+        log.error("%s", invalid, extra=invalid.fields())
+    return pair.ca, pair.cert_pem, pair.key_pem
 
 
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
@@ -156,41 +234,142 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
                                         certificate_chain=cert)
 
 
+def pair_credentials(pair: LoadedPair) -> grpc.ChannelCredentials:
+    """channel_credentials of an already loaded (and checked) set of files."""
+    return grpc.ssl_channel_credentials(root_certificates=pair.ca, private_key=pair.key_pem,
+                                        certificate_chain=pair.cert_pem)
+
+
+class RotatingCredentials:
+    """A client's credentials that follow its files: `current()` answers the credentials of
+    the last good set, and `check()` (at most every `interval` seconds) looks at the files'
+    signature and loads a changed set. A set that does not load (half rotated) or whose
+    certificate is outside its validity period is refused, logged once per change, and the
+    good set stays in use: a bad rotation leaves the working channels alone. `check()` says
+    whether the credentials changed (the caller re-opens its channels).
+
+    Before any good set (files missing, or a first certificate that is already expired),
+    `current()` loads them as channel_credentials does: a missing file is a RuntimeError,
+    an expired certificate an error line, and the dial goes ahead (the server refuses it)."""
+
+    def __init__(self, files: TlsFiles, interval: float = 1.0) -> None:
+        self.files = files
+        self.interval = interval
+        self.rotations = 0
+        self.refusals = 0
+        self.serial: str | None = None
+        self._creds: grpc.ChannelCredentials | None = None
+        self._signature = files.signature()
+        self._refused: tuple[tuple[int, int, int], ...] | None = None
+        self._next_check = time.monotonic() + interval
+        self._lock = threading.Lock()
+
+    def current(self) -> grpc.ChannelCredentials:
+        with self._lock:
+            if self._creds is None:
+                signature = self.files.signature()
+                try:
+                    pair = load_checked(self.files)
+                except CertificateNotValid:
+                    return channel_credentials(self.files)  # logs it; not kept
+                self._creds, self._signature = pair_credentials(pair), signature
+                self.serial = pair.serial
+            return self._creds
+
+    def check(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self.interval
+        signature = self.files.signature()
+        if signature is None or signature == self._signature or signature == self._refused:
+            return False
+        with self._lock:
+            if signature == self._signature or signature == self._refused:
+                return False
+            if self._creds is None:  # nothing good to keep: the next current() loads
+                self._signature = signature
+                self.rotations += 1
+                return True
+            try:
+                pair = load_checked(self.files)
+            except CertificateNotValid as exc:
+                self._refused = signature
+                self.refusals += 1
+                log.error("certificate files changed, but %s: new channels keep the "
+                          "certificate in use (serial %s)", exc, self.serial,
+                          extra=exc.fields())
+                return False
+            except RuntimeError as exc:  # half rotated: look again at the next check
+                log.info("certificate files changed but do not load yet (keeping the ones "
+                         "in use): %s", exc)
+                return False
+            self._creds, self._signature = pair_credentials(pair), signature
+            old, self.serial = self.serial, pair.serial
+            self.rotations += 1
+        log.info("client certificate files %s reloaded: serial %s, was %s", self.files.cert,
+                 pair.serial, old, extra={"tls_file": self.files.cert, "serial": pair.serial})
+        return True
+
+
 class ReloadingServerConfig:
     """gRPC's certificate-config fetcher: called before every handshake, it counts it and
-    answers None (unchanged) or the new configuration once the files changed and load."""
+    answers None (unchanged) or the new configuration once the files changed and load.
+
+    Files that do not load are kept out and the pair in use stays: a half-rotated pair (a
+    warning; the next handshake looks again) or a certificate outside its validity period
+    (an error line with the file, subject, serial and dates, once per change: peers would
+    refuse it, so serving it would turn a bad rotation into an outage). At start there is no
+    pair to keep: CertificateNotValid (a RuntimeError) from the constructor."""
 
     def __init__(self, files: TlsFiles, on_handshake: Callable[[], None] = HANDSHAKES.inc
                  ) -> None:
         self.files = files
         self.on_handshake = on_handshake
         self.reloads = 0
+        self.refusals = 0
         self._lock = threading.Lock()
         self._signature = files.signature()
-        self.initial = self._config()
+        self._refused: tuple[tuple[int, int, int], ...] | None = None
+        pair = load_checked(files)
+        self.serial = pair.serial
+        self.initial = self._config(pair)
 
-    def _config(self) -> grpc.ServerCertificateConfiguration:
-        ca, cert, key = load_pair(self.files)
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+    @staticmethod
+    def _config(pair: LoadedPair) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(pair.key_pem, pair.cert_pem)],
+                                                         root_certificates=pair.ca)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         self.on_handshake()
         signature = self.files.signature()
-        if signature is None or signature == self._signature:
+        if signature is None or signature == self._signature or signature == self._refused:
             return None
         with self._lock:
-            if signature == self._signature:
+            if signature == self._signature or signature == self._refused:
                 return None
             try:
-                config = self._config()
+                pair = load_checked(self.files)
+            except CertificateNotValid as exc:
+                self._refused = signature
+                self.refusals += 1
+                RELOAD_REFUSALS.inc()
+                log.error("certificate files changed, but %s: keeping the certificate in "
+                          "use (serial %s)", exc, self.serial, extra=exc.fields())
+                return None
             except RuntimeError as exc:  # half rotated, or broken: keep serving the old pair
                 log.warning("certificate files changed but do not load (keeping the old "
                             "ones): %s", exc)
                 return None
             self._signature = signature
             self.reloads += 1
-        log.info("certificate files %s reloaded", self.files.cert)
-        return config
+            old, self.serial = self.serial, pair.serial
+        RELOADS.inc()
+        log.info("certificate files %s reloaded: serial %s, was %s", self.files.cert,
+                 pair.serial, old, extra={"tls_file": self.files.cert, "serial": pair.serial,
+                                          "not_after": pair.cert.not_valid_after_utc
+                                          .isoformat()})
+        return self._config(pair)
 
 
 def server_credentials(files: TlsFiles) -> tuple[grpc.ServerCredentials, ReloadingServerConfig]:

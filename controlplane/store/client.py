@@ -15,6 +15,8 @@ endpoint handling and its generated stubs, with three things changed on purpose:
 Transport: TLS with a client certificate (etcd runs with `--client-cert-auth`) unless the
 endpoints say `http://` or no certificate is at hand (`etcd_transport` has the rule). All
 endpoints of one store use the same transport: a cluster half behind TLS is a mistake.
+A rotated client certificate (the files replaced on disk) is taken without a restart: new
+channels for the calls after it, the streams already open left to finish (`_check_rotation`).
 """
 
 from __future__ import annotations
@@ -33,8 +35,13 @@ from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exceptions
 from pyetcd import utils as etcd_utils
 
-from controlplane.channels import reconnect_options
-from controlplane.security.tls import TlsFiles, TlsMissing, channel_credentials, transport_from_env
+from controlplane.channels import ROTATION_CHECK, reconnect_options
+from controlplane.security.tls import (
+    RotatingCredentials,
+    TlsFiles,
+    TlsMissing,
+    transport_from_env,
+)
 from controlplane.store.auth import EtcdLogin, TokenCredentials, stale_token
 from controlplane.store.errors import LeaseLost, StoreError, StoreUnavailable
 from controlplane.store.retry import AttemptPolicy
@@ -176,7 +183,10 @@ class Store:
         self.endpoints = parse_endpoints(endpoints)
         self.tls = etcd_transport(endpoints, tls)
         self.secure = self.tls is not None
-        creds = channel_credentials(self.tls) if self.tls is not None else None
+        self.keepalive = keepalive
+        self.credentials = (RotatingCredentials(self.tls, ROTATION_CHECK)
+                            if self.tls is not None else None)
+        creds = self.credentials.current() if self.credentials is not None else None
         self.auth: TokenCredentials | None = None
         if login is not None:
             if creds is None:
@@ -184,26 +194,16 @@ class Store:
                                  "cross plaintext): give a certificate or https://")
             self.auth = TokenCredentials(login, [f"{h}:{p}" for h, p in self.endpoints],
                                          creds, timeout)
-            creds = grpc.composite_channel_credentials(
-                creds, grpc.metadata_call_credentials(self.auth, name="etcd-token"))
         self.timeout = timeout
         self.budget = budget
         self.policy = AttemptPolicy.short_first(first_timeout, timeout)
-        # With one endpoint there is nothing to fail over to: never blacklist it.
-        time_retry = 1.0 if len(self.endpoints) > 1 else 0.0
-        eps = [
-            pyetcd.Endpoint(h, p, secure=self.secure, creds=creds, time_retry=time_retry,
-                            opts=_channel_options(keepalive))
-            for h, p in self.endpoints
-        ]
-        self._client = pyetcd.MultiEndpointEtcd3Client(
-            endpoints=eps, timeout=timeout, failover=True
-        )
+        self._client = self._new_client(creds)
         self._lock = threading.Lock()
         self._closed = False
         # etcd requests sent, by method (Range, Txn, Put, ...): benchmarks report
         # requests per sync round from it.
         self.requests: dict[str, int] = {}
+        self.rotations = 0  # rotated client certificates taken (new channels to etcd)
 
     def __repr__(self) -> str:
         scheme = "https://" if self.secure else ""
@@ -211,8 +211,39 @@ class Store:
 
     # -- plumbing -------------------------------------------------------------------
 
+    def _new_client(self, creds: grpc.ChannelCredentials | None
+                    ) -> pyetcd.MultiEndpointEtcd3Client:
+        if self.auth is not None and creds is not None:
+            creds = grpc.composite_channel_credentials(
+                creds, grpc.metadata_call_credentials(self.auth, name="etcd-token"))
+        # With one endpoint there is nothing to fail over to: never blacklist it.
+        time_retry = 1.0 if len(self.endpoints) > 1 else 0.0
+        eps = [
+            pyetcd.Endpoint(h, p, secure=self.secure, creds=creds, time_retry=time_retry,
+                            opts=_channel_options(self.keepalive))
+            for h, p in self.endpoints
+        ]
+        return pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=self.timeout,
+                                               failover=True)
+
+    def _check_rotation(self) -> None:
+        """A rotated client certificate (security.tls.RotatingCredentials: looked at once a
+        second at most, taken only when the new set loads and is valid now): new channels
+        to etcd with it for every later call. The old client is dropped, not closed: a
+        watch or keepalive stream open on its channel goes on until it ends (etcd checked
+        the certificate at the handshake), and gRPC frees the channel after."""
+        if self.credentials is None or not self.credentials.check():
+            return
+        creds = self.credentials.current()
+        if self.auth is not None:
+            self.auth.credentials = creds
+        self._client = self._new_client(creds)  # one reference swapped: callers never lock
+        self.rotations += 1
+        log.info("etcd client certificate rotated: new channels to %s", self)
+
     def channel(self) -> grpc.Channel:
         """The channel to the endpoint in use (for the watch and keepalive streams)."""
+        self._check_rotation()
         try:
             return self._client.channel
         except etcd_exceptions.NoServerAvailableError:
@@ -263,6 +294,7 @@ class Store:
     def _unary(self, stub_name: str, method: str, request: object, timeout: float) -> object:
         with self._lock:
             self.requests[method] = self.requests.get(method, 0) + 1
+        self._check_rotation()
         try:
             try:
                 stub = getattr(self._client, stub_name)

@@ -65,6 +65,12 @@ class EtcdCluster:
         self.auth_prefix = auth_prefix
         self.login = EtcdLogin("controlplane", secrets.token_urlsafe(16)) if auth else None
         self.password_file = os.path.join(self.base_dir, "etcd-password")
+        if auth:
+            # etcd hashes passwords with bcrypt at cost 10 by default: a login took 180-290
+            # ms here (2 shared cores), and every auth cluster's start adds users; cost 4
+            # (etcd's minimum) makes a login ~10 ms. A test cluster's passwords protect
+            # nothing worth the time.
+            extra_args = (*extra_args, "--bcrypt-cost=4")
         self.members: list[EtcdServer] = [
             EtcdServer(
                 name,

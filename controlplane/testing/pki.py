@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from controlplane.security import pki
+from controlplane.security import pki, x509
 from controlplane.security.tls import (
     ENV_TLS_DIR,
     PLAINTEXT,
@@ -35,7 +35,8 @@ from controlplane.security.tls import (
     server_credentials,
 )
 
-__all__ = ["ADMIN", "HARNESS_NODE", "HarnessPki", "harness_pki", "server_args", "use_pki"]
+__all__ = ["ADMIN", "HARNESS_NODE", "HarnessPki", "SecretDir", "harness_pki", "server_args",
+           "use_pki"]
 
 ADMIN = "admin"
 
@@ -139,3 +140,45 @@ def client_transport(server: Transport, as_node: bool = False) -> Transport:
     if isinstance(server, Plaintext):
         return PLAINTEXT
     return harness_pki().node(HARNESS_NODE) if as_node else harness_pki().admin()
+
+
+class SecretDir:
+    """A directory laid out the way the kubelet mounts a Secret, and updated the way it
+    updates one (its "atomic writer"): the files live in a timestamped directory
+    `..<stamp>`, `..data` is a symlink to it, and `ca.crt`, `tls.crt`, `tls.key` are
+    symlinks to `..data/<name>`. An update writes a new timestamped directory, points a
+    temporary symlink at it and renames that over `..data` (one atomic switch of all three
+    files), then removes the old directory. What a rotation by cert-manager looks like to a
+    process that mounts the Secret."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._generation = 0
+
+    @property
+    def files(self) -> TlsFiles:
+        return TlsFiles.from_dir(self.path)
+
+    def write(self, ca_bundle: bytes, issued: x509.Issued) -> None:
+        """Publish `issued` (key and certificate) with `ca_bundle` as ca.crt, atomically."""
+        self._generation += 1
+        stamp = f"..{self._generation:04d}_{os.getpid()}"
+        target = self.path / stamp
+        target.mkdir(mode=0o700)
+        (target / pki.CA_FILE).write_bytes(ca_bundle)
+        (target / pki.CERT_FILE).write_bytes(x509.pem_cert(issued.cert))
+        key = target / pki.KEY_FILE
+        key.write_bytes(x509.pem_key(issued.key))
+        key.chmod(0o600)
+        data = self.path / "..data"
+        old = os.readlink(data) if data.is_symlink() else None
+        tmp = self.path / "..data_tmp"
+        os.symlink(stamp, tmp)
+        os.replace(tmp, data)
+        for name in (pki.CA_FILE, pki.CERT_FILE, pki.KEY_FILE):
+            link = self.path / name
+            if not link.is_symlink():
+                os.symlink(f"..data/{name}", link)
+        if old is not None:
+            shutil.rmtree(self.path / old)

@@ -4,7 +4,9 @@ certificate, or with one from another CA, reads nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,13 +15,16 @@ import grpc
 import pytest
 
 from controlplane.security import pki
+from controlplane.security import x509 as cx509
 from controlplane.security.tls import TlsFiles, channel_credentials
 from controlplane.store import DEFAULT_PREFIX, Keys, Store, StoreError
 from controlplane.store.auth import EtcdLogin, add_user
 from controlplane.store.client import etcd_transport
+from controlplane.store.watch import PrefixWatch
 from controlplane.testing.etcd import TEST_ETCD_ARGS, EtcdCluster
-from controlplane.testing.pki import harness_pki
+from controlplane.testing.pki import SecretDir, harness_pki
 from controlplane.testing.pytest_plugin import NodeFactory
+from controlplane.testing.waiting import wait_until
 
 
 def test_a_node_works_against_a_tls_etcd(etcd: EtcdCluster, nodes: NodeFactory) -> None:
@@ -146,3 +151,73 @@ def test_an_expired_token_is_renewed(tmp_path: Path) -> None:
     finally:
         store.close()
         cluster.stop()
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+def test_the_store_takes_a_rotated_client_certificate(etcd_auth: EtcdCluster,
+                                                      tmp_path: Path) -> None:
+    """The store's etcd client certificate rotates without a restart: a thread reads and
+    writes without a pause and no call fails; an expired set in its place is refused (the
+    channels stay); the good set is in use afterwards, which etcd shows by the user it
+    takes from the certificate's CN (auth on, no password login): `root` reaches outside
+    the prefix, `controlplane` (the role limited to the prefix) no longer does. A watch open
+    before the rotation keeps delivering."""
+    ca = pki.read_ca(harness_pki().base)
+    bundle = cx509.pem_cert(ca.cert)
+    secret = SecretDir(tmp_path / "etcd-client")
+
+    def publish(name: str, days: int = 30, start: dt.datetime | None = None) -> None:
+        now = dt.datetime.now(dt.UTC)
+        secret.write(bundle, cx509.issue(ca, "user", name, now, role="admin", days=days,
+                                         not_before=start))
+
+    publish("root")
+    keys = Keys(etcd_auth.auth_prefix).collection("rot")
+    store = Store(etcd_auth.urls, tls=secret.files)
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                store.put(f"{keys}k{i % 5}", str(i).encode())
+                store.get(f"{keys}k{i % 5}")
+            except StoreError as exc:
+                failures.append(repr(exc))
+
+    try:
+        store.put("/outside/k", b"root may")
+        _, revision = store.list_prefix(keys)
+        watch = PrefixWatch(store, keys, revision + 1,
+                            lambda events, _rev: seen.extend(e.kv.key for e in events),
+                            lambda rev: None, name="rot-watch").start()
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        now = dt.datetime.now(dt.UTC)
+        publish("controlplane", days=-1, start=now - dt.timedelta(days=2))  # expired
+        assert store.credentials is not None
+        wait_until(lambda: store.credentials.refusals == 1, 10,
+                   message="the store looks at the expired set and refuses it")
+        assert store.rotations == 0
+        store.put("/outside/k", b"still root")
+        publish("controlplane")  # the good rotation
+        wait_until(lambda: store.rotations == 1, 10, message="the store takes the new set")
+        with pytest.raises(StoreError, match="permission denied"):
+            store.put("/outside/k", b"controlplane may not", budget=1.0)
+        before = len(seen)
+        store.put(f"{keys}after", b"1")
+        wait_until(lambda: f"{keys}after" in seen[before:], 10,
+                   message="the watch opened before the rotation delivers after it")
+        assert watch.streams_opened == 1  # the same stream, on the old channel
+        stop.set()
+        thread.join(10)
+        watch.stop()
+    finally:
+        stop.set()
+        store.close()
+    assert failures == [], failures[:5]

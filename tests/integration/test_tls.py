@@ -24,6 +24,7 @@ from controlplane.channels import ChannelPool, open_channel
 from controlplane.rpc import RpcServer
 from controlplane.security import pki as pki_files
 from controlplane.security.identity import Identity, peer_identity
+from controlplane.security.peercert import server_certificate
 from controlplane.security.tls import PLAINTEXT, TlsFiles
 from controlplane.testing import cluster as c
 from controlplane.testing.etcd import EtcdCluster
@@ -138,6 +139,42 @@ def test_a_server_without_certificates_or_insecure_does_not_start(command: list[
     assert done.returncode == 2, done
     assert "--tls-dir" in done.stderr and "--insecure" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("command", "state"), [
+    (["serve", "--node-id", "n-x", "--listen", "127.0.0.1:{port}", "--etcd", "127.0.0.1:1"],
+     "expired"),
+    (["agent", "--listen", "127.0.0.1:{port}"], "expired"),
+    (["mds", "--listen", "127.0.0.1:{port}"], "expired"),
+    (["serve", "--node-id", "n-x", "--listen", "127.0.0.1:{port}", "--etcd", "127.0.0.1:1"],
+     "not yet valid"),
+])
+def test_a_server_with_an_invalid_own_certificate_does_not_start(
+        pki: HarnessPki, tmp_path: Path, command: list[str], state: str) -> None:
+    """serve, agent and mds check their own certificate before anything starts (a node
+    before it touches etcd): exit 1, one error line naming the file, subject, serial and
+    dates, no traceback, nothing listening."""
+    out = tmp_path / "bad-identity"
+    now = dt.datetime.now(dt.UTC)
+    if state == "expired":
+        pki_files.issue_identity(pki.base, "node", "n-x", out=out, now=now, days=-1,
+                                 not_before=now - dt.timedelta(days=2))
+    else:
+        pki_files.issue_identity(pki.base, "node", "n-x", out=out,
+                                 now=now + dt.timedelta(days=2), days=30,
+                                 not_before=now + dt.timedelta(days=1))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+    done = subprocess.run([sys.executable, "-m", "controlplane",
+                           *(a.format(port=port) for a in command), "--tls-dir", str(out),
+                           "--log-format", "text"],
+                          capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr, done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if "refusing to start" in ln]
+    assert str(out / "tls.crt") in line and "CN=node:n-x" in line, line
+    assert ("expired at" if state == "expired" else "not valid before") in line, line
+    assert f"tls_file={out / 'tls.crt'}" in line and "not_after=" in line, line
 
 
 def test_another_ca_is_refused_by_agents_and_mds_too(agents: AgentFactory, tmp_path,
@@ -278,25 +315,32 @@ def _expired(base: Path, kind: str, name: str, role: str | None, out: Path) -> N
 
 def test_a_server_picks_up_rotated_files_without_a_restart(pki: HarnessPki,
                                                            tmp_path: Path) -> None:
-    """The server starts with an expired certificate (every handshake fails); once valid
-    files replace it on disk, the next handshake uses them: no restart."""
+    """Rotated files are taken at the next handshake, no restart; an expired set in their
+    place is refused (logged, the pair in use kept: new handshakes still succeed with it)."""
     out = tmp_path / "rotating-node"
-    _expired(pki.base, "node", "rot", None, out)
+    pki_files.issue_identity(pki.base, "node", "rot", out=out)
     server = RpcServer("127.0.0.1:0", tls=TlsFiles.from_dir(out))
     server.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, WhoAmI(),
                "controlplane.v1.ClusterService")
     port = server.start()
-    channel = open_channel(f"127.0.0.1:{port}", tls=pki.admin())
+    address = f"127.0.0.1:{port}"
+    assert server.tls_config is not None
+    first = server.tls_config.serial
+
+    def presented() -> str:
+        return format(server_certificate(address, pki.admin(), 5).serial_number, "x")
+
     try:
-        with pytest.raises(grpc.RpcError) as err:
-            health(channel)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        pki_files.issue_identity(pki.base, "node", "rot", out=out)  # the rotation
-        wait_until(lambda: health(channel) == "SERVING", 10,
-                   message="a handshake with the rotated certificate")
-        assert server.tls_config is not None and server.tls_config.reloads == 1
+        assert presented() == first
+        _expired(pki.base, "node", "rot", None, out)  # a bad rotation
+        assert presented() == first  # refused at this handshake's reload: the old pair
+        with open_channel(address, tls=pki.admin()) as channel:
+            assert health(channel) == "SERVING"
+        assert server.tls_config.refusals == 1 and server.tls_config.reloads == 0
+        pki_files.issue_identity(pki.base, "node", "rot", out=out)  # the good rotation
+        assert presented() == server.tls_config.serial != first
+        assert server.tls_config.reloads == 1
     finally:
-        channel.close()
         server.stop(0)
 
 
@@ -318,3 +362,45 @@ def test_a_client_pool_picks_up_rotated_files(node, pki: HarnessPki, tmp_path: P
         assert pool.rotations == 1
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("state", ["expired", "not yet valid"])
+def test_a_node_names_an_agent_certificate_that_does_not_verify(
+        pki: HarnessPki, tmp_path: Path, caplog: pytest.LogCaptureFixture, state: str) -> None:
+    """An agent presenting an expired (or not yet valid) certificate gets no call, and the
+    node's log line names the address, the reason, the certificate's subject and dates
+    (gRPC's failed handshake says none of it). The agent here is a bare gRPC server: ours
+    refuse to start with such a certificate."""
+    from concurrent import futures
+
+    from controlplane.agentclient import AgentClients, NotThisHostsAgent
+
+    out = tmp_path / "agent-bad"
+    now = dt.datetime.now(dt.UTC)
+    if state == "expired":
+        pki_files.issue_identity(pki.base, "agent", "h-bad", out=out, now=now, days=-1,
+                                 not_before=now - dt.timedelta(days=2))
+    else:
+        pki_files.issue_identity(pki.base, "agent", "h-bad", out=out,
+                                 now=now + dt.timedelta(days=2), days=30,
+                                 not_before=now + dt.timedelta(days=1))
+    files = TlsFiles.from_dir(out)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(Path(files.key).read_bytes(), Path(files.cert).read_bytes())],
+        root_certificates=Path(files.ca).read_bytes(), require_client_auth=True))
+    server.start()
+    clients = AgentClients(tls=pki.node("names-0"))
+    try:
+        with caplog.at_level("ERROR"):
+            for _ in range(2):
+                with pytest.raises(NotThisHostsAgent) as err:
+                    clients.stub(f"127.0.0.1:{port}", "h-bad")
+                assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert ("expired" if state == "expired" else "not yet valid") in err.value.details()
+        (line,) = [r for r in caplog.records if getattr(r, "peer", None)]  # once, not per call
+        assert line.peer == f"127.0.0.1:{port}" and line.host_id == "h-bad"
+        assert "CN=agent:h-bad" in line.subject and line.not_after and line.serial
+        assert "CN=agent:h-bad" in line.getMessage()
+    finally:
+        server.stop(0)

@@ -205,6 +205,89 @@ def test_a_pool_reopens_its_channels_after_a_rotation(tmp_path, monkeypatch) -> 
         pool.close()
 
 
+def _expired_into(base, out, kind="user", name="admin", role="admin") -> None:  # type: ignore[no-untyped-def]
+    now = dt.datetime.now(dt.UTC)
+    pki.issue_identity(base, kind, name, role=role, out=out, now=now, days=-1,
+                       not_before=now - dt.timedelta(days=2))
+
+
+def _not_yet_valid_into(base, out, kind="user", name="admin", role="admin") -> None:  # type: ignore[no-untyped-def]
+    now = dt.datetime.now(dt.UTC)
+    pki.issue_identity(base, kind, name, role=role, out=out, now=now + dt.timedelta(days=3),
+                       days=30, not_before=now + dt.timedelta(days=2))
+
+
+def test_a_pool_keeps_its_channels_through_a_half_rotated_or_invalid_set(
+        tmp_path, monkeypatch, caplog) -> None:
+    """Mid-replacement (the new key beside the old certificate) and an expired or not yet
+    valid certificate are refused by the pool's check: the channels stay, no call sees a
+    RuntimeError; the invalid set is logged once, with the file, subject and dates as
+    fields. The next good set is taken."""
+    monkeypatch.setattr(channels, "ROTATION_CHECK", 0.0)
+    pki.init_ca(tmp_path)
+    out = pki.issue_identity(tmp_path, "user", "admin", role="admin")
+    pool = channels.ChannelPool(tls=tls.TlsFiles.from_dir(out))
+    stub = cluster_pb2_grpc.ClusterServiceStub
+    try:
+        first = pool.stub(stub, "127.0.0.1:1")
+        other = pki.issue_identity(tmp_path, "user", "other", role="admin")
+        (out / "tls.key").write_bytes((other / "tls.key").read_bytes())  # half rotated
+        assert pool.stub(stub, "127.0.0.1:1") is first and pool.rotations == 0
+        for make in (_expired_into, _not_yet_valid_into):
+            caplog.clear()
+            make(tmp_path, out)
+            with caplog.at_level("ERROR"):
+                for _ in range(3):
+                    assert pool.stub(stub, "127.0.0.1:1") is first
+            assert pool.rotations == 0
+            refused = [r for r in caplog.records if getattr(r, "tls_file", None)]
+            assert len(refused) == 1, caplog.text  # once per change, not per look
+            assert refused[0].tls_file == str(out / "tls.crt")
+            assert "CN=admin" in refused[0].subject and refused[0].not_after
+            assert "keep" in refused[0].getMessage()
+        assert pool.credentials is not None and pool.credentials.refusals == 2
+        pki.issue_identity(tmp_path, "user", "admin", role="admin")
+        assert pool.stub(stub, "127.0.0.1:1") is not first and pool.rotations == 1
+    finally:
+        pool.close()
+
+
+def test_the_server_fetcher_refuses_an_invalid_rotation_and_keeps_its_pair(
+        tmp_path, caplog) -> None:
+    pki.init_ca(tmp_path)
+    out = pki.issue_identity(tmp_path, "node", "a")
+    fetcher = tls.ReloadingServerConfig(tls.TlsFiles.from_dir(out), on_handshake=lambda: None)
+    serial = fetcher.serial
+    _expired_into(tmp_path, out, "node", "a", None)
+    with caplog.at_level("ERROR"):
+        assert fetcher.fetch() is None and fetcher.fetch() is None
+    assert fetcher.reloads == 0 and fetcher.refusals == 1 and fetcher.serial == serial
+    (line,) = [r for r in caplog.records if getattr(r, "tls_file", None)]
+    assert "expired at" in line.getMessage() and "CN=node:a" in line.subject
+    pki.issue_identity(tmp_path, "node", "a")
+    assert fetcher.fetch() is not None and fetcher.reloads == 1 and fetcher.serial != serial
+
+
+@pytest.mark.parametrize("make", [_expired_into, _not_yet_valid_into])
+def test_an_invalid_own_certificate_is_refused_at_start(tmp_path, make) -> None:  # type: ignore[no-untyped-def]
+    """A server's start (the fetcher's first load, `check_own`) refuses it with the file,
+    subject and dates; a client's first dial only logs it (the server is the judge)."""
+    pki.init_ca(tmp_path)
+    out = tmp_path / "bad"
+    make(tmp_path, out, "node", "a", None)
+    files = tls.TlsFiles.from_dir(out)
+    with pytest.raises(tls.CertificateNotValid) as err:
+        tls.check_own(files)
+    text = str(err.value)
+    assert str(out / "tls.crt") in text and "CN=node:a" in text
+    assert ("expired at" if make is _expired_into else "not valid before") in text
+    assert err.value.fields()["tls_file"] == str(out / "tls.crt")
+    with pytest.raises(tls.CertificateNotValid):
+        tls.ReloadingServerConfig(files)
+    tls.check_own(tls.PLAINTEXT)
+    assert tls.load_pair(files)[1] == (out / "tls.crt").read_bytes()
+
+
 def test_an_agent_speaks_for_its_named_host_and_its_host_sans(ca) -> None:
     """NodeRestriction's names: CN agent:<host> (one certificate per host, libvirt) and URI
     SANs for ids or prefixes (a sim agent); no other kind speaks for any host."""
