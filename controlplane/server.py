@@ -55,6 +55,7 @@ from controlplane.v1 import (
     volume_pb2_grpc,
 )
 from controlplane.vm.hostevents import HostEventWatcher
+from controlplane.vm.migrations import Migrations
 from controlplane.vm.operations import Operations
 from controlplane.vm.service import VmServicer
 from controlplane.vm.syncer import Syncer
@@ -111,7 +112,9 @@ class ManagementNode:
                                   index=lambda image: image.vm_id, name="images")
         self.operations = Operations(self.owner, image_locks=lambda vm_id: [
             self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)])
-        self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations),
+        self.migrations = Migrations(self.operations)
+        self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations,
+                                                      self.migrations.resolve_later),
                                    enabled=lambda: self.ready)
         self.host_events = HostEventWatcher(
             self.owner, self.tracker.poke,
@@ -141,7 +144,8 @@ class ManagementNode:
     def start(self) -> ManagementNode:
         servicer = ClusterServicer(self.settings.node_id, self.view, self.registration,
                                    self.router)
-        self.vm_servicer = VmServicer(self.owner, self.router, self.operations)
+        self.vm_servicer = VmServicer(self.owner, self.router, self.operations,
+                                      self.migrations)
         rpc = self.rpc
         rpc.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, servicer, SERVICES[0])
         rpc.add(host_pb2_grpc.add_HostServiceServicer_to_server,

@@ -71,6 +71,8 @@ class Operations:
         # start compares them absent in its begin txn, and an offline image operation
         # checks the VM after taking its lock: whichever commits first wins, never both.
         self.image_locks = image_locks
+        # The target host of a migration (set by vm.migrations.Migrations, which runs them).
+        self.migration_target: Callable[[vm_pb2.Vm, str], str] | None = None
 
     def stop(self) -> None:
         """Stop taking work. Agent calls in flight finish within their op's deadline; their
@@ -181,7 +183,15 @@ class Operations:
             raise errors.Refused(f"VM {vm.vm_id} is {vm.state} and placed on no host")
         new.state = states.next_state(vm.state, event)
         new.state_changed_at.CopyFrom(wiretime.stamp(now))
-        return new, self.new_op(vm.vm_id, kind, new.host_id, new.generation, now)
+        record = self.new_op(vm.vm_id, kind, new.host_id, new.generation, now)
+        if kind == "migrate":
+            if self.migration_target is None:
+                raise errors.Unsupported("this node does not run migrations")
+            # the source stays the VM's host until the migration is settled
+            record.target_host_id = self.migration_target(vm, host_id)
+            record.target_generation = vm.generation + 1
+            record.phase = "preparing"
+        return new, record
 
     def new_op(self, vm_id: str, kind: str, host_id: str, generation: int,
                now: float) -> vm_pb2.Op:

@@ -18,7 +18,7 @@ MUTATING = {
     "ConfigService": {"UpdateConfig"},
     "HostService": {"AddHost", "RemoveHost", "ReconnectHost"},
     "VmService": {"CreateVm", "StartVm", "StopVm", "RebootVm", "PauseVm", "ResumeVm",
-                  "DestroyVm"},
+                  "DestroyVm", "MigrateVm"},
     "StorageService": {"AddPrimaryStorage", "RemovePrimaryStorage"},
     "VolumeService": {"CreateImage", "CreateSnapshot", "MergeSnapshots",
                       "ReconcileVolumeChain", "LiveSnapshot", "LiveMerge", "ResumeBlockJob"},
