@@ -178,10 +178,13 @@ class Migrations:
         return True
 
     def side(self, host_id: str, vm_id: str) -> SideReport | None:
-        """What one host's agent says of the VM; None when it does not answer."""
+        """What one host's agent says of the VM; None when it does not answer (a fenced
+        host answers for itself: nothing runs there)."""
         host = self.ctx.host_record(host_id)
         if host is None:
             return None
+        if host.status == host_pb2.HOST_STATUS_FENCED:
+            return SideReport(None, False)  # powered off out of band: the proof nothing runs
         try:
             reply = self.ctx.agents.stub(host.address, host_id).ListVms(
                 agent_pb2.AgentServiceListVmsRequest(host_id=host_id),
