@@ -64,6 +64,7 @@ from controlplane.v1 import (
 )
 from controlplane.vm.allocations import Allocations
 from controlplane.vm.hostevents import HostEventWatcher
+from controlplane.vm.migrations import Migrations
 from controlplane.vm.operations import Operations
 from controlplane.vm.service import VmServicer
 from controlplane.vm.syncer import Syncer
@@ -124,10 +125,13 @@ class ManagementNode:
         self.allocations = Allocations(self.owner, self.allocation_cache)
         self.operations = Operations(self.owner, self.allocations, image_locks=lambda vm_id: [
             self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)])
-        self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations),
+        self.migrations = Migrations(self.operations)
+        self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations,
+                                                      self.migrations.resolve_later),
                                    enabled=lambda: self.ready,
                                    allocations=self.allocations)
         self.maintenance = MaintenanceLoop(self.owner, self.operations,
+                                           migrations=self.migrations,
                                            enabled=lambda: self.ready)
         self.host_events = HostEventWatcher(
             self.owner, self.tracker.poke,
@@ -157,7 +161,8 @@ class ManagementNode:
     def start(self) -> ManagementNode:
         servicer = ClusterServicer(self.settings.node_id, self.view, self.registration,
                                    self.router)
-        self.vm_servicer = VmServicer(self.owner, self.router, self.operations)
+        self.vm_servicer = VmServicer(self.owner, self.router, self.operations,
+                                      self.migrations)
         rpc = self.rpc
         rpc.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, servicer, SERVICES[0])
         rpc.add(host_pb2_grpc.add_HostServiceServicer_to_server,

@@ -31,6 +31,7 @@ __all__ = [
     "HostUnreachable",
     "InjectedFailure",
     "InvalidArgument",
+    "Migrated",
     "NotServed",
     "OpInfo",
     "StaleGeneration",
@@ -65,6 +66,8 @@ class VmInfo(NamedTuple):
     vm_id: str
     state: VmState
     generation: int
+    # The receiving end of a live migration that has not switched over (not running here).
+    incoming: bool = False
 
 
 class OpInfo(NamedTuple):
@@ -90,6 +93,15 @@ class Device(NamedTuple):
     name: str
     address: str
     mac: str = ""
+
+
+class Migrated(NamedTuple):
+    """What a completed live migration answers: the target's copy and the timings (seconds:
+    first byte to switchover acknowledged; the guest paused, running nowhere)."""
+
+    vm: VmInfo
+    total: float
+    downtime: float
 
 
 class HostInfo(NamedTuple):

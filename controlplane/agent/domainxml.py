@@ -44,6 +44,7 @@ from controlplane.agent.backend import Device
 __all__ = [
     "NAMESPACE",
     "PREFIX",
+    "migration_xml",
     "DeviceAddress",
     "DomainSpec",
     "VmMetadata",
@@ -333,3 +334,32 @@ def agent_devices(xml: str) -> list[Device]:
     nics = [a for a in addresses if a.kind == "nic"]
     return [*(Device(f"disk{i}", a.pci) for i, a in enumerate(disks)),
             *(Device(f"nic{i}", a.pci, a.name) for i, a in enumerate(nics))]
+
+
+def migration_xml(xml: str, meta: VmMetadata) -> str:
+    """The destination XML of a live migration: the source's migratable XML with the
+    metadata of the target copy (its generation) and the serial console on a pty.
+
+    Why the console changes: a file-backed serial port blocks the migration (the destination
+    cannot take the source host's file over); the guest sees the same serial device, only
+    the host side of it differs, so the guest ABI is unchanged."""
+    import xml.etree.ElementTree as ET  # noqa: PLC0415 - only migrations parse XML here
+
+    ET.register_namespace(PREFIX, NAMESPACE)
+    root = ET.fromstring(xml)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.SubElement(root, "metadata")
+    for old in metadata.findall(f"{{{NAMESPACE}}}vm"):
+        metadata.remove(old)
+    metadata.append(ET.fromstring(metadata_xml(meta, declare=True)))
+    devices = root.find("devices")
+    for tag in ("serial", "console"):
+        for dev in devices.findall(tag) if devices is not None else []:
+            if dev.get("type") == "file":
+                dev.set("type", "pty")
+                for source in dev.findall("source"):
+                    dev.remove(source)
+                for log_el in dev.findall("log"):
+                    dev.remove(log_el)
+    return ET.tostring(root, encoding="unicode")

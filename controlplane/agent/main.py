@@ -122,6 +122,11 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="memory (MiB) each host reports in Ping")
     add_env_argument(p, "--seed", type=argtypes.integer, default=None, metavar="N",
                      help="seed of the sim's failure injection (unset: random)")
+    add_env_argument(p, "--sim-state-file", type=argtypes.abspath, default=None,
+                     metavar="PATH",
+                     help="the sim saves its hosts' VMs here after every change and loads "
+                          "them at start, so a restart is an agent restart, not a power "
+                          "cycle of its hosts (unset: memory only)")
     add_env_argument(p, "--sim-control-listen", type=argtypes.listen_address, default=None,
                      metavar="HOST:PORT",
                      help="serve the sim's fault injection (SimControl) on this address of "

@@ -18,14 +18,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from controlplane import wiretime
+from controlplane import errors, wiretime
 from controlplane.agent.backend import (
     Backend,
     BackendError,
     VmInfo,
 )
 from controlplane.agent.blockjobs import AgentBlockJobsServiceServicer
-from controlplane.agent.sim import SETTING_NAMES, SimBackend, SimSettings
+from controlplane.agent.sim import DURATION_SETTINGS, SETTING_NAMES, SimBackend, SimSettings
 from controlplane.rpc import RpcServer, status_of
 from controlplane.security.tls import Transport
 from controlplane.v1 import agent_pb2, agent_pb2_grpc, blockjob_pb2, blockjob_pb2_grpc
@@ -75,7 +75,16 @@ def _mapped(quiet: bool = False) -> Callable[[F], F]:
 
 
 def _vm(vm: VmInfo) -> agent_pb2.AgentVm:
-    return agent_pb2.AgentVm(vm_id=vm.vm_id, state=int(vm.state), generation=vm.generation)
+    return agent_pb2.AgentVm(vm_id=vm.vm_id, state=int(vm.state), generation=vm.generation,
+                             incoming=vm.incoming)
+
+
+def _migrating(backend: Backend, method: str) -> Callable[..., Any]:
+    """The backend's live-migration method; Unsupported (UNIMPLEMENTED) when it has none."""
+    fn = getattr(backend, method, None)
+    if fn is None:
+        raise errors.Unsupported(f"the {backend.name} backend does not live-migrate")
+    return fn
 
 
 def _vm_response(response: type[R], host_id: str, vm: VmInfo) -> R:
@@ -110,8 +119,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         resp = agent_pb2.AgentServiceListVmsResponse(host_id=request.host_id,
                                          reports_ops=listing.reports_ops)
         add_vm = resp.vms.add
-        for vm_id, state, generation in listing.vms:
-            add_vm(vm_id=vm_id, state=state, generation=generation)
+        for vm_id, state, generation, incoming in listing.vms:
+            add_vm(vm_id=vm_id, state=state, generation=generation, incoming=incoming)
         add_op = resp.ops.add
         for op in listing.ops:
             add_op(op_id=op.op_id, vm_id=op.vm_id, kind=op.kind, generation=op.generation,
@@ -163,6 +172,38 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.AgentServiceResumeVmResponse:
         vm = self.backend.resume_vm(request.host_id, request.vm_id, op_id=request.op_id)
         return _vm_response(agent_pb2.AgentServiceResumeVmResponse, request.host_id, vm)
+
+    @_mapped()
+    def PrepareIncomingVm(self, request: agent_pb2.AgentServicePrepareIncomingVmRequest,
+                          context: grpc.ServicerContext
+    ) -> agent_pb2.AgentServicePrepareIncomingVmResponse:
+        vm, uri = _migrating(self.backend, "prepare_incoming")(
+            request.host_id, request.vm_id, generation=request.generation, op_id=request.op_id,
+            cpus=request.cpus, memory_mb=request.memory_mb, disk=request.disk_path,
+            source_host_id=request.source_host_id)
+        return agent_pb2.AgentServicePrepareIncomingVmResponse(host_id=request.host_id,
+                                                               vm=_vm(vm), uri=uri)
+
+    @_mapped()
+    def MigrateVm(self, request: agent_pb2.AgentServiceMigrateVmRequest,
+                  context: grpc.ServicerContext) -> agent_pb2.AgentServiceMigrateVmResponse:
+        done = _migrating(self.backend, "migrate_out")(
+            request.host_id, request.vm_id, generation=request.generation,
+            target_generation=request.target_generation, target_host_id=request.target_host_id,
+            target_uri=request.target_uri, op_id=request.op_id,
+            timeout=wiretime.span(request.timeout) if request.HasField("timeout") else 0.0)
+        return agent_pb2.AgentServiceMigrateVmResponse(
+            host_id=request.host_id, vm=_vm(done.vm), total=wiretime.duration(done.total),
+            downtime=wiretime.duration(done.downtime))
+
+    @_mapped()
+    def AbortIncomingVm(self, request: agent_pb2.AgentServiceAbortIncomingVmRequest,
+                        context: grpc.ServicerContext
+    ) -> agent_pb2.AgentServiceAbortIncomingVmResponse:
+        destroyed = _migrating(self.backend, "abort_incoming")(
+            request.host_id, request.vm_id, generation=request.generation, op_id=request.op_id)
+        return agent_pb2.AgentServiceAbortIncomingVmResponse(host_id=request.host_id,
+                                                             destroyed=destroyed)
 
     @_mapped(quiet=True)
     def SyncVmDeviceInfo(self, request: agent_pb2.SyncVmDeviceInfoRequest,
@@ -235,13 +276,13 @@ class SimControlServiceServicer(agent_pb2_grpc.SimControlServiceServicer):
 
 def _setting(request: agent_pb2.ConfigureRequest, name: str) -> object:
     value = getattr(request, name)
-    return wiretime.span(value) if name.endswith("_delay") else value
+    return wiretime.span(value) if name in DURATION_SETTINGS else value
 
 
 def settings_to_proto(settings: SimSettings) -> agent_pb2.ConfigureResponse:
     """The sim's settings as the API shows them (delays as Durations)."""
     return agent_pb2.ConfigureResponse(**{
-        name: wiretime.duration(value) if name.endswith("_delay") else value
+        name: wiretime.duration(value) if name in DURATION_SETTINGS else value
         for name, value in dataclasses.asdict(settings).items()})
 
 
@@ -327,7 +368,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
                            report_ops=args.report_ops)
     host_ids = [f"{args.host_prefix}{i}" for i in range(args.hosts)]
     return SimBackend(host_ids, settings, cpus=args.cpus, memory_mb=args.memory_mb,
-                      seed=args.seed)
+                      seed=args.seed, state_file=getattr(args, "sim_state_file", None))
 
 
 def build_libvirt_backend(args: argparse.Namespace) -> Backend:

@@ -60,6 +60,8 @@ from controlplane.agent.backend import (
     check_vm_id,
 )
 from controlplane.agent.events import EventHub
+from controlplane.agent.simmigrate import SimMigration
+from controlplane.agent.simstate import StateFile
 
 __all__ = ["SimBackend", "SimSettings", "sim_devices"]
 
@@ -69,6 +71,11 @@ RUNNING = VmState.RUNNING
 PAUSED = VmState.PAUSED
 CRASHED = VmState.CRASHED
 STOPPED = VmState.STOPPED
+
+
+DURATION_SETTINGS = ("start_delay", "stop_delay", "reboot_delay", "pause_delay",
+                     "migrate_prepare_delay", "migrate_transfer_delay", "migrate_answer_delay",
+                     "migrate_downtime")
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,15 @@ class SimSettings:
     pause_delay: float = 0.0
     device_info_failure_rate: float = 0.0
     report_ops: bool = True
+    # Live migration (see agent/simmigrate.py): phases and a fault on demand.
+    migrate_prepare_delay: float = 0.0
+    migrate_transfer_delay: float = 0.0
+    migrate_answer_delay: float = 0.0
+    migrate_downtime: float = 0.0
+    migrate_fail: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("start_delay", "stop_delay", "reboot_delay", "pause_delay"):
+        for name in DURATION_SETTINGS:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise InvalidArgument(f"{name} must be a finite number >= 0, got {value}")
@@ -118,7 +131,7 @@ class _Op:
 
 
 class _Host:
-    __slots__ = ("host_id", "lock", "condition", "vms", "hwm", "ops")
+    __slots__ = ("host_id", "lock", "condition", "vms", "hwm", "ops", "fenced_in")
 
     def __init__(self, host_id: str) -> None:
         self.host_id = host_id
@@ -127,10 +140,31 @@ class _Host:
         self.vms: dict[str, VmInfo] = {}
         self.hwm: dict[str, int] = {}
         self.ops: dict[str, _Op] = {}  # by vm_id: at most one operation per VM
+        # vm_id -> the highest incoming generation aborted here: never accepted again
+        self.fenced_in: dict[str, int] = {}
 
 
-class SimBackend:
-    """Simulated hypervisor for ``host_ids``; thread-safe, one lock per host."""
+def _persists(fn: Callable) -> Callable:
+    """Save the sim's state (``state_file``) after the call, whatever its outcome."""
+
+    def wrapper(self: SimBackend, *args: object, **kwargs: object) -> object:
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self.save()
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+class SimBackend(SimMigration):
+    """Simulated hypervisor for ``host_ids``; thread-safe, one lock per host.
+
+    ``state_file``: the VMs, generation high-water marks and incoming fences of every host
+    are saved there after each change and loaded at start, so a restarted agent finds the
+    VMs its "hypervisor" still runs (an agent restart, not a host reboot); None: memory only
+    (a restart is a power cycle of every host)."""
 
     name = "sim"
 
@@ -143,6 +177,7 @@ class SimBackend:
         memory_mb: int = 65536,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
+        state_file: str | None = None,
     ) -> None:
         if not host_ids:
             raise ValueError("a sim serves at least one host")
@@ -160,6 +195,15 @@ class SimBackend:
         self.events = EventHub(clock)
         self.cpus = cpus
         self.memory_mb = memory_mb
+        self._init_migration()
+        self._state = StateFile(state_file) if state_file else None
+        if self._state is not None:
+            self._state.load(self._hosts, VmInfo, VmState)
+
+    def save(self) -> None:
+        """Write the state file (no-op without one)."""
+        if self._state is not None:
+            self._state.save(self._hosts)
 
     # -- settings and conditions (SimControl) ----------------------------------------
 
@@ -185,6 +229,7 @@ class SimBackend:
     def condition(self, host_id: str) -> HostCondition:
         return self._host(host_id).condition
 
+    @_persists
     def set_condition(self, host_id: str, condition: HostCondition | int) -> HostCondition:
         """UP, DOWN (powered off: VMs gone, ops aborted) or PARTITIONED (cut off, still
         running). UP from DOWN is a power-on with no VMs; UP from PARTITIONED heals."""
@@ -207,6 +252,7 @@ class SimBackend:
                      if condition == HostCondition.DOWN else "")
         return condition
 
+    @_persists
     def crash_vm(self, host_id: str, vm_id: str) -> VmInfo:
         """The VM dies; it stays on the host as CRASHED until stopped or destroyed. A reboot,
         pause or resume in progress on it is aborted."""
@@ -225,6 +271,7 @@ class SimBackend:
         log.info("host %s vm %s gen %d: crashed", host_id, vm_id, vm.generation)
         return vm
 
+    @_persists
     def seed_vms(self, host_id: str, vms: Iterable[VmInfo]) -> int:
         """Put VMs on a host directly (state 0 means RUNNING), raising the high-water marks.
         All-or-nothing: one bad entry and none is seeded."""
@@ -274,6 +321,7 @@ class SimBackend:
             ops = tuple(op.info for op in host.ops.values()) if report_ops else ()
         return VmListing(vms, ops, report_ops)
 
+    @_persists
     def start_vm(self, host_id: str, vm_id: str, *, generation: int, op_id: str = "",
                  cpus: int = 0, memory_mb: int = 0, disk: str = "",
                  caller_active: Callable[[], bool] = lambda: True) -> VmInfo:
@@ -316,19 +364,24 @@ class SimBackend:
 
         return self._run(host, op, self._settings.start_delay, complete)
 
+    @_persists
     def stop_vm(self, host_id: str, vm_id: str, *, op_id: str = "",
                 force: bool = False) -> VmInfo:
         return self._remove(host_id, vm_id, "stop", op_id, plug=force)
 
+    @_persists
     def destroy_vm(self, host_id: str, vm_id: str, *, op_id: str = "") -> VmInfo:
         return self._remove(host_id, vm_id, "destroy", op_id, plug=True)
 
+    @_persists
     def reboot_vm(self, host_id: str, vm_id: str, *, op_id: str = "") -> VmInfo:
         return self._change(host_id, vm_id, "reboot", op_id, RUNNING, RUNNING, "reboot_delay")
 
+    @_persists
     def pause_vm(self, host_id: str, vm_id: str, *, op_id: str = "") -> VmInfo:
         return self._change(host_id, vm_id, "pause", op_id, RUNNING, PAUSED, "pause_delay")
 
+    @_persists
     def resume_vm(self, host_id: str, vm_id: str, *, op_id: str = "") -> VmInfo:
         return self._change(host_id, vm_id, "resume", op_id, PAUSED, RUNNING, "pause_delay")
 
@@ -348,6 +401,7 @@ class SimBackend:
                                       f"{host_id} (rate {rate})")
         return sim_devices(vm_id)
 
+    @_persists
     def fence(self, host_id: str) -> list[str]:
         host = self._host(host_id)
         with host.lock:
@@ -362,6 +416,7 @@ class SimBackend:
     def close(self) -> None:
         self._closed = True
         self.events.close()
+        self._close_migration()
         for host in self._hosts.values():
             with host.lock:
                 for op in list(host.ops.values()):
@@ -518,6 +573,9 @@ class SimBackend:
                 vm = host.vms.get(vm_id)
                 if vm is None:
                     raise VmNotFound(f"vm {vm_id} is not on host {host_id}")
+                if vm.incoming:
+                    raise BadState(f"cannot {kind} vm {vm_id} on host {host_id}: it is the "
+                                   "incoming end of a live migration")
                 if vm.state == target and source != target:
                     return vm  # already paused / already running: idempotent
                 if vm.state != source:

@@ -43,6 +43,7 @@ from controlplane.devtools.bench.churn import add_churn_parser
 from controlplane.devtools.bench.fleet import add_fleet_parser
 from controlplane.devtools.bench.guest import add_guest_parser
 from controlplane.devtools.bench.libvirt import add_libvirt_parser
+from controlplane.devtools.bench.migrate import add_migrate_parser
 from controlplane.devtools.bench.placement import add_placement_parser
 from controlplane.devtools.bench.storage import add_storage_parser, run_storage_bench
 from controlplane.mds.main import add_mds_parser, run_mds
@@ -132,6 +133,8 @@ def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
                                                          "run_libvirt_bench"))
     add_placement_parser(bench_sub).set_defaults(
         run=_lazy("controlplane.devtools.bench.placement", "run_placement_bench"))
+    add_migrate_parser(bench_sub).set_defaults(run=_lazy("controlplane.devtools.bench.migrate",
+                                                         "run_migrate_bench"))
 
 
 def _add_completion_parser(sub: argparse._SubParsersAction,

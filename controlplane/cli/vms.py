@@ -1,4 +1,4 @@
-"""`controlplane vm list|get|create|start|stop|reboot|pause|resume|destroy|watch|audit`.
+"""`controlplane vm list|get|create|start|stop|reboot|pause|resume|destroy|migrate|watch|audit`.
 
 Any node answers; operations run on the VM's owner, which records them in etcd before
 calling the agent. With `--wait` an operation that did not complete (it failed, its outcome
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -135,6 +136,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--force", action="store_true", help="power it off at once")
 
     p = common.command(
+        vs, "migrate", "live-migrate a running VM to another host",
+        "Live-migrate VM ID to --host H (default: one placement picks, never its own host). "
+        "With --wait, the phases are printed (stderr) as the owner reaches them and the "
+        "command ends when the migration is settled: exit 0 when the VM moved, 1 when it "
+        "stayed on its host (failed or aborted) or is still in flight at the deadline.",
+        cmd_vm_migrate, timeout=None, timeout_help=_WAIT_TIMEOUT_HELP)
+    p.add_argument("vm_id", metavar="ID")
+    p.add_argument("--host", metavar="H", help="migrate it to host H")
+    p.add_argument("--wait", action="store_true", help=_WAIT_HELP)
+
+    p = common.command(
         vs, "watch", "stream VM changes, one line (or JSON object) per event",
         "Print every change of the matching VMs as the asked node's cache sees it: one line "
         "per event (PUT, DELETE; SYNCED ends the --initial listing), or one JSON object per "
@@ -231,6 +243,35 @@ def cmd_vm_op(args: argparse.Namespace) -> int:
         request.host_id = args.host
     return common.call_at(args, "vms", args.method, request,
                           _show_vm(args, waited=args.wait), unwrap="vm")
+
+
+def cmd_vm_migrate(args: argparse.Namespace) -> int:
+    """Begin the migration, then (--wait) follow its op's phase until it is settled."""
+    request = vm_pb2.MigrateVmRequest(vm_id=args.vm_id, host_id=args.host or "")
+    timeout = common.call_timeout(args) or common.WAIT_TIMEOUT
+    deadline = time.monotonic() + timeout
+    with common.make_client(args) as client:
+        try:
+            vm = client.vms.MigrateVm(request, timeout=timeout).vm
+            began = time.monotonic()
+            if args.wait:
+                print(f"migrating {vm.vm_id}: {vm.host_id} -> {vm.op.target_host_id} "
+                      f"(generation {vm.op.target_generation})", file=sys.stderr, flush=True)
+            phase = ""
+            while args.wait and vm.op.op_id and time.monotonic() < deadline:
+                if vm.op.phase != phase:
+                    phase = vm.op.phase
+                    print(f"  {time.monotonic() - began:7.2f}s  {phase}", file=sys.stderr,
+                          flush=True)
+                time.sleep(0.2)
+                vm = client.vms.GetVm(vm_pb2.GetVmRequest(vm_id=args.vm_id),
+                                      timeout=max(1.0, deadline - time.monotonic())).vm
+            if args.wait and not vm.op.op_id:
+                print(f"  {time.monotonic() - began:7.2f}s  {vm.last_op.outcome}: "
+                      f"{vm.last_op.detail}", file=sys.stderr, flush=True)
+        except grpc.RpcError as exc:
+            return common.rpc_error(args, exc, client.endpoint)
+        return _show_vm(args, waited=args.wait)(vm, client.endpoint)
 
 
 def cmd_vm_audit(args: argparse.Namespace) -> int:

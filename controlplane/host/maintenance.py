@@ -29,6 +29,7 @@ from controlplane.store import txn as t
 from controlplane.store.errors import StoreError
 from controlplane.v1 import host_pb2, vm_pb2
 from controlplane.vm.allocations import holds
+from controlplane.vm.migrations import Migrations
 from controlplane.vm.operations import Operations
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,13 @@ class MaintenanceLoop:
     """Runs maintenance rounds on every host this node owns that is being evacuated."""
 
     def __init__(self, ctx: OwnerContext, operations: Operations, *,
+                 migrations: Migrations | None = None,
                  enabled: Callable[[], bool] = lambda: True, tick: float = 0.1) -> None:
         self.ctx = ctx
         self.operations = operations
+        # Live migration for policy migrate; without it (a node built without one) the
+        # migrate policy is a cold migration: stop, place, start elsewhere.
+        self.migrations = migrations
         self._pool = futures.ThreadPoolExecutor(PARALLEL * 2, thread_name_prefix="evacuate")
         self.loop: OwnedLoop[None] = OwnedLoop(
             "maintenance", resources=self._evacuating, owns=ctx.owns, work=self.round,
@@ -106,7 +111,7 @@ class MaintenanceLoop:
                 restarts.append(vm)
             elif holds(vm):
                 todo.append(vm)
-        if policy == MIGRATE and todo:
+        if policy == MIGRATE and todo and self.migrations is None:
             # the intent first: a death after the stop must not turn a move into a stop
             if not self._update(host_id, add_moving=[vm.vm_id for vm in todo]):
                 return  # the record changed (enabled again?): next round decides afresh
@@ -131,13 +136,14 @@ class MaintenanceLoop:
         """Move one VM off its host (policy migrate) or stop it (policy stop, or when no
         other host fits it).
 
-        LEAD: switch the migrate branch to live migration (the MigrateVm op, built in
-        parallel) once it is on main: `begin(vm_id, "migrate", ...)` then wait for it,
-        falling back to this cold migration only where live migration is refused. Until
-        then "migrate" is a cold migration: stop here, place (this host is excluded by its
-        scheduling state), start on the target."""
+        Policy migrate is a live migration (the MigrateVm op, `_live_migrate`) when this
+        node runs migrations; else a cold one: stop here, place (this host is excluded by
+        its scheduling state), start on the target. `restart_only`: the second half of a
+        cold migration an earlier owner began (the VM is in `maintenance.moving`)."""
         host_id = vm.host_id
         target = ""
+        if policy == MIGRATE and not restart_only and self.migrations is not None:
+            return self._live_migrate(vm)
         if policy == MIGRATE:
             try:
                 target = self.operations.placement(vm, "", exclude=(host_id,))
@@ -161,6 +167,36 @@ class MaintenanceLoop:
         current = self.ctx.vms.get(self.ctx.keys.vm(vm.vm_id))
         placed = current.value.host_id if current is not None else target
         return Outcome(vm.vm_id, "migrated", host_id=placed)
+
+    def _live_migrate(self, vm: vm_pb2.Vm) -> Outcome:
+        """One live migration, run to its end on this node. Nothing fits elsewhere: the VM
+        is stopped (the policy's fallback). The migration failed (aborted: the VM runs on
+        here still): left, with the reason, and the next round tries again; an operator who
+        cannot wait runs the maintenance with policy stop."""
+        assert self.migrations is not None
+        host_id = vm.host_id
+        try:
+            self.operations.placement(vm, "", exclude=(host_id,))
+        except (errors.Exhausted, errors.Refused) as exc:
+            log.warning("maintenance of %s: VM %s is stopped: %s", host_id, vm.vm_id, exc,
+                        extra={"host_id": host_id, "vm_id": vm.vm_id})
+            stopped = self._run(vm.vm_id, "stop")
+            return Outcome(vm.vm_id, "left", stopped) if stopped is not None else \
+                Outcome(vm.vm_id, "stopped", f"stopped: {exc}")
+        try:
+            begun = self.operations.begin(vm.vm_id, "migrate")
+        except errors.DomainError as exc:
+            return Outcome(vm.vm_id, "left", f"migrate refused: {exc}")
+        except StoreError as exc:
+            return Outcome(vm.vm_id, "left", f"migrate not begun (etcd: {exc})")
+        result = self.migrations.execute(begun)
+        if result is not None and result.last_op.op_id == begun.op.op_id \
+                and result.host_id != host_id:
+            return Outcome(vm.vm_id, "migrated", host_id=result.host_id)
+        why = (f"migration {result.last_op.outcome}: {result.last_op.detail}"
+               if result is not None and result.last_op.op_id == begun.op.op_id
+               else "migration outcome not recorded yet")
+        return Outcome(vm.vm_id, "left", why)
 
     def _run(self, vm_id: str, kind: str) -> str | None:
         """Run one op to its end on this node; None when it completed, else why not."""

@@ -26,7 +26,8 @@ __all__ = ["AgentProcess", "vm_copies"]
 
 class AgentProcess(ServingProcess):
     """One agent process serving ``hosts`` sim hosts (``host_prefix`` + index), its log file
-    kept across restarts. A restarted sim agent starts with no VMs (its state is memory)."""
+    kept across restarts. A restarted sim agent starts with no VMs (its state is memory),
+    unless ``persistent``."""
 
     kind = "agent"
 
@@ -51,6 +52,7 @@ class AgentProcess(ServingProcess):
         env: Mapping[str, str] | None = None,
         tls: Transport | None = None,
         sim_port: int | None = None,
+        persistent: bool = False,
     ) -> None:
         self.port = port
         self.sim_port = sim_port if sim_port is not None else free_port()
@@ -68,6 +70,9 @@ class AgentProcess(ServingProcess):
         self.seed = seed
         self.log_level = log_level
         self.extra_args = tuple(extra_args)
+        # persistent: the sim keeps its VMs in a state file, so a restart() is an agent
+        # restart (the VMs still run) rather than a power cycle of its hosts
+        self.state_file = os.path.join(self.base_dir, f"{name}.state.json") if persistent else None
         self.extra_env = dict(env or {})
         # None: this agent's own certificate from the harness PKI; PLAINTEXT: --insecure
         # (its certificate names its hosts: host_prefix*, so nodes accept its reports)
@@ -104,6 +109,8 @@ class AgentProcess(ServingProcess):
         ]  # fmt: skip
         if not self.report_ops:
             argv.append("--no-report-ops")
+        if self.state_file:
+            argv += ["--sim-state-file", self.state_file]
         if self.cpus is not None:
             argv += ["--cpus", str(self.cpus)]
         if self.memory_mb is not None:

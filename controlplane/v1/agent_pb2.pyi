@@ -37,14 +37,16 @@ HOST_CONDITION_DOWN: HostCondition
 HOST_CONDITION_PARTITIONED: HostCondition
 
 class AgentVm(_message.Message):
-    __slots__ = ("vm_id", "state", "generation")
+    __slots__ = ("vm_id", "state", "generation", "incoming")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    INCOMING_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     state: AgentVmState
     generation: int
-    def __init__(self, vm_id: _Optional[str] = ..., state: _Optional[_Union[AgentVmState, str]] = ..., generation: _Optional[int] = ...) -> None: ...
+    incoming: bool
+    def __init__(self, vm_id: _Optional[str] = ..., state: _Optional[_Union[AgentVmState, str]] = ..., generation: _Optional[int] = ..., incoming: _Optional[bool] = ...) -> None: ...
 
 class AgentOp(_message.Message):
     __slots__ = ("op_id", "vm_id", "kind", "generation", "started_at")
@@ -363,36 +365,56 @@ class FenceRequest(_message.Message):
     def __init__(self, host_id: _Optional[str] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
-    __slots__ = ("start_delay", "stop_delay", "reboot_delay", "pause_delay", "device_info_failure_rate", "report_ops")
+    __slots__ = ("start_delay", "stop_delay", "reboot_delay", "pause_delay", "device_info_failure_rate", "report_ops", "migrate_prepare_delay", "migrate_transfer_delay", "migrate_answer_delay", "migrate_downtime", "migrate_fail")
     START_DELAY_FIELD_NUMBER: _ClassVar[int]
     STOP_DELAY_FIELD_NUMBER: _ClassVar[int]
     REBOOT_DELAY_FIELD_NUMBER: _ClassVar[int]
     PAUSE_DELAY_FIELD_NUMBER: _ClassVar[int]
     DEVICE_INFO_FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
     REPORT_OPS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_PREPARE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_TRANSFER_DELAY_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_ANSWER_DELAY_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_DOWNTIME_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_FAIL_FIELD_NUMBER: _ClassVar[int]
     start_delay: _duration_pb2.Duration
     stop_delay: _duration_pb2.Duration
     reboot_delay: _duration_pb2.Duration
     pause_delay: _duration_pb2.Duration
     device_info_failure_rate: float
     report_ops: bool
-    def __init__(self, start_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stop_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reboot_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device_info_failure_rate: _Optional[float] = ..., report_ops: _Optional[bool] = ...) -> None: ...
+    migrate_prepare_delay: _duration_pb2.Duration
+    migrate_transfer_delay: _duration_pb2.Duration
+    migrate_answer_delay: _duration_pb2.Duration
+    migrate_downtime: _duration_pb2.Duration
+    migrate_fail: bool
+    def __init__(self, start_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stop_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reboot_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device_info_failure_rate: _Optional[float] = ..., report_ops: _Optional[bool] = ..., migrate_prepare_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., migrate_transfer_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., migrate_answer_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., migrate_downtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., migrate_fail: _Optional[bool] = ...) -> None: ...
 
 class ConfigureResponse(_message.Message):
-    __slots__ = ("start_delay", "stop_delay", "reboot_delay", "pause_delay", "device_info_failure_rate", "report_ops")
+    __slots__ = ("start_delay", "stop_delay", "reboot_delay", "pause_delay", "device_info_failure_rate", "report_ops", "migrate_prepare_delay", "migrate_transfer_delay", "migrate_answer_delay", "migrate_downtime", "migrate_fail")
     START_DELAY_FIELD_NUMBER: _ClassVar[int]
     STOP_DELAY_FIELD_NUMBER: _ClassVar[int]
     REBOOT_DELAY_FIELD_NUMBER: _ClassVar[int]
     PAUSE_DELAY_FIELD_NUMBER: _ClassVar[int]
     DEVICE_INFO_FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
     REPORT_OPS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_PREPARE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_TRANSFER_DELAY_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_ANSWER_DELAY_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_DOWNTIME_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_FAIL_FIELD_NUMBER: _ClassVar[int]
     start_delay: _duration_pb2.Duration
     stop_delay: _duration_pb2.Duration
     reboot_delay: _duration_pb2.Duration
     pause_delay: _duration_pb2.Duration
     device_info_failure_rate: float
     report_ops: bool
-    def __init__(self, start_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stop_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reboot_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device_info_failure_rate: _Optional[float] = ..., report_ops: _Optional[bool] = ...) -> None: ...
+    migrate_prepare_delay: _duration_pb2.Duration
+    migrate_transfer_delay: _duration_pb2.Duration
+    migrate_answer_delay: _duration_pb2.Duration
+    migrate_downtime: _duration_pb2.Duration
+    migrate_fail: bool
+    def __init__(self, start_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stop_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reboot_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device_info_failure_rate: _Optional[float] = ..., report_ops: _Optional[bool] = ..., migrate_prepare_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., migrate_transfer_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., migrate_answer_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., migrate_downtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., migrate_fail: _Optional[bool] = ...) -> None: ...
 
 class SetHostConditionRequest(_message.Message):
     __slots__ = ("host_id", "condition")
@@ -435,3 +457,85 @@ class CrashVmResponse(_message.Message):
     host_id: str
     vm: AgentVm
     def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
+
+class AgentServicePrepareIncomingVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "disk_path", "source_host_id")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    DISK_PATH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    cpus: int
+    memory_mb: int
+    disk_path: str
+    source_host_id: str
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_path: _Optional[str] = ..., source_host_id: _Optional[str] = ...) -> None: ...
+
+class AgentServicePrepareIncomingVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm", "uri")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    uri: str
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ..., uri: _Optional[str] = ...) -> None: ...
+
+class AgentServiceMigrateVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "target_generation", "target_host_id", "target_uri", "timeout")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_URI_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    target_generation: int
+    target_host_id: str
+    target_uri: str
+    timeout: _duration_pb2.Duration
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., target_generation: _Optional[int] = ..., target_host_id: _Optional[str] = ..., target_uri: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class AgentServiceMigrateVmResponse(_message.Message):
+    __slots__ = ("host_id", "vm", "total", "downtime")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm: AgentVm
+    total: _duration_pb2.Duration
+    downtime: _duration_pb2.Duration
+    def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ..., total: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., downtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class AgentServiceAbortIncomingVmRequest(_message.Message):
+    __slots__ = ("host_id", "vm_id", "op_id", "generation")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    vm_id: str
+    op_id: str
+    generation: int
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class AgentServiceAbortIncomingVmResponse(_message.Message):
+    __slots__ = ("host_id", "destroyed")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    destroyed: bool
+    def __init__(self, host_id: _Optional[str] = ..., destroyed: _Optional[bool] = ...) -> None: ...

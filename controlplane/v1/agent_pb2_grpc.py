@@ -89,6 +89,21 @@ class AgentServiceStub:
                 request_serializer=controlplane_dot_v1_dot_agent__pb2.FenceRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_agent__pb2.FenceResponse.FromString,
                 _registered_method=True)
+        self.PrepareIncomingVm = channel.unary_unary(
+                '/controlplane.v1.AgentService/PrepareIncomingVm',
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServicePrepareIncomingVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServicePrepareIncomingVmResponse.FromString,
+                _registered_method=True)
+        self.MigrateVm = channel.unary_unary(
+                '/controlplane.v1.AgentService/MigrateVm',
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceMigrateVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceMigrateVmResponse.FromString,
+                _registered_method=True)
+        self.AbortIncomingVm = channel.unary_unary(
+                '/controlplane.v1.AgentService/AbortIncomingVm',
+                request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceAbortIncomingVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceAbortIncomingVmResponse.FromString,
+                _registered_method=True)
         self.WatchHostEvents = channel.unary_stream(
                 '/controlplane.v1.AgentService/WatchHostEvents',
                 request_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceWatchHostEventsRequest.SerializeToString,
@@ -176,7 +191,7 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WatchHostEvents(self, request, context):
+    def PrepareIncomingVm(self, request, context):
         """Lifecycle events of every host this agent serves, for as long as the stream
         stays open: the owner of a host pulls it (ListVms) at once on an event rather
         than one sync interval later. The pull stays the source of truth; an event
@@ -184,7 +199,38 @@ class AgentServiceServicer:
         not seen: pull every host you own here), and so does a message sent after
         events were dropped for a slow reader. A message with no events and no resync
         is a heartbeat (every few seconds), so a dead stream is noticed.
+        Live migration, driven by the VM's owner: (1) PrepareIncomingVm on the
+        target makes an incoming copy (not running, AgentVm.incoming) with the new
+        generation and answers where the source sends the VM; (2) MigrateVm on the
+        source transfers it there and switches over; the target activating its
+        copy is the commit point; (3) AbortIncomingVm on the target destroys an
+        incoming copy that has not switched over and fences that generation, so a
+        late switchover is refused: after it answers, the VM runs on the source
+        or nowhere new, never on both.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigrateVm(self, request, context):
+        """Blocks until the VM runs on the target (or the transfer failed: the VM
+        still runs here). UNAVAILABLE with the switchover answer lost: the copy
+        here stays paused until the owner learns from the target which one runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortIncomingVm(self, request, context):
+        """FAILED_PRECONDITION when the copy with that generation already switched
+        over (it runs: the migration completed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchHostEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -246,6 +292,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Fence,
                     request_deserializer=controlplane_dot_v1_dot_agent__pb2.FenceRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_agent__pb2.FenceResponse.SerializeToString,
+            ),
+            'PrepareIncomingVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareIncomingVm,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServicePrepareIncomingVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServicePrepareIncomingVmResponse.SerializeToString,
+            ),
+            'MigrateVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateVm,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceMigrateVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceMigrateVmResponse.SerializeToString,
+            ),
+            'AbortIncomingVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortIncomingVm,
+                    request_deserializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceAbortIncomingVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_agent__pb2.AgentServiceAbortIncomingVmResponse.SerializeToString,
             ),
             'WatchHostEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchHostEvents,
@@ -550,6 +611,87 @@ class AgentService:
             '/controlplane.v1.AgentService/Fence',
             controlplane_dot_v1_dot_agent__pb2.FenceRequest.SerializeToString,
             controlplane_dot_v1_dot_agent__pb2.FenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareIncomingVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.AgentService/PrepareIncomingVm',
+            controlplane_dot_v1_dot_agent__pb2.AgentServicePrepareIncomingVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServicePrepareIncomingVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.AgentService/MigrateVm',
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceMigrateVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceMigrateVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortIncomingVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.AgentService/AbortIncomingVm',
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceAbortIncomingVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_agent__pb2.AgentServiceAbortIncomingVmResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,7 +88,7 @@ class Vm(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ..., create_request_id: _Optional[str] = ...) -> None: ...
 
 class Op(_message.Message):
-    __slots__ = ("op_id", "vm_id", "kind", "node_id", "incarnation", "started_at", "deadline", "host_id", "generation", "orphaned_at", "request_id")
+    __slots__ = ("op_id", "vm_id", "kind", "node_id", "incarnation", "started_at", "deadline", "host_id", "generation", "orphaned_at", "target_host_id", "target_generation", "phase", "request_id")
     OP_ID_FIELD_NUMBER: _ClassVar[int]
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,9 @@ class Op(_message.Message):
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     ORPHANED_AT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     op_id: str
     vm_id: str
@@ -110,8 +113,11 @@ class Op(_message.Message):
     host_id: str
     generation: int
     orphaned_at: _timestamp_pb2.Timestamp
+    target_host_id: str
+    target_generation: int
+    phase: str
     request_id: str
-    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host_id: _Optional[str] = ..., generation: _Optional[int] = ..., orphaned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, op_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host_id: _Optional[str] = ..., generation: _Optional[int] = ..., orphaned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., target_host_id: _Optional[str] = ..., target_generation: _Optional[int] = ..., phase: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class HaAudit(_message.Message):
     __slots__ = ("vm_id", "decided_at", "node_id", "action", "from_host", "to_host", "generation", "reason", "evidence", "op_id")
@@ -352,3 +358,21 @@ class ListHaAuditRequest(_message.Message):
     page_size: int
     page_token: str
     def __init__(self, vm_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class MigrateVmRequest(_message.Message):
+    __slots__ = ("vm_id", "wait", "host_id", "request_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    wait: bool
+    host_id: str
+    request_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., wait: _Optional[bool] = ..., host_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class MigrateVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...

@@ -69,6 +69,11 @@ class VmServiceStub:
                 request_serializer=controlplane_dot_v1_dot_vm__pb2.DestroyVmRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_vm__pb2.DestroyVmResponse.FromString,
                 _registered_method=True)
+        self.MigrateVm = channel.unary_unary(
+                '/controlplane.v1.VmService/MigrateVm',
+                request_serializer=controlplane_dot_v1_dot_vm__pb2.MigrateVmRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_vm__pb2.MigrateVmResponse.FromString,
+                _registered_method=True)
         self.GetVm = channel.unary_unary(
                 '/controlplane.v1.VmService/GetVm',
                 request_serializer=controlplane_dot_v1_dot_vm__pb2.GetVmRequest.SerializeToString,
@@ -140,6 +145,17 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateVm(self, request, context):
+        """Live-migrate a Running VM to another host (host_id, else one placement
+        picks). The VM is Migrating while the op runs; on completion the record
+        names the target host and generation + 1, on failure or abort the VM stays
+        Running on its host. FAILED_PRECONDITION as for the other operations, and
+        for a target that is the VM's own host or not connected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetVm(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -203,6 +219,11 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.DestroyVm,
                     request_deserializer=controlplane_dot_v1_dot_vm__pb2.DestroyVmRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_vm__pb2.DestroyVmResponse.SerializeToString,
+            ),
+            'MigrateVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateVm,
+                    request_deserializer=controlplane_dot_v1_dot_vm__pb2.MigrateVmRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_vm__pb2.MigrateVmResponse.SerializeToString,
             ),
             'GetVm': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVm,
@@ -414,6 +435,33 @@ class VmService:
             '/controlplane.v1.VmService/DestroyVm',
             controlplane_dot_v1_dot_vm__pb2.DestroyVmRequest.SerializeToString,
             controlplane_dot_v1_dot_vm__pb2.DestroyVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.VmService/MigrateVm',
+            controlplane_dot_v1_dot_vm__pb2.MigrateVmRequest.SerializeToString,
+            controlplane_dot_v1_dot_vm__pb2.MigrateVmResponse.FromString,
             options,
             channel_credentials,
             insecure,

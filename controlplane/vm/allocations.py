@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 FREE_STATES = frozenset({"Created", "Stopped", "Destroyed", "Expunging", "Error",
                          "VolumeMigrating"})
 
+MIGRATING = "Migrating"
 MAX_FIXES = 60  # drops and adds per reconcile txn, each (etcd: 128 operations a txn)
 
 SCHEDULING = {
@@ -97,8 +98,11 @@ def drift(host_id: str, allocation: host_pb2.HostAllocation | None,
           vms: Mapping[str, vm_pb2.Vm]) -> Drift:
     """`vms`: every VM record by id (the reconciler passes its cache's)."""
     entries = {a.vm_id: a for a in allocation.vms} if allocation is not None else {}
+    # A migrating VM holds its source (the record's host) and its target (reserved by the
+    # migration's begin txn; only the op names it): its entries wait for the migration's end.
     drop = sorted(vm_id for vm_id, entry in entries.items()
-                  if (vm := vms.get(vm_id)) is None or vm.host_id != host_id or not holds(vm))
+                  if (vm := vms.get(vm_id)) is None
+                  or (vm.state != MIGRATING and (vm.host_id != host_id or not holds(vm))))
     add = sorted(vm.vm_id for vm in vms.values()
                  if vm.host_id == host_id and holds(vm) and vm.vm_id not in entries)
     return Drift(tuple(drop), tuple(add))

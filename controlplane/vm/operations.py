@@ -48,7 +48,7 @@ DEVICE_INFO_AFTER = ("start", "reboot", "resume")
 # A start also compares the host's allocation record, which every start and stop on that
 # host rewrites: losing that race is normal under load, so a start tries more often (with a
 # short random pause, so the racers spread out) before it answers ABORTED.
-BEGIN_ATTEMPTS = {"start": 30}
+BEGIN_ATTEMPTS = {"start": 30, "migrate": 30}  # the kinds that reserve a host's share
 BEGIN_ATTEMPTS_DEFAULT = 5
 
 
@@ -84,6 +84,10 @@ class Operations:
         # start compares them absent in its begin txn, and an offline image operation
         # checks the VM after taking its lock: whichever commits first wins, never both.
         self.image_locks = image_locks
+        # The target host of a migration (set by vm.migrations.Migrations, which runs them).
+        self.migration_target: Callable[
+            [vm_pb2.Vm, str, dict[str, tuple[host_pb2.HostAllocation | None, int]]],
+            str] | None = None
 
     def stop(self) -> None:
         """Stop taking work. Agent calls in flight finish within their op's deadline; their
@@ -157,9 +161,10 @@ class Operations:
                 if cached:
                     continue
                 raise
+            share = self._share(new, record)
             reserve_compares, reserve_puts = (
-                self.allocations.reserve(new, *fresh.get(new.host_id, self.allocations.record(
-                    new.host_id))) if kind == "start" else ([], []))
+                self.allocations.reserve(share, *fresh.get(share.host_id, self.allocations.record(
+                    share.host_id))) if share is not None else ([], []))
             try:
                 result = self.ctx.owner_txn(
                     [t.mod_revision_is(self.ctx.keys.vm(vm_id), vm_rev),
@@ -171,8 +176,8 @@ class Operations:
                 )
             except Conflict:
                 tried.add(record.op_id)
-                if kind == "start":
-                    self._refresh_allocation(new.host_id, fresh)
+                if share is not None:
+                    self._refresh_allocation(share.host_id, fresh)
                     self._stopping.wait(random.uniform(0, 0.002 * min(attempt + 1, 10)))
                 continue
             except Fenced as exc:
@@ -183,6 +188,20 @@ class Operations:
                      extra={"vm_id": vm_id, "host_id": new.host_id, "op_id": record.op_id})
             return Begun(new, record, result.revision)
         raise errors.Busy(f"VM {vm_id} kept changing; retry")
+
+    @staticmethod
+    def _share(new: vm_pb2.Vm, record: vm_pb2.Op) -> vm_pb2.Vm | None:
+        """The VM as its begin txn reserves it: a start on its (new) host; a migration on
+        its target, with the target's generation (the source keeps its own entry until the
+        migration is settled); other ops reserve nothing."""
+        if record.kind == "start":
+            return new
+        if record.kind == "migrate":
+            share = vm_pb2.Vm()
+            share.CopyFrom(new)
+            share.host_id, share.generation = record.target_host_id, record.target_generation
+            return share
+        return None
 
     @staticmethod
     def _joined(vm: vm_pb2.Vm, op: vm_pb2.Op | None, op_rev: int, kind: str,
@@ -249,7 +268,15 @@ class Operations:
             raise errors.Refused(f"VM {vm.vm_id} is {vm.state} and placed on no host")
         new.state = states.next_state(vm.state, event)
         new.state_changed_at.CopyFrom(wiretime.stamp(now))
-        return new, self.new_op(vm.vm_id, kind, new.host_id, new.generation, now)
+        record = self.new_op(vm.vm_id, kind, new.host_id, new.generation, now)
+        if kind == "migrate":
+            if self.migration_target is None:
+                raise errors.Unsupported("this node does not run migrations")
+            # the source stays the VM's host until the migration is settled
+            record.target_host_id = self.migration_target(vm, host_id, fresh or {})
+            record.target_generation = vm.generation + 1
+            record.phase = "preparing"
+        return new, record
 
     def new_op(self, vm_id: str, kind: str, host_id: str, generation: int,
                now: float) -> vm_pb2.Op:
@@ -324,8 +351,11 @@ class Operations:
         leaf = next((v for v in image.volumes if v.volume_id == image.leaf_id), None)
         return leaf.path if leaf is not None else ""
 
-    def submit(self, begun: Begun, force: bool = False) -> futures.Future[vm_pb2.Vm]:
-        future = self._pool.submit(self.execute, begun, force)
+    def submit(self, begun: Begun, force: bool = False,
+               run: Callable[[Begun], vm_pb2.Vm] | None = None) -> futures.Future[vm_pb2.Vm]:
+        """Run the begun op in a worker (`run`: another executor than `execute`, e.g. a
+        migration's), known by its op id until it ends (`running`)."""
+        future = self._pool.submit(run or (lambda b: self.execute(b, force)), begun)
         op_id = begun.op.op_id
         with self._lock:
             self._running[op_id] = future

@@ -18,7 +18,8 @@ def vm_view(vm: vm_pb2.Vm, mod_revision: int) -> VmRecordView:
 
 def op_view(op: vm_pb2.Op, mod_revision: int) -> OpView:
     return OpView(op.vm_id, op.op_id, op.kind, op.node_id, op.incarnation,
-                  wiretime.seconds(op.orphaned_at), mod_revision)
+                  wiretime.seconds(op.orphaned_at), mod_revision,
+                  deadline=wiretime.seconds(op.deadline))
 
 
 def root_disk_size(offering_size: int, virtual_size: int | None,

@@ -27,6 +27,7 @@ from controlplane.store.cache import CacheEvent
 from controlplane.v1 import vm_pb2
 from controlplane.v1 import vm_pb2_grpc as pb_grpc
 from controlplane.vm import states
+from controlplane.vm.migrations import Migrations
 from controlplane.vm.operations import Operations
 from controlplane.vm.records import root_disk_size
 
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 A = TypeVar("A")
 # Every VM operation's request has these two fields (and Start a host_id, Stop/Destroy force).
 OpRequest = (vm_pb2.StartVmRequest | vm_pb2.StopVmRequest | vm_pb2.RebootVmRequest
-             | vm_pb2.PauseVmRequest | vm_pb2.ResumeVmRequest | vm_pb2.DestroyVmRequest)
+             | vm_pb2.PauseVmRequest | vm_pb2.ResumeVmRequest | vm_pb2.DestroyVmRequest
+             | vm_pb2.MigrateVmRequest)
 
 MAX_CPUS = 1024
 MAX_MEMORY_MB = 64 * 1024 * 1024
@@ -99,10 +101,12 @@ class WatchQueue:
 
 
 class VmServicer(pb_grpc.VmServiceServicer):
-    def __init__(self, ctx: OwnerContext, router: Router, operations: Operations) -> None:
+    def __init__(self, ctx: OwnerContext, router: Router, operations: Operations,
+                 migrations: Migrations | None = None) -> None:
         self.ctx = ctx
         self.router = router
         self.operations = operations
+        self.migrations = migrations
         self._stopping = False
         self._watches: set[WatchQueue] = set()
         self._watches_lock = threading.Lock()
@@ -185,6 +189,8 @@ class VmServicer(pb_grpc.VmServiceServicer):
 
     def _operate(self, vm_id: str, kind: str, context: grpc.ServicerContext, wait: bool,
                  host_id: str = "", force: bool = False, request_id: str = "") -> vm_pb2.Vm:
+        if kind == "migrate" and self.migrations is None:
+            raise errors.Unsupported("this node does not run migrations")
         begun = self.operations.begin(vm_id, kind, host_id=host_id, force=force,
                                       request_id=request_id)
         answer = vm_pb2.Vm()
@@ -197,6 +203,9 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 if begun.op.op_id:
                     answer.op.CopyFrom(begun.op)
                 return answer
+        elif kind == "migrate":
+            assert self.migrations is not None
+            future = self.migrations.submit(begun)
         else:
             future = self.operations.submit(begun, force)
         answer.op.CopyFrom(begun.op)
@@ -249,6 +258,11 @@ class VmServicer(pb_grpc.VmServiceServicer):
                   ) -> vm_pb2.DestroyVmResponse:
         return self._routed_op("destroy", "DestroyVm", request, context,
                                vm_pb2.DestroyVmResponse, force=request.force)
+
+    def MigrateVm(self, request: vm_pb2.MigrateVmRequest, context: grpc.ServicerContext
+                  ) -> vm_pb2.MigrateVmResponse:
+        return self._routed_op("migrate", "MigrateVm", request, context,
+                               vm_pb2.MigrateVmResponse, host_id=request.host_id)
 
     # -- reads ----------------------------------------------------------------------
 

@@ -319,6 +319,9 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
         "pause": Operation("pausing", "paused", "running"),
         "resume": Operation("resuming", "running", "paused"),
         "destroy": Operation("destroying", "destroyed", "unknown"),
+        # migrate: the outcome is settled from both hosts' reports (vm/migration.py), never
+        # from the source's answer alone; an abort leaves it Running on the source.
+        "migrate": Operation("migrating", "migrated", "running"),
     }
 )
 
@@ -336,6 +339,7 @@ CALLABLE_FROM: Mapping[str, frozenset[str]] = MappingProxyType(
         "destroy": frozenset(
             {"Created", "Running", "Stopped", "Paused", "Unknown", "Crashed", "NoState"}
         ),
+        "migrate": frozenset({"Running"}),
     }
 )
 assert set(CALLABLE_FROM) == set(OPERATIONS)

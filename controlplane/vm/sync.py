@@ -60,6 +60,7 @@ class OpView:
     incarnation: int
     orphaned_at: float
     mod_revision: int
+    deadline: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,16 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class ResolveMigration:
+    """A migrate op whose owner left (or that outlived its deadline): the shell asks both
+    hosts' agents which copy runs and settles it (`vm.migration.resolve_migration`); VM
+    sync never settles a migration from one host's report."""
+
+    vm: VmRecordView
+    op: OpView
+
+
+@dataclass(frozen=True)
 class StopStray:
     host_id: str
     vm_id: str
@@ -144,7 +155,7 @@ class Skip:
     reason: str
 
 
-Action = MarkOrphan | SetState | Restart | StopStray | Skip
+Action = MarkOrphan | SetState | Restart | StopStray | Skip | ResolveMigration
 
 
 @dataclass
@@ -176,6 +187,10 @@ def plan_sync(
             continue
         op = ops.get(vm.vm_id)
         outcome = ""
+        migration = migration_action(vm, op, members, now, orphan_timeout)
+        if migration is not None:
+            plan.actions.append(migration)
+            continue
         if op is not None:
             status = op_status(op, members, now, orphan_timeout)
             if status == "live":
@@ -238,6 +253,23 @@ def plan_sync(
             plan.actions.append(StopStray(host, seen.vm_id, seen.generation,
                                           f"record places it on {record.host_id or 'no host'}"))
     return plan
+
+
+def migration_action(vm: VmRecordView, op: OpView | None, members: Mapping[str, int],
+                     now: float, orphan_timeout: float) -> Action | None:
+    """For a VM with a migrate op: skip it while its owner lives and its deadline has not
+    passed, mark a new orphan, else resolve it by asking both hosts (ResolveMigration),
+    whatever vm.orphanedSkipTimeout says: the agents' answers decide, not a timeout. None
+    for any other VM. Also called for VMs of a host that does not answer: the target's
+    answer alone may settle the migration."""
+    if op is None or op.kind != "migrate":
+        return None
+    status = op_status(op, members, now, orphan_timeout)
+    if status == "orphan-new":
+        return MarkOrphan(op)
+    if status == "live" and not (op.deadline and now >= op.deadline):
+        return Skip(vm.vm_id, f"migration {op.op_id} in flight")
+    return ResolveMigration(vm, op)
 
 
 def plan_unreachable(

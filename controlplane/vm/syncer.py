@@ -8,7 +8,7 @@ guard): nothing here re-reads a VM. Writes happen only for changes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from controlplane import metrics, wiretime
@@ -16,7 +16,15 @@ from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
 from controlplane.v1 import vm_pb2
 from controlplane.vm.operations import Operations
-from controlplane.vm.sync import Action, MarkOrphan, Restart, SetState, Skip, StopStray
+from controlplane.vm.sync import (
+    Action,
+    MarkOrphan,
+    ResolveMigration,
+    Restart,
+    SetState,
+    Skip,
+    StopStray,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +39,12 @@ class Applied:
 
 
 class Syncer:
-    def __init__(self, ctx: OwnerContext, operations: Operations) -> None:
+    def __init__(self, ctx: OwnerContext, operations: Operations,
+                 resolve_migration: Callable[[str], bool] = lambda vm_id: False) -> None:
         self.ctx = ctx
         self.operations = operations
+        # settles a migration from both hosts' reports (vm.migrations.Migrations)
+        self.resolve_migration = resolve_migration
 
     def apply(self, actions: Sequence[Action]) -> Applied:
         out = Applied()
@@ -74,6 +85,8 @@ class Syncer:
         elif isinstance(action, Restart):
             if self.operations.restart(action) is not None:
                 out.restarts += 1
+        elif isinstance(action, ResolveMigration):
+            self.resolve_migration(action.vm.vm_id)
         elif isinstance(action, StopStray):
             if self.operations.stop_stray(action.host_id, action.vm_id, action.generation,
                                           action.reason):

@@ -44,6 +44,7 @@ from controlplane.vm.sync import (
     Report,
     ReportedVm,
     awaits_ha,
+    migration_action,
     needs_fence,
     plan_sync,
     plan_unreachable,
@@ -237,6 +238,7 @@ class HostTracker:
                     extra={"host_id": host.host_id})
         if not host.HasField("unreachable_since"):
             self._write_host(host.host_id, unreachable_since=wiretime.now())
+        self._migrations_of_unreachable(host.host_id, records)
         if state.failures < threshold:
             return Applied()
         state.evidence = True
@@ -263,6 +265,22 @@ class HostTracker:
                 or not self.ha_allowed(host.host_id, state, fresh=True):
             return applied
         return self._fence_and_restart(host, state)
+
+    def _migrations_of_unreachable(self, host_id: str, records: list) -> None:
+        """Migrations away from a host that does not answer still get settled: the target's
+        answer alone may prove where the VM runs (`vm.sync.migration_action`)."""
+        actions = []
+        for entry in self.ctx.ops.by_index(host_id):
+            if entry.value.kind != "migrate":
+                continue
+            vm = next((r for r in records if r.vm_id == entry.value.vm_id), None)
+            action = vm and migration_action(vm, op_view(entry.value, entry.mod_revision),
+                                             self.ctx.members(), time.time(),
+                                             self.ctx.config.get("vm.orphanedSkipTimeout"))
+            if action is not None:
+                actions.append(action)
+        if actions:
+            self.syncer.apply(actions)
 
     def _retry_fenced(self, host: host_pb2.Host, state: HostState) -> Applied:
         """A FENCED host is never pulled (it is powered off), but its HA VMs that no host

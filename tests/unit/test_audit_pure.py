@@ -19,7 +19,7 @@ MUTATING = {
     "HostService": {"AddHost", "RemoveHost", "ReconnectHost", "EnableHost", "DisableHost",
                     "StartHostMaintenance"},
     "VmService": {"CreateVm", "StartVm", "StopVm", "RebootVm", "PauseVm", "ResumeVm",
-                  "DestroyVm"},
+                  "DestroyVm", "MigrateVm"},
     "StorageService": {"AddPrimaryStorage", "RemovePrimaryStorage"},
     "VolumeService": {"CreateImage", "CreateSnapshot", "MergeSnapshots",
                       "ReconcileVolumeChain", "LiveSnapshot", "LiveMerge", "ResumeBlockJob"},

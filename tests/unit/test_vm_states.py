@@ -280,7 +280,7 @@ def test_every_report_is_accepted_from_running_and_unknown() -> None:
 # --- operations -----------------------------------------------------------------------------
 
 def test_operations_are_the_six_kinds() -> None:
-    assert set(OPERATIONS) == {"start", "stop", "reboot", "pause", "resume", "destroy"}
+    assert set(OPERATIONS) == {"start", "stop", "reboot", "pause", "resume", "destroy", "migrate"}
     assert set(CALLABLE_FROM) == set(OPERATIONS)
     begin, success, failure = OPERATIONS["start"]
     assert (begin, success, failure) == ("starting", "running", "stopped")
@@ -293,11 +293,11 @@ def test_operations_are_the_six_kinds() -> None:
 
 SUCCESS_STATE = {
     "start": "Running", "stop": "Stopped", "reboot": "Running", "pause": "Paused",
-    "resume": "Running", "destroy": "Destroyed",
+    "resume": "Running", "destroy": "Destroyed", "migrate": "Running",
 }
 IN_FLIGHT = {
     "start": "Starting", "stop": "Stopping", "reboot": "Rebooting", "pause": "Pausing",
-    "resume": "Resuming", "destroy": "Destroying",
+    "resume": "Resuming", "destroy": "Destroying", "migrate": "Migrating",
 }
 
 

@@ -88,6 +88,7 @@ from controlplane.agent.domainxml import (
 from controlplane.agent.drivers.libvirt import BlockJobEvents, LibvirtBlockDriver, grant_group_rw
 from controlplane.agent.events import EventHub
 from controlplane.agent.libvirt import states
+from controlplane.agent.libvirt.migrate import LibvirtMigration, is_incoming
 from controlplane.errors import Failed
 from controlplane.paths import inside
 
@@ -144,8 +145,8 @@ class _Op:
         self.error: BaseException | None = None
 
 
-class LibvirtBackend:
-    """The Backend protocol over libvirt, for one host."""
+class LibvirtBackend(LibvirtMigration):
+    """The Backend protocol over libvirt, for one host (live migration: libvirt/migrate.py)."""
 
     name = "libvirt"
 
@@ -554,7 +555,9 @@ class LibvirtBackend:
                 if state == PAUSED and dom.name() in self._flushing:
                     state = RUNNING  # paused for milliseconds by a block flush, not by a user
                 if state is not None:
-                    vms.append(VmInfo(dom.name(), state, meta.generation))
+                    incoming = (state == PAUSED and stats.get("state.reason", 0)
+                                == libvirt.VIR_DOMAIN_PAUSED_MIGRATION and is_incoming(dom))
+                    vms.append(VmInfo(dom.name(), state, meta.generation, incoming))
         except libvirt.libvirtError as exc:
             raise self._broken(conn, exc) from exc
         with self._lock:
