@@ -46,7 +46,7 @@ class LastOp(_message.Message):
     def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., outcome: _Optional[str] = ..., node_id: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Vm(_message.Message):
-    __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op")
+    __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op", "disks")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class Vm(_message.Message):
     STATE_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_OP_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     name: str
     state: str
@@ -81,7 +82,20 @@ class Vm(_message.Message):
     state_changed_at: _timestamp_pb2.Timestamp
     last_op: LastOp
     op: Op
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ...) -> None: ...
+    disks: _containers.RepeatedCompositeFieldContainer[VmDisk]
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ..., disks: _Optional[_Iterable[_Union[VmDisk, _Mapping]]] = ...) -> None: ...
+
+class VmDisk(_message.Message):
+    __slots__ = ("primary_storage_id", "volume_id", "device", "root")
+    PRIMARY_STORAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    primary_storage_id: str
+    volume_id: str
+    device: str
+    root: bool
+    def __init__(self, primary_storage_id: _Optional[str] = ..., volume_id: _Optional[str] = ..., device: _Optional[str] = ..., root: _Optional[bool] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("op_id", "vm_id", "kind", "node_id", "incarnation", "started_at", "deadline", "host_id", "generation", "orphaned_at")
@@ -132,7 +146,7 @@ class HaAudit(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., action: _Optional[str] = ..., from_host: _Optional[str] = ..., to_host: _Optional[str] = ..., generation: _Optional[int] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Iterable[str]] = ..., op_id: _Optional[str] = ...) -> None: ...
 
 class CreateVmRequest(_message.Message):
-    __slots__ = ("vm_id", "name", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "host_id", "start", "wait")
+    __slots__ = ("vm_id", "name", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "host_id", "start", "wait", "disks")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HA_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +157,7 @@ class CreateVmRequest(_message.Message):
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     name: str
     ha: HaLevel
@@ -153,7 +168,8 @@ class CreateVmRequest(_message.Message):
     host_id: str
     start: bool
     wait: bool
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., host_id: _Optional[str] = ..., start: _Optional[bool] = ..., wait: _Optional[bool] = ...) -> None: ...
+    disks: _containers.RepeatedCompositeFieldContainer[VmDisk]
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., host_id: _Optional[str] = ..., start: _Optional[bool] = ..., wait: _Optional[bool] = ..., disks: _Optional[_Iterable[_Union[VmDisk, _Mapping]]] = ...) -> None: ...
 
 class ListVmsRequest(_message.Message):
     __slots__ = ("host_id", "state", "page_size", "page_token")
