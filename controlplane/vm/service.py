@@ -13,7 +13,7 @@ import queue
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -99,8 +99,13 @@ class WatchQueue:
 
 
 class VmServicer(pb_grpc.VmServiceServicer):
-    def __init__(self, ctx: OwnerContext, router: Router, operations: Operations) -> None:
+    def __init__(self, ctx: OwnerContext, router: Router, operations: Operations, *,
+                 check_disks: Callable[[Sequence[vm_pb2.VmDisk]], None] | None = None
+                 ) -> None:
         self.ctx = ctx
+        # Raises a controlplane.errors kind unless every disk's storage and volume exist
+        # (server.py: VmDisks.check); None: disks are refused.
+        self.check_disks = check_disks
         self.router = router
         self.operations = operations
         self._stopping = False
@@ -138,6 +143,11 @@ class VmServicer(pb_grpc.VmServiceServicer):
             raise errors.Invalid(str(exc)) from None
 
         def local() -> vm_pb2.CreateVmResponse:
+            if request.disks:
+                # Before writing: a VM on a storage or volume that does not exist is refused.
+                if self.check_disks is None:
+                    raise errors.Refused("this node cannot check disks on primary storage")
+                self.check_disks(request.disks)
             if request.start:
                 # Refuse before writing: a create that fails to start must leave nothing.
                 self.operations.placement(vm_pb2.Vm(vm_id=request.vm_id), request.host_id)
@@ -146,7 +156,8 @@ class VmServicer(pb_grpc.VmServiceServicer):
                            state="Created", ha=request.ha, cpus=request.cpus or 1,
                            memory_mb=request.memory_mb or 512, image=request.image,
                            root_disk_offering_size=request.root_disk_offering_size,
-                           root_disk_size=disk, created_at=now, state_changed_at=now)
+                           root_disk_size=disk, created_at=now, state_changed_at=now,
+                           disks=request.disks)
             key = self.ctx.keys.vm(request.vm_id)
             self.ctx.write(
                 [t.absent(key)], [t.put(key, vm.SerializeToString())],
