@@ -115,7 +115,7 @@ class VolumeSessions:
     def attach(self, host_id: str, vm_id: str, generation: int,
                volumes: Sequence[agent_pb2.AgentVolume], address: str = "") -> None:
         """Open a session on each volume before the VM starts; on any failure close the
-        ones opened and raise (errors.Refused when the store refused, Unreachable else)."""
+        ones opened and raise errors.Refused (the VM is not started)."""
         if not volumes:
             return
         opened: list[_Held] = []
@@ -127,12 +127,11 @@ class VolumeSessions:
             except MdsError as exc:
                 for held in opened:
                     self._detach_one(held)
-                codes = set(exc.codes)
-                message = (f"vm {vm_id}: volume {volume.volume_id} of storage "
-                           f"{volume.storage_id} not attached: {exc}")
-                if codes and codes <= {"NOT_FOUND", "PERMISSION_DENIED", "INVALID_ARGUMENT"}:
-                    raise errors.Refused(message) from exc
-                raise errors.Unreachable(message) from exc
+                # Refused (FAILED_PRECONDITION) whatever the store said: the VM certainly
+                # did not start, so the caller may count it a failed start (not "unknown").
+                raise errors.Refused(f"vm {vm_id}: volume {volume.volume_id} of storage "
+                                     f"{volume.storage_id} not attached, the VM is not "
+                                     f"started: {exc}") from exc
             timeout = wiretime.span(answer.session_timeout) or 10.0
             opened.append(_Held(host_id, vm_id, volume.storage_id, volume.volume_id, session_id,
                                 client, timeout, self._clock()))

@@ -40,11 +40,15 @@ class VmDisks:
             raise errors.NotFound(f"no primary storage {storage_id!r}")
         return entry.value
 
-    def check(self, disks: Sequence[vm_pb2.VmDisk]) -> None:
+    def check(self, disks: Sequence[vm_pb2.VmDisk]) -> int:
         """Every disk's storage exists and its store knows the volume; raises NotFound
-        naming the missing one, Invalid for a disk listed twice, Unreachable when the store
-        does not answer (then nothing is written: a VM is never created on a guess)."""
+        naming the missing one, Invalid for a disk listed twice or two root disks,
+        Unreachable when the store does not answer (then nothing is written: a VM is never
+        created on a guess). Answers the root volume's size in bytes (0: no root disk)."""
+        if sum(1 for d in disks if d.root) > 1:
+            raise errors.Invalid("more than one disk is marked root")
         seen: set[tuple[str, str]] = set()
+        root_size = 0
         for disk in disks:
             key = (disk.primary_storage_id, disk.volume_id)
             if key in seen:
@@ -53,7 +57,7 @@ class VmDisks:
             seen.add(key)
             storage = self._storage(disk.primary_storage_id)
             try:
-                self.checker.client(storage).get_volume(disk.volume_id)
+                volume = self.checker.client(storage).get_volume(disk.volume_id)
             except MdsError as exc:
                 if set(exc.codes) == {"NOT_FOUND"}:
                     raise errors.NotFound(f"primary storage {disk.primary_storage_id} has no "
@@ -61,6 +65,9 @@ class VmDisks:
                 raise errors.Unreachable(f"volume {disk.volume_id} of primary storage "
                                          f"{disk.primary_storage_id} not checked: {exc}"
                                          ) from exc
+            if disk.root:
+                root_size = volume.size_bytes
+        return root_size
 
     def agent_volumes(self, vm: vm_pb2.Vm) -> list[agent_pb2.AgentVolume]:
         """What the agent needs to open the VM's volumes: each with its store's MDS

@@ -100,11 +100,12 @@ class WatchQueue:
 
 class VmServicer(pb_grpc.VmServiceServicer):
     def __init__(self, ctx: OwnerContext, router: Router, operations: Operations, *,
-                 check_disks: Callable[[Sequence[vm_pb2.VmDisk]], None] | None = None
+                 check_disks: Callable[[Sequence[vm_pb2.VmDisk]], int] | None = None
                  ) -> None:
         self.ctx = ctx
-        # Raises a controlplane.errors kind unless every disk's storage and volume exist
-        # (server.py: VmDisks.check); None: disks are refused.
+        # Raises a controlplane.errors kind unless every disk's storage and volume exist,
+        # else answers the root volume's size (server.py: VmDisks.check); None: disks are
+        # refused.
         self.check_disks = check_disks
         self.router = router
         self.operations = operations
@@ -140,14 +141,18 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 image.virtual_size if image.HasField("virtual_size") else None,
                 image.actual_size if image.HasField("actual_size") else None)
         except ValueError as exc:
-            raise errors.Invalid(str(exc)) from None
+            if not any(d.root for d in request.disks):
+                raise errors.Invalid(str(exc)) from None
+            disk = 0  # the root disk is a volume of a primary storage: sized by its store
 
         def local() -> vm_pb2.CreateVmResponse:
+            nonlocal disk
             if request.disks:
                 # Before writing: a VM on a storage or volume that does not exist is refused.
                 if self.check_disks is None:
                     raise errors.Refused("this node cannot check disks on primary storage")
-                self.check_disks(request.disks)
+                root_size = self.check_disks(request.disks)
+                disk = disk or root_size
             if request.start:
                 # Refuse before writing: a create that fails to start must leave nothing.
                 self.operations.placement(vm_pb2.Vm(vm_id=request.vm_id), request.host_id)
