@@ -111,7 +111,8 @@ def test_create_refuses_a_disk_whose_storage_or_volume_does_not_exist(
     for disk, named in ((vm_pb2.VmDisk(primary_storage_id="nope", volume_id=VOLUME), "nope"),
                         (vm_pb2.VmDisk(primary_storage_id="ps", volume_id="ghost"), "ghost")):
         with pytest.raises(grpc.RpcError) as err:
-            c.vms(node).CreateVm(vm_pb2.CreateVmRequest(vm_id="x", disks=[disk], root_disk_offering_size=1 << 30), timeout=10)
+            c.vms(node).CreateVm(vm_pb2.CreateVmRequest(
+                vm_id="x", disks=[disk], root_disk_offering_size=1 << 30), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and named in err.value.details()
     with pytest.raises(grpc.RpcError) as err:  # nothing was written
         get_vm(node, "x")
