@@ -19,7 +19,7 @@ the old host means the VM may still run there.
   turning False drops the session without a goodbye, as a dead client's would be; it then
   expires in the store. A host cut off from the management nodes still runs its VMs and
   keeps their sessions (it is not cut off from its storage).
-- A keepalive refused as blocklisted (PERMISSION_DENIED) means the store has fenced the
+- A keepalive refused as blocklisted (FAILED_PRECONDITION) means the store has fenced the
   session: it is dropped and logged; the VM's I/O would fail in a real store.
 - Stop and destroy detach (best effort: a failed detach leaves a session that expires).
 
@@ -197,7 +197,7 @@ class VolumeSessions:
             held.last_ok = self._clock()
             held.timeout = wiretime.span(answer.session_timeout) or held.timeout
         except MdsError as exc:
-            if "PERMISSION_DENIED" in exc.codes or "NOT_FOUND" in exc.codes:
+            if any(code in ("FAILED_PRECONDITION", "NOT_FOUND") for code in exc.codes):
                 log.error("host %s vm %s: volume %s session %s fenced by the store (%s): "
                           "its I/O is refused", held.host_id, held.vm_id, held.volume_id,
                           held.session_id, exc)

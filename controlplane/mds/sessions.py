@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value REAL NOT NULL)
 
 
 class Blocklisted(Exception):
-    """The session expired (or belongs to another client): refused (PERMISSION_DENIED)."""
+    """The session expired (or belongs to another client): refused (FAILED_PRECONDITION)."""
 
 
 @dataclass(frozen=True)

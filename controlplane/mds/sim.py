@@ -18,7 +18,7 @@ after each volume needs them: INVALID_ARGUMENT otherwise, before any fault appli
 
 Client sessions (AttachVolume, KeepAliveVolume, DetachVolume; `mds/sessions.py`): a host's
 agent holds a session per volume of each VM it runs; one whose keepalives stop for the
-store's session timeout is blocklisted (PERMISSION_DENIED from then on), and
+store's session timeout is blocklisted (FAILED_PRECONDITION from then on), and
 GetVolumeClients answers the live ones (next to any set by SetVolumeClients). An agent may
 open, keep and close sessions only for the hosts its certificate names (NodeRestriction).
 Sessions, unlike volumes, can be shared by several sim processes (`--shared-state FILE`),
@@ -333,7 +333,8 @@ def _check_client(context: grpc.ServicerContext, client_id: str) -> None:
 
 def _session_call(method: str, sim: SimMds, context: grpc.ServicerContext,
                   apply: Callable[[], T], volume_id: str, client_id: str) -> T:
-    """A session call through its fault; a blocklisted session is PERMISSION_DENIED."""
+    """A session call through its fault; a blocklisted session (or one of another client) is
+    FAILED_PRECONDITION: the store refuses it in its current state, whichever MDS is asked."""
     _check_client(context, client_id)
 
     def guarded() -> T:
@@ -341,7 +342,7 @@ def _session_call(method: str, sim: SimMds, context: grpc.ServicerContext,
             return apply()
         except Blocklisted as exc:
             log.warning("%s refused: %s", method, exc)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"blocklisted: {exc}")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         raise AssertionError("unreachable: context.abort raises")
 
     return _faulted(method, sim, context, guarded, volume_id)

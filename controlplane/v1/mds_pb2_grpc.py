@@ -110,8 +110,9 @@ class StorageMdsServiceServicer:
         """Open a client session on a volume (a host's block client, before its VM
         runs on it). The client picks the session id, so a repeated attach is the
         same session (idempotent: safe to try the next MDS after a timeout).
-        NOT_FOUND for an unknown volume; PERMISSION_DENIED when the session was
-        blocklisted (it expired) or an agent attaches for a host it does not serve.
+        NOT_FOUND for an unknown volume; FAILED_PRECONDITION when the session was
+        blocklisted (it expired) or is another client's; PERMISSION_DENIED when an
+        agent attaches for a host its certificate does not name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +121,7 @@ class StorageMdsServiceServicer:
     def KeepAliveVolume(self, request, context):
         """Keep a session alive. A session with no keepalive for the store's session
         timeout expires and is blocklisted: its keepalives (and, in a real store,
-        its I/O) are refused with PERMISSION_DENIED from then on, so the store
+        its I/O) are refused with FAILED_PRECONDITION from then on, so the store
         itself fences a client the management plane gave up on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -229,6 +229,6 @@ def test_an_expired_session_is_blocklisted(store) -> None:
     with pytest.raises(grpc.RpcError) as err:
         store[1].stub().KeepAliveVolume(mds_pb2.KeepAliveVolumeRequest(
             volume_id=VOLUME, client_id="h9", session_id="s1"), timeout=5)
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "blocklisted" in err.value.details()
     mds.set_session_timeout(SESSION_TIMEOUT)
