@@ -43,6 +43,7 @@ from controlplane.storage.livejobs import LiveJobs
 from controlplane.storage.primary import MdsHealthChecker
 from controlplane.storage.primary_service import StorageServicer
 from controlplane.storage.service import VolumeServicer
+from controlplane.storage.vmdisks import VmDisks
 from controlplane.store import Keys, Store
 from controlplane.store.auth import EtcdLogin
 from controlplane.store.cache import PrefixCache
@@ -119,17 +120,25 @@ class ManagementNode:
                                   AgentClients(tls=settings.tls), settings.tls)
         self.images = PrefixCache(self.store, self.keys.images, volume_pb2.Image.FromString,
                                   index=lambda image: image.vm_id, name="images")
+        self.storages = PrefixCache(self.store, self.keys.storages,
+                                    storage_pb2.PrimaryStorage.FromString, name="storages")
+        self.mds_checker = MdsHealthChecker(self.owner, self.storages, enabled=lambda: self.ready)
+        # VM disks on primary storage: checked at create, opened by the agent at start,
+        # asked about by HA (who holds them) through the storage's MDS client.
+        self.vm_disks = VmDisks(self.keys, self.storages, self.mds_checker)
         self.allocation_cache = PrefixCache(self.store, self.keys.allocations,
                                             host_pb2.HostAllocation.FromString,
                                             name="allocations")
         self.allocations = Allocations(self.owner, self.allocation_cache)
         self.operations = Operations(self.owner, self.allocations, image_locks=lambda vm_id: [
-            self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)])
+            self.keys.image_lock(e.value.image_id) for e in self.images.by_index(vm_id)],
+            volumes_of=self.vm_disks.agent_volumes)
         self.migrations = Migrations(self.operations)
         self.tracker = HostTracker(self.owner, Syncer(self.owner, self.operations,
                                                       self.migrations.resolve_later),
                                    enabled=lambda: self.ready,
-                                   allocations=self.allocations)
+                                   allocations=self.allocations,
+                                   volume_holders=self.vm_disks.holders)
         self.maintenance = MaintenanceLoop(self.owner, self.operations,
                                            migrations=self.migrations,
                                            enabled=lambda: self.ready)
@@ -137,9 +146,6 @@ class ManagementNode:
             self.owner, self.tracker.poke,
             enabled=lambda: (self.ready and not self.registration.fenced
                              and self.config.get("host.events")))
-        self.storages = PrefixCache(self.store, self.keys.storages,
-                                    storage_pb2.PrimaryStorage.FromString, name="storages")
-        self.mds_checker = MdsHealthChecker(self.owner, self.storages, enabled=lambda: self.ready)
         self.image_manager = ImageManager(self.owner, settings.image_dir)
         self.live_jobs = LiveJobs(self.image_manager, self.owner.agents.block_jobs)
         # every mutating call, recorded in etcd (bounded by the live audit.maxRecords)
@@ -162,7 +168,7 @@ class ManagementNode:
         servicer = ClusterServicer(self.settings.node_id, self.view, self.registration,
                                    self.router)
         self.vm_servicer = VmServicer(self.owner, self.router, self.operations,
-                                      self.migrations)
+                                      self.migrations, check_disks=self.vm_disks.check)
         rpc = self.rpc
         rpc.add(cluster_pb2_grpc.add_ClusterServiceServicer_to_server, servicer, SERVICES[0])
         rpc.add(host_pb2_grpc.add_HostServiceServicer_to_server,

@@ -26,6 +26,7 @@ from controlplane.agent.backend import (
 )
 from controlplane.agent.blockjobs import AgentBlockJobsServiceServicer
 from controlplane.agent.sim import DURATION_SETTINGS, SETTING_NAMES, SimBackend, SimSettings
+from controlplane.agent.volumes import VolumeSessions
 from controlplane.rpc import RpcServer, status_of
 from controlplane.security.tls import Transport
 from controlplane.v1 import agent_pb2, agent_pb2_grpc, blockjob_pb2, blockjob_pb2_grpc
@@ -93,10 +94,13 @@ def _vm_response(response: type[R], host_id: str, vm: VmInfo) -> R:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    """AgentService over a Backend (no backend-specific code here)."""
+    """AgentService over a Backend (no backend-specific code here). ``volumes``: the
+    block-store client sessions of the VMs started with volumes (None: a start with
+    volumes is refused, as this agent could not hold them)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, volumes: VolumeSessions | None = None) -> None:
         self.backend = backend
+        self.volumes = volumes
 
     @_mapped(quiet=True)
     def ListHosts(self, request: agent_pb2.AgentServiceListHostsRequest,
@@ -131,10 +135,25 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def StartVm(self, request: agent_pb2.AgentServiceStartVmRequest,
                 context: grpc.ServicerContext
     ) -> agent_pb2.AgentServiceStartVmResponse:
-        vm = self.backend.start_vm(
-            request.host_id, request.vm_id, generation=request.generation,
-            op_id=request.op_id, cpus=request.cpus, memory_mb=request.memory_mb,
-            disk=request.disk_path, caller_active=context.is_active)
+        if request.volumes:
+            # Volumes first, as a block client opens them before qemu runs: a VM that runs
+            # always holds its volumes, and one whose volumes are refused never starts.
+            if self.volumes is None:
+                raise errors.Refused("this agent holds no volume sessions")
+            self.backend.ping(request.host_id)  # a host that is down opens nothing
+            self.volumes.attach(request.host_id, request.vm_id, request.generation,
+                                request.volumes)
+        try:
+            vm = self.backend.start_vm(
+                request.host_id, request.vm_id, generation=request.generation,
+                op_id=request.op_id, cpus=request.cpus, memory_mb=request.memory_mb,
+                disk=request.disk_path, caller_active=context.is_active)
+        except (BackendError, errors.DomainError) as exc:
+            if request.volumes and self.volumes is not None and \
+                    not isinstance(exc, errors.Unreachable):
+                # Not started (a partitioned host's start may have run: keep those).
+                self.volumes.detach(request.host_id, request.vm_id)
+            raise
         return _vm_response(agent_pb2.AgentServiceStartVmResponse, request.host_id, vm)
 
     @_mapped()
@@ -143,13 +162,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.AgentServiceStopVmResponse:
         vm = self.backend.stop_vm(request.host_id, request.vm_id, op_id=request.op_id,
                                   force=request.force)
+        self._detach(request.host_id, request.vm_id)
         return _vm_response(agent_pb2.AgentServiceStopVmResponse, request.host_id, vm)
+
+    def _detach(self, host_id: str, vm_id: str) -> None:
+        """The VM is stopped: close its volume sessions."""
+        if self.volumes is not None:
+            self.volumes.detach(host_id, vm_id)
 
     @_mapped()
     def DestroyVm(self, request: agent_pb2.AgentServiceDestroyVmRequest,
                   context: grpc.ServicerContext
     ) -> agent_pb2.AgentServiceDestroyVmResponse:
         vm = self.backend.destroy_vm(request.host_id, request.vm_id, op_id=request.op_id)
+        self._detach(request.host_id, request.vm_id)
         return _vm_response(agent_pb2.AgentServiceDestroyVmResponse, request.host_id, vm)
 
     @_mapped()
@@ -177,10 +203,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def PrepareIncomingVm(self, request: agent_pb2.AgentServicePrepareIncomingVmRequest,
                           context: grpc.ServicerContext
     ) -> agent_pb2.AgentServicePrepareIncomingVmResponse:
-        vm, uri = _migrating(self.backend, "prepare_incoming")(
-            request.host_id, request.vm_id, generation=request.generation, op_id=request.op_id,
-            cpus=request.cpus, memory_mb=request.memory_mb, disk=request.disk_path,
-            source_host_id=request.source_host_id)
+        if request.volumes:  # as a start: the copy holds its volumes before it exists
+            if self.volumes is None:
+                raise errors.Refused("this agent holds no volume sessions")
+            self.backend.ping(request.host_id)
+            self.volumes.attach(request.host_id, request.vm_id, request.generation,
+                                request.volumes)
+        try:
+            vm, uri = _migrating(self.backend, "prepare_incoming")(
+                request.host_id, request.vm_id, generation=request.generation,
+                op_id=request.op_id, cpus=request.cpus, memory_mb=request.memory_mb,
+                disk=request.disk_path, source_host_id=request.source_host_id)
+        except (BackendError, errors.DomainError) as exc:
+            if request.volumes and not isinstance(exc, errors.Unreachable):
+                self._detach(request.host_id, request.vm_id)
+            raise
         return agent_pb2.AgentServicePrepareIncomingVmResponse(host_id=request.host_id,
                                                                vm=_vm(vm), uri=uri)
 
@@ -192,6 +229,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             target_generation=request.target_generation, target_host_id=request.target_host_id,
             target_uri=request.target_uri, op_id=request.op_id,
             timeout=wiretime.span(request.timeout) if request.HasField("timeout") else 0.0)
+        self._detach(request.host_id, request.vm_id)  # the target runs it, with its sessions
         return agent_pb2.AgentServiceMigrateVmResponse(
             host_id=request.host_id, vm=_vm(done.vm), total=wiretime.duration(done.total),
             downtime=wiretime.duration(done.downtime))
@@ -202,6 +240,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.AgentServiceAbortIncomingVmResponse:
         destroyed = _migrating(self.backend, "abort_incoming")(
             request.host_id, request.vm_id, generation=request.generation, op_id=request.op_id)
+        self._detach(request.host_id, request.vm_id)  # the incoming copy is gone
         return agent_pb2.AgentServiceAbortIncomingVmResponse(host_id=request.host_id,
                                                              destroyed=destroyed)
 
@@ -314,11 +353,13 @@ class AgentServer:
         self.rpc = RpcServer(listen, tls=tls, max_workers=max_workers)
         self.port = 0
         self._stopped = False
+        holds = getattr(backend, "has_vm", None)
+        self.volumes = VolumeSessions(tls, **({"holds": holds} if holds else {}))
 
     def start(self) -> AgentServer:
         """Bind and serve; raises RuntimeError when the address cannot be bound."""
         self.rpc.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
-                     AgentServicer(self.backend), AGENT_SERVICE)
+                     AgentServicer(self.backend, self.volumes), AGENT_SERVICE)
         self.rpc.add(blockjob_pb2_grpc.add_AgentBlockJobsServiceServicer_to_server, self.block_jobs,
                      BLOCK_JOBS)
         self.port = self.rpc.start()
@@ -347,6 +388,7 @@ class AgentServer:
         self._stopped = True
         self.rpc.health.enter_graceful_shutdown()
         self.backend.close()
+        self.volumes.close()
         self.block_jobs.close()
         if self.sim_rpc is not None:
             self.sim_rpc.stop(0)

@@ -252,6 +252,15 @@ class SimBackend(SimMigration):
                      if condition == HostCondition.DOWN else "")
         return condition
 
+    def has_vm(self, host_id: str, vm_id: str) -> bool:
+        """Whether the host is powered and has the VM (running, crashed, or being started):
+        what keeps the VM's volume sessions alive (`agent/volumes.py`). True while
+        PARTITIONED: the host runs."""
+        host = self._host(host_id)
+        with host.lock:
+            return host.condition != HostCondition.DOWN and (vm_id in host.vms
+                                                             or vm_id in host.ops)
+
     @_persists
     def crash_vm(self, host_id: str, vm_id: str) -> VmInfo:
         """The VM dies; it stays on the host as CRASHED until stopped or destroyed. A reboot,

@@ -103,6 +103,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root-disk-offering-size", type=argtypes.size_bytes, default=0,
                    metavar="BYTES",
                    help="root disk size from an offering (default: sized from the image)")
+    p.add_argument("--disk", action="append", default=[], metavar="STORAGE/VOLUME[:root]",
+                   help="a disk on primary storage (repeatable; ':root' marks the root disk, "
+                        "sized by its volume); HA asks the store who holds it")
     p.add_argument("--cpus", type=argtypes.non_negative_int, default=0, metavar="N",
                    help="virtual CPUs (default: the server's, 1)")
     p.add_argument("--memory-mb", type=argtypes.non_negative_int, default=0, metavar="N",
@@ -229,9 +232,19 @@ def cmd_vm_create(args: argparse.Namespace) -> int:
         vm_id=args.vm_id or new_vm_id(), name=args.name or "", ha=HA_LEVELS[args.ha],
         cpus=args.cpus, memory_mb=args.memory_mb, image=image,
         root_disk_offering_size=args.root_disk_offering_size, host_id=args.host or "",
-        start=args.start, wait=args.wait)
+        start=args.start, wait=args.wait, disks=[_disk(text) for text in args.disk])
     return common.call_at(args, "vms", "CreateVm", request,
                           _show_vm(args, waited=args.start and args.wait), unwrap="vm")
+
+
+def _disk(text: str) -> vm_pb2.VmDisk:
+    """STORAGE/VOLUME[:root] as a VmDisk (a usage error otherwise)."""
+    spec, _, flag = text.partition(":")
+    storage, _, volume = spec.partition("/")
+    if not storage or not volume or flag not in ("", "root"):
+        raise common.UsageError(f"--disk {text!r}: expected STORAGE/VOLUME or "
+                                "STORAGE/VOLUME:root")
+    return vm_pb2.VmDisk(primary_storage_id=storage, volume_id=volume, root=flag == "root")
 
 
 def cmd_vm_op(args: argparse.Namespace) -> int:

@@ -35,7 +35,8 @@ BACKENDS = ("sim",)
 
 DESCRIPTION = """\
 Run a metadata server (MDS) of a distributed block store: the StorageMds gRPC service
-(GetVolumeClients, GetVolume, CreateVolume, DeleteVolume) that management nodes call, trying
+(GetVolumeClients, GetVolume, CreateVolume, DeleteVolume, and the client sessions
+AttachVolume, KeepAliveVolume, DetachVolume) that management nodes call, trying
 the next MDS of a primary storage when one fails.
 
 The only backend today is `sim`, volumes kept in memory, there to test the management
@@ -57,6 +58,12 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      metavar="HOST:PORT", help="gRPC listen address")
     add_env_argument(p, "--backend", choices=BACKENDS, default="sim",
                      help="metadata backend (only sim exists today)")
+    add_env_argument(p, "--shared-state", default="", metavar="FILE",
+                     help="SQLite file of the store's client sessions, shared by every MDS "
+                          "of one simulated store (default: this process's own, in memory)")
+    add_env_argument(p, "--session-timeout", type=float, default=None, metavar="S",
+                     help="seconds without a keepalive before a client session expires and "
+                          "is blocklisted (default: the stored value, else 10)")
     add_flags(p, [*log_flags(), *metrics_flags()])
     add_tls_flags(p)
     return p
@@ -87,7 +94,8 @@ def run_mds(args: argparse.Namespace) -> int:
         check_own(tls)  # an expired or not-yet-valid certificate: exit 1 naming the file
         serve_metrics(args.metrics_port,
                       metrics_bind_address(args.metrics_address, args.listen))
-        return MdsServer(args.listen, tls=tls).start()
+        return MdsServer(args.listen, tls=tls, shared_state=args.shared_state,
+                         session_timeout=args.session_timeout).start()
 
     return serve_until_signal(start)
 

@@ -16,8 +16,17 @@ StorageMds method (or for all of them):
 Volume ids are names (`controlplane.rpc.check_name`), as a real store that names a file
 after each volume needs them: INVALID_ARGUMENT otherwise, before any fault applies.
 
+Client sessions (AttachVolume, KeepAliveVolume, DetachVolume; `mds/sessions.py`): a host's
+agent holds a session per volume of each VM it runs; one whose keepalives stop for the
+store's session timeout is blocklisted (FAILED_PRECONDITION from then on), and
+GetVolumeClients answers the live ones (next to any set by SetVolumeClients). An agent may
+open, keep and close sessions only for the hosts its certificate names (NodeRestriction).
+Sessions, unlike volumes, can be shared by several sim processes (`--shared-state FILE`),
+as one store's MDS share their metadata.
+
 Limits: every sim process has its own volumes (a real MDS cluster shares its metadata), so a
-test seeds each MDS it wants to answer. State is memory only: a restarted sim is empty.
+test seeds each MDS it wants to answer. State is memory only: a restarted sim is empty (but
+sessions in a shared-state file survive it).
 """
 
 from __future__ import annotations
@@ -30,10 +39,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+from cryptography import x509 as cx509
 
 from controlplane import errors, names, wiretime
+from controlplane.mds.sessions import Blocklisted, Session, SessionTable
 from controlplane.rpc import RpcServer, check_name
 from controlplane.security.tls import Transport
+from controlplane.security.x509 import speaks_for, subject_of
 from controlplane.v1 import mds_pb2, mds_pb2_grpc
 
 __all__ = [
@@ -98,7 +110,8 @@ class SimMds:
     """The sim MDS's state: volumes, their clients, faults and call counts, under one lock
     (held only for dict updates, never across a delay)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sessions: SessionTable | None = None) -> None:
+        self.sessions = sessions if sessions is not None else SessionTable()
         self._lock = threading.Lock()
         self._volumes: dict[str, mds_pb2.MdsVolume] = {}
         self._clients: dict[str, tuple[mds_pb2.MdsVolumeClient, ...]] = {}
@@ -130,6 +143,8 @@ class SimMds:
             if volumes:
                 self._volumes.clear()
                 self._clients.clear()
+        if volumes:
+            self.sessions.clear()
 
     def state(self, answer: type[S]) -> S:
         """Faults, call counts and volume ids, as `answer` (every control call answers them,
@@ -167,11 +182,24 @@ class SimMds:
             return self._volumes[volume_id]  # KeyError: NOT_FOUND
 
     def clients(self, volume_id: str) -> tuple[mds_pb2.MdsVolumeClient, ...]:
+        """The clients set by SetVolumeClients, then every live session's."""
         check_name(volume_id, "volume_id")
         with self._lock:
             if volume_id not in self._volumes:
                 raise KeyError(volume_id)
-            return self._clients.get(volume_id, ())
+            static = self._clients.get(volume_id, ())
+        live = tuple(mds_pb2.MdsVolumeClient(client_id=s.client_id, address=s.address,
+                                             session_id=s.session_id)
+                     for s in self.sessions.live(volume_id))
+        return static + live
+
+    def attach(self, volume_id: str, client_id: str, session_id: str,
+               address: str) -> Session:
+        self.get(volume_id)  # KeyError: NOT_FOUND (a session on no volume means nothing)
+        check_name(session_id, "session_id")
+        session = self.sessions.attach(volume_id, client_id, session_id, address)
+        log.info("volume %s: client %s session %s attached", volume_id, client_id, session_id)
+        return session
 
     def delete(self, volume_id: str) -> None:
         check_name(volume_id, "volume_id")
@@ -248,6 +276,77 @@ class StorageMdsServiceServicer(mds_pb2_grpc.StorageMdsServiceServicer):
                  request.volume_id)
         return mds_pb2.DeleteVolumeResponse(volume_id=request.volume_id)
 
+    def AttachVolume(self, request: mds_pb2.AttachVolumeRequest,
+                     context: grpc.ServicerContext) -> mds_pb2.AttachVolumeResponse:
+        session = _session_call("AttachVolume", self.sim, context, lambda: self.sim.attach(
+            request.volume_id, request.client_id, request.session_id, request.address),
+            request.volume_id, request.client_id)
+        return mds_pb2.AttachVolumeResponse(
+            session=session_proto(session),
+            session_timeout=wiretime.duration(self.sim.sessions.timeout()))
+
+    def KeepAliveVolume(self, request: mds_pb2.KeepAliveVolumeRequest,
+                        context: grpc.ServicerContext) -> mds_pb2.KeepAliveVolumeResponse:
+        session = _session_call("KeepAliveVolume", self.sim, context,
+                                lambda: self.sim.sessions.keepalive(
+                                    request.volume_id, request.client_id, request.session_id),
+                                request.volume_id, request.client_id)
+        return mds_pb2.KeepAliveVolumeResponse(
+            session=session_proto(session),
+            session_timeout=wiretime.duration(self.sim.sessions.timeout()))
+
+    def DetachVolume(self, request: mds_pb2.DetachVolumeRequest,
+                     context: grpc.ServicerContext) -> mds_pb2.DetachVolumeResponse:
+        detached = _session_call("DetachVolume", self.sim, context,
+                                 lambda: self.sim.sessions.detach(
+                                     request.volume_id, request.client_id, request.session_id),
+                                 request.volume_id, request.client_id)
+        if detached:
+            log.info("volume %s: client %s session %s detached", request.volume_id,
+                     request.client_id, request.session_id)
+        return mds_pb2.DetachVolumeResponse(detached=detached)
+
+
+def session_proto(session: Session) -> mds_pb2.MdsSession:
+    return mds_pb2.MdsSession(
+        session_id=session.session_id, volume_id=session.volume_id,
+        client_id=session.client_id, address=session.address,
+        attached_at=wiretime.stamp(session.attached_at),
+        last_keepalive=wiretime.stamp(session.last_keepalive), blocklisted=session.blocklisted)
+
+
+def _check_client(context: grpc.ServicerContext, client_id: str) -> None:
+    """NodeRestriction for sessions: an agent certificate may hold sessions only for the
+    hosts it names (a node certificate, or plaintext --insecure, may for any)."""
+    pems = (context.auth_context() or {}).get("x509_pem_cert")
+    if not pems:
+        return
+    try:
+        cert = cx509.load_pem_x509_certificate(pems[0])
+    except ValueError:
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "unreadable client certificate")
+    if subject_of(cert)[1] == "agent" and not speaks_for(cert, client_id):
+        context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                      f"{subject_of(cert)[0]} may not hold sessions for client "
+                      f"{errors.shown(client_id)}: its certificate does not name that host")
+
+
+def _session_call(method: str, sim: SimMds, context: grpc.ServicerContext,
+                  apply: Callable[[], T], volume_id: str, client_id: str) -> T:
+    """A session call through its fault; a blocklisted session (or one of another client) is
+    FAILED_PRECONDITION: the store refuses it in its current state, whichever MDS is asked."""
+    _check_client(context, client_id)
+
+    def guarded() -> T:
+        try:
+            return apply()
+        except Blocklisted as exc:
+            log.warning("%s refused: %s", method, exc)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        raise AssertionError("unreachable: context.abort raises")
+
+    return _faulted(method, sim, context, guarded, volume_id)
+
 
 class SimMdsControlServiceServicer(mds_pb2_grpc.SimMdsControlServiceServicer):
     """Fault injection and inspection (never faulted itself)."""
@@ -278,7 +377,19 @@ class SimMdsControlServiceServicer(mds_pb2_grpc.SimMdsControlServiceServicer):
 
     def GetState(self, request: mds_pb2.GetStateRequest,
                  context: grpc.ServicerContext) -> mds_pb2.GetStateResponse:
-        return self.sim.state(mds_pb2.GetStateResponse)
+        state = self.sim.state(mds_pb2.GetStateResponse)
+        state.sessions.extend(session_proto(s) for s in self.sim.sessions.all())
+        state.session_timeout.CopyFrom(wiretime.duration(self.sim.sessions.timeout()))
+        return state
+
+    def SetSessionTimeout(self, request: mds_pb2.SetSessionTimeoutRequest,
+                          context: grpc.ServicerContext) -> mds_pb2.SetSessionTimeoutResponse:
+        try:
+            seconds = self.sim.sessions.set_timeout(wiretime.span(request.session_timeout))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        log.info("session timeout: %gs", seconds)
+        return mds_pb2.SetSessionTimeoutResponse(session_timeout=wiretime.duration(seconds))
 
     def Reset(self, request: mds_pb2.ResetRequest,
               context: grpc.ServicerContext) -> mds_pb2.ResetResponse:
@@ -290,9 +401,17 @@ class MdsServer:
     """One sim MDS: StorageMds + SimMdsControl, health and reflection on one port."""
 
     def __init__(self, listen: str, sim: SimMds | None = None,
-                 max_workers: int = MAX_WORKERS, *, tls: Transport) -> None:
+                 max_workers: int = MAX_WORKERS, *, tls: Transport,
+                 shared_state: str = "", session_timeout: float | None = None) -> None:
+        """``shared_state``: the SQLite file of the store's sessions, shared by every MDS of
+        the store ("": this process's own, in memory). ``session_timeout``: set it at
+        start (None: keep the stored one, 10 s by default)."""
         self.listen = listen
-        self.sim = sim if sim is not None else SimMds()
+        if sim is None:
+            sim = SimMds(SessionTable(shared_state or ":memory:"))
+        if session_timeout is not None:
+            sim.sessions.set_timeout(session_timeout)
+        self.sim = sim
         self.rpc = RpcServer(listen, tls=tls, max_workers=max_workers)
         self.port = 0
         self._stopped = False

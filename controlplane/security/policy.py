@@ -10,7 +10,11 @@ Levels, the Kubernetes RBAC way but as a fixed ladder:
   (SimControl, SimMdsControl: only a test rig serves them);
 - `node`: only a node certificate, whatever role a user has: the agents' services (a node
   drives a host; a user with the admin role cannot power off a host through its agent) and
-  the MDS's StorageMds.
+  the MDS's StorageMds;
+- `storage-client`: a node or an agent certificate: StorageMds's client sessions
+  (AttachVolume, KeepAliveVolume, DetachVolume), which a host's agent holds for the VMs it
+  runs; the MDS itself checks that an agent holds them only for a host it names
+  (NodeRestriction, `mds/sim.py`).
 
 Roles are ordered reader < operator < admin; a user passes a level at or below its role. A
 node certificate passes every level: nodes forward calls (`controlplane.metadata.CALLER`
@@ -31,7 +35,7 @@ from controlplane.security.identity import Identity
 __all__ = ["LEVELS", "POLICY", "ROLE_ORDER", "decide", "level_of"]
 
 ROLE_ORDER: dict[str, int] = {"reader": 0, "operator": 1, "admin": 2}
-LEVELS: tuple[str, ...] = ("reader", "operator", "admin", "node")
+LEVELS: tuple[str, ...] = ("reader", "operator", "admin", "node", "storage-client")
 
 _V1 = "controlplane.v1."
 
@@ -70,7 +74,9 @@ _TABLE: dict[str, dict[str, str]] = {
                             "LiveMerge": "operator", "ResumeBlockJob": "operator"},
     _V1 + "AgentService": {"*": "node"},
     _V1 + "AgentBlockJobsService": {"*": "node"},
-    _V1 + "StorageMdsService": {"*": "node"},
+    _V1 + "StorageMdsService": {"*": "node", "AttachVolume": "storage-client",
+                                "KeepAliveVolume": "storage-client",
+                                "DetachVolume": "storage-client"},
     _V1 + "SimControlService": {"*": "admin"},
     _V1 + "SimMdsControlService": {"*": "admin"},
 }
@@ -97,6 +103,10 @@ def decide(identity: Identity, full_method: str) -> str | None:
         return f"{full_method} has no access policy"
     if identity.kind == "node":
         return None
+    if level == "storage-client":
+        return None if identity.kind == "agent" else (
+            f"{full_method} is for node and agent certificates only; {identity} is a "
+            f"{identity.kind}")
     if level == "node":
         return f"{full_method} is for node certificates only; {identity} is a {identity.kind}"
     if identity.kind != "user":

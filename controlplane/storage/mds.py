@@ -219,13 +219,15 @@ class MdsClient:
     # -- calls --------------------------------------------------------------------------
 
     def call(self, method: str, request: Message, *, idempotent: bool,
-             budget: float | None = None) -> MdsResult:
+             budget: float | None = None, attempt_timeout: float | None = None) -> MdsResult:
         """Call StorageMds ``method`` with try-next; raises :class:`MdsError`.
 
         ``idempotent``: the caller's promise that doing the call twice is harmless (read-only
         calls, :data:`READ_ONLY_METHODS`, always are); only then does a timeout or an
-        operation error go on to the next MDS."""
+        operation error go on to the next MDS. ``attempt_timeout``: this call's per-attempt
+        deadline (default: the client's)."""
         _check_request(method, request)
+        per_attempt = self.attempt_timeout if attempt_timeout is None else attempt_timeout
         endpoints = self._endpoints
         with self._rng_lock:
             order = attempt_order(endpoints, self._rng)
@@ -233,7 +235,7 @@ class MdsClient:
             listed = ", ".join(e.address for e in endpoints) or "none listed"
             raise MdsError(method, (), (), f"no healthy MDS ({listed})")
         if budget is None:
-            budget = self.budget if self.budget is not None else self.attempt_timeout * len(order)
+            budget = self.budget if self.budget is not None else per_attempt * len(order)
         if not budget > 0:
             raise ValueError(f"budget must be > 0, got {budget}")
         attempts: list[Attempt] = []
@@ -252,7 +254,7 @@ class MdsClient:
                     if left < MIN_ATTEMPT_SECONDS:
                         raise _BudgetSpent
                     response = self._attempt(method, request, endpoint, idempotent,
-                                             min(self.attempt_timeout, left), attempts, order)
+                                             min(per_attempt, left), attempts, order)
                     return MdsResult(response, tuple(attempts))
         except (_TryNext, _BudgetSpent):
             pass
@@ -307,6 +309,31 @@ class MdsClient:
     def delete_volume(self, volume_id: str) -> mds_pb2.DeleteVolumeResponse:
         req = mds_pb2.DeleteVolumeRequest(volume_id=volume_id)
         return self.call("DeleteVolume", req, idempotent=False).response
+
+    # Client sessions: the client names the session, so each of these is idempotent (a
+    # repeated attach is the same session, a repeated keepalive refreshes it again, a
+    # repeated detach finds nothing): try-next is safe after a timeout too.
+
+    def attach_volume(self, volume_id: str, client_id: str, session_id: str,
+                      address: str = "", budget: float | None = None
+                      ) -> mds_pb2.AttachVolumeResponse:
+        req = mds_pb2.AttachVolumeRequest(volume_id=volume_id, client_id=client_id,
+                                          session_id=session_id, address=address)
+        return self.call("AttachVolume", req, idempotent=True, budget=budget).response
+
+    def keepalive_volume(self, volume_id: str, client_id: str, session_id: str,
+                         budget: float | None = None, attempt_timeout: float | None = None
+                         ) -> mds_pb2.KeepAliveVolumeResponse:
+        req = mds_pb2.KeepAliveVolumeRequest(volume_id=volume_id, client_id=client_id,
+                                             session_id=session_id)
+        return self.call("KeepAliveVolume", req, idempotent=True, budget=budget,
+                         attempt_timeout=attempt_timeout).response
+
+    def detach_volume(self, volume_id: str, client_id: str, session_id: str,
+                      budget: float | None = None) -> mds_pb2.DetachVolumeResponse:
+        req = mds_pb2.DetachVolumeRequest(volume_id=volume_id, client_id=client_id,
+                                          session_id=session_id)
+        return self.call("DetachVolume", req, idempotent=True, budget=budget).response
 
 
 def _checked(endpoints: Iterable[MdsEndpoint]) -> tuple[MdsEndpoint, ...]:

@@ -41,8 +41,14 @@ class MdsProcess(ServingProcess):
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         tls: Transport | None = None,
+        shared_state: str = "",
+        session_timeout: float | None = None,
     ) -> None:
+        """``shared_state``: the sessions file shared by every MDS of one simulated store
+        (`controlplane mds --shared-state`); ``session_timeout``: set at start."""
         self.port = port
+        self.shared_state = shared_state
+        self.session_timeout = session_timeout
         self.base_dir = str(base_dir)
         self.log_level = log_level
         self.extra_args = tuple(extra_args)
@@ -63,6 +69,9 @@ class MdsProcess(ServingProcess):
             "--backend", "sim",
             "--log-level", self.log_level,
             *server_args(self.tls),
+            *(["--shared-state", self.shared_state] if self.shared_state else []),
+            *(["--session-timeout", repr(float(self.session_timeout))]
+              if self.session_timeout is not None else []),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -94,6 +103,14 @@ class MdsProcess(ServingProcess):
         """StorageMds calls received per method since start or the last reset."""
         state = self.sim().GetState(mds_pb2.GetStateRequest(), timeout=5)
         return dict(state.calls)
+
+    def sessions(self) -> list[mds_pb2.MdsSession]:
+        """Every client session the store knows (live and blocklisted)."""
+        return list(self.sim().GetState(mds_pb2.GetStateRequest(), timeout=5).sessions)
+
+    def set_session_timeout(self, seconds: float) -> None:
+        self.sim().SetSessionTimeout(mds_pb2.SetSessionTimeoutRequest(
+            session_timeout=wiretime.duration(seconds)), timeout=5)
 
     def volume_ids(self) -> list[str]:
         state = self.sim().GetState(mds_pb2.GetStateRequest(), timeout=5)

@@ -177,7 +177,7 @@ class AgentServiceListVmsRequest(_message.Message):
     def __init__(self, host_id: _Optional[str] = ...) -> None: ...
 
 class AgentServiceStartVmRequest(_message.Message):
-    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force", "disk_path")
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "force", "disk_path", "volumes")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     OP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class AgentServiceStartVmRequest(_message.Message):
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     DISK_PATH_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     vm_id: str
     op_id: str
@@ -194,7 +195,18 @@ class AgentServiceStartVmRequest(_message.Message):
     memory_mb: int
     force: bool
     disk_path: str
-    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ..., disk_path: _Optional[str] = ...) -> None: ...
+    volumes: _containers.RepeatedCompositeFieldContainer[AgentVolume]
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., force: _Optional[bool] = ..., disk_path: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[AgentVolume, _Mapping]]] = ...) -> None: ...
+
+class AgentVolume(_message.Message):
+    __slots__ = ("storage_id", "volume_id", "mds_addresses")
+    STORAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    MDS_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    storage_id: str
+    volume_id: str
+    mds_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, storage_id: _Optional[str] = ..., volume_id: _Optional[str] = ..., mds_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentServiceStartVmResponse(_message.Message):
     __slots__ = ("host_id", "vm")
@@ -459,7 +471,7 @@ class CrashVmResponse(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., vm: _Optional[_Union[AgentVm, _Mapping]] = ...) -> None: ...
 
 class AgentServicePrepareIncomingVmRequest(_message.Message):
-    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "disk_path", "source_host_id")
+    __slots__ = ("host_id", "vm_id", "op_id", "generation", "cpus", "memory_mb", "disk_path", "source_host_id", "volumes")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     OP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -468,6 +480,7 @@ class AgentServicePrepareIncomingVmRequest(_message.Message):
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     DISK_PATH_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     vm_id: str
     op_id: str
@@ -476,7 +489,8 @@ class AgentServicePrepareIncomingVmRequest(_message.Message):
     memory_mb: int
     disk_path: str
     source_host_id: str
-    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_path: _Optional[str] = ..., source_host_id: _Optional[str] = ...) -> None: ...
+    volumes: _containers.RepeatedCompositeFieldContainer[AgentVolume]
+    def __init__(self, host_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., op_id: _Optional[str] = ..., generation: _Optional[int] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_path: _Optional[str] = ..., source_host_id: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[AgentVolume, _Mapping]]] = ...) -> None: ...
 
 class AgentServicePrepareIncomingVmResponse(_message.Message):
     __slots__ = ("host_id", "vm", "uri")

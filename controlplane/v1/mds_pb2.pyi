@@ -28,12 +28,98 @@ SIM_MDS_FAULT_MODE_REFUSE: SimMdsFaultMode
 SIM_MDS_FAULT_MODE_FAIL: SimMdsFaultMode
 
 class MdsVolumeClient(_message.Message):
-    __slots__ = ("client_id", "address")
+    __slots__ = ("client_id", "address", "session_id")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     address: str
-    def __init__(self, client_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, client_id: _Optional[str] = ..., address: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class MdsSession(_message.Message):
+    __slots__ = ("session_id", "volume_id", "client_id", "address", "attached_at", "last_keepalive", "blocklisted")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKLISTED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    volume_id: str
+    client_id: str
+    address: str
+    attached_at: _timestamp_pb2.Timestamp
+    last_keepalive: _timestamp_pb2.Timestamp
+    blocklisted: bool
+    def __init__(self, session_id: _Optional[str] = ..., volume_id: _Optional[str] = ..., client_id: _Optional[str] = ..., address: _Optional[str] = ..., attached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_keepalive: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., blocklisted: _Optional[bool] = ...) -> None: ...
+
+class AttachVolumeRequest(_message.Message):
+    __slots__ = ("volume_id", "client_id", "session_id", "address")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    client_id: str
+    session_id: str
+    address: str
+    def __init__(self, volume_id: _Optional[str] = ..., client_id: _Optional[str] = ..., session_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class AttachVolumeResponse(_message.Message):
+    __slots__ = ("session", "session_timeout")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    session: MdsSession
+    session_timeout: _duration_pb2.Duration
+    def __init__(self, session: _Optional[_Union[MdsSession, _Mapping]] = ..., session_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class KeepAliveVolumeRequest(_message.Message):
+    __slots__ = ("volume_id", "client_id", "session_id")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    client_id: str
+    session_id: str
+    def __init__(self, volume_id: _Optional[str] = ..., client_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class KeepAliveVolumeResponse(_message.Message):
+    __slots__ = ("session", "session_timeout")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    session: MdsSession
+    session_timeout: _duration_pb2.Duration
+    def __init__(self, session: _Optional[_Union[MdsSession, _Mapping]] = ..., session_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class DetachVolumeRequest(_message.Message):
+    __slots__ = ("volume_id", "client_id", "session_id")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    client_id: str
+    session_id: str
+    def __init__(self, volume_id: _Optional[str] = ..., client_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class DetachVolumeResponse(_message.Message):
+    __slots__ = ("detached",)
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    detached: bool
+    def __init__(self, detached: _Optional[bool] = ...) -> None: ...
+
+class SetSessionTimeoutRequest(_message.Message):
+    __slots__ = ("session_timeout",)
+    SESSION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    session_timeout: _duration_pb2.Duration
+    def __init__(self, session_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SetSessionTimeoutResponse(_message.Message):
+    __slots__ = ("session_timeout",)
+    SESSION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    session_timeout: _duration_pb2.Duration
+    def __init__(self, session_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class MdsVolume(_message.Message):
     __slots__ = ("volume_id", "size_bytes", "created_at")
@@ -174,7 +260,7 @@ class GetStateRequest(_message.Message):
     def __init__(self, volumes: _Optional[bool] = ...) -> None: ...
 
 class GetStateResponse(_message.Message):
-    __slots__ = ("faults", "calls", "volume_ids")
+    __slots__ = ("faults", "calls", "volume_ids", "sessions", "session_timeout")
     class CallsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -185,10 +271,14 @@ class GetStateResponse(_message.Message):
     FAULTS_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
     VOLUME_IDS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     faults: _containers.RepeatedCompositeFieldContainer[SimMdsFault]
     calls: _containers.ScalarMap[str, int]
     volume_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, faults: _Optional[_Iterable[_Union[SimMdsFault, _Mapping]]] = ..., calls: _Optional[_Mapping[str, int]] = ..., volume_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    sessions: _containers.RepeatedCompositeFieldContainer[MdsSession]
+    session_timeout: _duration_pb2.Duration
+    def __init__(self, faults: _Optional[_Iterable[_Union[SimMdsFault, _Mapping]]] = ..., calls: _Optional[_Mapping[str, int]] = ..., volume_ids: _Optional[_Iterable[str]] = ..., sessions: _Optional[_Iterable[_Union[MdsSession, _Mapping]]] = ..., session_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ResetRequest(_message.Message):
     __slots__ = ("volumes",)

@@ -54,6 +54,21 @@ class StorageMdsServiceStub:
                 request_serializer=controlplane_dot_v1_dot_mds__pb2.DeleteVolumeRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_mds__pb2.DeleteVolumeResponse.FromString,
                 _registered_method=True)
+        self.AttachVolume = channel.unary_unary(
+                '/controlplane.v1.StorageMdsService/AttachVolume',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.AttachVolumeRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.AttachVolumeResponse.FromString,
+                _registered_method=True)
+        self.KeepAliveVolume = channel.unary_unary(
+                '/controlplane.v1.StorageMdsService/KeepAliveVolume',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.KeepAliveVolumeRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.KeepAliveVolumeResponse.FromString,
+                _registered_method=True)
+        self.DetachVolume = channel.unary_unary(
+                '/controlplane.v1.StorageMdsService/DetachVolume',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.DetachVolumeRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.DetachVolumeResponse.FromString,
+                _registered_method=True)
 
 
 class StorageMdsServiceServicer:
@@ -91,6 +106,35 @@ class StorageMdsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachVolume(self, request, context):
+        """Open a client session on a volume (a host's block client, before its VM
+        runs on it). The client picks the session id, so a repeated attach is the
+        same session (idempotent: safe to try the next MDS after a timeout).
+        NOT_FOUND for an unknown volume; FAILED_PRECONDITION when the session was
+        blocklisted (it expired) or is another client's; PERMISSION_DENIED when an
+        agent attaches for a host its certificate does not name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepAliveVolume(self, request, context):
+        """Keep a session alive. A session with no keepalive for the store's session
+        timeout expires and is blocklisted: its keepalives (and, in a real store,
+        its I/O) are refused with FAILED_PRECONDITION from then on, so the store
+        itself fences a client the management plane gave up on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachVolume(self, request, context):
+        """Close a session (the VM stopped). Idempotent: an unknown session is OK.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageMdsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +157,21 @@ def add_StorageMdsServiceServicer_to_server(servicer, server):
                     servicer.DeleteVolume,
                     request_deserializer=controlplane_dot_v1_dot_mds__pb2.DeleteVolumeRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_mds__pb2.DeleteVolumeResponse.SerializeToString,
+            ),
+            'AttachVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachVolume,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.AttachVolumeRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.AttachVolumeResponse.SerializeToString,
+            ),
+            'KeepAliveVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeepAliveVolume,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.KeepAliveVolumeRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.KeepAliveVolumeResponse.SerializeToString,
+            ),
+            'DetachVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachVolume,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.DetachVolumeRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.DetachVolumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -233,6 +292,87 @@ class StorageMdsService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def AttachVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.StorageMdsService/AttachVolume',
+            controlplane_dot_v1_dot_mds__pb2.AttachVolumeRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.AttachVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepAliveVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.StorageMdsService/KeepAliveVolume',
+            controlplane_dot_v1_dot_mds__pb2.KeepAliveVolumeRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.KeepAliveVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.StorageMdsService/DetachVolume',
+            controlplane_dot_v1_dot_mds__pb2.DetachVolumeRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.DetachVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class SimMdsControlServiceStub:
     """Fault injection, served only by the simulated MDS. Never faulted itself.
@@ -263,6 +403,11 @@ class SimMdsControlServiceStub:
                 '/controlplane.v1.SimMdsControlService/Reset',
                 request_serializer=controlplane_dot_v1_dot_mds__pb2.ResetRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_mds__pb2.ResetResponse.FromString,
+                _registered_method=True)
+        self.SetSessionTimeout = channel.unary_unary(
+                '/controlplane.v1.SimMdsControlService/SetSessionTimeout',
+                request_serializer=controlplane_dot_v1_dot_mds__pb2.SetSessionTimeoutRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_mds__pb2.SetSessionTimeoutResponse.FromString,
                 _registered_method=True)
 
 
@@ -299,6 +444,13 @@ class SimMdsControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSessionTimeout(self, request, context):
+        """The store's session timeout (shared by every MDS of a --shared-state file).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SimMdsControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -321,6 +473,11 @@ def add_SimMdsControlServiceServicer_to_server(servicer, server):
                     servicer.Reset,
                     request_deserializer=controlplane_dot_v1_dot_mds__pb2.ResetRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_mds__pb2.ResetResponse.SerializeToString,
+            ),
+            'SetSessionTimeout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSessionTimeout,
+                    request_deserializer=controlplane_dot_v1_dot_mds__pb2.SetSessionTimeoutRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_mds__pb2.SetSessionTimeoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +589,33 @@ class SimMdsControlService:
             '/controlplane.v1.SimMdsControlService/Reset',
             controlplane_dot_v1_dot_mds__pb2.ResetRequest.SerializeToString,
             controlplane_dot_v1_dot_mds__pb2.ResetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSessionTimeout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.SimMdsControlService/SetSessionTimeout',
+            controlplane_dot_v1_dot_mds__pb2.SetSessionTimeoutRequest.SerializeToString,
+            controlplane_dot_v1_dot_mds__pb2.SetSessionTimeoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,7 +48,7 @@ class LastOp(_message.Message):
     def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., outcome: _Optional[str] = ..., node_id: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Vm(_message.Message):
-    __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op", "create_request_id")
+    __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op", "create_request_id", "disks")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class Vm(_message.Message):
     LAST_OP_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     CREATE_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     name: str
     state: str
@@ -85,7 +86,20 @@ class Vm(_message.Message):
     last_op: LastOp
     op: Op
     create_request_id: str
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ..., create_request_id: _Optional[str] = ...) -> None: ...
+    disks: _containers.RepeatedCompositeFieldContainer[VmDisk]
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ..., create_request_id: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[VmDisk, _Mapping]]] = ...) -> None: ...
+
+class VmDisk(_message.Message):
+    __slots__ = ("primary_storage_id", "volume_id", "device", "root")
+    PRIMARY_STORAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    primary_storage_id: str
+    volume_id: str
+    device: str
+    root: bool
+    def __init__(self, primary_storage_id: _Optional[str] = ..., volume_id: _Optional[str] = ..., device: _Optional[str] = ..., root: _Optional[bool] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("op_id", "vm_id", "kind", "node_id", "incarnation", "started_at", "deadline", "host_id", "generation", "orphaned_at", "target_host_id", "target_generation", "phase", "request_id")
@@ -144,7 +158,7 @@ class HaAudit(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., action: _Optional[str] = ..., from_host: _Optional[str] = ..., to_host: _Optional[str] = ..., generation: _Optional[int] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Iterable[str]] = ..., op_id: _Optional[str] = ...) -> None: ...
 
 class CreateVmRequest(_message.Message):
-    __slots__ = ("vm_id", "name", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "host_id", "start", "wait", "request_id")
+    __slots__ = ("vm_id", "name", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "host_id", "start", "wait", "request_id", "disks")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HA_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +170,7 @@ class CreateVmRequest(_message.Message):
     START_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     name: str
     ha: HaLevel
@@ -167,7 +182,8 @@ class CreateVmRequest(_message.Message):
     start: bool
     wait: bool
     request_id: str
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., host_id: _Optional[str] = ..., start: _Optional[bool] = ..., wait: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    disks: _containers.RepeatedCompositeFieldContainer[VmDisk]
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., host_id: _Optional[str] = ..., start: _Optional[bool] = ..., wait: _Optional[bool] = ..., request_id: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[VmDisk, _Mapping]]] = ...) -> None: ...
 
 class ListVmsRequest(_message.Message):
     __slots__ = ("host_id", "state", "page_size", "page_token")

@@ -133,3 +133,81 @@ def retry_due(attempts: int, last_attempt: float, now: float, base: float,
         return True  # nothing failed: nothing to wait for, whatever the clocks say
     elapsed = now - last_attempt
     return elapsed >= retry_delay(attempts, base, cap) or elapsed < -cap
+
+
+# -- storage evidence: the store says who holds a VM's volumes ------------------------------
+#
+# Seed: ZStack's anti-split-brain check. A VM of an unreachable host that has not been fenced
+# may still run: the host may be cut off from us and not from its storage. The block store
+# knows: every host's block client keeps a session on the volumes it has open, and a session
+# whose keepalives stop expires and is blocklisted (its I/O refused: the store fences it). So:
+# - a live session from the old host on any of the VM's volumes: the VM may run, no restart
+#   (and no fence either: it would kill a VM that works);
+# - no session from the old host on any of them, in two consecutive checks at least one
+#   interval apart: the store has fenced the old copy, restart elsewhere without a fence
+#   (two checks, so one answer given just before a late keepalive is not the whole story);
+# - any volume the store could not answer for (every MDS failed, the volume unknown): the
+#   evidence is *unknown*, which is not *absent*: no restart on storage evidence (the power
+#   fence is still allowed).
+
+STORAGE_LIVE = "live"
+STORAGE_ABSENT = "absent"
+STORAGE_UNKNOWN = "unknown"
+
+HOLD = "hold"  # a live session: leave the VM (and its host) alone
+WAIT = "wait"  # absent once: check again one interval later
+RESTART_ON_STORAGE = "restart"  # absent twice, one interval apart
+FALLBACK = "fallback"  # unknown: storage proves nothing; the fence path decides
+
+
+@dataclass(frozen=True)
+class VolumeAnswer:
+    """What the store said about one volume ("storage/volume"): the client ids holding it,
+    or (``answered`` False) why it could not say."""
+
+    volume: str
+    answered: bool
+    clients: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def storage_verdict(host_id: str, answers: Sequence[VolumeAnswer]) -> str:
+    """live / absent / unknown for a VM whose volumes' answers are ``answers``. Live wins
+    over unknown (one live session is enough to say "may run"); no volumes is unknown."""
+    if any(a.answered and host_id in a.clients for a in answers):
+        return STORAGE_LIVE
+    if not answers or not all(a.answered for a in answers):
+        return STORAGE_UNKNOWN
+    return STORAGE_ABSENT
+
+
+def storage_step(verdict: str, absent_since: float | None, now: float,
+                 interval: float) -> tuple[str, float | None]:
+    """(what to do, the new ``absent_since``) after one check answered ``verdict`` at
+    ``now``; ``absent_since``: when the run of absent answers began (None: none).
+
+    Only consecutive absent answers count: a live or unknown one ends the run. A run that
+    began "in the future" (a clock stepped back) begins again now."""
+    if verdict == STORAGE_LIVE:
+        return HOLD, None
+    if verdict != STORAGE_ABSENT:
+        return FALLBACK, None
+    if absent_since is None or absent_since > now:
+        return WAIT, now
+    if now - absent_since >= interval:
+        return RESTART_ON_STORAGE, absent_since
+    return WAIT, absent_since
+
+
+def storage_evidence(host_id: str, answers: Sequence[VolumeAnswer]) -> tuple[str, ...]:
+    """The audit lines of one check: what the store answered for each volume."""
+    lines = []
+    for a in answers:
+        if not a.answered:
+            lines.append(f"storage {a.volume}: unknown ({a.detail})")
+        else:
+            holders = ", ".join(a.clients) or "none"
+            held = "holds it" if host_id in a.clients else "holds no session"
+            lines.append(f"storage {a.volume}: clients [{holders}]: {host_id} {held} "
+                         f"({a.detail})")
+    return tuple(lines)

@@ -78,8 +78,11 @@ class Migrations:
         target = self.ctx.host_record(op.target_host_id)
         notes: list[str] = []
         answer = None
+        volumes, why = self.ops.start_volumes(vm, "start")
         if source is None or target is None:
             notes.append("a host record is gone")
+        elif why:
+            notes.append(f"{why}; definite: the VM stays on the source")
         else:
             try:
                 prepared = self._call(target.address, "PrepareIncomingVm",
@@ -87,7 +90,8 @@ class Migrations:
                                           host_id=target.host_id, vm_id=vm.vm_id,
                                           op_id=op.op_id, generation=op.target_generation,
                                           cpus=vm.cpus, memory_mb=vm.memory_mb,
-                                          source_host_id=source.host_id), deadline)
+                                          source_host_id=source.host_id,
+                                          volumes=volumes), deadline)
                 self._set_phase(vm.vm_id, op.op_id, "transferring")
                 answer = self._call(source.address, "MigrateVm",
                                     agent_pb2.AgentServiceMigrateVmRequest(

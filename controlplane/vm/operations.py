@@ -71,10 +71,15 @@ def new_op_id() -> str:
 class Operations:
     def __init__(self, ctx: OwnerContext, allocations: Allocations, *,
                  image_locks: Callable[[str], list[str]] = lambda vm_id: [],
-                 workers: int = 64) -> None:
+                 workers: int = 64,
+                 volumes_of: Callable[[vm_pb2.Vm], list[agent_pb2.AgentVolume]] | None = None
+                 ) -> None:
         self.ctx = ctx
         # placement over capacity, settled by CAS on each host's allocation record
         self.allocations = allocations
+        # The VM's volumes with their store's MDS, for the agent's start (server.py: VmDisks);
+        # raises errors.NotFound when a disk's storage is gone.
+        self.volumes_of = volumes_of
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="vm-op")
         self._stopping = threading.Event()
         self._device_syncs: set[str] = set()
@@ -351,6 +356,16 @@ class Operations:
         leaf = next((v for v in image.volumes if v.volume_id == image.leaf_id), None)
         return leaf.path if leaf is not None else ""
 
+    def start_volumes(self, vm: vm_pb2.Vm, kind: str
+                       ) -> tuple[list[agent_pb2.AgentVolume], str]:
+        """(the volumes a start hands the agent, why they cannot be: "" when they can)."""
+        if kind != "start" or not vm.disks or self.volumes_of is None:
+            return [], ""
+        try:
+            return self.volumes_of(vm), ""
+        except errors.DomainError as exc:
+            return [], f"volumes: {exc}"
+
     def submit(self, begun: Begun, force: bool = False,
                run: Callable[[Begun], vm_pb2.Vm] | None = None) -> futures.Future[vm_pb2.Vm]:
         """Run the begun op in a worker (`run`: another executor than `execute`, e.g. a
@@ -375,16 +390,20 @@ class Operations:
         event, outcome, detail = operation.failure, "failed", ""
         devices = None
         disk = self.disk_of(vm) if op.kind == "start" and host is not None else ""
+        volumes, volumes_error = self.start_volumes(vm, op.kind)
         if host is None:
             detail = f"host {vm.host_id} is gone"
         elif disk is None:
             detail = f"cannot read the record of image {vm.image.image_id} (etcd)"
+        elif volumes_error:
+            detail = volumes_error
         else:
             method = AGENT_CALLS[op.kind]
             request = getattr(agent_pb2, f"AgentService{method}Request")(
                 host_id=vm.host_id, vm_id=vm.vm_id, op_id=op.op_id, generation=vm.generation,
                 cpus=vm.cpus, memory_mb=vm.memory_mb, force=force,
-                **({"disk_path": disk} if disk else {}))
+                **({"disk_path": disk} if disk else {}),
+                **({"volumes": volumes} if volumes else {}))
             try:
                 self._call_agent(host.address, method, request, wiretime.seconds(op.deadline))
                 event, outcome = operation.success, "completed"
@@ -602,7 +621,7 @@ class Operations:
             vm_id=vm.vm_id, decided_at=wiretime.stamp(now), node_id=self.ctx.node_id,
             action=ha.RESTART,
             from_host=action.from_host, to_host=target, generation=new.generation,
-            reason="host does not run the VM" if not attempts
+            reason=(action.reason or "host does not run the VM") if not attempts
             else f"retry after {attempts} failed attempts",
             evidence=list(action.evidence), op_id=op.op_id)
         compares = [t.mod_revision_is(keys.vm(vm.vm_id), action.vm.mod_revision),

@@ -13,7 +13,7 @@ import queue
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -102,8 +102,14 @@ class WatchQueue:
 
 class VmServicer(pb_grpc.VmServiceServicer):
     def __init__(self, ctx: OwnerContext, router: Router, operations: Operations,
-                 migrations: Migrations | None = None) -> None:
+                 migrations: Migrations | None = None, *,
+                 check_disks: Callable[[Sequence[vm_pb2.VmDisk]], int] | None = None
+                 ) -> None:
         self.ctx = ctx
+        # Raises a controlplane.errors kind unless every disk's storage and volume exist,
+        # else answers the root volume's size (server.py: VmDisks.check); None: disks are
+        # refused.
+        self.check_disks = check_disks
         self.router = router
         self.operations = operations
         self.migrations = migrations
@@ -139,9 +145,18 @@ class VmServicer(pb_grpc.VmServiceServicer):
                 image.virtual_size if image.HasField("virtual_size") else None,
                 image.actual_size if image.HasField("actual_size") else None)
         except ValueError as exc:
-            raise errors.Invalid(str(exc)) from None
+            if not any(d.root for d in request.disks):
+                raise errors.Invalid(str(exc)) from None
+            disk = 0  # the root disk is a volume of a primary storage: sized by its store
 
         def local() -> vm_pb2.CreateVmResponse:
+            nonlocal disk
+            if request.disks:
+                # Before writing: a VM on a storage or volume that does not exist is refused.
+                if self.check_disks is None:
+                    raise errors.Refused("this node cannot check disks on primary storage")
+                root_size = self.check_disks(request.disks)
+                disk = disk or root_size
             if request.start:
                 # Refuse before writing: a create that fails to start must leave nothing.
                 self.operations.placement(vm_pb2.Vm(
@@ -153,7 +168,7 @@ class VmServicer(pb_grpc.VmServiceServicer):
                            memory_mb=request.memory_mb or 512, image=request.image,
                            root_disk_offering_size=request.root_disk_offering_size,
                            root_disk_size=disk, created_at=now, state_changed_at=now,
-                           create_request_id=request.request_id)
+                           create_request_id=request.request_id, disks=request.disks)
             key = self.ctx.keys.vm(request.vm_id)
             exists = errors.Exists(f"VM {request.vm_id!r} already exists")
             try:

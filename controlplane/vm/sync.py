@@ -129,6 +129,8 @@ class Restart:
     # A retry of a failed HA start (the VM is Stopped): the shell confirms from the audit
     # records that HA began that start, and leaves a user's failed start alone.
     retry: bool = False
+    # The audit record's reason ("": the shell's default for the kind of attempt).
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,12 @@ HA guards kept here, because they are about evidence this node gathered itself:
 - The partition breaker (`vm.ha.breaker_open`) over every host record's
   `unreachable_since`.
 - An unreachable host is fenced out of band (agent Fence) before any of its VMs restarts;
-  a fence that fails means no restart.
+  a fence that fails means no restart. Except when storage proves it (issue 14): an HA VM
+  with disks on primary storage is restarted without a fence when the store says, in two
+  checks one `vm.syncInterval` apart, that the old host holds no session on any of its
+  volumes (the store expired and blocklisted it: storage itself fenced the old copy); a
+  live session holds the VM and the host (no restart, no fence); an unknown answer (every
+  MDS failed) proves nothing and leaves the fence path as it was (`vm.ha.storage_step`).
 - HA does not give up: a FENCED host is not pulled, but its HA VMs that found no host are
   tried again every round, and VMs a failed HA start left Stopped are restarted when their
   host reports them absent; `Operations.restart` spaces the attempts (backoff read from the
@@ -26,8 +31,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -41,8 +47,11 @@ from controlplane.vm import ha
 from controlplane.vm.allocations import Allocations
 from controlplane.vm.records import AGENT_STATE_NAMES, op_view, vm_view
 from controlplane.vm.sync import (
+    SHOULD_RUN,
     Report,
     ReportedVm,
+    Restart,
+    VmRecordView,
     awaits_ha,
     migration_action,
     needs_fence,
@@ -60,6 +69,23 @@ class HostState:
     failures: int = 0
     evidence: bool = False  # one full sync completed since this host became ours
     rounds: int = 0
+    # vm id -> when the store first said (this run of answers) that the host holds none of
+    # the VM's volumes: the first of the two checks storage-proven HA needs.
+    absent_since: dict[str, float] = field(default_factory=dict)
+
+
+# (storage id, volume id) -> what the store says about who holds it (server.py: VmDisks).
+VolumeHolders = Callable[[str, str], ha.VolumeAnswer]
+
+
+@dataclass
+class StorageOutcome:
+    """What the storage check of an unreachable host decided."""
+
+    restarts: list[Restart] = field(default_factory=list)
+    hold: bool = False  # a VM holds a live session: no fence of this host
+    pending: bool = False  # a first absent answer: wait for the second, no fence meanwhile
+    fallback: bool = False  # a VM that storage cannot settle: the fence path decides it
 
 
 @dataclass(frozen=True)
@@ -75,11 +101,16 @@ class HostTracker:
 
     def __init__(self, ctx: OwnerContext, syncer: Syncer, *,
                  enabled: Callable[[], bool] = lambda: True, workers: int = 16,
-                 tick: float = 0.05, allocations: Allocations | None = None) -> None:
+                 tick: float = 0.05, allocations: Allocations | None = None,
+                 volume_holders: VolumeHolders | None = None) -> None:
         self.ctx = ctx
         # the host's allocation record, reconciled from the VM records every round
         self.allocations = allocations
         self.syncer = syncer
+        self.volume_holders = volume_holders
+        # Volumes of one host are asked about at once: a hung MDS costs one deadline per
+        # check, not one per volume.
+        self._volume_pool = futures.ThreadPoolExecutor(8, thread_name_prefix="ha-storage")
         self._states: dict[str, HostState] = {}
         self._lock = threading.Lock()
         self._breaker = (-1e9, False)  # (computed at, open)
@@ -96,6 +127,7 @@ class HostTracker:
 
     def stop(self) -> None:
         self.loop.stop()
+        self._volume_pool.shutdown(wait=False, cancel_futures=True)
 
     def state(self, host_id: str) -> HostState | None:
         with self._lock:
@@ -179,6 +211,7 @@ class HostTracker:
         state.failures = 0
         state.evidence = True
         state.rounds += 1
+        state.absent_since.clear()
         if host.status != host_pb2.HOST_STATUS_CONNECTED or host.HasField("unreachable_since"):
             self._write_host(host_id, status=host_pb2.HOST_STATUS_CONNECTED,
                              unreachable_since=None)
@@ -264,7 +297,82 @@ class HostTracker:
         if time.time() - since < 2 * self.ctx.config.get("vm.syncInterval") \
                 or not self.ha_allowed(host.host_id, state, fresh=True):
             return applied
-        return self._fence_and_restart(host, state)
+        storage = self._storage_check(host.host_id, state, records, ops)
+        if storage.restarts:
+            _add(applied, self.syncer.apply(storage.restarts))
+        if storage.hold or storage.pending or not storage.fallback:
+            return applied
+        _add(applied, self._fence_and_restart(host, state))
+        return applied
+
+    def _storage_check(self, host_id: str, state: HostState, records: Sequence[VmRecordView],
+                       ops: dict) -> StorageOutcome:
+        """Ask the stores who holds the volumes of this unreachable host's HA VMs, and turn
+        the answers into restarts (absent twice), holds (live) or the fence path (unknown,
+        no disks, an op in flight)."""
+        out = StorageOutcome()
+        disks: dict[str, list[tuple[str, str]]] = {}
+        for vm in records:
+            if not (vm.ha and vm.host_id == host_id and vm.state in SHOULD_RUN):
+                continue
+            entry = self.ctx.vms.get(self.ctx.keys.vm(vm.vm_id))
+            vm_disks = [(d.primary_storage_id, d.volume_id)
+                        for d in (entry.value.disks if entry is not None else ())]
+            if self.volume_holders is None or not vm_disks or vm.vm_id in ops:
+                out.fallback = True
+                continue
+            disks[vm.vm_id] = vm_disks
+        if not disks:
+            state.absent_since.clear()
+            return out
+        asked = sorted({d for vm_disks in disks.values() for d in vm_disks})
+        holders = self.volume_holders
+        assert holders is not None
+        try:
+            answers = dict(zip(asked, self._volume_pool.map(lambda d: holders(*d), asked),
+                               strict=True))
+        except RuntimeError:  # the pool is shut down: we are stopping
+            return StorageOutcome(hold=True)
+        now = time.time()
+        interval = self.ctx.config.get("vm.syncInterval")
+        by_id = {vm.vm_id: vm for vm in records}
+        for vm_id, vm_disks in disks.items():
+            vm_answers = [answers[d] for d in vm_disks]
+            verdict = ha.storage_verdict(host_id, vm_answers)
+            first = state.absent_since.get(vm_id)
+            action, since = ha.storage_step(verdict, first, now, interval)
+            if since is None:
+                state.absent_since.pop(vm_id, None)
+            else:
+                state.absent_since[vm_id] = since
+            lines = ha.storage_evidence(host_id, vm_answers)
+            metrics.HA_DECISIONS.labels(f"storage-{action}").inc()
+            if action == ha.HOLD:
+                out.hold = True
+                log.info("vm %s: host %s unreachable but holds its volumes: no restart (%s)",
+                         vm_id, host_id, "; ".join(lines),
+                         extra={"vm_id": vm_id, "host_id": host_id})
+            elif action == ha.WAIT:
+                out.pending = True
+                log.warning("vm %s: host %s holds none of its volumes (first check); "
+                            "checking again in %gs: %s", vm_id, host_id, interval,
+                            "; ".join(lines), extra={"vm_id": vm_id, "host_id": host_id})
+            elif action == ha.RESTART_ON_STORAGE:
+                assert since is not None
+                vm = by_id[vm_id]
+                out.restarts.append(Restart(vm, host_id, (
+                    f"host {host_id} unreachable ({state.failures} failed pings), not fenced",
+                    f"storage: no session from {host_id} on any volume of the VM in two "
+                    f"checks {now - since:.1f}s apart (at {since:.3f} and {now:.3f})",
+                    *lines, f"record state {vm.state}", f"generation {vm.generation}"),
+                    reason="storage proves the old host holds none of the VM's volumes"))
+                state.absent_since.pop(vm_id, None)
+            else:
+                out.fallback = True
+                log.warning("vm %s: storage cannot say whether host %s holds its volumes "
+                            "(unknown is not absent): %s", vm_id, host_id, "; ".join(lines),
+                            extra={"vm_id": vm_id, "host_id": host_id})
+        return out
 
     def _migrations_of_unreachable(self, host_id: str, records: list) -> None:
         """Migrations away from a host that does not answer still get settled: the target's
@@ -342,3 +450,9 @@ class HostTracker:
                 return
             self.ctx.hosts.wait_for_revision(result.revision, 2.0)
             return
+
+
+def _add(total: Applied, more: Applied) -> None:
+    """Add the counts of `more` to `total` (in place)."""
+    for name in ("writes", "dropped", "skipped", "restarts", "strays"):
+        setattr(total, name, getattr(total, name) + getattr(more, name))

@@ -93,4 +93,8 @@ def ha_figures(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
                 time.sleep(0.05)
     figures.update({"runs_s": runs, "median_s": statistics.median(runs), "min_s": min(runs),
                     "max_s": max(runs)})
+    if args.storage_ha:
+        from controlplane.devtools.bench.fleet.ha_storage import ha_storage_figures
+
+        figures["storage"] = ha_storage_figures(args, tmp)
     return figures

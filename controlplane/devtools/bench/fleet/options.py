@@ -61,6 +61,12 @@ def add_fleet_parser(bench_subparsers: Any) -> argparse.ArgumentParser:
                    help="ha: host.pingFailures (3)")
     p.add_argument("--ping-timeout", type=positive_float, default=0.5,
                    help="ha: host.pingTimeout, seconds (0.5)")
+    p.add_argument("--session-timeout", type=positive_float, default=2.0,
+                   help="ha: the sim store's client session timeout, seconds (2), for the "
+                        "storage-evidence runs")
+    p.add_argument("--no-storage-ha", dest="storage_ha", action="store_false",
+                   help="ha: skip the runs of HA on storage evidence (a VM with a disk on "
+                        "primary storage, restarted without a fence)")
     p.add_argument("--skip", type=_parts, default=[], metavar="PARTS",
                    help="comma-separated parts not to run: sync,throughput,ha")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

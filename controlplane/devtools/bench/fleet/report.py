@@ -108,6 +108,14 @@ def print_ha(f: dict[str, Any]) -> None:
     print(f"host down -> VM Running elsewhere     {f['median_s']:>9.2f}s   median of "
           f"{len(f['runs_s'])} ({runs}); detection takes (failures - 1) to failures x "
           f"interval = {f['detect_min_s']:g}-{f['interval_x_failures_s']:g}s, then fence + restart")
+    s = f.get("storage")
+    if s:
+        runs = ", ".join(f"{r:.2f}s" for r in s["runs_s"])
+        print(f"host down -> VM Running elsewhere, on storage evidence (no fence) "
+              f"{s['median_s']:>6.2f}s   median of {len(s['runs_s'])} ({runs}); ping "
+              f"{s['ping_interval_s']:g}s x {s['ping_failures']} = "
+              f"{s['interval_x_failures_s']:g}s, session timeout {s['session_timeout_s']:g}s, "
+              f"then 2 checks one interval apart; fenced in {s['fenced_runs']} runs")
 
 
 PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
