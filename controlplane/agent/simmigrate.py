@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -326,6 +327,22 @@ class SimMigration:
             if host.ops.get(op.info.vm_id) is op:
                 del host.ops[op.info.vm_id]
 
+    @staticmethod
+    def _transfer(op: Any, sock: socket.socket, vm_id: str, seconds: float) -> None:
+        """The transfer: `seconds` of streaming, ended early by an abort here or by the
+        target closing the stream (aborted there), as QEMU's source sees a broken stream
+        before it pauses the guest: either way the VM keeps running here."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if op.abort.is_set():
+                raise Aborted(f"migration of vm {vm_id} aborted: {op.reason}")
+            readable, _, _ = select.select([sock], [], [], min(0.05, left))
+            if readable and not sock.recv(1, socket.MSG_PEEK):
+                raise Aborted(f"the target closed the migration stream of vm {vm_id} during "
+                              "the transfer: it keeps running here")
+        if op.abort.is_set():
+            raise Aborted(f"migration of vm {vm_id} aborted: {op.reason}")
+
     def _send_vm(self, host: Any, op: Any, sock: socket.socket, target_host_id: str,
                  target_generation: int, settings: Any, began: float,
                  deadline: float) -> Migrated:
@@ -344,8 +361,7 @@ class SimMigration:
             op.abort.wait(min(transfer / 2, max(0.0, deadline - time.monotonic())))
             raise Aborted(f"migration of vm {vm_id} to {target_host_id} failed halfway "
                           "(injected): it keeps running here")
-        if op.abort.wait(min(transfer, max(0.0, deadline - time.monotonic()))):
-            raise Aborted(f"migration of vm {vm_id} aborted: {op.reason}")
+        self._transfer(op, sock, vm_id, min(transfer, max(0.0, deadline - time.monotonic())))
         if time.monotonic() >= deadline and transfer > 0:
             raise Aborted(f"migration of vm {vm_id} to {target_host_id} timed out: it keeps "
                           "running here")
