@@ -7,8 +7,9 @@ real node processes and sim agent processes.
 - HA respects capacity: with no room, a no-host attempt audited with the reason, then a
   restart once room is made;
 - a disabled host takes no placement; `host list` shows state and used/total;
-- maintenance, policy stop and migrate (cold migration until MigrateVm is on main), with
-  no room elsewhere, and with the host's owner killed -9 mid-maintenance.
+- maintenance, policy stop and migrate (live migration), with no room elsewhere, and with
+  the host's owner killed -9 mid-maintenance;
+- a live migration goes only where the VM fits, and moves its reservation.
 """
 
 from __future__ import annotations
@@ -220,6 +221,40 @@ def test_maintenance_policy_migrate_moves_vms_and_stops_what_does_not_fit(
     assert len(moved) == 3 and all(get_vm(node, v).host_id == h1 for v in moved)
     assert set(running_on(agent, h1)) == {"other", *moved}
     assert get_host(node, h1).allocated_cpus == 4  # full, never over
+    # live migrations (the VMs never stopped): each a migrate op, generation + 1
+    assert all(get_vm(node, v).last_op.kind == "migrate" and get_vm(node, v).generation == 2
+               for v in moved), [get_vm(node, v) for v in moved]
+    wait_until(lambda: get_host(node, h0).allocated_cpus == 0, 10,
+               message="nothing left reserved on the empty host")
+
+
+def test_a_migration_goes_only_where_the_vm_fits_and_moves_its_reservation(
+        etcd, nodes, agents) -> None:
+    node = nodes.start("mn-0", etcd.endpoints)
+    agent = agents.start("ag", hosts=2, cpus=1, memory_mb=16384)  # 4 cpus to reserve each
+    configure(node)
+    add_hosts(node, agent)
+    h0, h1 = agent.host_ids
+    create(node, "big", cpus=3, host_id=h0)
+    create(node, "filler", cpus=2, host_id=h1)  # h1: 2 cpus left, "big" needs 3
+    for target in (h1, ""):  # named, or chosen by placement: refused either way
+        with pytest.raises(grpc.RpcError) as err:
+            c.vms(node).MigrateVm(vm_pb2.MigrateVmRequest(vm_id="big", host_id=target,
+                                                          wait=True), timeout=20)
+        assert err.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    grpc.StatusCode.FAILED_PRECONDITION), err.value.details()
+        assert "3 cpus" in err.value.details() or "no connected host" in err.value.details()
+    assert get_vm(node, "big").host_id == h0 and get_host(node, h1).allocated_cpus == 2
+    c.vms(node).StopVm(vm_pb2.StopVmRequest(vm_id="filler", wait=True), timeout=20)
+    wait_until(lambda: get_host(node, h1).allocated_cpus == 0, 10, message="h1 freed")
+    moved = c.vms(node).MigrateVm(vm_pb2.MigrateVmRequest(vm_id="big", wait=True),
+                                  timeout=30).vm
+    assert (moved.state, moved.host_id, moved.generation) == ("Running", h1, 2)
+    assert get_host(node, h1).allocated_cpus == 3
+    wait_until(lambda: get_host(node, h0).allocated_cpus == 0, 10,
+               message="the source's share released")
+    # and the freed source takes what did not fit before
+    create(node, "after", cpus=4, host_id=h0)
 
 
 @pytest.mark.slow
