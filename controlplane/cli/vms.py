@@ -113,7 +113,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ha", choices=sorted(HA_LEVELS), default="none",
                    help="never-stop: restart it elsewhere when its host is lost (default none)")
     p.add_argument("--host", metavar="H", help="with --start: start it on host H (default: "
-                   "the connected host with the fewest VMs)")
+                   "placement picks: connected, enabled, fits; spread or pack)")
     p.add_argument("--start", action="store_true", help="start it right away")
     p.add_argument("--wait", action="store_true", help="with --start: " + _WAIT_HELP)
 
