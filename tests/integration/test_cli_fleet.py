@@ -64,7 +64,9 @@ def test_config_and_hosts(fleet) -> None:
 
     h0, h1 = agent.host_ids
     added = cp("host", "add", h0, "--address", agent.address, *ep).stdout
-    assert added.split() == [h0, "CONNECTED", agent.address, "owner=mn-0"]
+    # 16 cpus x host.cpuAllocationRatio 4.0; 65536 MiB less host.reservedMemoryMb 512
+    assert added.split() == [h0, "CONNECTED", "ENABLED", "cpus=0/64", "mem=0/65024MB",
+                             agent.address, "owner=mn-0"]
     doc = cpj("host", "add", h1, "--address", agent.address, *ep)
     assert (doc["host_id"], doc["status"], doc["address"], doc["owner"]) \
         == (h1, "HOST_STATUS_CONNECTED", agent.address, "mn-0")
