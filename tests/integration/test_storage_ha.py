@@ -12,6 +12,9 @@ volume and keeps it alive. Then:
   the next MDS);
 - every MDS is down: unknown is not absent: no restart on storage evidence (the fence path
   restarts it instead, and says so).
+- the agent is restarted (kill -9, its VMs kept running): it re-opens its sessions from its
+  state file, so a partition of h0 afterwards still never restarts the VM; an agent down
+  longer than the session timeout finds its session blocklisted and says so (log, metric).
 Asserts are on outcomes and audit records; times are printed, never asserted.
 """
 
