@@ -45,3 +45,12 @@ HOST_EVENTS = Counter("controlplane_host_events_total",
                       "Agent host events received (event: one host poked; resync: every "
                       "owned host of an agent poked; error: a watch stream broke)", ["kind"])
 HOST_WATCHES = Gauge("controlplane_host_watches", "Open WatchHostEvents streams to agents")
+
+# The agent's (served on the agent's --metrics-port): its block-store client sessions.
+AGENT_VOLUME_SESSIONS = Gauge("controlplane_agent_volume_sessions",
+                              "Volume sessions this agent holds for its VMs")
+AGENT_VOLUME_SESSIONS_FENCED = Counter(
+    "controlplane_agent_volume_sessions_fenced_total",
+    "Volume sessions the store refused as blocklisted: that VM's copy has lost its storage "
+    "(when: keepalive, or restart: found fenced when a restarted agent re-opened it)",
+    ["when"])

@@ -127,6 +127,13 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="the sim saves its hosts' VMs here after every change and loads "
                           "them at start, so a restart is an agent restart, not a power "
                           "cycle of its hosts (unset: memory only)")
+    add_env_argument(p, "--volume-state-file", type=argtypes.abspath, default=None,
+                     metavar="PATH",
+                     help="the VMs' block-store volume sessions are kept here, so a restarted "
+                          "agent re-opens those of the VMs still running instead of letting "
+                          "the store blocklist them (default: volume-sessions.json in "
+                          "--state-dir for libvirt, PATH.volumes.json next to "
+                          "--sim-state-file for the sim; unset there: memory only)")
     add_env_argument(p, "--sim-control-listen", type=argtypes.listen_address, default=None,
                      metavar="HOST:PORT",
                      help="serve the sim's fault injection (SimControl) on this address of "

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from controlplane.agent.backend import (
     Backend,
     BackendError,
     VmInfo,
+    VmState,
 )
 from controlplane.agent.blockjobs import AgentBlockJobsServiceServicer
 from controlplane.agent.sim import DURATION_SETTINGS, SETTING_NAMES, SimBackend, SimSettings
@@ -331,14 +333,18 @@ class AgentServer:
 
     def __init__(self, backend: Backend, listen: str, max_workers: int = MAX_WORKERS,
                  block_backend: str = "sim", *, tls: Transport,
-                 sim_control_listen: str | None = None) -> None:
+                 sim_control_listen: str | None = None,
+                 volume_state_file: str | None = None) -> None:
         """``block_backend`` is for the sim backend; a backend with its own block driver
         (libvirt: ``block_driver()``) uses it for its VMs' disks whatever is asked.
 
         ``sim_control_listen``: where the sim's fault injection (SimControl) is served, on a
         server of its own (same transport, policy admin); never on ``listen``, so what a
         node reaches (AgentService, node certificates only) offers no fault injection.
-        None: not served."""
+        None: not served.
+
+        ``volume_state_file``: where the VMs' volume sessions are kept across agent
+        restarts (`agent/volumes.py`); None: memory only."""
         if sim_control_listen and not isinstance(backend, SimBackend):
             raise ValueError("--sim-control-listen is for the sim backend only")
         self.sim_rpc = (RpcServer(sim_control_listen, tls=tls, max_workers=SIM_CONTROL_WORKERS)
@@ -354,10 +360,36 @@ class AgentServer:
         self.port = 0
         self._stopped = False
         holds = getattr(backend, "has_vm", None)
-        self.volumes = VolumeSessions(tls, **({"holds": holds} if holds else {}))
+        self.volumes = VolumeSessions(tls, **({"holds": holds} if holds else {}),
+                                      state_path=volume_state_file)
+
+    def _runs(self) -> Callable[[str, str, int], bool | None]:
+        """Whether the backend still runs a VM at a generation (for restoring its volume
+        sessions): listed and not stopped; None when the host cannot be listed now."""
+        listed: dict[str, dict[str, VmInfo] | None] = {}
+
+        def runs(host_id: str, vm_id: str, generation: int) -> bool | None:
+            if host_id not in listed:
+                try:
+                    listed[host_id] = {v.vm_id: v for v in self.backend.list_vms(host_id).vms}
+                except (BackendError, errors.DomainError) as exc:
+                    log.warning("host %s: VMs not listed, its volume sessions are kept: %s",
+                                host_id, exc)
+                    listed[host_id] = None
+            vms = listed[host_id]
+            if vms is None:
+                return None
+            vm = vms.get(vm_id)
+            return vm is not None and vm.generation == generation and \
+                vm.state != VmState.STOPPED
+
+        return runs
 
     def start(self) -> AgentServer:
-        """Bind and serve; raises RuntimeError when the address cannot be bound."""
+        """Bind and serve; raises RuntimeError when the address cannot be bound. The volume
+        sessions of the VMs still running from before a restart are taken back first (the
+        re-attach itself runs on the keepalive thread)."""
+        self.volumes.restore(self._runs())
         self.rpc.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
                      AgentServicer(self.backend, self.volumes), AGENT_SERVICE)
         self.rpc.add(blockjob_pb2_grpc.add_AgentBlockJobsServiceServicer_to_server, self.block_jobs,
@@ -439,4 +471,18 @@ def serve_agent(args: argparse.Namespace, tls: Transport) -> AgentServer:
     """Build the backend from the parsed ``agent`` command line and start serving."""
     return AgentServer(build_backend(args), args.listen,
                        block_backend=getattr(args, "block_backend", "sim"), tls=tls,
-                       sim_control_listen=getattr(args, "sim_control_listen", None)).start()
+                       sim_control_listen=getattr(args, "sim_control_listen", None),
+                       volume_state_file=volume_state_path(args)).start()
+
+
+def volume_state_path(args: argparse.Namespace) -> str | None:
+    """Where the agent keeps its volume sessions: ``--volume-state-file``, else next to what
+    already outlives the process (libvirt: ``--state-dir``; the sim: ``--sim-state-file``);
+    None: nowhere (the VMs die with the process too, so nothing is lost)."""
+    explicit = getattr(args, "volume_state_file", None)
+    if explicit:
+        return str(explicit)
+    if args.backend == "libvirt" and getattr(args, "state_dir", None):
+        return os.path.join(args.state_dir, "volume-sessions.json")
+    sim_state = getattr(args, "sim_state_file", None)
+    return f"{sim_state}.volumes.json" if sim_state else None

@@ -23,22 +23,33 @@ the old host means the VM may still run there.
   session: it is dropped and logged; the VM's I/O would fail in a real store.
 - Stop and destroy detach (best effort: a failed detach leaves a session that expires).
 
-Limit: sessions live in this process's memory; an agent restart (libvirt backend, whose VMs
-survive it) loses them and they expire, which HA would read as "no client". A restarted
-libvirt agent should re-open them from its domains' metadata: not done yet.
+- What it holds is kept on disk (``state_path``: one JSON document, written to a temporary
+  file and renamed after every attach, detach and drop, so a kill -9 leaves the old or the
+  new one). An agent restart leaves the VMs running (libvirt's domains, the sim with its
+  state file); without this file their sessions would be forgotten, their keepalives stop,
+  the store blocklist them, and HA read "no client" as "dead" for a host then cut off from
+  the nodes: a second copy of a running VM. At start (``restore``) the agent re-opens the
+  session of every VM the backend still runs at the saved generation (AttachVolume with the
+  same session id refreshes it) and drops the rest (left to expire). A session the store
+  already blocklisted (the restart took longer than the session timeout) is logged as an
+  error naming VM, volume and host and counted
+  (``controlplane_agent_volume_sessions_fenced_total{when="restart"}``): that copy has lost
+  its storage, which is the store's fence doing its job.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 
-from controlplane import errors, wiretime
+from controlplane import errors, metrics, wiretime
 from controlplane.security.tls import Transport
 from controlplane.storage.mds import MdsClient, MdsEndpoint, MdsError
 from controlplane.v1 import agent_pb2
@@ -62,22 +73,36 @@ def session_id_of(host_id: str, vm_id: str, generation: int, volume_id: str) -> 
 class _Held:
     host_id: str
     vm_id: str
+    generation: int
     storage_id: str
     volume_id: str
     session_id: str
+    addresses: tuple[str, ...]
     client: MdsClient
     timeout: float
     last_ok: float
     in_flight: bool = False
+    reopen: bool = False  # restored from the state file: re-attach (refresh) before keepalives
+
+    def saved(self) -> dict[str, object]:
+        return {"host_id": self.host_id, "vm_id": self.vm_id, "generation": self.generation,
+                "storage_id": self.storage_id, "volume_id": self.volume_id,
+                "session_id": self.session_id, "mds_addresses": list(self.addresses),
+                "timeout": self.timeout}
 
 
 class VolumeSessions:
     """Sessions of every VM this agent runs (thread-safe)."""
 
     def __init__(self, tls: Transport, *, holds: Callable[[str, str], bool] = lambda h, v: True,
-                 clock: Callable[[], float] = time.monotonic, workers: int = 8) -> None:
+                 clock: Callable[[], float] = time.monotonic, workers: int = 8,
+                 state_path: str | None = None) -> None:
+        """``state_path``: where what is held is kept across restarts (None: memory only,
+        and a restart forgets every session)."""
         self.tls = tls
         self.holds = holds
+        self.state_path = state_path
+        self._save_lock = threading.Lock()  # one writer at a time: the rename order is the truth
         self._clock = clock
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], list[_Held]] = {}  # (host, vm) -> sessions
@@ -104,6 +129,78 @@ class VolumeSessions:
                 client = self._clients[key] = MdsClient(
                     [MdsEndpoint(a) for a in addresses], ATTACH_ATTEMPT_TIMEOUT, tls=self.tls)
             return client
+
+    # -- the state file -------------------------------------------------------------
+
+    def _save(self) -> None:
+        """Replace the state file with what is held now (no-op without one). A failed
+        write is logged, not raised: the sessions are held either way, only a restart
+        would forget them."""
+        with self._lock:
+            doc = [one.saved() for held in self._held.values() for one in held]
+        metrics.AGENT_VOLUME_SESSIONS.set(len(doc))
+        if self.state_path is None:
+            return
+        with self._save_lock:
+            with self._lock:  # the newest snapshot, taken under the writer's lock
+                doc = [one.saved() for held in self._held.values() for one in held]
+            tmp = f"{self.state_path}.tmp"
+            try:
+                with open(tmp, "w") as f:
+                    json.dump({"sessions": doc}, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.state_path)
+            except OSError as exc:
+                log.error("volume sessions not saved to %s (a restart would forget them): %s",
+                          self.state_path, exc)
+
+    def restore(self, runs: Callable[[str, str, int], bool | None]) -> int:
+        """Take back the sessions of the state file whose VM still runs here.
+
+        ``runs(host, vm, generation)``: True, the backend runs that VM at that generation;
+        False, it does not (its sessions are dropped, left to expire); None, it cannot
+        tell now (kept: a session held for a VM that is gone only delays an HA restart to
+        the fence path, one dropped for a VM that runs would let HA start a second copy).
+        The kept ones are re-attached (same session id: a refresh) by the keepalive thread
+        at once; returns how many were kept."""
+        if self.state_path is None:
+            return 0
+        try:
+            with open(self.state_path) as f:
+                saved = json.load(f).get("sessions", [])
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.error("volume sessions of %s not restored (they expire in the store): %s",
+                      self.state_path, exc)
+            return 0
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for entry in saved:
+            groups.setdefault((entry["host_id"], entry["vm_id"]), []).append(entry)
+        kept = 0
+        for (host_id, vm_id), entries in groups.items():
+            generation = int(entries[0]["generation"])
+            verdict = runs(host_id, vm_id, generation)
+            if verdict is False:
+                log.info("host %s vm %s generation %d: not run here any more; its volume "
+                         "sessions are left to expire", host_id, vm_id, generation)
+                continue
+            restored = [_Held(host_id, vm_id, int(e["generation"]), e["storage_id"],
+                              e["volume_id"], e["session_id"], tuple(e["mds_addresses"]),
+                              self._client(list(e["mds_addresses"])),
+                              float(e.get("timeout") or 10.0), 0.0, reopen=True)
+                        for e in entries]
+            with self._lock:
+                if (host_id, vm_id) in self._held:
+                    continue  # a start since (a new generation): its sessions are the truth
+                self._held[(host_id, vm_id)] = restored
+            kept += len(restored)
+            log.info("host %s vm %s generation %d: re-opening its sessions on volumes %s%s",
+                     host_id, vm_id, generation, ", ".join(h.volume_id for h in restored),
+                     "" if verdict else " (the backend cannot tell whether it runs: kept)")
+        self._save()
+        return kept
 
     def sessions(self, host_id: str, vm_id: str) -> list[str]:
         """The session ids held for a VM (for tests and logs)."""
@@ -133,17 +230,21 @@ class VolumeSessions:
                                      f"{volume.storage_id} not attached, the VM is not "
                                      f"started: {exc}") from exc
             timeout = wiretime.span(answer.session_timeout) or 10.0
-            opened.append(_Held(host_id, vm_id, volume.storage_id, volume.volume_id, session_id,
+            opened.append(_Held(host_id, vm_id, generation, volume.storage_id,
+                                volume.volume_id, session_id, tuple(volume.mds_addresses),
                                 client, timeout, self._clock()))
             log.info("host %s vm %s: volume %s attached (session %s, timeout %gs)", host_id,
                      vm_id, volume.volume_id, session_id, timeout)
         with self._lock:
             self._held[(host_id, vm_id)] = opened
+        self._save()
 
     def detach(self, host_id: str, vm_id: str) -> None:
         """Close the VM's sessions (the VM stopped); best effort."""
         with self._lock:
             held = self._held.pop((host_id, vm_id), [])
+        if held:
+            self._save()
         for one in held:
             self._detach_one(one)
 
@@ -177,15 +278,54 @@ class VolumeSessions:
                         del self._held[(host_id, vm_id)]
                 log.info("host %s vm %s: gone; its volume sessions are left to expire",
                          host_id, vm_id)
+                self._save()
                 continue
             for one in held:
                 if one.in_flight or now - one.last_ok < one.timeout / 4:
                     continue
                 one.in_flight = True
                 try:
-                    self._pool.submit(self._keepalive, one)
+                    self._pool.submit(self._reopen if one.reopen else self._keepalive, one)
                 except RuntimeError:  # pool shut down: stopping
                     return
+
+    def _fenced(self, held: _Held, when: str, exc: MdsError) -> None:
+        """The store refused the session as blocklisted: drop it, say so, count it."""
+        metrics.AGENT_VOLUME_SESSIONS_FENCED.labels(when).inc()
+        with self._lock:
+            sessions = self._held.get((held.host_id, held.vm_id))
+            if sessions is not None and held in sessions:
+                sessions.remove(held)
+                if not sessions:
+                    del self._held[(held.host_id, held.vm_id)]
+        self._save()
+
+    def _reopen(self, held: _Held) -> None:
+        """Re-attach a session restored from the state file (same id: a refresh of a live
+        one). Blocklisted: the restart took longer than the session timeout and the store
+        fenced this VM's copy; a store that does not answer: tried again next round."""
+        try:
+            answer = held.client.attach_volume(held.volume_id, held.host_id, held.session_id,
+                                               budget=held.timeout / 2)
+            held.timeout = wiretime.span(answer.session_timeout) or held.timeout
+            held.last_ok = self._clock()
+            held.reopen = False
+            log.info("host %s vm %s: volume %s session %s re-opened after the agent restart",
+                     held.host_id, held.vm_id, held.volume_id, held.session_id)
+        except MdsError as exc:
+            if "FAILED_PRECONDITION" in exc.codes:
+                log.error("host %s vm %s: volume %s session %s was blocklisted by the store "
+                          "while the agent was down (the restart took longer than the "
+                          "session timeout): this copy of the VM has lost its storage, its "
+                          "I/O is refused (%s)", held.host_id, held.vm_id, held.volume_id,
+                          held.session_id, exc)
+                self._fenced(held, "restart", exc)
+            else:
+                log.warning("host %s vm %s: volume %s session %s not re-opened yet: %s",
+                            held.host_id, held.vm_id, held.volume_id, held.session_id, exc)
+                held.last_ok = self._clock() - held.timeout / 8  # again in a short while
+        finally:
+            held.in_flight = False
 
     def _keepalive(self, held: _Held) -> None:
         try:
@@ -201,10 +341,7 @@ class VolumeSessions:
                 log.error("host %s vm %s: volume %s session %s fenced by the store (%s): "
                           "its I/O is refused", held.host_id, held.vm_id, held.volume_id,
                           held.session_id, exc)
-                with self._lock:
-                    sessions = self._held.get((held.host_id, held.vm_id))
-                    if sessions is not None and held in sessions:
-                        sessions.remove(held)
+                self._fenced(held, "keepalive", exc)
             else:
                 log.warning("host %s vm %s: keepalive of volume %s failed: %s", held.host_id,
                             held.vm_id, held.volume_id, exc)

@@ -27,7 +27,7 @@ __all__ = ["AgentProcess", "vm_copies"]
 class AgentProcess(ServingProcess):
     """One agent process serving ``hosts`` sim hosts (``host_prefix`` + index), its log file
     kept across restarts. A restarted sim agent starts with no VMs (its state is memory),
-    unless ``persistent``."""
+    unless ``persistent`` (the VMs, and their volume sessions next to them, are kept)."""
 
     kind = "agent"
 

@@ -12,11 +12,15 @@ volume and keeps it alive. Then:
   the next MDS);
 - every MDS is down: unknown is not absent: no restart on storage evidence (the fence path
   restarts it instead, and says so).
+- the agent is restarted (kill -9, its VMs kept running): it re-opens its sessions from its
+  state file, so a partition of h0 afterwards still never restarts the VM; an agent down
+  longer than the session timeout finds its session blocklisted and says so (log, metric).
 Asserts are on outcomes and audit records; times are printed, never asserted.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +31,7 @@ import pytest
 from controlplane.testing import cluster as c
 from controlplane.testing.agents import vm_copies
 from controlplane.testing.mds import MdsProcess
+from controlplane.testing.ports import free_port
 from controlplane.testing.store_rig import add_storage, seed_volume, start_store
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import agent_pb2, config_pb2, host_pb2, mds_pb2, vm_pb2
@@ -84,11 +89,12 @@ def clients_calls(store: list[MdsProcess]) -> int:
     return sum(p.calls().get("GetVolumeClients", 0) for p in store)
 
 
-def rig(etcd, nodes, agents, store, settings: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    """A node, an agent with 2 hosts, the storage, and the HA VM "db" running on h0 with
-    its disk on the store (its session live)."""
+def rig(etcd, nodes, agents, store, settings: dict[str, str] | None = None,  # type: ignore[no-untyped-def]
+        **agent_args):
+    """A node, an agent with 2 hosts (``agent_args`` to AgentProcess), the storage, and the
+    HA VM "db" running on h0 with its disk on the store (its session live)."""
     node = nodes.start("mn-0", etcd.endpoints)
-    agent = agents.start("ag", hosts=2)
+    agent = agents.start("ag", hosts=2, **agent_args)
     configure(node, settings)
     h0, h1 = agent.host_ids
     for host_id in (h0, h1):
@@ -260,3 +266,72 @@ def test_a_migrated_vm_holds_its_volume_from_the_target_so_a_partition_never_res
                message="the target host is back")
     assert vm_copies([agent]).get("db") == [(h1, 2)]
     assert (get_vm(node).host_id, get_vm(node).generation) == (h1, 2)
+
+
+def h0_session(store: list[MdsProcess], h0: str) -> mds_pb2.MdsSession:
+    (session,) = [s for s in store[0].sessions() if s.volume_id == VOLUME and s.client_id == h0]
+    return session
+
+
+def test_a_restarted_agent_re_opens_its_sessions_so_a_partition_never_restarts_the_vm(
+        etcd, nodes, agents, store) -> None:
+    """Found after section 1: the sessions lived in the agent's memory only, so an agent
+    restart (its VMs kept running) stopped their keepalives, the store blocklisted them, and
+    cutting that host off from the nodes then read as "dead": a second copy of a running VM.
+    The agent keeps what it holds on disk and re-opens it at start."""
+    node, agent, h0, _ = rig(etcd, nodes, agents, store, {"host.pingFailures": "1"},
+                             persistent=True)
+    before = h0_session(store, h0)
+    agent.kill()  # kill -9: no goodbye, the VM keeps running (the sim's state file)
+    agent.restart().wait_ready(timeout=20)
+    back = time.monotonic()
+    # re-attached (same session id: refreshed, not a new one)
+    refreshed = wait_until(
+        lambda: (s := h0_session(store, h0)).last_keepalive.ToNanoseconds()
+        > before.last_keepalive.ToNanoseconds() and s, 3 * SESSION_TIMEOUT,
+        message="the session refreshed by the restarted agent")
+    print(f"agent ready -> its session refreshed: {time.monotonic() - back:.2f}s (keepalive "
+          f"period {SESSION_TIMEOUT / 4}s)")
+    # and kept alive from then on, for longer than a session timeout
+    wait_until(lambda: (h0_session(store, h0).last_keepalive.ToNanoseconds()
+                        - refreshed.last_keepalive.ToNanoseconds()) / 1e9
+               > 1.5 * SESSION_TIMEOUT, 4 * SESSION_TIMEOUT,
+               message="keepalives for 1.5 session timeouts")
+    session = h0_session(store, h0)
+    assert (session.session_id, session.blocklisted) == (before.session_id, False)
+    assert live_clients(store) == [h0]
+    # the partition: HA asks the store, which names h0, so the VM is never restarted
+    set_condition(agent, h0, agent_pb2.HOST_CONDITION_PARTITIONED)
+    wait_until(lambda: get_host(node, h0).status == host_pb2.HOST_STATUS_DISCONNECTED, 10,
+               message="h0 disconnected")
+    calls = clients_calls(store)
+    wait_until(lambda: clients_calls(store) >= calls + 6, 20, message="storage checked")
+    vm = get_vm(node)
+    assert (vm.host_id, vm.generation) == (h0, 1), vm
+    assert not [a for a in audit(node) if a.action == "restart"], audit(node)
+    assert live_clients(store) == [h0]
+    set_condition(agent, h0, agent_pb2.HOST_CONDITION_UP)
+    wait_until(lambda: get_vm(node).state == "Running", 10, message="Running again on h0")
+    assert vm_copies([agent]) == {"db": [(h0, 1)]}
+
+
+def test_an_agent_down_longer_than_the_session_timeout_finds_its_session_fenced(
+        etcd, nodes, agents, store) -> None:
+    """The store's fence did its job while the agent was away: the restarted agent says so
+    (an error log naming VM, volume and host, and a metric), and does not hold the session."""
+    metrics_port = free_port()
+    node, agent, h0, _ = rig(etcd, nodes, agents, store, persistent=True,
+                             extra_args=["--metrics-port", str(metrics_port)])
+    before = h0_session(store, h0)
+    agent.kill()
+    wait_until(lambda: h0_session(store, h0).blocklisted, 4 * SESSION_TIMEOUT,
+               message="h0's session blocklisted while its agent is down")
+    agent.restart().wait_ready(timeout=20)
+    pattern = re.compile(rf"host {h0} vm db: volume {VOLUME} session {before.session_id} was "
+                         r"blocklisted by the store while the agent was down")
+    wait_until(lambda: pattern.search(Path(agent.log_path).read_text()), 10,
+               message="the restarted agent logs the fenced session")
+    wait_until(lambda: 'controlplane_agent_volume_sessions_fenced_total{when="restart"} 1.0'
+               in c.scrape_metrics(metrics_port), 10, message="the fenced session counted")
+    assert 'controlplane_agent_volume_sessions 0.0' in c.scrape_metrics(metrics_port)
+    assert live_clients(store) == []  # nothing revived it
