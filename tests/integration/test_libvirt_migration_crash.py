@@ -12,7 +12,6 @@ trail is empty). One guest per test; the hosts are the session's shared daemons.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
