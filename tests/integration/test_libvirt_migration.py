@@ -10,6 +10,7 @@ libvirt = pytest.importorskip("libvirt")
 from controlplane.agent import guest  # noqa: E402
 from controlplane.agent.backend import BadState, VmState  # noqa: E402
 from controlplane.agent.libvirt.backend import LibvirtBackend  # noqa: E402
+from controlplane.agent.libvirt.migrate import FENCE_FILE  # noqa: E402
 from controlplane.testing.libvirt import LibvirtHosts, shared_dir  # noqa: E402
 from controlplane.testing.waiting import wait_until  # noqa: E402
 
@@ -22,6 +23,7 @@ def pair(libvirt_hosts: LibvirtHosts, guest_image):  # type: ignore[no-untyped-d
     for host in hosts:
         host.cleanup()
     root = libvirt_hosts.shared_dir("migrate")
+    (root / "h1" / FENCE_FILE).unlink(missing_ok=True)  # an earlier run's abort fences
     backends = [LibvirtBackend(f"mh{i}", h.uri, state_dir=str(shared_dir(root / f"h{i}")),
                                kernel=str(guest_image.kernel), initrd=str(guest_image.initrd),
                                cmdline=guest.kernel_cmdline()) for i, h in enumerate(hosts)]

@@ -12,6 +12,8 @@ trail is empty). One guest per test; the hosts are the session's shared daemons.
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,12 +26,13 @@ from controlplane.testing.agents import vm_copies  # noqa: E402
 from controlplane.testing.libvirt import LibvirtAgent, LibvirtHost, LibvirtHosts  # noqa: E402
 from controlplane.testing.ports import free_port  # noqa: E402
 from controlplane.testing.waiting import wait_until  # noqa: E402
-from controlplane.v1 import cluster_pb2, config_pb2, host_pb2, vm_pb2  # noqa: E402
+from controlplane.v1 import agent_pb2, cluster_pb2, config_pb2, host_pb2, vm_pb2  # noqa: E402
 
 TTL = 2.0
 IMAGE = vm_pb2.ImageInfo(image_id="img", virtual_size=1 << 30, actual_size=1 << 28)
 SLOW_MIB_S = 1  # the transfer's bandwidth until the fault (MiB/s)
 FAST_MIB_S = 8192
+HOLD = 3.0  # seconds the transfer is held open after the fault (10 sync rounds)
 
 
 def get_vm(node, vm_id: str) -> vm_pb2.Vm:  # type: ignore[no-untyped-def]
@@ -78,6 +81,24 @@ def set_speed(host: LibvirtHost, vm_id: str, mib_s: int) -> None:
         pass  # gone from here already (moved or failed): nothing to speed up
 
 
+def owner_is(node, resource_id: str) -> bool:  # type: ignore[no-untyped-def]
+    return c.stub(node).WhoOwns(cluster_pb2.WhoOwnsRequest(resource_id=resource_id),
+                                timeout=2).owner == node.node_id
+
+
+def hold_and_check(node, hosts: list[LibvirtHost], vm_id: str,  # type: ignore[no-untyped-def]
+                   agents: list[LibvirtAgent], rounds: float = HOLD) -> None:
+    """For ``rounds`` seconds of sync rounds with the transfer still running: the VM stays
+    Migrating and both domains exist (the source's running, the target's incoming)."""
+    until = time.monotonic() + rounds
+    while time.monotonic() < until:
+        vm = get_vm(node, vm_id)
+        assert vm.state == "Migrating" and vm.op.kind == "migrate", vm
+        assert incoming_on(hosts[1], vm_id), "the incoming domain is gone mid-transfer"
+        assert transferring(hosts[0], vm_id), "the transfer ended while held"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def fleet(etcd, nodes, libvirt_hosts: LibvirtHosts, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Two nodes, two libvirt agents (hosts 0 and 1), one running HA guest on host 0 owned
@@ -89,9 +110,11 @@ def fleet(etcd, nodes, libvirt_hosts: LibvirtHosts, tmp_path: Path):  # type: ig
     try:
         mns = [nodes.start(f"mn-{i}", etcd.endpoints, lease_ttl=TTL) for i in range(2)]
         for i, host in enumerate(hosts):
+            # a fresh state dir per test: a host keeps its abort fences there, and every
+            # test reuses the VM id with a new cluster
+            state = libvirt_hosts.shared_dir(f"lmc{i}-{uuid.uuid4().hex[:8]}")
             agents.append(LibvirtAgent(f"lmc{i}", free_port(), str(tmp_path), f"lmc-h{i}", host,
-                                       libvirt_hosts.shared_dir(f"lmc{i}"),
-                                       boot_timeout=60).start())
+                                       state, boot_timeout=60).start())
         for agent in agents:
             agent.wait_ready(30)
         wait_until(lambda: all(len(c.ring(n).members) == 2 for n in mns), 10)
@@ -141,12 +164,26 @@ def test_kill_9_mid_transfer_leaves_exactly_one_domain(case, fleet) -> None:  # 
     if case == "owner-node":
         mns[0].kill()
         watcher = mns[1]
+        # the survivor finds the op orphaned (lease TTL, then a sync round) while the
+        # transfer still runs: it must wait for libvirt's job, not settle from a paused
+        # incoming copy
+        wait_until(lambda: get_vm(watcher, vm_id).op.node_id == mns[0].node_id and
+                   owner_is(mns[1], vm_id), 10, message="the survivor owns the VM")
+        hold_and_check(mns[1], hosts, vm_id, agents)
+    elif case == "target-agent":
+        dst.kill()
+        assert incoming_on(hosts[1], vm_id)  # libvirt's transfer goes on without it
+        dst.restart()
+        dst.wait_ready(30)
+        # the restarted agent reports the incoming domain as such (read from libvirtd)
+        listing = [(v.vm_id, v.state, v.generation, v.incoming) for v in dst.stub().ListVms(
+            agent_pb2.AgentServiceListVmsRequest(host_id=dst.host_id), timeout=5).vms]
+        assert listing == [(vm_id, agent_pb2.AGENT_VM_STATE_PAUSED, 2, True)], listing
+        hold_and_check(mns[0], hosts, vm_id, agents)
     else:
-        agent = src if case == "source-agent" else dst
-        agent.kill()
-        set_speed(hosts[0], vm_id, FAST_MIB_S)
-        agent.restart()
-        agent.wait_ready(30)
+        src.kill()  # libvirtd ends the migration its client drove
+        src.restart()
+        src.wait_ready(30)
     set_speed(hosts[0], vm_id, FAST_MIB_S)
     vm = wait_until(lambda: (v := get_vm(watcher, vm_id)).state != "Migrating"
                     and not v.op.op_id and v, 60, message="the migration is settled")
