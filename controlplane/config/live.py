@@ -183,6 +183,12 @@ SETTINGS: Mapping[str, Setting] = _settings(
         "Seconds. Deadline of one VM operation (start, stop, reboot, pause, resume, destroy).",
     ),
     Setting(
+        "vm.migrateTimeout", float, 600.0, 1.0, 86400.0,
+        "Seconds. Deadline of one live migration (MigrateVm's op): until then a migration "
+        "either agent still works on, or whose target does not answer, is waited for; "
+        "after it an answering target settles it (aborted unless it switched over).",
+    ),
+    Setting(
         "ha.enabled", bool, True, None, None,
         "Whether HA restarts lost VMs elsewhere (false: a lost HA VM is only recorded "
         "Stopped, Crashed or Unknown, never restarted).",

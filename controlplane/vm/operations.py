@@ -28,6 +28,7 @@ import grpc
 import tenacity
 
 from controlplane import errors, metrics, names, wiretime
+from controlplane.config.live import LiveConfig
 from controlplane.owner import Conflict, Fenced, OwnerContext
 from controlplane.store import txn as t
 from controlplane.store.errors import StoreError
@@ -62,6 +63,14 @@ class Begun:
     # A retry of the call that began `op` (same request_id): nothing new to run. `op` is
     # empty when that op has finished already (`vm.last_op` says how).
     joined: bool = False
+
+
+def op_timeout(config: LiveConfig, kind: str) -> float:
+    """Seconds an op of ``kind`` may take: a live migration has its own setting
+    (vm.migrateTimeout: how long a migration an agent still works on, or whose target does
+    not answer, is waited for before it is aborted), every other op vm.opTimeout."""
+    key = "vm.migrateTimeout" if kind == "migrate" else "vm.opTimeout"
+    return float(config.get(key))
 
 
 def new_op_id() -> str:
@@ -288,7 +297,7 @@ class Operations:
         return vm_pb2.Op(
             op_id=new_op_id(), vm_id=vm_id, kind=kind, node_id=self.ctx.node_id,
             incarnation=self.ctx.registration.incarnation, started_at=wiretime.stamp(now),
-            deadline=wiretime.stamp(now + self.ctx.config.get("vm.opTimeout")), host_id=host_id,
+            deadline=wiretime.stamp(now + op_timeout(self.ctx.config, kind)), host_id=host_id,
             generation=generation)
 
     def _check_op_free(self, vm: vm_pb2.Vm, op: vm_pb2.Op | None, op_rev: int,

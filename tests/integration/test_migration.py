@@ -183,3 +183,33 @@ def test_crash_mid_migration_leaves_exactly_one_copy(case, fleet) -> None:  # ty
     # a few sync rounds later: still one copy, still no HA decision
     wait_until(lambda: get(watcher, vm_id).state == "Running", 3)
     assert_one_copy(watcher, [a, b], vm_id, host, generation)
+
+
+def test_migrate_timeout_bounds_the_wait_for_a_source_that_does_not_answer(fleet) -> None:  # type: ignore[no-untyped-def]
+    """vm.migrateTimeout is MigrateVm's op deadline (not vm.opTimeout): a migration whose
+    source agent is gone is waited for until then, then aborted from the target's answer
+    (the VM Unknown on the source until its agent answers again)."""
+    mns, a, b, vm_id = fleet
+    src, dst = a.host_ids[0], b.host_ids[0]
+    for key, value in {"vm.migrateTimeout": "4", "vm.opTimeout": "600"}.items():
+        c.config(mns[0]).UpdateConfig(config_pb2.UpdateConfigRequest(key=key, value=value),
+                                      timeout=5)
+    configure(a, migrate_transfer_delay=30.0)
+    began = c.vms(mns[0]).MigrateVm(vm_pb2.MigrateVmRequest(vm_id=vm_id, host_id=dst),
+                                    timeout=10).vm
+    span = wiretime.seconds(began.op.deadline) - wiretime.seconds(began.op.started_at)
+    assert abs(span - 4.0) < 0.01, span
+    wait_until(lambda: (vm_id, "migrate-out") in agent_ops(a, src), 10,
+               message="the transfer began")
+    a.kill()
+    # before the deadline: waited for (the source may still switch over on its own)
+    assert get(mns[0], vm_id).state == "Migrating"
+    vm = settled(mns[0], vm_id, 20)
+    assert (vm.host_id, vm.generation, vm.state) == (src, 1, "Unknown"), vm
+    assert vm.last_op.outcome.endswith("aborted") and "did not answer" in vm.last_op.detail
+    assert vm_copies([b]).get(vm_id) is None  # the target's incoming copy is gone
+    a.restart()
+    a.wait_ready()
+    wait_until(lambda: get(mns[0], vm_id).state == "Running", 20,
+               message="VM sync finds it running on the source again")
+    assert_one_copy(mns[0], [a, b], vm_id, src, 1)

@@ -27,6 +27,7 @@ REQUIRED = {
     "host.pingFailures": (int, 3, 1, 100),
     "host.pingTimeout": (float, 10.0, 0.1, 300.0),
     "vm.opTimeout": (float, 600.0, 1.0, 86400.0),
+    "vm.migrateTimeout": (float, 600.0, 1.0, 86400.0),
     "ha.enabled": (bool, True, None, None),
 }
 NUMERIC = sorted(key for key, item in SETTINGS.items() if item.kind in (int, float))

@@ -88,7 +88,7 @@ from controlplane.agent.domainxml import (
 from controlplane.agent.drivers.libvirt import BlockJobEvents, LibvirtBlockDriver, grant_group_rw
 from controlplane.agent.events import EventHub
 from controlplane.agent.libvirt import states
-from controlplane.agent.libvirt.migrate import LibvirtMigration, is_incoming
+from controlplane.agent.libvirt.migrate import INCOMING_REASONS, LibvirtMigration, is_incoming
 from controlplane.errors import Failed
 from controlplane.paths import inside
 
@@ -307,6 +307,8 @@ class LibvirtBackend(LibvirtMigration):
             if meta is None:
                 continue
             name = dom.name()
+            if self.fenced_incoming(dom, name, meta.generation):
+                continue
             with self._lock:
                 if self._hwm.get(name, -1) < meta.generation:
                     self._hwm[name] = meta.generation
@@ -556,7 +558,9 @@ class LibvirtBackend(LibvirtMigration):
                     state = RUNNING  # paused for milliseconds by a block flush, not by a user
                 if state is not None:
                     incoming = (state == PAUSED and stats.get("state.reason", 0)
-                                == libvirt.VIR_DOMAIN_PAUSED_MIGRATION and is_incoming(dom))
+                                in INCOMING_REASONS and is_incoming(dom))
+                    if incoming and self.fenced_incoming(dom, dom.name(), meta.generation):
+                        continue
                     vms.append(VmInfo(dom.name(), state, meta.generation, incoming))
         except libvirt.libvirtError as exc:
             raise self._broken(conn, exc) from exc

@@ -10,17 +10,29 @@ machine reach the same files). libvirt creates the incoming domain on the target
 its job a MIGRATION_IN: reported ``incoming``) and resumes it at the switchover; the
 source's copy is then gone. A migration that fails before the switchover leaves the source
 running and the incoming domain destroyed by libvirt; AbortIncomingVm destroys one that is
-still there (an owner that died mid-transfer) and fences its generation in this agent.
+still there (an owner that died mid-transfer) and fences its generation on this host.
 
-Known limit: the fence of aborted incoming generations lives in this agent's memory (a
-restarted target agent forgets it; the incoming domain itself does not survive the source
-agent's connection, which drives the migration).
+The fence (vm id -> highest aborted incoming generation) is kept in ``<state-dir>/
+incoming-fences.json`` (written to a temporary file and renamed before the abort answers,
+so a kill -9 leaves the old or the new one; loaded at start): a restarted target agent still
+refuses to prepare an aborted generation, and destroys an incoming domain of a fenced
+generation when it lists or rediscovers it. The domain's metadata cannot hold it: the
+aborted incoming domain is gone (libvirt makes it persistent only at the switchover).
+Without ``--state-dir`` the fence is this process's memory only.
+
+Known limit: libvirt's switchover (Finish on the target daemon) is driven by the source
+agent's client, not by this agent, so the fence cannot refuse the switchover itself; it
+refuses the prepare and destroys a fenced incoming domain it sees. A MigrateVm that reaches
+the source after the abort (a delayed retry) is refused by the source only if the VM's
+generation moved on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -44,15 +56,24 @@ FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_UNSAFE
          | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 
 
+INCOMING_REASONS = (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP)
+
+
 def is_incoming(dom: Any) -> bool:
-    """A domain that is the receiving end of a migration not switched over yet."""
+    """A domain that is the receiving end of a migration not switched over yet: paused
+    (libvirt 9 says STARTING_UP, older ones MIGRATION) under an incoming migration job.
+    libvirt answers job statistics only on the source ("available only on the source
+    host", OPERATION_UNSUPPORTED, while the domain's job is MIGRATION_IN), so that refusal
+    is the incoming job's signature (a paused domain without a job answers, naming no
+    operation); a libvirt that does answer names the operation. Read from libvirtd, so an
+    agent restarted mid-transfer reports it as truthfully as the one that prepared it."""
     try:
         state, reason = dom.state()
-        if state != libvirt.VIR_DOMAIN_PAUSED or reason != libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+        if state != libvirt.VIR_DOMAIN_PAUSED or reason not in INCOMING_REASONS:
             return False
         stats = dom.jobStats()
-    except libvirt.libvirtError:
-        return False
+    except libvirt.libvirtError as exc:
+        return exc.get_error_code() == libvirt.VIR_ERR_OPERATION_UNSUPPORTED
     return stats.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN
 
 
@@ -65,11 +86,47 @@ class LibvirtMigration:
     _lock: threading.Lock
     _hwm: dict[str, int]
 
+    state_dir: str
+
     def _fences(self) -> dict[str, int]:
-        fences = getattr(self, "_fenced_in", None)
+        """The aborted incoming generations (under self._lock), loaded from the state dir
+        the first time."""
+        fences: dict[str, int] | None = getattr(self, "_fenced_in", None)
         if fences is None:
-            fences = self._fenced_in = {}
+            fences = self._fenced_in = _load_fences(self._fence_file())
         return fences
+
+    def _fence_file(self) -> str:
+        return os.path.join(self.state_dir, FENCE_FILE) if self.state_dir else ""
+
+    def _fence(self, vm_id: str, generation: int) -> None:
+        """Record (and persist, before the abort acts or answers) that ``generation`` and
+        older incoming copies of ``vm_id`` are refused here."""
+        with self._lock:
+            fences = self._fences()
+            if fences.get(vm_id, -1) >= generation:
+                return
+            fences[vm_id] = generation
+            path = self._fence_file()
+            if path:
+                _save_fences(path, fences)
+
+    def fenced_incoming(self, dom: Any, vm_id: str, generation: int) -> bool:
+        """An incoming domain of an aborted generation (a migration that reached the daemon
+        after the abort, or one a restarted agent finds): destroyed, True."""
+        with self._lock:
+            fenced = self._fences().get(vm_id, -1) >= generation
+        if not fenced or not is_incoming(dom):
+            return False
+        try:
+            _destroy_incoming(dom)
+        except libvirt.libvirtError as exc:
+            log.warning("host %s vm %s gen %d: fenced incoming domain not destroyed: %s",
+                        self.host_id, vm_id, generation, exc)
+            return False
+        log.warning("host %s vm %s gen %d: incoming domain of an aborted generation "
+                    "destroyed", self.host_id, vm_id, generation)
+        return True
 
     def prepare_incoming(self, host_id: str, vm_id: str, *, generation: int, op_id: str = "",
                          cpus: int = 0, memory_mb: int = 0, disk: str = "",
@@ -98,9 +155,7 @@ class LibvirtMigration:
                        op_id: str = "") -> bool:
         check_vm_id(vm_id)
         conn = self._check(host_id)  # type: ignore[attr-defined]
-        with self._lock:
-            fences = self._fences()
-            fences[vm_id] = max(generation, fences.get(vm_id, -1))
+        self._fence(vm_id, generation)
         dom = self._lookup(conn, vm_id)  # type: ignore[attr-defined]
         if dom is None:
             return False
@@ -110,7 +165,7 @@ class LibvirtMigration:
         except (libvirt.libvirtError, ValueError):
             return False  # not ours
         if is_incoming(dom) and meta.generation <= generation:
-            dom.destroy()
+            _destroy_incoming(dom)
             log.info("host %s vm %s gen %d: incoming domain destroyed (aborted)", host_id,
                      vm_id, meta.generation)
             return True
@@ -182,6 +237,40 @@ class LibvirtMigration:
         result: dict[str, float] = {}
         vm = self._run(conn, vm_id, "migrate-out", op_id, generation, body)  # type: ignore[attr-defined]
         return Migrated(vm, result.get("total", 0.0), result.get("downtime", 0.0))
+
+
+FENCE_FILE = "incoming-fences.json"
+
+
+def _load_fences(path: str) -> dict[str, int]:
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return {}
+    return {str(k): int(v) for k, v in doc.items()}
+
+
+def _save_fences(path: str, fences: dict[str, int]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(fences, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _destroy_incoming(dom: Any) -> None:
+    """Destroy an incoming (transient) domain: libvirt may answer NO_DOMAIN although the
+    destroy is done (the migration job's clean-up removed the domain first): gone is the
+    point."""
+    try:
+        dom.destroy()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
 
 
 def _abort_job(dom: Any) -> None:
