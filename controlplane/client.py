@@ -27,7 +27,8 @@ endpoint (and a routed call a fresh look at the ring). Only an UNAVAILABLE that 
 node cannot serve now" is retried (no answer at all, or a node fenced, not ready, stopping);
 an UNAVAILABLE marked `controlplane.metadata.UNREACHABLE` means a dependency of the call (an
 agent, etcd, an MDS) is out of reach and the call may have had effects: it is raised at once,
-as the nodes' router does. A FAILED_PRECONDITION carrying a newer ring epoch is retried too
+as the nodes' router does. ABORTED (the node lost a race and did nothing: "retry") is
+retried with the same backoff. A FAILED_PRECONDITION carrying a newer ring epoch is retried too
 (real nodes send it only to a forwarded call, never to a client: a guard, see call_unary).
 Server streams are not retried: a stream cannot be resumed midway. A retried call may have
 had effects the first time (its owner died after beginning the op): every request type with
@@ -508,7 +509,8 @@ class Client:
                    metadata: Sequence[tuple[str, str]] | None = None) -> Any:
         """One unary call with the client's deadline, retries and routing.
 
-        Retried within the deadline: an UNAVAILABLE without the UNREACHABLE mark (on the
+        Retried within the deadline: an ABORTED (a lost race, nothing done); an
+        UNAVAILABLE without the UNREACHABLE mark (on the
         next endpoint; a routed call's owner is skipped for a while), and a
         FAILED_PRECONDITION with a newer epoch than our ring's. The latter is a guard: real
         nodes send it only to a forwarded call (the node asked directly forwards instead of
@@ -551,6 +553,8 @@ class Client:
                     else:
                         self._advance(target)
                     raise _Retry(exc) from exc
+                if code is grpc.StatusCode.ABORTED:
+                    raise _Retry(exc) from exc  # lost a race, nothing done: again, same owner
                 if code is grpc.StatusCode.FAILED_PRECONDITION and self.route:
                     epoch = epoch_in(exc.trailing_metadata())
                     if epoch > self._ring.epoch:  # a guard: see the docstring

@@ -176,10 +176,12 @@ class Operations:
                     continue
                 raise
             share = self._share(new, record)
-            reserve_compares, reserve_puts = (
-                self.allocations.reserve(share, *fresh.get(share.host_id, self.allocations.record(
-                    share.host_id))) if share is not None else ([], []))
             try:
+                # the record the CAS compares is the one the share is checked against
+                reserve_compares, reserve_puts = (self.allocations.reserve(
+                    share, *(fresh[share.host_id] if share.host_id in fresh
+                             else self.allocations.record(share.host_id)))
+                    if share is not None else ([], []))
                 result = self.ctx.owner_txn(
                     [t.mod_revision_is(self.ctx.keys.vm(vm_id), vm_rev),
                      t.mod_revision_is(self.ctx.keys.op(vm_id), op_rev),
@@ -637,9 +639,9 @@ class Operations:
                     t.mod_revision_is(keys.op(vm.vm_id),
                                       action.op.mod_revision if action.op else 0)]
         # the restart reserves on the target in the same txn (a lost race: next round)
-        reserve_compares, reserve_puts = self.allocations.reserve(
-            new, *self.allocations.record(target))
         try:
+            reserve_compares, reserve_puts = self.allocations.reserve(
+                new, *self.allocations.record(target))
             result = self.ctx.owner_txn([*compares, *reserve_compares], [
                 t.put(keys.vm(vm.vm_id), new.SerializeToString()),
                 t.put(keys.op(vm.vm_id), op.SerializeToString()),
