@@ -48,7 +48,7 @@ class LastOp(_message.Message):
     def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., outcome: _Optional[str] = ..., node_id: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Vm(_message.Message):
-    __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op", "create_request_id", "disks")
+    __slots__ = ("vm_id", "name", "state", "host_id", "last_host_id", "generation", "ha", "cpus", "memory_mb", "image", "root_disk_offering_size", "root_disk_size", "devices", "created_at", "state_changed_at", "last_op", "op", "issued_generation", "create_request_id", "disks")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class Vm(_message.Message):
     STATE_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_OP_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     CREATE_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
@@ -85,9 +86,10 @@ class Vm(_message.Message):
     state_changed_at: _timestamp_pb2.Timestamp
     last_op: LastOp
     op: Op
+    issued_generation: int
     create_request_id: str
     disks: _containers.RepeatedCompositeFieldContainer[VmDisk]
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ..., create_request_id: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[VmDisk, _Mapping]]] = ...) -> None: ...
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., host_id: _Optional[str] = ..., last_host_id: _Optional[str] = ..., generation: _Optional[int] = ..., ha: _Optional[_Union[HaLevel, str]] = ..., cpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., image: _Optional[_Union[ImageInfo, _Mapping]] = ..., root_disk_offering_size: _Optional[int] = ..., root_disk_size: _Optional[int] = ..., devices: _Optional[_Union[_agent_pb2.DeviceInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_op: _Optional[_Union[LastOp, _Mapping]] = ..., op: _Optional[_Union[Op, _Mapping]] = ..., issued_generation: _Optional[int] = ..., create_request_id: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[VmDisk, _Mapping]]] = ...) -> None: ...
 
 class VmDisk(_message.Message):
     __slots__ = ("primary_storage_id", "volume_id", "device", "root")

@@ -73,6 +73,12 @@ def op_timeout(config: LiveConfig, kind: str) -> float:
     return float(config.get(key))
 
 
+def next_generation(vm: vm_pb2.Vm) -> int:
+    """The generation of the VM's next copy: above every one handed out before (an aborted
+    migration's target generation is fenced on its host and must never come back)."""
+    return max(vm.generation, vm.issued_generation) + 1
+
+
 def new_op_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -279,7 +285,8 @@ class Operations:
             if target != vm.host_id:
                 new.last_host_id = vm.host_id
             new.host_id = target
-            new.generation = vm.generation + 1  # every placement: a new generation
+            new.generation = next_generation(vm)  # every placement: a new generation
+            new.issued_generation = new.generation
         elif not vm.host_id:
             raise errors.Refused(f"VM {vm.vm_id} is {vm.state} and placed on no host")
         new.state = states.next_state(vm.state, event)
@@ -290,7 +297,8 @@ class Operations:
                 raise errors.Unsupported("this node does not run migrations")
             # the source stays the VM's host until the migration is settled
             record.target_host_id = self.migration_target(vm, host_id, fresh or {})
-            record.target_generation = vm.generation + 1
+            record.target_generation = next_generation(vm)
+            new.issued_generation = record.target_generation  # written by the begin txn
             record.phase = "preparing"
         return new, record
 
@@ -625,7 +633,8 @@ class Operations:
         new.state = state
         new.state_changed_at.CopyFrom(wiretime.stamp(now))
         new.last_host_id, new.host_id = vm.host_id, target
-        new.generation = vm.generation + 1
+        new.generation = next_generation(vm)
+        new.issued_generation = new.generation
         new.ClearField("devices")
         op = self.new_op(vm.vm_id, "start", target, new.generation, now)
         audit = vm_pb2.HaAudit(

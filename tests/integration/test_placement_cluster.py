@@ -22,6 +22,7 @@ from concurrent import futures
 import grpc
 import pytest
 
+from controlplane import wiretime
 from controlplane.testing import cluster as c
 from controlplane.testing.waiting import wait_until
 from controlplane.v1 import agent_pb2, config_pb2, host_pb2, vm_pb2
@@ -271,9 +272,13 @@ def test_maintenance_survives_its_owner_killed(etcd, nodes, agents) -> None:
     vm_ids = [f"v{i:02d}" for i in range(12)]
     for vm_id in vm_ids:
         create(node, vm_id, host_id=h0)
+    # live migrations that take a while (the sim's transfer): the kill lands mid-migration
+    agent.sim().Configure(agent_pb2.ConfigureRequest(
+        migrate_transfer_delay=wiretime.duration(1.5)), timeout=5)
     owner = next(m for m in members if m.node_id == c.owners(node, [h0])[0])
     maintenance(node, h0, host_pb2.MAINTENANCE_POLICY_MIGRATE)
-    wait_until(lambda: get_host(node, h0).maintenance.moving, 10, message="evacuating")
+    wait_until(lambda: any(get_vm(node, v).state == "Migrating" for v in vm_ids), 10,
+               message="evacuating (live migrations in flight)")
     owner.kill()
     survivors = [m for m in members if m is not owner]
     host = wait_until(lambda: in_maintenance(survivors[0], h0), 60,
