@@ -60,16 +60,19 @@ ROTATION_CHECK = 1.0  # seconds between two looks at a pool's certificate files
 
 
 def open_channel(address: str, options: list[tuple[str, int]] | None = None, *,
-                 tls: Transport, credentials: grpc.ChannelCredentials | None = None
-                 ) -> grpc.Channel:
-    """The one place a channel to one of our processes is opened (the pool, the client
-    library and the harness all come here): mutual TLS with `tls`'s files (read now, unless
-    `credentials` already holds them: a pool's), or plaintext for PLAINTEXT. RuntimeError
-    when the files cannot be read or do not match."""
+                 tls: Transport | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """The one place a channel is opened (the pool, the client library, the harness and the
+    store's one-shot etcd auth channels all come here): mutual TLS with `tls`'s files (read
+    now, unless `credentials` already holds them: a pool's, or etcd's root identity), or
+    plaintext for PLAINTEXT. RuntimeError when the files cannot be read or do not match."""
+    if tls is None and credentials is None:
+        raise ValueError("open_channel needs tls= or credentials=")
     opts = CHANNEL_OPTIONS if options is None else options
-    if isinstance(tls, Plaintext):
+    if credentials is None and isinstance(tls, Plaintext):
         return grpc.insecure_channel(address, options=opts)
-    return grpc.secure_channel(address, credentials or channel_credentials(tls), options=opts)
+    return grpc.secure_channel(address, credentials or channel_credentials(tls),  # type: ignore[arg-type]
+                               options=opts)
 
 
 class ChannelPool:

@@ -29,6 +29,8 @@ import grpc
 from pyetcd import etcdrpc
 from pyetcd import utils as etcd_utils
 
+from controlplane.channels import open_channel
+
 __all__ = ["ROOT", "EtcdLogin", "TokenCredentials", "add_user", "enable_auth", "stale_token"]
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ class TokenCredentials(grpc.AuthMetadataPlugin):
                                               password=self.login.password)
         last: Exception | None = None
         for target in self.targets:
-            with grpc.secure_channel(target, self.credentials) as channel:
+            with open_channel(target, credentials=self.credentials) as channel:
                 try:
                     reply = etcdrpc.AuthStub(channel).Authenticate(request,
                                                                    timeout=self.timeout)
@@ -145,5 +147,5 @@ def enable_auth_at(endpoint: str, root_credentials: grpc.ChannelCredentials, pre
                    login: EtcdLogin, timeout: float = 5.0) -> None:
     """`enable_auth` over a channel of its own to `endpoint` (store/ is the one place a
     channel to etcd is opened)."""
-    with grpc.secure_channel(endpoint, root_credentials) as channel:
+    with open_channel(endpoint, credentials=root_credentials) as channel:
         enable_auth(channel, prefix, login, timeout)
